@@ -1,0 +1,3 @@
+"""mcp-security-gateway: a sandboxing command-execution gateway for AI agents."""
+
+__version__ = "0.1.0"

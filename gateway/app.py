@@ -1,0 +1,166 @@
+"""Assembly: build every part from settings, serve both edges, shut down cleanly.
+
+Start-up refuses to serve (exit status 3, one clear message on stderr) when the host
+cannot sandbox (no bwrap, no user namespaces, no seccomp), the policy bundle does not
+compile, or the store or audit file cannot be opened: there is no degraded mode.
+Once both ports are bound it prints one line on stdout,
+``listening grpc=HOST:PORT http=HOST:PORT``, for scripts and tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import uvicorn
+
+import sandbox
+from gateway.audit import AuditLog, FileSink
+from gateway.config import Settings
+from gateway.edges.grpc_server import GrpcEdge, create_grpc_server
+from gateway.edges.rest import create_app
+from gateway.errors import GatewayError
+from gateway.policy.embedded import EmbeddedEngine
+from gateway.service import GatewayService
+from gateway.tasks import SqliteTaskStore, TaskManager
+
+__all__ = ["StartupError", "build_service", "serve"]
+
+log = logging.getLogger("gateway")
+
+EXIT_STARTUP_FAILED = 3
+_SHUTDOWN_GRACE_S = 5.0
+
+
+class StartupError(Exception):
+    """The gateway cannot start; the message says what to fix."""
+
+
+@dataclass
+class Runtime:
+    """Everything :func:`build_service` made, for serving and shutdown."""
+
+    service: GatewayService
+    tasks: TaskManager
+    store: SqliteTaskStore
+    sink: FileSink
+
+
+def build_service(settings: Settings) -> Runtime:
+    """Probe the sandbox, load policy, open the store and audit log, build the service.
+
+    Raises:
+        StartupError: with an actionable message for any part that cannot be set up.
+    """
+    run_as = sandbox.RunAs(settings.sandbox.uid, settings.sandbox.gid) if os.geteuid() == 0 else None
+    try:
+        report = sandbox.probe(settings.sandbox.bwrap_path, run_as=run_as)
+    except sandbox.SandboxUnavailable as exc:
+        raise StartupError(f"cannot sandbox commands on this host: {exc}") from exc
+    log.info("sandbox ready: %s", report)
+    if run_as is None:
+        log.warning("gateway is not root: sandboxes run as the gateway's own uid %d", os.geteuid())
+    sandbox.set_child_subreaper()
+    try:
+        policy = EmbeddedEngine(settings.policy_dir)
+    except GatewayError as exc:
+        raise StartupError(f"cannot load policy from {settings.policy_dir}: {exc.message}") from exc
+    state_dir = settings.state_dir
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = SqliteTaskStore(state_dir / "tasks.db")
+        sink = FileSink(settings.audit_path, fsync=settings.audit.fsync)
+        audit = AuditLog(sink)
+    except (OSError, GatewayError) as exc:
+        raise StartupError(f"cannot open state in {state_dir}: {exc}") from exc
+    orphaned = store.fail_unfinished("gateway_restart", time.time_ns())
+    if orphaned:
+        log.warning("marked %d tasks left unfinished by a previous process as FAILED", orphaned)
+    tasks = TaskManager(
+        store, audit, settings.sandbox, settings.tasks, state_dir / "workspaces", run_as
+    )
+    return Runtime(GatewayService(settings, policy, store, tasks, audit), tasks, store, sink)
+
+
+class _Uvicorn(uvicorn.Server):
+    # The gateway owns SIGTERM/SIGINT and stops uvicorn itself (should_exit).
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot bind HTTP on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(1024)
+    sock.set_inheritable(False)
+    return sock
+
+
+async def serve(settings: Settings) -> int:
+    """Run the gateway until SIGTERM or SIGINT; returns the process exit status.
+
+    Raises:
+        StartupError: when a part cannot be set up (see :func:`build_service`).
+    """
+    runtime = build_service(settings)
+    http_sock = _bind(settings.host, settings.http_port)
+    http_port = http_sock.getsockname()[1]
+    try:
+        grpc_edge: GrpcEdge = create_grpc_server(
+            runtime.service, settings.host, settings.grpc_port,
+            max_message_bytes=settings.limits.max_request_bytes,
+        )
+    except RuntimeError as exc:
+        raise StartupError(str(exc)) from exc
+    app = create_app(runtime.service, settings.host, lambda: http_port, settings.limits.max_request_bytes)
+    web = _Uvicorn(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    await grpc_edge.start()
+    web_task = asyncio.create_task(web.serve(sockets=[http_sock]))
+    while not web.started and not web_task.done():
+        await asyncio.sleep(0.01)
+    if web_task.done():
+        await grpc_edge.stop(0)
+        raise StartupError(f"HTTP server failed to start: {web_task.exception()}")
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    print(f"listening grpc={host}:{grpc_edge.port} http={host}:{http_port}", flush=True)
+    log.info("gateway serving; policy revision %s", runtime.service.readiness()["policy"]["revision"])
+
+    await stop.wait()
+    log.info("shutting down")
+    web.should_exit = True
+    await grpc_edge.stop(_SHUTDOWN_GRACE_S)
+    await web_task
+    await asyncio.to_thread(runtime.tasks.shutdown, cancel_running=True)
+    runtime.store.close()
+    runtime.sink.close()
+    return 0
+
+
+def configure_logging(level: str) -> None:
+    """Plain ``time level logger message`` lines on stderr."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )

@@ -1,0 +1,120 @@
+"""The ``mcp_audit_v1`` field table: the one declaration of the audit line (design section 8).
+
+The JSON Schema (``docs/schema/mcp_audit_v1.json``), the event builder's key check and,
+later, the Falco plugin's ``mcp.<key>`` field table are all derived from :data:`FIELDS`.
+Integer fields are JSON integers, absent means unknown, and no field ever holds a secret
+in clear (commands are redacted, arguments only hashed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["FIELDS", "FIELD_NAMES", "SCHEMA_ID", "Field", "json_schema"]
+
+SCHEMA_ID = "urn:mcp-security-gateway:schema:mcp_audit_v1"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One audit key.
+
+    Attributes:
+        name: the JSON key; Falco sees it as ``mcp.<name>``.
+        type: JSON Schema type: ``string|integer|boolean``.
+        description: what the value means, with its unit.
+        required: present in every event.
+        enum: allowed values for strings, when closed.
+        minimum: lower bound for integers.
+        pattern: regex for strings.
+    """
+
+    name: str
+    type: str
+    description: str
+    required: bool = False
+    enum: tuple[str, ...] = ()
+    minimum: int | None = None
+    pattern: str | None = None
+
+
+_HEX64 = "^[0-9a-f]{64}$"
+
+FIELDS: tuple[Field, ...] = (
+    Field("schema_version", "string", "Audit schema version.", required=True, enum=("1",)),
+    Field("timestamp", "integer", "When the event happened, unix nanoseconds.", required=True, minimum=0),
+    Field("session_id", "string", "Caller session (connection) identifier.", required=True),
+    Field("client_process", "string", "Caller's client software (user agent), or 'unknown'.", required=True),
+    Field("server_host", "string", "Address the gateway listens on.", required=True),
+    Field("server_port", "integer", "Port the call arrived on.", required=True, minimum=0),
+    Field("tls", "boolean", "Whether the connection was TLS.", required=True),
+    Field("method", "string", "RPC or route, e.g. 'ExecuteCommand' or 'POST /v1/execute'.", required=True),
+    Field("event_id", "string", "Unique event id (uuid4).", required=True),
+    Field(
+        "event_type", "string", "What happened.", required=True,
+        enum=("decision", "task_end", "file", "auth_failure"),
+    ),
+    Field("producer", "string", "Who wrote the event.", required=True, enum=("mcp-gateway",)),
+    Field("transport", "string", "Edge the call came through.", required=True,
+          enum=("grpc", "http", "https", "mcp", "stdio")),
+    Field("principal", "string", "Authenticated principal id."),
+    Field("tenant", "string", "Principal's tenant."),
+    Field("auth_scheme", "string", "How the caller authenticated.",
+          enum=("none", "basic", "bearer", "mtls", "other")),
+    Field("task_id", "string", "Task the event belongs to.", pattern="^task-[0-9a-f]{32}$"),
+    Field("tool_name", "string", "Tool invoked, e.g. 'execute_command'."),
+    Field("command", "string", "Command line with secret-looking values redacted, at most 1024 chars."),
+    Field("command_sha256", "string", "SHA-256 of the command name (hex).", pattern=_HEX64),
+    Field("args_sha256", "string", "SHA-256 of the JSON array of arguments (hex).", pattern=_HEX64),
+    Field("decision", "string", "Policy outcome.", enum=("allow", "deny", "error")),
+    Field("policy_rule", "string", "Rule ids that decided, comma-separated."),
+    Field("policy_reason", "string", "First reason the policy gave, at most 512 chars."),
+    Field("policy_revision", "string", "Revision of the policy bundle that decided."),
+    Field("policy_engine", "string", "Engine that decided.", enum=("embedded", "opa")),
+    Field("decision_id", "string", "Id of the policy decision."),
+    Field("request_bytes", "integer", "Size of the request, bytes.", minimum=0),
+    Field("response_bytes", "integer", "Size of the response, bytes.", minimum=0),
+    Field("tool_invoke_count", "integer", "Calls in this session so far, including this one.", minimum=1),
+    Field("exit_code", "integer", "Command exit status (128+N for signal N, -1 if it never ran)."),
+    Field("status", "string", "Final task status.",
+          enum=("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")),
+    Field("duration_ms", "integer", "Task wall time, milliseconds.", minimum=0),
+    Field("cpu_time_ms", "integer", "Task CPU time, milliseconds.", minimum=0),
+    Field("max_memory_kb", "integer", "Task peak resident memory, KiB.", minimum=0),
+    Field("sandbox_violation", "string",
+          "Limit that ended the task: wall_timeout, cpu_time, file_size, output_truncated, ..."),
+    Field("error_code", "integer", "Project error code (design section 5) when the call failed.", minimum=1000),
+    Field("seq", "integer", "Position in the hash chain, from 1.", required=True, minimum=1),
+    Field("prev_hash", "string", "hash of the previous event (64 zeros for the first).", required=True,
+          pattern=_HEX64),
+    Field("hash", "string", "SHA-256 of this event's canonical JSON without 'hash'.", required=True,
+          pattern=_HEX64),
+)
+
+FIELD_NAMES: frozenset[str] = frozenset(f.name for f in FIELDS)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of one audit line, derived from :data:`FIELDS`."""
+    properties: dict[str, Any] = {}
+    for f in FIELDS:
+        prop: dict[str, Any] = {"type": f.type, "description": f.description}
+        if f.enum:
+            prop["enum"] = list(f.enum)
+        if f.minimum is not None:
+            prop["minimum"] = f.minimum
+        if f.pattern:
+            prop["pattern"] = f.pattern
+        properties[f.name] = prop
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "mcp_audit_v1",
+        "description": "One MCP gateway audit event, one JSON object per line (JSON Lines).",
+        "type": "object",
+        "properties": properties,
+        "required": [f.name for f in FIELDS if f.required],
+        "additionalProperties": False,
+    }
+

@@ -1,0 +1,173 @@
+"""Gateway settings: one schema, many sources (design section 10).
+
+Precedence, highest first: command-line flags (passed as init kwargs), environment
+variables ``MCP_GATEWAY_*`` (nested with ``__``, e.g. ``MCP_GATEWAY_TASKS__MAX_CONCURRENT=8``),
+the YAML file named by ``--config`` / ``MCP_GATEWAY_CONFIG``, then the defaults here.
+Every field states its unit and default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+__all__ = [
+    "AuditSettings",
+    "LimitSettings",
+    "SandboxSettings",
+    "Settings",
+    "TaskSettings",
+    "default_policy_dir",
+    "is_loopback_host",
+    "load_settings",
+]
+
+
+def default_policy_dir() -> Path:
+    """The policy bundle shipped with the source tree (``<repo>/policies``)."""
+    return Path(__file__).resolve().parent.parent / "policies"
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when ``host`` is ``localhost`` or a loopback IP (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class SandboxSettings(BaseModel):
+    """How commands are sandboxed (see sandbox/ and design section 7)."""
+
+    bwrap_path: str = Field("bwrap", description="bubblewrap executable (PATH lookup).")
+    uid: int = Field(
+        60000,
+        ge=1,
+        description="Host uid the sandbox runs as when the gateway runs as root "
+        "(never 0; bwrap is never exec'd as root). Ignored when not root.",
+    )
+    gid: int = Field(60000, ge=1, description="Host gid for the sandbox, as for uid.")
+    profile: str = Field("default", description="seccomp profile name.")
+    default_timeout_s: int = Field(30, ge=1, description="Wall-clock limit when a request asks 0, seconds.")
+    max_timeout_s: int = Field(3600, ge=1, description="Hard maximum a request may ask, seconds.")
+    max_memory_bytes: int = Field(4 << 30, ge=1 << 20, description="Hard cap on memory, bytes.")
+    max_pids: int = Field(1024, ge=1, description="Hard cap on processes per task.")
+    max_cpu_seconds: int = Field(3600, ge=1, description="Hard cap on CPU time, seconds.")
+    output_bytes: int = Field(1 << 20, ge=1024, description="Captured output cap per stream, bytes.")
+    tmp_size_bytes: int = Field(64 << 20, ge=1 << 20, description="Size of the sandbox /tmp tmpfs, bytes.")
+    file_size_bytes: int = Field(64 << 20, ge=1 << 20, description="RLIMIT_FSIZE, bytes.")
+    open_files: int = Field(256, ge=16, description="RLIMIT_NOFILE.")
+
+
+class TaskSettings(BaseModel):
+    """Task execution."""
+
+    max_concurrent: int = Field(4, ge=1, le=256, description="Sandboxes running at once.")
+    max_queued: int = Field(256, ge=0, description="Tasks waiting for a slot before 4290 is answered.")
+
+
+class LimitSettings(BaseModel):
+    """Request size caps, checked before policy evaluation."""
+
+    max_command_bytes: int = Field(4096, ge=1, description="Command name/path length, bytes.")
+    max_args: int = Field(1024, ge=0, description="Number of arguments.")
+    max_args_bytes: int = Field(256 << 10, ge=1, description="Total size of all arguments, bytes.")
+    max_env: int = Field(128, ge=0, description="Number of environment variables.")
+    max_env_bytes: int = Field(64 << 10, ge=1, description="Total size of env keys and values, bytes.")
+    max_metadata: int = Field(64, ge=0, description="Number of metadata entries.")
+    max_metadata_bytes: int = Field(16 << 10, ge=1, description="Total size of metadata, bytes.")
+    max_paths: int = Field(64, ge=0, description="Paths in each of ro_paths/rw_paths/denied_paths.")
+    max_request_bytes: int = Field(1 << 20, ge=1024, description="Largest request body/message, bytes.")
+
+
+class AuditSettings(BaseModel):
+    """The audit trail (design section 8)."""
+
+    path: Path | None = Field(None, description="JSON-lines file; default <state_dir>/audit.jsonl.")
+    fsync: bool = Field(
+        False,
+        description="fsync after every event (survives power loss; costs ~ms per event). "
+        "Without it each line is written to the kernel before the request proceeds, "
+        "so a gateway crash loses nothing.",
+    )
+
+
+class Settings(BaseSettings):
+    """All gateway settings. See the module docstring for the source precedence."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MCP_GATEWAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        yaml_file=None,
+    )
+
+    host: str = Field("127.0.0.1", description="Bind address for both ports.")
+    http_port: int = Field(8080, ge=0, le=65535, description="HTTP port (REST, health); 0 = any free port.")
+    grpc_port: int = Field(8081, ge=0, le=65535, description="gRPC port; 0 = any free port.")
+    state_dir: Path = Field(Path("var"), description="SQLite store, workspaces and audit.jsonl live here.")
+    policy_dir: Path = Field(default_factory=default_policy_dir, description="Rego policy bundle directory.")
+    log_level: str = Field("info", description="debug|info|warning|error.")
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    tasks: TaskSettings = Field(default_factory=TaskSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_only(cls, host: str) -> str:
+        # Until authentication lands every caller is the anonymous development
+        # principal, so anything but loopback would hand the sandbox to the network.
+        if not is_loopback_host(host):
+            raise ValueError(
+                f"refusing to bind {host!r}: without authentication configured the gateway "
+                "only listens on loopback (127.0.0.1, ::1 or localhost)"
+            )
+        return host
+
+    @property
+    def audit_path(self) -> Path:
+        """Where audit events go: ``audit.path`` or ``<state_dir>/audit.jsonl``."""
+        return self.audit.path or self.state_dir / "audit.jsonl"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags, then environment, then the YAML file."""
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from ``config_file`` (YAML), the environment and ``overrides``.
+
+    ``overrides`` with value None are ignored (unset flags).
+
+    Raises:
+        pydantic.ValidationError: on an invalid value (e.g. a non-loopback host).
+        FileNotFoundError: when ``config_file`` does not exist.
+    """
+    if config_file is not None and not config_file.is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(yaml_file=config_file)
+
+    return _FromFile(**given) if config_file else Settings(**given)

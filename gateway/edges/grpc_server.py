@@ -1,0 +1,239 @@
+"""gRPC edge: ``mcp.McpService`` (design section 3) over grpc.aio.
+
+Each handler decodes the protobuf request, calls the service layer and encodes the
+answer; no logic lives here. A :class:`GatewayError` becomes ``context.abort`` with the
+status from ``gateway.errors.STATUS_TABLE`` and trailing metadata ``error-details`` =
+``{"error":{"code":..,"message":..,"details":..}}`` (ASCII JSON). Server reflection and
+``grpc.health.v1.Health`` are always on.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.auth import DevelopmentAuthenticator
+from gateway.errors import GatewayError, InternalError, Unimplemented, status_for
+from gateway.models import ExecuteRequest, RequestContext, TaskRecord, rfc3339
+from gateway.proto import mcp_pb2, mcp_pb2_grpc
+from gateway.service import GatewayService
+
+__all__ = ["GrpcEdge", "McpServicer", "create_grpc_server"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_SERVICE_NAME = mcp_pb2.DESCRIPTOR.services_by_name["McpService"].full_name
+_NETWORK_NAMES = {
+    mcp_pb2.NETWORK_NONE: "none",
+    mcp_pb2.NETWORK_HOST: "host",
+    mcp_pb2.NETWORK_RESTRICTED: "restricted",
+}
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: GatewayError) -> NoReturn:
+    status = status_for(error)
+    await context.abort(
+        grpc.StatusCode[status.grpc],
+        error.message,
+        trailing_metadata=(("error-details", error.to_json()),),
+    )
+    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
+
+
+class McpServicer(mcp_pb2_grpc.McpServiceServicer):
+    """Thin adapter from ``mcp.McpService`` to :class:`GatewayService`.
+
+    Args:
+        service: the shared service layer.
+        server_host: bind address, for audit events.
+        server_port: a callable giving the bound gRPC port (known only after binding).
+    """
+
+    def __init__(self, service: GatewayService, server_host: str, server_port: Callable[[], int]) -> None:
+        self._service = service
+        self._auth = DevelopmentAuthenticator()
+        self._host = server_host
+        self._port = server_port
+
+    def _context(self, context: grpc.aio.ServicerContext, method: str, request: Any) -> RequestContext:
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        peer = context.peer() or ""
+        return RequestContext(
+            transport="grpc",
+            method=method,
+            client_addr=peer,
+            request_id=uuid.uuid4().hex,
+            session_id=peer or "unknown",
+            server_host=self._host,
+            server_port=self._port(),
+            tls=False,
+            request_bytes=request.ByteSize(),
+            client_process=metadata.get("user-agent", "unknown")[:256],
+        )
+
+    async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        except GatewayError as exc:
+            await _abort(context, exc)
+        except Exception:
+            log.exception("unhandled error in gRPC handler")
+            await _abort(context, InternalError("internal error"))
+
+    async def Health(self, request: mcp_pb2.HealthRequest, context: grpc.aio.ServicerContext) -> mcp_pb2.HealthResponse:
+        """Liveness and version."""
+        info = await self._call(context, self._service.health)
+        return mcp_pb2.HealthResponse(status=info.status, version=info.version, uptime_seconds=info.uptime_s)
+
+    async def ExecuteCommand(
+        self, request: mcp_pb2.CommandRequest, context: grpc.aio.ServicerContext
+    ) -> mcp_pb2.TaskCreatedResponse:
+        """Decide on and queue a command."""
+        ctx = self._context(context, "ExecuteCommand", request)
+        principal = self._auth.authenticate({})
+        record = await self._call(context, self._service.execute_command, principal, ctx, _execute_request(request))
+        return mcp_pb2.TaskCreatedResponse(
+            task_id=record.task_id, status=record.status.value, created_at=rfc3339(record.created_at_ns)
+        )
+
+    async def GetTaskStatus(
+        self, request: mcp_pb2.TaskStatusRequest, context: grpc.aio.ServicerContext
+    ) -> mcp_pb2.TaskStatusResponse:
+        """State and, once final, result of a task."""
+        principal = self._auth.authenticate({})
+        record = await self._call(context, self._service.get_task, principal, request.task_id)
+        return _status_response(record)
+
+    async def StreamTaskOutput(self, request: mcp_pb2.TaskStatusRequest, context: grpc.aio.ServicerContext) -> Any:
+        """Not built yet: answers UNIMPLEMENTED (5004)."""
+        await _abort(context, Unimplemented("StreamTaskOutput is not implemented yet; poll GetTaskStatus"))
+
+    async def CancelTask(self, request: mcp_pb2.TaskStatusRequest, context: grpc.aio.ServicerContext) -> Any:
+        """Not built yet: answers UNIMPLEMENTED (5004)."""
+        await _abort(context, Unimplemented("CancelTask is not implemented yet"))
+
+    async def ReadFile(self, request: mcp_pb2.ReadFileRequest, context: grpc.aio.ServicerContext) -> Any:
+        """Not built yet: answers UNIMPLEMENTED (5004)."""
+        await _abort(context, Unimplemented("ReadFile is not implemented yet"))
+
+    async def WriteFile(self, request: mcp_pb2.WriteFileRequest, context: grpc.aio.ServicerContext) -> Any:
+        """Not built yet: answers UNIMPLEMENTED (5004)."""
+        await _abort(context, Unimplemented("WriteFile is not implemented yet"))
+
+    async def DeleteFile(self, request: mcp_pb2.DeleteFileRequest, context: grpc.aio.ServicerContext) -> Any:
+        """Not built yet: answers UNIMPLEMENTED (5004)."""
+        await _abort(context, Unimplemented("DeleteFile is not implemented yet"))
+
+
+def _execute_request(msg: mcp_pb2.CommandRequest) -> ExecuteRequest:
+    sc = msg.sandbox_config
+    limits = sc.resource_limits
+    network = _NETWORK_NAMES.get(sc.network_access, f"unknown({sc.network_access})") if msg.HasField(
+        "sandbox_config"
+    ) else None
+    return ExecuteRequest(
+        command=msg.command,
+        args=tuple(msg.args),
+        env=dict(msg.env),
+        cwd=msg.cwd if msg.HasField("cwd") else None,
+        timeout_s=msg.timeout,
+        metadata=dict(msg.metadata),
+        network=network,
+        memory_bytes=limits.memory_limit,
+        pids=limits.pids_limit,
+        cpu_cores=limits.cpu_limit,
+        io_weight=limits.io_weight,
+        ro_paths=tuple(sc.ro_paths),
+        rw_paths=tuple(sc.rw_paths),
+        denied_paths=tuple(sc.denied_paths),
+    )
+
+
+def _status_response(record: TaskRecord) -> mcp_pb2.TaskStatusResponse:
+    info = mcp_pb2.TaskInfo(
+        task_id=record.task_id,
+        task_type=record.task_type.value,
+        status=record.status.value,
+        created_at=rfc3339(record.created_at_ns),
+        metadata=record.metadata,
+    )
+    if record.started_at_ns is not None:
+        info.started_at = rfc3339(record.started_at_ns)
+    if record.completed_at_ns is not None:
+        info.completed_at = rfc3339(record.completed_at_ns)
+    response = mcp_pb2.TaskStatusResponse(task_info=info)
+    if record.result is not None:
+        r = record.result
+        u = r.resource_usage
+        response.result.CopyFrom(
+            mcp_pb2.TaskResult(
+                exit_code=r.exit_code,
+                stdout=r.stdout,
+                stderr=r.stderr,
+                resource_usage=mcp_pb2.ResourceUsage(
+                    cpu_time_ms=u.cpu_time_ms,
+                    max_memory_kb=u.max_memory_kb,
+                    io_read_bytes=u.io_read_bytes,
+                    io_write_bytes=u.io_write_bytes,
+                ),
+                execution_time_ms=r.execution_time_ms,
+            )
+        )
+    return response
+
+
+@dataclass
+class GrpcEdge:
+    """The bound gRPC server with its health servicer.
+
+    Attributes:
+        server: the grpc.aio server (not started until :meth:`start`).
+        port: the bound port (the kernel's choice when 0 was asked).
+        health: the ``grpc.health.v1`` servicer.
+    """
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+
+    async def start(self) -> None:
+        """Start serving and report SERVING for the server and McpService."""
+        await self.server.start()
+        for name in ("", _SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace_s: float) -> None:
+        """Report NOT_SERVING, then stop, letting in-flight calls finish for ``grace_s`` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+
+
+def create_grpc_server(service: GatewayService, host: str, port: int, *, max_message_bytes: int) -> GrpcEdge:
+    """Build the grpc.aio server with McpService, health and reflection, bound to host:port.
+
+    Raises:
+        RuntimeError: when the address cannot be bound.
+    """
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes)])
+    bound: list[int] = []
+    mcp_pb2_grpc.add_McpServiceServicer_to_server(McpServicer(service, host, lambda: bound[0]), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound.append(server.add_insecure_port(address))
+    except RuntimeError as exc:
+        raise RuntimeError(f"cannot bind gRPC on {address}: {exc}") from exc
+    return GrpcEdge(server, bound[0], health_servicer)

@@ -1,0 +1,305 @@
+"""Internal value types shared by the service layer, policy, tasks and audit.
+
+These are frozen dataclasses: edges convert their wire models (protobuf, pydantic)
+into these at the boundary and back, so nothing inside depends on a wire format.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+__all__ = [
+    "Decision",
+    "ExecutionPlan",
+    "ExecuteRequest",
+    "Principal",
+    "RequestContext",
+    "ResourceUsage",
+    "SandboxGrant",
+    "TaskRecord",
+    "TaskResult",
+    "TaskStatus",
+    "TaskType",
+    "rfc3339",
+]
+
+
+class TaskStatus(enum.Enum):
+    """Task states of design section 3; ``value`` is the proto enum number.
+
+    The REST name is ``status.name`` (``"COMPLETED"``); the proto name is
+    ``"TASK_" + status.name``.
+    """
+
+    CREATED = 0
+    QUEUED = 1
+    RUNNING = 2
+    COMPLETED = 3
+    FAILED = 4
+    CANCELLED = 5
+    TIMED_OUT = 6
+
+    @property
+    def is_final(self) -> bool:
+        """True for states a task never leaves (completed, failed, cancelled, timed out)."""
+        return self in _FINAL_STATES
+
+
+_FINAL_STATES = frozenset(
+    {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT}
+)
+
+
+class TaskType(enum.Enum):
+    """Task kinds of design section 3; ``value`` is the proto enum number."""
+
+    COMMAND = 0
+    FILE = 1
+    HTTP_REQUEST = 2
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the ``principal`` of the policy input.
+
+    Attributes:
+        id: stable principal id (``anonymous`` for the development principal).
+        tenant: tenant the principal belongs to; tasks are scoped to it.
+        roles: role names, e.g. ``("user",)``.
+        scopes: granted scopes, e.g. ``("tasks:execute", "tasks:read")``.
+        auth_scheme: how it was authenticated: ``none|basic|bearer|mtls|other``.
+    """
+
+    id: str
+    tenant: str
+    roles: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()
+    auth_scheme: str = "none"
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Transport facts about one call, for policy ``context`` and audit events.
+
+    Attributes:
+        transport: ``grpc|http|https|mcp|stdio``.
+        method: the RPC or route, e.g. ``ExecuteCommand`` or ``POST /v1/execute``.
+        client_addr: peer address as ``host:port`` (empty when unknown).
+        request_id: a fresh uuid4 hex per call.
+        session_id: caller session for audit correlation (the peer address until
+            authentication provides a better one).
+        server_host: address the gateway listens on.
+        server_port: port the call arrived on.
+        tls: whether the connection was TLS.
+        request_bytes: size of the request as received, bytes (0 when unknown).
+        client_process: the caller's client software (its user agent), or ``unknown``.
+    """
+
+    transport: str
+    method: str
+    client_addr: str
+    request_id: str
+    session_id: str
+    server_host: str
+    server_port: int
+    tls: bool = False
+    request_bytes: int = 0
+    client_process: str = "unknown"
+
+
+@dataclass(frozen=True)
+class SandboxGrant:
+    """What policy grants the sandbox (decision ``sandbox``, design section 6).
+
+    Attributes:
+        network: ``none|loopback|host|restricted``.
+        allowed_hosts: host names for ``restricted`` mode.
+        timeout_s: wall-clock limit, seconds.
+        memory_bytes: address-space / memory limit, bytes.
+        pids: maximum number of processes.
+        cpu_seconds: CPU time limit, seconds.
+        ro_paths: extra host paths bound read-only.
+        rw_paths: extra host paths bound read-write.
+    """
+
+    network: str
+    allowed_hosts: tuple[str, ...]
+    timeout_s: int
+    memory_bytes: int
+    pids: int
+    cpu_seconds: int
+    ro_paths: tuple[str, ...] = ()
+    rw_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A policy decision (``data.mcp.decision``, design section 6).
+
+    Attributes:
+        allow: whether the action may proceed.
+        reasons: human-readable reasons (deny reasons, or notes on an allow).
+        rule_ids: ids of the rules that fired, namespaced by category
+            (``command.*``, ``network.*``, ``file.*``, ``resource.*``); the
+            category of the first deny rule picks the error code (3001-3004).
+        sandbox: what the sandbox is granted; ``None`` on a deny.
+        decision_id: uuid4 string identifying this evaluation in audit and logs.
+        engine: ``embedded`` or ``opa``.
+        revision: the policy bundle revision that decided.
+        eval_ms: evaluation time, milliseconds.
+    """
+
+    allow: bool
+    reasons: tuple[str, ...]
+    rule_ids: tuple[str, ...]
+    sandbox: SandboxGrant | None
+    decision_id: str
+    engine: str = "embedded"
+    revision: str = ""
+    eval_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class ExecuteRequest:
+    """A validated command request in internal form (mirrors ``CommandRequest``).
+
+    Attributes:
+        command: program name or absolute path; never empty, no NUL.
+        args: arguments after the program name.
+        env: environment for the command (the sandbox starts from an empty one).
+        cwd: working directory inside the sandbox, or None for ``/workspace``.
+        timeout_s: requested wall-clock limit, seconds; 0 means server default.
+        metadata: caller-supplied labels stored with the task.
+        network: requested network mode (``none|loopback|host|restricted``) or None.
+        memory_bytes, pids: requested limits, 0 meaning "what policy grants".
+        cpu_cores: requested CPU share in cores, 0 meaning "what policy grants".
+        io_weight: requested IO weight, 0 meaning "what policy grants".
+        ro_paths, rw_paths, denied_paths: requested path narrowing.
+    """
+
+    command: str
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    timeout_s: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+    network: str | None = None
+    memory_bytes: int = 0
+    pids: int = 0
+    cpu_cores: float = 0.0
+    io_weight: int = 0
+    ro_paths: tuple[str, ...] = ()
+    rw_paths: tuple[str, ...] = ()
+    denied_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """What the sandbox will run, after policy and narrowing (service -> task manager).
+
+    Attributes:
+        argv: program and arguments.
+        env: the command's environment (on top of the sandbox's minimal base).
+        cwd: working directory inside the sandbox.
+        network: effective network mode (``none|loopback|host``).
+        timeout_s: wall-clock limit, seconds.
+        memory_bytes: memory (address space) limit, bytes.
+        pids: process limit.
+        cpu_seconds: CPU time limit, seconds.
+        ro_paths, rw_paths: extra host paths bound read-only / read-write.
+    """
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str
+    network: str
+    timeout_s: int
+    memory_bytes: int
+    pids: int
+    cpu_seconds: int
+    ro_paths: tuple[str, ...] = ()
+    rw_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    """Measured resource use of a finished task (from the child's rusage).
+
+    Attributes:
+        cpu_time_ms: user + system CPU time, milliseconds.
+        max_memory_kb: peak resident set size, KiB (``ru_maxrss``).
+        io_read_bytes: bytes read from block devices (``ru_inblock`` * 512).
+        io_write_bytes: bytes written to block devices (``ru_oublock`` * 512).
+    """
+
+    cpu_time_ms: int = 0
+    max_memory_kb: int = 0
+    io_read_bytes: int = 0
+    io_write_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """The outcome of a finished command task.
+
+    Attributes:
+        exit_code: the command's exit status; 128+N when killed by signal N;
+            -1 when the sandbox never started the command.
+        stdout, stderr: captured output, decoded as UTF-8 with replacement.
+        stdout_truncated, stderr_truncated: output beyond the cap was dropped.
+        limit_reason: which limit ended the task (``wall_timeout``, ``cpu_time``,
+            ``file_size``, ``output_truncated``, ...) or None.
+        resource_usage: measured usage.
+        execution_time_ms: wall time from spawn to reap, milliseconds.
+        error: why the sandbox failed to start (FAILED tasks), else None.
+    """
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    limit_reason: str | None
+    resource_usage: ResourceUsage
+    execution_time_ms: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """A task as stored (design section 3).
+
+    Attributes:
+        task_id: ``task-`` + 32 lowercase hex.
+        task_type: kind of task.
+        status: current state.
+        tenant: owning tenant; other tenants see NOT_FOUND.
+        principal_id: who created it.
+        command, args: what runs (args as given, for the owner's eyes only).
+        metadata: caller labels.
+        created_at_ns, started_at_ns, completed_at_ns: unix nanoseconds (None = not yet).
+        decision_id: the policy decision that allowed it.
+        result: set once the task is final and ran (or failed to start).
+    """
+
+    task_id: str
+    task_type: TaskType
+    status: TaskStatus
+    tenant: str
+    principal_id: str
+    command: str
+    args: tuple[str, ...]
+    metadata: dict[str, str]
+    created_at_ns: int
+    decision_id: str
+    started_at_ns: int | None = None
+    completed_at_ns: int | None = None
+    result: TaskResult | None = None
+
+
+def rfc3339(unix_ns: int) -> str:
+    """``unix_ns`` (unix nanoseconds) as RFC 3339 UTC with milliseconds: ``2026-11-21T10:55:35.123Z``."""
+    moment = datetime.fromtimestamp(unix_ns / 1e9, tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Install what the gateway needs on a Debian machine, idempotently:
+#   system packages (bubblewrap, libseccomp, build headers for python-prctl) via apt-get
+#   when missing, then a virtual environment in .venv with the package installed.
+# Usage: scripts/setup.sh [--test]   (--test also installs the test dependencies)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need=()
+command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+ldconfig -p 2>/dev/null | grep -q 'libseccomp.so.2' || need+=(libseccomp2)
+[ -f /usr/include/sys/capability.h ] || need+=(libcap-dev)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+# The sandbox shows the host's /usr: the tests' probes run Debian's python3 inside it.
+[ -x /usr/bin/python3 ] || need+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+python3 - <<'PY' >/dev/null 2>&1 || need+=(python3-dev)
+import os, sys, sysconfig
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)
+PY
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing system packages: ${need[*]}" >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+log=.venv/setup-pip.log
+if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".${extras}"; } >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "setup: pip install failed (log above)" >&2
+  exit 1
+fi
