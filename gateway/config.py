@@ -62,7 +62,11 @@ class SandboxSettings(BaseModel):
     default_timeout_s: int = Field(30, ge=1, description="Wall-clock limit when a request asks 0, seconds.")
     max_timeout_s: int = Field(3600, ge=1, description="Hard maximum a request may ask, seconds.")
     max_memory_bytes: int = Field(4 << 30, ge=1 << 20, description="Hard cap on memory, bytes.")
-    max_pids: int = Field(1024, ge=1, description="Hard cap on processes per task.")
+    max_pids: int = Field(
+        256, ge=8,
+        description="Hard cap on processes per task. Until per-task pids cgroups land, the "
+        "sandbox uid as a whole is capped at max_pids * tasks.max_concurrent (RLIMIT_NPROC).",
+    )
     max_cpu_seconds: int = Field(3600, ge=1, description="Hard cap on CPU time, seconds.")
     output_bytes: int = Field(1 << 20, ge=1024, description="Captured output cap per stream, bytes.")
     tmp_size_bytes: int = Field(64 << 20, ge=1 << 20, description="Size of the sandbox /tmp tmpfs, bytes.")

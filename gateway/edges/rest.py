@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
 from gateway.auth import DevelopmentAuthenticator
@@ -26,6 +27,7 @@ from gateway.errors import (
     InvalidFormat,
     InvalidParameter,
     MissingParameter,
+    NotFound,
     RateLimited,
     status_for,
 )
@@ -204,6 +206,15 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _validation_error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Routing errors (unknown path, wrong method) in the project's error shape.
+        error: GatewayError = (
+            NotFound(f"no route {request.url.path}") if exc.status_code == 404
+            else InvalidParameter(str(exc.detail))
+        )
+        return _error_response(error, exc.status_code)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

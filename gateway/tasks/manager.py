@@ -93,6 +93,9 @@ class TaskManager:
         self._audit = audit
         self._sandbox = sandbox_settings
         self._capacity = task_settings.max_concurrent + task_settings.max_queued
+        # All sandboxes share one uid until per-task uids land: cap that uid's processes
+        # at what every concurrent task may have, so a fork bomb cannot exhaust host pids.
+        self._uid_process_cap = sandbox_settings.max_pids * task_settings.max_concurrent
         self._pool = ThreadPoolExecutor(task_settings.max_concurrent, thread_name_prefix="sandbox")
         self._workspace_root = workspace_root
         self._run_as = run_as
@@ -196,6 +199,7 @@ class TaskManager:
             pids=plan.pids,
             tmp_size_bytes=s.tmp_size_bytes,
             output_bytes=s.output_bytes,
+            uid_process_cap=self._uid_process_cap,
         )
         return sandbox.SandboxSpec(
             argv=plan.argv,

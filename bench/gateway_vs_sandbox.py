@@ -1,0 +1,110 @@
+"""/bin/true through the sandbox library vs through the whole gateway (gRPC), in one run.
+
+Prints the median and p99 of each, in milliseconds, and the ratio of the medians:
+
+    .venv/bin/python bench/gateway_vs_sandbox.py [--runs 200]
+
+The gateway path is: ExecuteCommand (validate, policy, audit, store, queue) + sandbox run +
+polling GetTaskStatus until the task is final, measured at the client. The library path
+uses the same uid drop and limits the gateway uses. Numbers only: benchmarks inform,
+tests decide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import sandbox  # noqa: E402
+from gateway.config import Settings  # noqa: E402
+from gateway.proto import mcp_pb2, mcp_pb2_grpc  # noqa: E402
+
+FINAL = {mcp_pb2.TASK_COMPLETED, mcp_pb2.TASK_FAILED, mcp_pb2.TASK_CANCELLED, mcp_pb2.TASK_TIMED_OUT}
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+
+
+def bench_library(runs: int) -> list[float]:
+    """Milliseconds per ``sandbox.run`` of /bin/true, workspace creation included."""
+    defaults = Settings().sandbox
+    run_as = sandbox.RunAs(defaults.uid, defaults.gid) if os.geteuid() == 0 else None
+    sandbox.set_child_subreaper()  # as the gateway does, so usage is measured the same way
+    times = []
+    with tempfile.TemporaryDirectory() as root:
+        os.chmod(root, 0o711)
+        for i in range(runs):
+            start = time.perf_counter()
+            workspace = Path(root) / str(i)
+            workspace.mkdir(mode=0o700)
+            if run_as:
+                os.chown(workspace, run_as.uid, run_as.gid)
+            spec = sandbox.SandboxSpec(argv=("/bin/true",), workspace=str(workspace), run_as=run_as,
+                                       limits=sandbox.Limits(timeout_s=30))
+            result = sandbox.run(spec)
+            times.append((time.perf_counter() - start) * 1e3)
+            assert result.exit_code == 0, result
+    return times
+
+
+def bench_gateway(runs: int) -> list[float]:
+    """Milliseconds from ExecuteCommand to a final GetTaskStatus, for /bin/true."""
+    with tempfile.TemporaryDirectory() as state:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mcp-gateway"), "serve", "--http-port", "0", "--grpc-port", "0",
+             "--state-dir", state, "--log-level", "warning"],
+            stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            grpc_addr = dict(p.split("=", 1) for p in line.split()[1:])["grpc"]
+            with grpc.insecure_channel(grpc_addr) as channel:
+                stub = mcp_pb2_grpc.McpServiceStub(channel)
+                times = []
+                for _ in range(runs):
+                    start = time.perf_counter()
+                    created = stub.ExecuteCommand(mcp_pb2.CommandRequest(command="/bin/true", timeout=30))
+                    while True:
+                        status = stub.GetTaskStatus(mcp_pb2.TaskStatusRequest(task_id=created.task_id))
+                        if status.task_info.status in FINAL:
+                            break
+                        time.sleep(0.0005)
+                    times.append((time.perf_counter() - start) * 1e3)
+                    assert status.result.exit_code == 0, status
+                return times
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def main() -> None:
+    """Run both paths and print medians, p99s and the ratio."""
+    parser = argparse.ArgumentParser(description="/bin/true: sandbox library vs gateway over gRPC")
+    parser.add_argument("--runs", type=int, default=200)
+    runs = parser.parse_args().runs
+    library = bench_library(runs)
+    gateway = bench_gateway(runs)
+    lib_med, gw_med = statistics.median(library), statistics.median(gateway)
+    print(f"runs per path: {runs}")
+    print(f"sandbox library  median {lib_med:7.2f} ms   p99 {percentile(library, 99):7.2f} ms")
+    print(f"gateway (gRPC)   median {gw_med:7.2f} ms   p99 {percentile(gateway, 99):7.2f} ms")
+    print(f"ratio gateway/library (medians): {gw_med / lib_med:.2f}x   overhead {gw_med - lib_med:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

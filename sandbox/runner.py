@@ -1,0 +1,575 @@
+"""Run one command in a fresh sandbox and report what happened; probe the host.
+
+``run(spec, *, cancel=None, bwrap_path="bwrap") -> SandboxResult`` is the whole supervisor
+side of a run, one straight sequence (see the comment in ``run``). ``probe()`` checks once,
+at startup, that this host can sandbox at all. ``set_child_subreaper()`` makes this process
+the reaper of the sandbox's pid 1, which is what lets ``run`` account the command's CPU and
+memory (see "Resource usage" below).
+
+Setup failure vs. a command that exited 1 (no message parsing): bwrap is started with
+``--json-status-fd``. Its monitor writes ``{"child-pid": N, ...namespace ids}`` right after
+clone(2), and ``{"exit-code": N}`` only when the sandboxed child wrote exactly one byte to
+bwrap's internal setup-finished pipe, i.e. setup completed, seccomp was loaded *and*
+execvp(argv[0]) succeeded (bubblewrap.c: the child writes one byte before execvp and a
+second one if execvp fails; report_child_exit_status stays silent unless it read exactly 1).
+So: bwrap exited on its own without an "exit-code" line -> ``setup_error`` (exit_code -1);
+with one -> the command ran and that is its status. bwrap's stderr lines prefixed
+``"bwrap: "`` (e.g. ``bwrap: execvp nosuchcmd: No such file or directory``) only supply the
+human-readable ``setup_error`` text, never the decision.
+
+Killing: on wall timeout or cancel we SIGKILL the sandbox's pid 1 through a pidfd (the
+kernel then SIGKILLs every process in that pid namespace, zap_pid_ns_processes, including
+setsid double-forked daemons) and the outer bwrap. Pid 1's host pid comes from the
+"child-pid" line, and the pidfd is opened while bwrap (its parent) is alive.
+
+Resource usage: ``os.wait4`` on bwrap only covers bwrap's monitor, because the monitor exits
+as soon as pid 1 reports the command's status over an eventfd and never reaps pid 1 (where
+the command's rusage accumulates). When the calling process is a child subreaper
+(``set_child_subreaper()``; prctl(2) PR_SET_CHILD_SUBREAPER), the orphaned pid 1 is
+re-parented to us and ``run`` reaps it with wait4 as well, so ``usage`` covers the command
+and every process it waited for. Without a subreaper, usage covers bwrap's monitor only.
+A process-wide reaper in the caller must not ``waitpid(-1)`` or it steals these reaps.
+
+Thread safety: ``run`` keeps all state local and may be called from many threads at once.
+PR_SET_PDEATHSIG (set on bwrap by our preexec_fn, and by ``--die-with-parent`` inside)
+fires when the *thread* that forked bwrap exits, not the process: ``run`` forks and waits in
+the calling thread, so a pool thread cannot exit while its sandbox lives. Do not hand the
+spawn to one thread and the wait to another.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import select
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sandbox.bwrap import ETC_FILES, build_argv, etc_files, validate
+from sandbox.errors import SandboxSetupError, SandboxUnavailable
+from sandbox.limits import make_preexec
+from sandbox.seccomp import compile_filter
+from sandbox.spec import ResourceUsage, RunAs, SandboxResult, SandboxSpec
+
+__all__ = ["ProbeReport", "probe", "run", "set_child_subreaper"]
+
+_POLL_S = 0.05  # cancel latency bound: the collect loop wakes at least this often
+_DRAIN_GRACE_S = 0.5  # after bwrap exits, how long its pipes may stay open (ns teardown)
+_CHUNK = 65536
+_REAP_WAIT_S = 0.5  # how long run() waits for the sandbox's pid 1 to be reapable
+_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+
+
+def run(
+    spec: SandboxSpec,
+    *,
+    cancel: threading.Event | None = None,
+    bwrap_path: str = "bwrap",
+) -> SandboxResult:
+    """Run ``spec.argv`` in a new bwrap + seccomp sandbox and wait for it (blocking).
+
+    ``cancel``: another thread may set it; the sandbox is then killed within ~50 ms and the
+    result has ``limit_reason="cancelled"``. Returns a ``SandboxResult`` for every run that
+    was spawned (including setup failures: ``setup_error``, ``exit_code == -1``).
+    Raises ``SandboxSetupError`` for an invalid spec (nothing spawned) and
+    ``SandboxUnavailable`` when bwrap cannot be executed at all.
+    """
+    # The order is the security argument:
+    # 1. validate: an invalid spec, or root without run_as, never reaches a fork.
+    # 2. compile the seccomp filter (cached) into a fresh sealed memfd for this spawn,
+    #    and the generated /etc into sealed memfds: nothing shared between runs is writable.
+    # 3. build bwrap's argv (pure) and resolve bwrap to an absolute path; bwrap itself gets
+    #    an empty environment, so the caller's LD_PRELOAD & co never reach it.
+    # 4. spawn. In the child, before exec: rlimits, (cgroups, later), drop to run_as, then
+    #    PDEATHSIG. close_fds + pass_fds: only 0-2 and our fds cross. bwrap then builds the
+    #    namespaces and mounts, drops all caps, sets NO_NEW_PRIVS, loads seccomp, execs.
+    # 5. collect stdout/stderr up to the caps (draining the rest), watch the wall clock and
+    #    cancel; on either, SIGKILL the sandbox's pid 1 (pid-namespace teardown) and bwrap.
+    # 6. reap bwrap and the sandbox's pid 1 with wait4 (rusage), kill any leftover.
+    # 7. classify: setup failure / exit / signal / which limit.
+    validate(spec)
+    if os.geteuid() == 0 and spec.run_as is None:
+        raise SandboxSetupError("run_as is required when running as root: bwrap is never run as root")
+    if spec.run_as is not None and spec.run_as.uid == 0:
+        raise SandboxSetupError("run_as.uid must not be 0: bwrap is never run as root")
+    bwrap = _resolve_bwrap(bwrap_path)
+
+    fds: list[int] = []
+    try:
+        seccomp_fd = _sealed_memfd("sandbox-seccomp", compile_filter(spec.profile))
+        fds.append(seccomp_fd)
+        etc_fds = {}
+        for path, data in etc_files(spec).items():
+            etc_fds[path] = _sealed_memfd("sandbox-etc", data)
+            fds.append(etc_fds[path])
+        status_r, status_w = os.pipe()
+        fds += [status_r, status_w]
+        argv = build_argv(
+            spec, seccomp_fd=seccomp_fd, status_fd=status_w, etc_fds=etc_fds, bwrap_path=bwrap
+        )
+        pass_fds = (seccomp_fd, status_w, *(etc_fds[p] for p in ETC_FILES))
+        preexec = make_preexec(spec.limits, spec.run_as)
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                close_fds=True,
+                pass_fds=pass_fds,
+                cwd="/",
+                env={},
+                preexec_fn=preexec,
+            )
+        except subprocess.SubprocessError as exc:  # preexec_fn raised (e.g. setresuid)
+            return _setup_failed(f"sandbox spawn failed before exec: {exc}", started)
+        except OSError as exc:
+            raise SandboxUnavailable(f"cannot execute {bwrap}: {exc}") from exc
+        finally:
+            for fd in (seccomp_fd, status_w, *etc_fds.values()):
+                fds.remove(fd)
+                os.close(fd)
+        return _supervise(proc, spec, status_r, cancel, started)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def set_child_subreaper() -> None:
+    """Make this process a child subreaper (prctl(2) PR_SET_CHILD_SUBREAPER, process-wide):
+    orphaned descendants, including each sandbox's pid 1, are re-parented here, so ``run``
+    can reap them and report the command's rusage. Call once at startup."""
+    import prctl
+
+    prctl.set_child_subreaper(True)
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    """What ``probe`` found: the bwrap used, and that a real sandbox ran as ``run_as``."""
+
+    bwrap_path: str
+    bwrap_version: str
+    userns: bool
+    seccomp: bool
+    run_as: RunAs | None
+    subreaper: bool  # whether run() can account the command's own rusage
+    spawn_ms: float  # duration of the probe's /bin/true sandbox
+
+
+def probe(bwrap_path: str = "bwrap", *, run_as: RunAs | None = None) -> ProbeReport:
+    """Check that this host can sandbox, by running ``true`` in a real sandbox with the
+    default profile as ``run_as``. Returns a ``ProbeReport``; raises ``SandboxUnavailable``
+    whose message says what to install or enable (bwrap missing, user namespaces off,
+    seccomp missing), or ``SandboxSetupError`` for a bad ``run_as``."""
+    bwrap = _resolve_bwrap(bwrap_path)
+    try:
+        out = subprocess.run(
+            [bwrap, "--version"], capture_output=True, check=True, timeout=10, env={}
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SandboxUnavailable(f"{bwrap} --version failed ({exc}): apt-get install bubblewrap") from exc
+    version = out.stdout.decode(errors="replace").strip()
+    _check_userns_sysctls()
+    if _proc_status_field("Seccomp") is None:
+        raise SandboxUnavailable("kernel has no seccomp (CONFIG_SECCOMP_FILTER); use a kernel with it")
+    compile_filter("default")
+
+    workspace = tempfile.mkdtemp(prefix="sandbox-probe-")
+    try:
+        if run_as is not None and os.geteuid() == 0:
+            os.chown(workspace, run_as.uid, run_as.gid)
+        spec = SandboxSpec(argv=("true",), workspace=workspace, run_as=run_as)
+        result = run(spec, bwrap_path=bwrap)
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
+    if result.setup_error is not None or result.exit_code != 0:
+        raise SandboxUnavailable(_explain_probe_failure(result))
+    return ProbeReport(
+        bwrap_path=bwrap,
+        bwrap_version=version,
+        userns=True,
+        seccomp=True,
+        run_as=run_as,
+        subreaper=_is_subreaper(),
+        spawn_ms=result.duration_ms,
+    )
+
+
+# ---------------------------------------------------------------- supervisor internals
+
+
+class _Collector:
+    """Output of one stream: the first ``cap`` bytes, and whether more arrived."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.parts: list[bytes] = []
+        self.kept = 0
+        self.truncated = False
+
+    def add(self, data: bytes) -> None:
+        room = self.cap - self.kept
+        if len(data) > room:
+            self.truncated = True
+            data = data[:room]
+        if data:
+            self.parts.append(data)
+            self.kept += len(data)
+
+    def value(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def _supervise(
+    proc: subprocess.Popen[bytes],
+    spec: SandboxSpec,
+    status_r: int,
+    cancel: threading.Event | None,
+    started: float,
+) -> SandboxResult:
+    assert proc.stdout is not None and proc.stderr is not None
+    cap = spec.limits.output_bytes
+    out, err = _Collector(cap), _Collector(cap)
+    status = bytearray()
+    init_pid: int | None = None
+    init_pidfd: int | None = None
+    killed_by: str | None = None
+    monitor_pidfd = os.pidfd_open(proc.pid)
+    sel = selectors.DefaultSelector()
+    try:
+        streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+        for fd in (*streams, status_r, monitor_pidfd):
+            sel.register(fd, selectors.EVENT_READ)
+        deadline = started + spec.limits.timeout_s
+        exited_at: float | None = None
+        open_fds = {*streams, status_r}
+        while open_fds or exited_at is None:
+            now = time.monotonic()
+            if killed_by is None and (cancel is not None and cancel.is_set()):
+                killed_by = "cancelled"
+            elif killed_by is None and now >= deadline:
+                killed_by = "wall_timeout"
+            if killed_by is not None and exited_at is None:
+                init_pidfd = _ensure_init_pidfd(init_pidfd, init_pid)
+                _kill(init_pidfd, proc.pid)
+            if exited_at is not None and now - exited_at > _DRAIN_GRACE_S:
+                break  # bwrap is gone; anything still holding a pipe is not ours to wait for
+            timeout = _POLL_S if killed_by is not None else max(0.0, min(_POLL_S, deadline - now))
+            for key, _ in sel.select(timeout):
+                fd = int(key.fd)
+                if fd == monitor_pidfd:
+                    sel.unregister(fd)
+                    exited_at = time.monotonic()
+                    # The command's status is in (pid 1 reaped it before telling bwrap);
+                    # whatever it left running (daemons, a fork bomb) dies with pid 1
+                    # now, which also closes the pipes those processes still hold.
+                    if init_pid is None:
+                        status += _read_rest(status_r)
+                        init_pid = _status_value(status, "child-pid")
+                    init_pidfd = _ensure_init_pidfd(init_pidfd, init_pid)
+                    _kill(init_pidfd, None)
+                    continue
+                data = _read(fd)
+                if data is None:
+                    continue
+                if not data:
+                    sel.unregister(fd)
+                    open_fds.discard(fd)
+                elif fd == status_r:
+                    status += data
+                    if init_pid is None:
+                        init_pid = _status_value(status, "child-pid")
+                        init_pidfd = _ensure_init_pidfd(init_pidfd, init_pid)
+                else:
+                    streams[fd].add(data)
+        _, wait_status, monitor_ru = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(wait_status)
+        duration_ms = (time.monotonic() - started) * 1000.0
+        status += _read_rest(status_r)
+        if init_pid is None:
+            init_pid = _status_value(status, "child-pid")
+            init_pidfd = _ensure_init_pidfd(init_pidfd, init_pid)
+        # bwrap is gone; its pid 1 either already exited or is about to (PDEATHSIG).
+        # Killing it makes sure, and tears down anything the command left running.
+        _kill(init_pidfd, None)
+        usages = [monitor_ru]
+        if init_pid is not None and _is_subreaper():
+            usages += _reap(init_pid, init_pidfd)
+    finally:
+        sel.close()
+        os.close(monitor_pidfd)
+        if init_pidfd is not None:
+            os.close(init_pidfd)
+        proc.stdout.close()
+        proc.stderr.close()
+        if proc.returncode is None:  # an exception escaped the loop: leave nothing behind
+            _kill(None, proc.pid)
+            os.waitpid(proc.pid, 0)
+            proc.returncode = -signal.SIGKILL
+    usage = _usage(usages)
+    return _classify(
+        spec, wait_status, _status_value(status, "exit-code"), killed_by, out, err, usage, duration_ms
+    )
+
+
+def _classify(
+    spec: SandboxSpec,
+    wait_status: int,
+    reported_exit: int | None,
+    killed_by: str | None,
+    out: _Collector,
+    err: _Collector,
+    usage: ResourceUsage,
+    duration_ms: float,
+) -> SandboxResult:
+    setup_error: str | None = None
+    limit: str | None = None
+    if killed_by is not None and (reported_exit is None or reported_exit == 128 + signal.SIGKILL):
+        # We killed it. Whether setup had finished is unknowable here (bwrap reports
+        # exec success only at exit), so this reads as "killed by SIGKILL".
+        exit_code, limit = 128 + signal.SIGKILL, killed_by
+    elif reported_exit is not None:
+        # The command was exec'd (bwrap wrote exit-code); a kill that raced with its own
+        # exit lost the race, so the command's status stands.
+        exit_code = reported_exit
+    else:
+        exit_code = -1
+        setup_error = _setup_message(err.value(), wait_status)
+    sig = exit_code - 128 if 128 < exit_code <= 128 + 64 else None
+    if limit is None and setup_error is None:
+        if sig == signal.SIGXCPU or (
+            sig == signal.SIGKILL and usage.cpu_time_ms >= spec.limits.cpu_seconds * 1000
+        ):
+            limit = "cpu_time"  # RLIMIT_CPU: SIGXCPU at soft, SIGKILL at hard (setrlimit(2))
+        elif sig == signal.SIGXFSZ:
+            limit = "file_size"  # RLIMIT_FSIZE: SIGXFSZ on the write past the limit
+        elif out.truncated or err.truncated:
+            limit = "output_truncated"
+    return SandboxResult(
+        exit_code=exit_code,
+        signal=sig,
+        stdout=out.value(),
+        stderr=err.value(),
+        stdout_truncated=out.truncated,
+        stderr_truncated=err.truncated,
+        limit_reason=limit,
+        usage=usage,
+        duration_ms=duration_ms,
+        setup_error=setup_error,
+    )
+
+
+def _setup_message(stderr: bytes, wait_status: int) -> str:
+    # Text only: the decision was made from the missing "exit-code" status line.
+    lines = [
+        line for line in stderr.decode(errors="replace").splitlines() if line.startswith("bwrap: ")
+    ]
+    if lines:
+        return "; ".join(lines)
+    if os.WIFSIGNALED(wait_status):
+        return f"bwrap terminated by signal {os.WTERMSIG(wait_status)} before the command ran"
+    return f"sandbox setup failed (bwrap exit status {os.waitstatus_to_exitcode(wait_status)})"
+
+
+def _setup_failed(message: str, started: float) -> SandboxResult:
+    return SandboxResult(
+        exit_code=-1,
+        signal=None,
+        stdout=b"",
+        stderr=b"",
+        stdout_truncated=False,
+        stderr_truncated=False,
+        limit_reason=None,
+        usage=ResourceUsage(0, 0, 0, 0),
+        duration_ms=(time.monotonic() - started) * 1000.0,
+        setup_error=message,
+    )
+
+
+def _usage(rusages: list[Any]) -> ResourceUsage:
+    """Sum CPU and I/O of bwrap's monitor and (when reaped) the sandbox's pid 1. Max RSS
+    comes from pid 1 when available: the monitor's ru_maxrss includes the RSS of the forked
+    Python image before exec (~10 MB), which says nothing about the command."""
+    rss_source = rusages[1:] or rusages
+    return ResourceUsage(
+        cpu_time_ms=int(sum(ru.ru_utime + ru.ru_stime for ru in rusages) * 1000),
+        max_memory_kb=max(ru.ru_maxrss for ru in rss_source),
+        io_read_bytes=sum(ru.ru_inblock for ru in rusages) * 512,
+        io_write_bytes=sum(ru.ru_oublock for ru in rusages) * 512,
+    )
+
+
+def _reap(pid: int, pidfd: int | None) -> list[Any]:
+    """wait4 the sandbox's pid 1 (our child only because we are a subreaper) for rusage.
+
+    Its exit can take long after a fork bomb: pid 1 becomes reapable only once the kernel
+    has killed and reaped every process of its pid namespace (zap_pid_ns_processes). We
+    wait at most _REAP_WAIT_S for that, then hand the reap to a daemon thread (so no zombie
+    is left) and report usage without pid 1.
+    """
+    if pidfd is not None:
+        # A pidfd polls readable once the process has exited (pidfd_open(2)).
+        select.select([pidfd], [], [], _REAP_WAIT_S)
+    try:
+        got, _, ru = os.wait4(pid, os.WNOHANG)
+    except ChildProcessError:  # reaped by bwrap (setup failure path) or not re-parented
+        return []
+    if got == pid:
+        return [ru]
+    threading.Thread(target=_reap_blocking, args=(pid,), name="sandbox-reap", daemon=True).start()
+    return []
+
+
+def _reap_blocking(pid: int) -> None:
+    try:
+        os.wait4(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _kill(init_pidfd: int | None, monitor_pid: int | None) -> None:
+    # pid 1 first: its death makes the kernel SIGKILL the whole pid namespace.
+    if init_pidfd is not None:
+        try:
+            signal.pidfd_send_signal(init_pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if monitor_pid is not None:
+        # Safe by pid: bwrap is our unreaped child, its pid cannot be reused yet.
+        try:
+            os.kill(monitor_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _ensure_init_pidfd(pidfd: int | None, pid: int | None) -> int | None:
+    """Pin the sandbox's pid 1 with a pidfd, so a later kill cannot hit a reused pid."""
+    if pidfd is not None or pid is None:
+        return pidfd
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _status_value(status: bytes | bytearray, key: str) -> int | None:
+    """Value of ``key`` in bwrap's --json-status-fd output (one JSON object per line)."""
+    for line in bytes(status).splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue  # an incomplete last line; read again later
+        if isinstance(obj, dict) and isinstance(obj.get(key), int):
+            return int(obj[key])
+    return None
+
+
+def _read(fd: int) -> bytes | None:
+    """One read of a pipe that select() reported readable; b"" = EOF, None = no data yet
+    (only possible on the status pipe, which ``_read_rest`` made non-blocking)."""
+    try:
+        return os.read(fd, _CHUNK)
+    except BlockingIOError:
+        return None
+
+
+def _read_rest(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    chunks = []
+    try:
+        while chunk := os.read(fd, _CHUNK):
+            chunks.append(chunk)
+    except BlockingIOError:
+        pass
+    return b"".join(chunks)
+
+
+def _sealed_memfd(name: str, data: bytes) -> int:
+    """A memfd holding ``data``, sealed against any change (fcntl(2) F_ADD_SEALS) and
+    rewound: bwrap reads --seccomp / --ro-bind-data fds from the current offset to EOF."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _resolve_bwrap(bwrap_path: str) -> str:
+    found = shutil.which(bwrap_path)
+    if found is None:
+        raise SandboxUnavailable(
+            f"bubblewrap ({bwrap_path!r}) not found: apt-get install bubblewrap "
+            "(or dnf install bubblewrap), or configure the bwrap path"
+        )
+    return os.path.abspath(found)
+
+
+def _is_subreaper() -> bool:
+    import prctl
+
+    return bool(prctl.get_child_subreaper())
+
+
+def _proc_status_field(name: str) -> str | None:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(name + ":"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _check_userns_sysctls() -> None:
+    if not os.path.exists("/proc/self/ns/user"):
+        raise SandboxUnavailable("kernel has no user namespaces (CONFIG_USER_NS); use a kernel with it")
+    if _read_int("/proc/sys/kernel/unprivileged_userns_clone") == 0:
+        raise SandboxUnavailable(
+            "unprivileged user namespaces are disabled: sysctl kernel.unprivileged_userns_clone=1"
+        )
+    if _read_int("/proc/sys/user/max_user_namespaces") == 0:
+        raise SandboxUnavailable(
+            "user namespaces are disabled: sysctl user.max_user_namespaces=15000"
+        )
+    if _read_int("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == 1:
+        raise SandboxUnavailable(
+            "AppArmor restricts unprivileged user namespaces: "
+            "sysctl kernel.apparmor_restrict_unprivileged_userns=0 or add an AppArmor profile for bwrap"
+        )
+
+
+def _explain_probe_failure(result: SandboxResult) -> str:
+    detail = result.setup_error or f"exit code {result.exit_code}"
+    stderr = result.stderr.decode(errors="replace").strip()
+    hint = "check that the run_as user can use bwrap"
+    if "namespace" in stderr or "uid map" in stderr:
+        hint = (
+            "user namespaces are not usable: sysctl kernel.unprivileged_userns_clone=1 "
+            "and user.max_user_namespaces>0"
+        )
+    elif "seccomp" in stderr.lower():
+        hint = "seccomp is not usable: use a kernel with CONFIG_SECCOMP_FILTER"
+    return f"sandbox probe failed: {detail}; {hint}. stderr: {stderr[:500]}"

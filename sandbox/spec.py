@@ -1,0 +1,143 @@
+"""What to run and under which limits: the frozen value types shared with the gateway.
+
+Every type here is a frozen dataclass (hashable, safe to share between threads). Units are
+in the field names (``_s`` seconds, ``_ms`` milliseconds, ``_bytes`` bytes, ``_kb`` KiB).
+Validation of a spec happens in ``sandbox.bwrap.build_argv`` (and therefore in ``run``),
+not here, so a spec can be built first and checked against the host later.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+__all__ = [
+    "Limits",
+    "NetworkMode",
+    "ResourceUsage",
+    "RunAs",
+    "SandboxResult",
+    "SandboxSpec",
+]
+
+
+class NetworkMode(str, enum.Enum):
+    """Network view of the sandbox.
+
+    NONE       own network namespace. bwrap 0.8 always brings ``lo`` up in a new netns
+               (network.c ``loopback_setup``), so 127.0.0.1 works *inside*, but nothing on
+               the host (including host 127.0.0.1) is reachable.
+    LOOPBACK   same namespace layout as NONE (own netns with ``lo`` up); kept distinct so
+               a later issue can tighten NONE (e.g. seccomp-refuse AF_INET) without
+               changing callers that need loopback.
+    HOST       ``--share-net``: the host's network, plus a read-only /etc/resolv.conf.
+    RESTRICTED egress through a filtering proxy; not supported yet (SandboxSetupError).
+    """
+
+    NONE = "none"
+    LOOPBACK = "loopback"
+    HOST = "host"
+    RESTRICTED = "restricted"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Hard limits of one run. Enforcement: rlimits set in the child before exec of bwrap
+    (see ``sandbox.limits``), the wall clock and output caps in ``sandbox.runner``."""
+
+    timeout_s: float = 30.0  # wall clock from spawn, seconds; SIGKILL of the whole sandbox
+    cpu_seconds: int = 30  # RLIMIT_CPU per process (soft; hard = soft + 1 -> SIGKILL)
+    memory_bytes: int = 1 << 30  # RLIMIT_AS per process (virtual address space)
+    file_size_bytes: int = 64 << 20  # RLIMIT_FSIZE: largest file a process may write
+    open_files: int = 256  # RLIMIT_NOFILE
+    pids: int = 128  # recorded now, enforced by a pids cgroup in a later issue
+    tmp_size_bytes: int = 64 << 20  # bwrap --size for the --tmpfs /tmp
+    output_bytes: int = 1 << 20  # kept per stream (stdout, stderr); the rest is drained
+    # RLIMIT_NPROC backstop, None = unset. It counts every process of the run_as uid on the
+    # host (all sandboxes sharing that uid), so it is a host-protection cap, not a per-run
+    # limit: without a pids cgroup it is what keeps a fork bomb from exhausting host pids.
+    uid_process_cap: int | None = None
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """Host uid/gid the sandbox runs as (the same ids are seen inside: no uid remapping)."""
+
+    uid: int
+    gid: int
+
+
+def _empty_env() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """One command to run in a fresh sandbox.
+
+    ``argv[0]`` is resolved through PATH *inside* the sandbox (bwrap execvp after
+    --clearenv/--setenv). ``env`` is added on top of the base environment
+    ``PATH=/usr/local/bin:/usr/bin:/bin HOME=/workspace LANG=C.UTF-8 TMPDIR=/tmp``.
+    ``workspace`` is a host directory bound read-write at /workspace; ``ro_paths`` and
+    ``rw_paths`` are extra host paths bound at the same path. ``run_as`` is required when
+    the caller's euid is 0: bwrap is never executed as root.
+    """
+
+    argv: tuple[str, ...]
+    workspace: str
+    env: Mapping[str, str] = field(default_factory=_empty_env)
+    cwd: str = "/workspace"
+    network: NetworkMode = NetworkMode.NONE
+    ro_paths: tuple[str, ...] = ()
+    rw_paths: tuple[str, ...] = ()
+    limits: Limits = Limits()
+    hostname: str = "sandbox"
+    profile: str = "default"
+    run_as: RunAs | None = None
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    """Resource use of one run, from ``os.wait4`` rusage (getrusage(2)).
+
+    cpu_time_ms     ru_utime + ru_stime, milliseconds
+    max_memory_kb   ru_maxrss, KiB (largest single process, not the sum)
+    io_read_bytes   ru_inblock * 512 (block-device reads only; page-cache hits are free)
+    io_write_bytes  ru_oublock * 512
+    Covers the command only when the caller is a child subreaper; see ``runner.run``.
+    """
+
+    cpu_time_ms: int
+    max_memory_kb: int
+    io_read_bytes: int
+    io_write_bytes: int
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """Outcome of one run.
+
+    exit_code     the command's exit status; 128+N if it was killed by signal N (also when
+                  we killed it: wall timeout and cancel give 137); -1 if it never started
+    signal        N when exit_code is 128+N (1..64), else None. bwrap reports a signal
+                  death as 128+N, so a command that itself exits 129..192 reads as signaled
+    limit_reason  "wall_timeout" | "cpu_time" | "file_size" | "output_truncated" |
+                  "cancelled" | None (first applicable, in that order of precedence:
+                  cancelled, wall_timeout, cpu_time, file_size, output_truncated)
+    duration_ms   spawn to reap, wall clock
+    setup_error   set (and exit_code -1) when bwrap or the exec of argv[0] failed before
+                  the command ran; bwrap's own "bwrap: ..." message when available
+    """
+
+    exit_code: int
+    signal: int | None
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+    limit_reason: str | None
+    usage: ResourceUsage
+    duration_ms: float
+    setup_error: str | None

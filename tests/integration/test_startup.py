@@ -1,0 +1,81 @@
+"""Start-up and shut-down of a real ``mcp-gateway serve`` process: refusals with clear
+messages, the listening line, clean SIGTERM, and recovery of tasks a dead process left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import GATEWAY_BIN, start_gateway, wait_final
+
+
+def run_serve(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(GATEWAY_BIN), "serve", "--http-port", "0", "--grpc-port", "0", *args],
+                          capture_output=True, text=True, timeout=timeout_s)
+
+
+def test_refuses_non_loopback_bind(tmp_path: Path) -> None:
+    out = run_serve("--host", "0.0.0.0", "--state-dir", str(tmp_path))
+    assert out.returncode == 2
+    assert "refusing to bind '0.0.0.0'" in out.stderr and "loopback" in out.stderr
+
+
+def test_refuses_to_start_without_bubblewrap(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text("sandbox:\n  bwrap_path: /nonexistent/bwrap\n")
+    out = run_serve("--config", str(config), "--state-dir", str(tmp_path / "var"))
+    assert out.returncode == 3, out.stderr
+    assert "cannot sandbox commands" in out.stderr and "apt-get install bubblewrap" in out.stderr
+
+
+def test_refuses_to_start_with_a_broken_policy(tmp_path: Path) -> None:
+    policy = tmp_path / "policy"
+    (policy / "mcp").mkdir(parents=True)
+    (policy / "mcp" / "decision.rego").write_text("package mcp\n\ndecision := {{{ broken\n")
+    out = run_serve("--policy-dir", str(policy), "--state-dir", str(tmp_path / "var"))
+    assert out.returncode == 3, out.stderr
+    assert "cannot load policy" in out.stderr
+
+
+def test_environment_and_config_file_settings(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text("host: 10.0.0.1\n")
+    out = run_serve("--config", str(config), "--state-dir", str(tmp_path / "var"))
+    assert out.returncode == 2 and "refusing to bind '10.0.0.1'" in out.stderr
+    env_out = subprocess.run([str(GATEWAY_BIN), "serve", "--state-dir", str(tmp_path / "var")],
+                             capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "MCP_GATEWAY_HOST": "192.0.2.1"})
+    assert env_out.returncode == 2 and "refusing to bind '192.0.2.1'" in env_out.stderr
+
+
+def test_tasks_left_running_by_a_dead_gateway_are_failed_on_restart(tmp_path: Path) -> None:
+    state = tmp_path / "var"
+    gw = start_gateway(state)
+    try:
+        with httpx.Client(base_url=gw.http_url, timeout=30) as http:
+            task_id = http.post("/v1/execute", json={"command": "sleep", "args": ["37.5"], "timeout": 60}).json()["task_id"]
+            deadline = time.monotonic() + 20
+            while http.get(f"/v1/tasks/{task_id}").json()["task_info"]["status"] != "RUNNING":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        gw.proc.send_signal(signal.SIGKILL)
+        gw.proc.wait()
+    # --die-with-parent: the sandbox does not outlive the gateway that started it.
+    deadline = time.monotonic() + 10
+    while subprocess.run(["pgrep", "-f", "sleep 37.5"], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "sandboxed sleep survived its gateway"
+        time.sleep(0.1)
+    gw2 = start_gateway(state)
+    try:
+        with httpx.Client(base_url=gw2.http_url, timeout=30) as http:
+            final = wait_final(lambda t: http.get(f"/v1/tasks/{t}").json(), task_id)
+            assert final["task_info"]["status"] == "FAILED"
+            assert final["result"]["error"] == "gateway_restart"
+    finally:
+        assert gw2.stop() == 0

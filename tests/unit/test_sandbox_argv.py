@@ -1,0 +1,126 @@
+"""Golden bwrap argv for a few specs, and the validation errors of build_argv."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sandbox import Limits, NetworkMode, RunAs, SandboxSetupError, SandboxSpec, build_argv
+from sandbox.bwrap import ETC_FILES, etc_files
+
+ETC_FDS = {path: 10 + i for i, path in enumerate(ETC_FILES)}
+
+
+def _argv(spec: SandboxSpec, status_fd: int | None = 4) -> list[str]:
+    return build_argv(spec, seccomp_fd=3, status_fd=status_fd, etc_fds=ETC_FDS, bwrap_path="/usr/bin/bwrap")
+
+
+def _root_links() -> list[str]:
+    out: list[str] = []
+    for link in ("/bin", "/sbin", "/lib", "/lib64"):
+        if os.path.islink(link):
+            out += ["--symlink", os.readlink(link), link]
+        elif os.path.isdir(link):
+            out += ["--ro-bind", link, link]
+    return out
+
+
+def _golden(ws: str, *, share_net: bool = False, env: dict[str, str] | None = None,
+            tmp: int = 64 << 20, tail: list[str] | None = None, cwd: str = "/workspace",
+            hostname: str = "sandbox", extra: list[str] | None = None) -> list[str]:
+    full_env = {"HOME": "/workspace", "LANG": "C.UTF-8", "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "TMPDIR": "/tmp", **(env or {})}
+    argv = ["/usr/bin/bwrap", "--unshare-all"] + (["--share-net"] if share_net else [])
+    argv += ["--die-with-parent", "--new-session", "--clearenv"]
+    for key in sorted(full_env):
+        argv += ["--setenv", key, full_env[key]]
+    argv += ["--hostname", hostname, "--ro-bind", "/usr", "/usr", *_root_links(),
+             "--proc", "/proc", "--dev", "/dev", "--size", str(tmp), "--tmpfs", "/tmp",
+             "--dir", "/etc",
+             "--ro-bind-data", "10", "/etc/group", "--ro-bind-data", "11", "/etc/hosts",
+             "--ro-bind-data", "12", "/etc/nsswitch.conf", "--ro-bind-data", "13", "/etc/passwd"]
+    if share_net:
+        argv += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
+    argv += ["--bind", ws, "/workspace", *(extra or []), "--remount-ro", "/", "--chdir", cwd,
+             "--cap-drop", "ALL", "--seccomp", "3"]
+    return argv + (tail if tail is not None else ["--json-status-fd", "4", "--"])
+
+
+def test_default_spec_golden(tmp_path):
+    spec = SandboxSpec(argv=("echo", "hi"), workspace=str(tmp_path))
+    assert _argv(spec) == _golden(str(tmp_path)) + ["echo", "hi"]
+
+
+def test_host_network_env_paths_golden(tmp_path):
+    spec = SandboxSpec(
+        argv=("python3", "-c", "pass"),
+        workspace=str(tmp_path),
+        env={"FOO": "bar", "PATH": "/bin"},
+        cwd="/tmp/x",
+        network=NetworkMode.HOST,
+        ro_paths=("/usr/share",),
+        rw_paths=("/var/tmp",),
+        limits=Limits(tmp_size_bytes=1 << 20),
+        hostname="box-1",
+    )
+    expected = _golden(str(tmp_path), share_net=True, env={"FOO": "bar", "PATH": "/bin"},
+                       tmp=1 << 20, cwd="/tmp/x", hostname="box-1",
+                       extra=["--ro-bind", "/usr/share", "/usr/share", "--bind", "/var/tmp", "/var/tmp"])
+    assert _argv(spec) == expected + ["python3", "-c", "pass"]
+
+
+def test_loopback_same_layout_as_none_and_no_status_fd(tmp_path):
+    spec = SandboxSpec(argv=("true",), workspace=str(tmp_path), network=NetworkMode.LOOPBACK)
+    assert _argv(spec, status_fd=None) == _golden(str(tmp_path), tail=["--"]) + ["true"]
+
+
+def test_command_after_double_dash_even_if_it_looks_like_an_option(tmp_path):
+    spec = SandboxSpec(argv=("--version",), workspace=str(tmp_path))
+    argv = _argv(spec)
+    assert argv[-2:] == ["--", "--version"]
+
+
+def test_etc_files_name_the_run_as_user():
+    spec = SandboxSpec(argv=("true",), workspace="/tmp", run_as=RunAs(1234, 4321), hostname="h")
+    files = etc_files(spec)
+    assert set(files) == set(ETC_FILES)
+    assert files["/etc/passwd"].startswith(b"sandbox:x:1234:4321:sandbox:/workspace:/bin/sh\n")
+    assert files["/etc/group"].startswith(b"sandbox:x:4321:\n")
+    assert b"127.0.1.1\th\n" in files["/etc/hosts"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"argv": ()}, "argv"),
+        ({"argv": ("a\0b",)}, "NUL"),
+        ({"env": {"A=B": "x"}}, "invalid environment variable name"),
+        ({"env": {"": "x"}}, "invalid environment variable name"),
+        ({"env": {"A": "x\0y"}}, "NUL"),
+        ({"workspace": "relative/dir"}, "absolute"),
+        ({"workspace": "/nonexistent-sandbox-ws"}, "not an existing directory"),
+        ({"ro_paths": ("/usr/../etc",)}, "'..'"),
+        ({"ro_paths": ("/nonexistent-sandbox-path",)}, "does not exist"),
+        ({"rw_paths": ("/etc",)}, "overlaps"),
+        ({"rw_paths": ("/",)}, "overlaps"),
+        ({"ro_paths": ("/proc/1",)}, "overlaps"),
+        ({"cwd": "/usr"}, "under /workspace or /tmp"),
+        ({"cwd": "/workspace/../etc"}, "'..'"),
+        ({"hostname": "bad host"}, "hostname"),
+        ({"network": NetworkMode.RESTRICTED}, "restricted network mode is not supported yet"),
+        ({"profile": "nope"}, "unknown seccomp profile"),
+        ({"limits": Limits(timeout_s=0)}, "timeout_s"),
+        ({"limits": Limits(memory_bytes=0)}, "memory_bytes"),
+    ],
+)
+def test_validation_errors(tmp_path, changes, message):
+    fields = {"argv": ("true",), "workspace": str(tmp_path), **changes}
+    with pytest.raises(SandboxSetupError, match=message.replace("(", r"\(")):
+        _argv(SandboxSpec(**fields))
+
+
+def test_missing_etc_fd_is_an_error(tmp_path):
+    spec = SandboxSpec(argv=("true",), workspace=str(tmp_path))
+    with pytest.raises(SandboxSetupError, match="etc_fds"):
+        build_argv(spec, seccomp_fd=3, status_fd=None, etc_fds={})
