@@ -15,10 +15,12 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 
@@ -75,19 +77,49 @@ def build_service(settings: Settings) -> Runtime:
         raise StartupError(f"cannot load policy from {settings.policy_dir}: {exc.message}") from exc
     state_dir = settings.state_dir
     try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # 0711: the sandbox uid may traverse to its workspace but not list the directory;
+        # the store and the audit file inside are 0600.
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        settings.workspace_root.mkdir(parents=True, exist_ok=True, mode=0o711)
         store = SqliteTaskStore(state_dir / "tasks.db")
         sink = FileSink(settings.audit_path, fsync=settings.audit.fsync)
         audit = AuditLog(sink)
     except (OSError, GatewayError) as exc:
         raise StartupError(f"cannot open state in {state_dir}: {exc}") from exc
+    if run_as is not None:
+        blocked = _first_unsearchable(settings.workspace_root, run_as)
+        if blocked is not None:
+            raise StartupError(
+                f"sandbox uid {run_as.uid} cannot reach workspaces under {settings.workspace_root}: "
+                f"{blocked} is not searchable by it (bwrap resolves bind sources as that uid); "
+                "use a --state-dir or MCP_GATEWAY_SANDBOX__WORKSPACE_ROOT whose every parent "
+                "directory has the x bit for others (e.g. under /var/lib or /srv)"
+            )
     orphaned = store.fail_unfinished("gateway_restart", time.time_ns())
     if orphaned:
         log.warning("marked %d tasks left unfinished by a previous process as FAILED", orphaned)
-    tasks = TaskManager(
-        store, audit, settings.sandbox, settings.tasks, state_dir / "workspaces", run_as
-    )
+    tasks = TaskManager(store, audit, settings.sandbox, settings.tasks, settings.workspace_root, run_as)
     return Runtime(GatewayService(settings, policy, store, tasks, audit), tasks, store, sink)
+
+
+def _first_unsearchable(path: Path, run_as: sandbox.RunAs) -> Path | None:
+    """The first directory from / down to ``path`` that ``run_as`` may not search, or None.
+
+    Mirrors the kernel's permission check (path_resolution(7)): owner bits when the uid
+    owns it, group bits when the gid matches, other bits otherwise.
+    """
+    resolved = path.resolve()
+    for directory in (*reversed(resolved.parents), resolved):
+        st = directory.stat()
+        if st.st_uid == run_as.uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid == run_as.gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return directory
+    return None
 
 
 class _Uvicorn(uvicorn.Server):

@@ -59,6 +59,12 @@ class SandboxSettings(BaseModel):
     )
     gid: int = Field(60000, ge=1, description="Host gid for the sandbox, as for uid.")
     profile: str = Field("default", description="seccomp profile name.")
+    workspace_root: Path | None = Field(
+        None,
+        description="Parent of per-task workspaces; default <state_dir>/workspaces. Every "
+        "ancestor must be searchable (x bit) by the sandbox uid, because bwrap resolves the "
+        "bind source by path as that uid; the gateway checks this at start.",
+    )
     default_timeout_s: int = Field(30, ge=1, description="Wall-clock limit when a request asks 0, seconds.")
     max_timeout_s: int = Field(3600, ge=1, description="Hard maximum a request may ask, seconds.")
     max_memory_bytes: int = Field(4 << 30, ge=1 << 20, description="Hard cap on memory, bytes.")
@@ -139,6 +145,11 @@ class Settings(BaseSettings):
                 "only listens on loopback (127.0.0.1, ::1 or localhost)"
             )
         return host
+
+    @property
+    def workspace_root(self) -> Path:
+        """Where task workspaces live: ``sandbox.workspace_root`` or ``<state_dir>/workspaces``."""
+        return self.sandbox.workspace_root or self.state_dir / "workspaces"
 
     @property
     def audit_path(self) -> Path:

@@ -65,7 +65,11 @@ __all__ = ["ProbeReport", "probe", "run", "set_child_subreaper"]
 _POLL_S = 0.05  # cancel latency bound: the collect loop wakes at least this often
 _DRAIN_GRACE_S = 0.5  # after bwrap exits, how long its pipes may stay open (ns teardown)
 _CHUNK = 65536
-_REAP_WAIT_S = 0.5  # how long run() waits for the sandbox's pid 1 to be reapable
+# How long run() waits for the sandbox's pid 1 to be reapable. Reaping pid 1 is the proof that
+# the kernel has killed and reaped every process of the namespace, so run() returns (and a
+# task is reported final) only when nothing of the sandbox is left: after a fork bomb that
+# takes ~0.5 s, and reporting earlier let the dying processes starve the next run.
+_REAP_WAIT_S = 10.0
 _SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
 
@@ -415,8 +419,8 @@ def _reap(pid: int, pidfd: int | None) -> list[Any]:
 
     Its exit can take long after a fork bomb: pid 1 becomes reapable only once the kernel
     has killed and reaped every process of its pid namespace (zap_pid_ns_processes). We
-    wait at most _REAP_WAIT_S for that, then hand the reap to a daemon thread (so no zombie
-    is left) and report usage without pid 1.
+    wait up to _REAP_WAIT_S for that; only if the kernel is slower still is the reap handed
+    to a daemon thread (so no zombie is left) and usage reported without pid 1.
     """
     if pidfd is not None:
         # A pidfd polls readable once the process has exited (pidfd_open(2)).

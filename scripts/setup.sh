@@ -31,7 +31,7 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 log=.venv/setup-pip.log
-if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".${extras}"; } >"$log" 2>&1; then
+if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".${extras}" --config-settings editable_mode=compat; } >"$log" 2>&1; then
   cat "$log" >&2
   echo "setup: pip install failed (log above)" >&2
   exit 1

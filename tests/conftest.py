@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -51,14 +52,16 @@ class GatewayProcess:
             return []
         return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line.strip()]
 
-    def stop(self) -> int:
+    def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         return self.proc.returncode
 
 
@@ -66,6 +69,7 @@ def start_gateway(state_dir: Path, *extra_args: str, env: dict[str, str] | None 
                   timeout_s: float = 30.0) -> GatewayProcess:
     """Start ``mcp-gateway serve`` on free ports and wait for its ``listening`` line."""
     state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.parent.chmod(0o711)  # mkdtemp makes 0700; the sandbox uid must traverse it
     stderr_path = state_dir.parent / f"{state_dir.name}-gateway.stderr"
     cmd = [str(GATEWAY_BIN), "serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
            "--state-dir", str(state_dir), *extra_args]
@@ -84,13 +88,25 @@ def start_gateway(state_dir: Path, *extra_args: str, env: dict[str, str] | None 
             break
     proc.kill()
     proc.wait()
+    proc.stdout.close()
     raise RuntimeError(f"gateway did not start (exit {proc.returncode}):\n{stderr_path.read_text()}")
 
 
+@pytest.fixture(scope="session")
+def state_root() -> Iterator[Path]:
+    """A directory the sandbox uid can traverse (pytest's own tmp is 0700 under root), for
+    gateway state dirs; removed at the end of the session."""
+    root = Path(tempfile.mkdtemp(prefix="mcp-gw-tests-", dir="/tmp"))
+    root.chmod(0o711)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def gateway(state_root: Path, request: pytest.FixtureRequest) -> Iterator[GatewayProcess]:
     """One gateway process per test module."""
-    gw = start_gateway(tmp_path_factory.mktemp("gw") / "var")
+    gw = start_gateway(Path(tempfile.mkdtemp(prefix=request.module.__name__.rsplit(".", 1)[-1] + "-",
+                                             dir=state_root)) / "var")
     yield gw
     code = gw.stop()
     assert code == 0, f"gateway exited {code}:\n{gw.stderr_path.read_text()}"
@@ -143,19 +159,21 @@ class Grpcurl:
     def __init__(self, binary: str, addr: str) -> None:
         self.binary, self.addr = binary, addr
 
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([self.binary, "-plaintext", *args], capture_output=True, text=True, timeout=60)
+    def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.binary, "-plaintext", *args], capture_output=True, text=True, timeout=60,
+                              input=stdin)
 
     def call(self, method: str, body: dict[str, Any] | str) -> GrpcReply:
         data = body if isinstance(body, str) else json.dumps(body)
-        out = self.run("-format-error", "-emit-defaults", "-use-reflection", "-d", data, self.addr,
-                       f"mcp.McpService/{method}")
+        # "-d @": the request comes on stdin, so large requests do not hit the argv limit.
+        out = self.run("-format-error", "-emit-defaults", "-use-reflection", "-d", "@", self.addr,
+                       f"mcp.McpService/{method}", stdin=data)
         if out.returncode == 0:
-            return GrpcReply(_proto_names(json.loads(out.stdout), method))
+            return GrpcReply(json.loads(out.stdout))  # grpcurl prints the .proto field names
         err = json.loads(out.stdout or out.stderr)
         details = None
         # grpcurl prints trailers on stderr with -v only; ask again verbosely for them.
-        verbose = self.run("-v", "-use-reflection", "-d", data, self.addr, f"mcp.McpService/{method}")
+        verbose = self.run("-v", "-use-reflection", "-d", "@", self.addr, f"mcp.McpService/{method}", stdin=data)
         for line in (verbose.stdout + verbose.stderr).splitlines():
             if line.startswith("error-details: "):
                 details = json.loads(line.split(": ", 1)[1])
@@ -192,19 +210,6 @@ def _code_name(code: Any) -> str:
     if isinstance(code, int):
         return grpc.StatusCode(tuple(c for c in grpc.StatusCode if c.value[0] == code)[0].value).name
     return str(code)
-
-
-def _proto_names(value: Any, _method: str = "") -> Any:
-    """grpcurl prints lowerCamelCase JSON names; convert keys to the .proto's snake_case."""
-    if isinstance(value, dict):
-        return {("".join("_" + c.lower() if c.isupper() else c for c in k) if k not in _MAP_KEYS else k):
-                _proto_names(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_proto_names(v) for v in value]
-    return value
-
-
-_MAP_KEYS: frozenset[str] = frozenset()
 
 
 @pytest.fixture(scope="session")

@@ -105,7 +105,6 @@ class TaskManager:
         self._pending = 0
         self._running = 0
         self._cancels: dict[str, threading.Event] = {}
-        workspace_root.mkdir(parents=True, exist_ok=True, mode=0o711)
 
     @property
     def queued(self) -> int:

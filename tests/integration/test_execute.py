@@ -42,7 +42,7 @@ def test_hello_world_over_grpc(grpc_client: Grpcurl | ReflectionClient) -> None:
     assert reply.body["status"] in ("TASK_QUEUED", "TASK_RUNNING", "TASK_COMPLETED")
     assert RFC3339.match(reply.body["created_at"])
     final = wait_final(lambda t: grpc_status(grpc_client, t), reply.body["task_id"])
-    assert final["task_info"]["status"] == "TASK_COMPLETED"
+    assert final["task_info"]["status"] == "TASK_COMPLETED", final
     assert final["task_info"]["task_type"] == "TASK_COMMAND"
     assert RFC3339.match(final["task_info"]["started_at"]) and RFC3339.match(final["task_info"]["completed_at"])
     result = final["result"]
@@ -63,10 +63,10 @@ def test_grpcurl_verbatim_readme_command(gateway: GatewayProcess, grpcurl_binary
          f"localhost:{port}", "mcp.McpService/ExecuteCommand"],
         capture_output=True, text=True, timeout=60, check=True,
     )
-    task_id = json.loads(out.stdout)["taskId"]
+    task_id = json.loads(out.stdout)["task_id"]
     client = Grpcurl(grpcurl_binary, f"localhost:{port}")
     final = wait_final(lambda t: grpc_status(client, t), task_id)
-    assert final["task_info"]["status"] == "TASK_COMPLETED"
+    assert final["task_info"]["status"] == "TASK_COMPLETED", final
     assert final["result"]["stdout"] == "hello world\n"
     listed = subprocess.run([grpcurl_binary, "-plaintext", f"localhost:{port}", "list"],
                             capture_output=True, text=True, timeout=60, check=True).stdout.split()

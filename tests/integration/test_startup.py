@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,8 +54,18 @@ def test_environment_and_config_file_settings(tmp_path: Path) -> None:
     assert env_out.returncode == 2 and "refusing to bind '192.0.2.1'" in env_out.stderr
 
 
-def test_tasks_left_running_by_a_dead_gateway_are_failed_on_restart(tmp_path: Path) -> None:
-    state = tmp_path / "var"
+def test_refuses_unreachable_workspace_root(tmp_path: Path) -> None:
+    # pytest's tmp_path sits under a 0700 directory owned by root.
+    out = run_serve("--state-dir", str(tmp_path / "var"))
+    if os.geteuid() != 0:
+        assert out.returncode != 3 or "cannot reach workspaces" not in out.stderr
+        return
+    assert out.returncode == 3, out.stderr
+    assert "cannot reach workspaces" in out.stderr and "is not searchable" in out.stderr
+
+
+def test_tasks_left_running_by_a_dead_gateway_are_failed_on_restart(state_root: Path) -> None:
+    state = Path(tempfile.mkdtemp(dir=state_root)) / "var"
     gw = start_gateway(state)
     try:
         with httpx.Client(base_url=gw.http_url, timeout=30) as http:
@@ -64,8 +75,7 @@ def test_tasks_left_running_by_a_dead_gateway_are_failed_on_restart(tmp_path: Pa
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
     finally:
-        gw.proc.send_signal(signal.SIGKILL)
-        gw.proc.wait()
+        gw.stop(signal.SIGKILL)
     # --die-with-parent: the sandbox does not outlive the gateway that started it.
     deadline = time.monotonic() + 10
     while subprocess.run(["pgrep", "-f", "sleep 37.5"], capture_output=True).returncode == 0:

@@ -32,7 +32,7 @@ PROBES: dict[str, tuple[str, set[str]]] = {
     "list the caller's home": ("report(lambda: os.listdir(os.path.expanduser('~root')))", {"ENOENT", "EACCES"}),
     "list host /home": ("report(lambda: os.listdir('/home'))", {"ENOENT"}),
     "write to /usr": ("report(lambda: open('/usr/pwned', 'w'))", {"EROFS"}),
-    "unshare a user namespace": ("report(lambda: os.unshare(os.CLONE_NEWUSER))", {"EPERM"}),
+    "unshare a user namespace": ("report(lambda: libc.unshare(0x10000000))", {"EPERM"}),
     "ptrace": ("report(lambda: libc.ptrace(0, 0, 0, 0))", {"EPERM"}),
     "mount tmpfs": ("report(lambda: libc.mount(b'none', b'/tmp', b'tmpfs', 0, None))", {"EPERM"}),
     "TIOCSTI keystroke": ("report(lambda: libc.ioctl(0, 0x5412, ctypes.c_char_p(b'x')))", {"EPERM"}),

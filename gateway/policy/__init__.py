@@ -1,0 +1,45 @@
+"""Policy engines: one interface, the embedded (regopy) engine behind it (design section 6).
+
+``PolicyEngine.evaluate(policy_input) -> Decision`` is the one seam the service calls. A
+deny is a normal return (``Decision.allow`` false, ``rule_ids[0]`` naming the category);
+any failure of the engine itself raises :class:`~gateway.errors.PolicyEngineError`, which
+the service handles as a deny (fail closed, code 5003).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from gateway.models import Decision
+from gateway.policy.embedded import ENTRYPOINT, EmbeddedEngine, RegoTestResult, run_rego_tests
+
+__all__ = [
+    "ENTRYPOINT",
+    "EmbeddedEngine",
+    "PolicyEngine",
+    "RegoTestResult",
+    "run_rego_tests",
+]
+
+
+@runtime_checkable
+class PolicyEngine(Protocol):
+    """Decides one request from its policy input.
+
+    Attributes:
+        name: engine label for decisions, logs and metrics (``embedded`` or ``opa``).
+        revision: revision of the loaded policy bundle.
+    """
+
+    name: str
+    revision: str
+
+    def evaluate(self, policy_input: Mapping[str, Any]) -> Decision:
+        """The decision ``data.mcp.decision`` for ``policy_input`` (shape: design section 6).
+
+        Raises:
+            PolicyEngineError: the engine failed, the input is too large or not JSON,
+                or the decision is undefined or malformed. Never raised for a deny.
+        """
+        ...
