@@ -251,8 +251,8 @@ def decision_from_document(document: Any, *, revision: str, eval_ms: float) -> D
 def run_rego_tests(policy_dir: Path) -> list[RegoTestResult]:
     """Run every ``test_*`` rule of the ``*_test.rego`` files under ``policy_dir``.
 
-    A test passes when its rule evaluates to ``true`` with an empty input and strict
-    built-in errors, as ``opa test`` would count it.
+    A test passes when its rule evaluates to ``true`` with input ``{}`` and strict
+    built-in errors, as ``opa test`` would count it. All tests share one bundle.
 
     Raises:
         PolicyEngineError: the policy or its tests cannot be loaded or compiled.
@@ -277,6 +277,7 @@ def run_rego_tests(policy_dir: Path) -> list[RegoTestResult]:
         interpreter = Interpreter()
         interpreter.strict_built_in_errors = True
         try:
+            interpreter.set_input(Input({}))  # rego-cpp errors on a never-set input
             output = interpreter.query_bundle_entrypoint(bundle, entry)
             ok, text, found = output.ok(), str(output), output.results
         except (RegoError, ValueError) as exc:
