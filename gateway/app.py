@@ -63,6 +63,8 @@ def build_service(settings: Settings) -> Runtime:
         StartupError: with an actionable message for any part that cannot be set up.
     """
     run_as = sandbox.RunAs(settings.sandbox.uid, settings.sandbox.gid) if os.geteuid() == 0 else None
+    # Before the probe and any run: reaping each sandbox's pid 1 is how usage is measured.
+    sandbox.set_child_subreaper()
     try:
         report = sandbox.probe(settings.sandbox.bwrap_path, run_as=run_as)
     except sandbox.SandboxUnavailable as exc:
@@ -70,7 +72,6 @@ def build_service(settings: Settings) -> Runtime:
     log.info("sandbox ready: %s", report)
     if run_as is None:
         log.warning("gateway is not root: sandboxes run as the gateway's own uid %d", os.geteuid())
-    sandbox.set_child_subreaper()
     try:
         policy = EmbeddedEngine(settings.policy_dir)
     except GatewayError as exc:

@@ -65,8 +65,13 @@ def test_grpcurl_verbatim_readme_command(gateway: GatewayProcess, grpcurl_binary
     )
     task_id = json.loads(out.stdout)["task_id"]
     client = Grpcurl(grpcurl_binary, f"localhost:{port}")
-    final = wait_final(lambda t: grpc_status(client, t), task_id)
+    wait_final(lambda t: grpc_status(client, t), task_id)
+    plain = subprocess.run(  # no -emit-defaults: exit code 0 must still show
+        [grpcurl_binary, "-plaintext", "-d", json.dumps({"task_id": task_id}), f"localhost:{port}",
+         "mcp.McpService/GetTaskStatus"], capture_output=True, text=True, timeout=60, check=True)
+    final = json.loads(plain.stdout)
     assert final["task_info"]["status"] == "TASK_COMPLETED", final
+    assert final["result"]["exit_code"] == 0
     assert final["result"]["stdout"] == "hello world\n"
     listed = subprocess.run([grpcurl_binary, "-plaintext", f"localhost:{port}", "list"],
                             capture_output=True, text=True, timeout=60, check=True).stdout.split()
