@@ -73,7 +73,7 @@ def build_service(settings: Settings) -> Runtime:
     if run_as is None:
         log.warning("gateway is not root: sandboxes run as the gateway's own uid %d", os.geteuid())
     try:
-        policy = EmbeddedEngine(settings.policy_dir)
+        policy = EmbeddedEngine(settings.policy_dir, max_input_bytes=settings.limits.policy_input_cap_bytes)
     except GatewayError as exc:
         raise StartupError(f"cannot load policy from {settings.policy_dir}: {exc.message}") from exc
     state_dir = settings.state_dir

@@ -7,6 +7,7 @@ into these at the boundary and back, so nothing inside depends on a wire format.
 from __future__ import annotations
 
 import enum
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -107,6 +108,35 @@ class RequestContext:
     tls: bool = False
     request_bytes: int = 0
     client_process: str = "unknown"
+
+    @classmethod
+    def for_call(
+        cls,
+        *,
+        transport: str,
+        method: str,
+        peer: str,
+        server_host: str,
+        server_port: int,
+        request_bytes: int,
+        user_agent: str | None,
+        tls: bool = False,
+    ) -> RequestContext:
+        """The context of one call: a fresh ``request_id``; the peer address doubles as
+        ``session_id`` until authentication provides sessions; the user agent (cut to 256
+        characters) stands for ``client_process``."""
+        return cls(
+            transport=transport,
+            method=method,
+            client_addr=peer,
+            request_id=uuid.uuid4().hex,
+            session_id=peer or "unknown",
+            server_host=server_host,
+            server_port=server_port,
+            tls=tls,
+            request_bytes=request_bytes,
+            client_process=(user_agent or "unknown")[:256],
+        )
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,6 @@ spawn to one thread and the wait to another.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os

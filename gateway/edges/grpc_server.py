@@ -10,7 +10,6 @@ status from ``gateway.errors.STATUS_TABLE`` and trailing metadata ``error-detail
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
@@ -65,18 +64,14 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
 
     def _context(self, context: grpc.aio.ServicerContext, method: str, request: Any) -> RequestContext:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        peer = context.peer() or ""
-        return RequestContext(
+        return RequestContext.for_call(
             transport="grpc",
             method=method,
-            client_addr=peer,
-            request_id=uuid.uuid4().hex,
-            session_id=peer or "unknown",
+            peer=context.peer() or "",
             server_host=self._host,
             server_port=self._port(),
-            tls=False,
             request_bytes=request.ByteSize(),
-            client_process=metadata.get("user-agent", "unknown")[:256],
+            user_agent=metadata.get("user-agent"),
         )
 
     async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any) -> T:

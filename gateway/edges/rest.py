@@ -9,7 +9,6 @@ with the HTTP status from ``gateway.errors.STATUS_TABLE``; a body that is not JS
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -176,18 +175,14 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
 
     def context(request: Request, method: str) -> RequestContext:
         client = request.client
-        peer = f"{client.host}:{client.port}" if client else ""
-        return RequestContext(
+        return RequestContext.for_call(
             transport="http",
             method=method,
-            client_addr=peer,
-            request_id=uuid.uuid4().hex,
-            session_id=peer or "unknown",
+            peer=f"{client.host}:{client.port}" if client else "",
             server_host=server_host,
             server_port=server_port(),
-            tls=False,
             request_bytes=int(request.headers.get("content-length") or 0),
-            client_process=request.headers.get("user-agent", "unknown")[:256],
+            user_agent=request.headers.get("user-agent"),
         )
 
     @app.middleware("http")
