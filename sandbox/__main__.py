@@ -22,6 +22,9 @@ from sandbox.spec import Limits, NetworkMode, RunAs, SandboxSpec
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m sandbox run [--timeout S] [--network M] [--workspace DIR] [--uid U --gid G]
+    -- CMD ARGS...``: run one command with the default profile, pass its output through, print
+    the result line on stderr; returns the command's exit code (137 when killed)."""
     parser = argparse.ArgumentParser(prog="python -m sandbox")
     sub = parser.add_subparsers(dest="action", required=True)
     p_run = sub.add_parser("run", help="run one command in a sandbox")
