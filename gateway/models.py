@@ -42,16 +42,6 @@ class TaskStatus(enum.Enum):
     CANCELLED = 5
     TIMED_OUT = 6
 
-    @property
-    def is_final(self) -> bool:
-        """True for states a task never leaves (completed, failed, cancelled, timed out)."""
-        return self in _FINAL_STATES
-
-
-_FINAL_STATES = frozenset(
-    {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT}
-)
-
 
 class TaskType(enum.Enum):
     """Task kinds of design section 3; ``value`` is the proto enum number."""

@@ -30,6 +30,7 @@ from gateway.config import Settings
 from gateway.errors import (
     CommandDenied,
     FileDenied,
+    GatewayError,
     InvalidFormat,
     InvalidParameter,
     MissingParameter,
@@ -152,11 +153,17 @@ class GatewayService:
             denied = _denial(decision)
             self._audit_decision(ctx, principal, req, decision, count, error_code=denied.code)
             raise denied
-        plan = self._plan(req, cwd, decision)
-        task_id = new_task_id()
-        self._audit_decision(ctx, principal, req, decision, count, task_id=task_id)
-        self._tasks.reserve()
         try:
+            # The request may still be refused after policy allowed it (paths outside the
+            # grant, queue full): the decision event then carries that error instead.
+            plan = self._plan(req, cwd, decision)
+            self._tasks.reserve()
+        except GatewayError as exc:
+            self._audit_decision(ctx, principal, req, decision, count, error_code=exc.code)
+            raise
+        task_id = new_task_id()
+        try:
+            self._audit_decision(ctx, principal, req, decision, count, task_id=task_id)
             record = TaskRecord(
                 task_id=task_id,
                 task_type=TaskType.COMMAND,

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,6 @@ class GatewayProcess:
     http_url: str
     state_dir: Path
     stderr_path: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def audit_path(self) -> Path:
@@ -207,8 +206,9 @@ class ReflectionClient:
 
 
 def _code_name(code: Any) -> str:
+    """grpcurl's -format-error gives the numeric status; map it to the StatusCode name."""
     if isinstance(code, int):
-        return grpc.StatusCode(tuple(c for c in grpc.StatusCode if c.value[0] == code)[0].value).name
+        return next(c.name for c in grpc.StatusCode if c.value[0] == code)
     return str(code)
 
 

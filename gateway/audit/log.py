@@ -209,11 +209,6 @@ class AuditLog:
         self._prev_hash: str = str(last["hash"]) if last else GENESIS_HASH
         self._invocations: OrderedDict[str, int] = OrderedDict()
 
-    @property
-    def sink_name(self) -> str:
-        """The sink's name, for metrics labels."""
-        return self._sink.name
-
     def count_invocation(self, session_id: str) -> int:
         """Increment and return the session's cumulative call count (``tool_invoke_count``)."""
         with self._lock:

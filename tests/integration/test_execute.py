@@ -123,13 +123,28 @@ def test_wall_timeout_is_timed_out(http: httpx.Client) -> None:
 
 
 def test_command_not_found_fails_not_completes(http: httpx.Client) -> None:
-    response = http.post("/v1/execute", json={"command": "/usr/bin/true-not-here"})
-    if response.status_code == 403:  # policy may refuse unknown programs outright
-        assert response.json()["error"]["code"] == 3001
-        return
+    # Policy allows it (allow-listed name in a system dir); Debian has no /usr/local/bin/ls,
+    # so the sandbox cannot exec it: FAILED, not COMPLETED with bwrap's exit status.
+    response = http.post("/v1/execute", json={"command": "/usr/local/bin/ls"})
+    assert response.status_code == 202, response.text
     final = wait_final(lambda t: rest_status(http, t), response.json()["task_id"])
     assert final["task_info"]["status"] == "FAILED"
     assert final["result"]["exit_code"] == -1
+    assert "execvp /usr/local/bin/ls" in final["result"]["error"]
+
+
+def test_refusal_after_allow_is_audited_with_its_code(gateway: GatewayProcess, http: httpx.Client) -> None:
+    """Policy allows echo, but the request asks for a path policy did not grant (3003):
+    the decision event records that refusal and names no task."""
+    response = http.post("/v1/execute", json={
+        "command": "echo", "args": ["refused-after-allow"],
+        "sandbox_config": {"ro_paths": ["/srv/data"]},
+    })
+    assert (response.status_code, response.json()["error"]["code"]) == (403, 3003)
+    events = [e for e in gateway.audit_events() if e.get("command") == "echo refused-after-allow"]
+    assert len(events) == 1
+    assert events[0]["decision"] == "allow" and events[0]["error_code"] == 3003
+    assert "task_id" not in events[0]
 
 
 def test_rest_health_routes_and_openapi(http: httpx.Client) -> None:
