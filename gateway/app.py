@@ -25,6 +25,7 @@ from pathlib import Path
 import uvicorn
 
 import sandbox
+from sandbox.mounts import open_workspace
 from gateway.audit import AuditLog, FileSink
 from gateway.config import Settings
 from gateway.edges.grpc_server import GrpcEdge, create_grpc_server
@@ -32,7 +33,7 @@ from gateway.edges.rest import create_app
 from gateway.errors import GatewayError
 from gateway.policy.embedded import EmbeddedEngine
 from gateway.service import GatewayService
-from gateway.tasks import SqliteTaskStore, TaskManager
+from gateway.tasks import Isolation, SqliteTaskStore, TaskManager
 
 __all__ = ["StartupError", "build_service", "serve"]
 
@@ -54,6 +55,7 @@ class Runtime:
     tasks: TaskManager
     store: SqliteTaskStore
     sink: FileSink
+    isolation: Isolation
 
 
 def build_service(settings: Settings) -> Runtime:
@@ -62,16 +64,30 @@ def build_service(settings: Settings) -> Runtime:
     Raises:
         StartupError: with an actionable message for any part that cannot be set up.
     """
-    run_as = sandbox.RunAs(settings.sandbox.uid, settings.sandbox.gid) if os.geteuid() == 0 else None
+    isolation = _isolation(settings)
+    try:
+        return _build(settings, isolation)
+    except BaseException:
+        _close_isolation(isolation)
+        raise
+
+
+def _build(settings: Settings, isolation: Isolation) -> Runtime:
     # Before the probe and any run: reaping each sandbox's pid 1 is how usage is measured.
     sandbox.set_child_subreaper()
+    probe_uid = isolation.uids.acquire() if isolation.uids is not None else None
     try:
-        report = sandbox.probe(settings.sandbox.bwrap_path, run_as=run_as)
-    except sandbox.SandboxUnavailable as exc:
+        report = sandbox.probe(settings.sandbox.bwrap_path, run_as=probe_uid, cgroups=isolation.cgroups)
+    except sandbox.SandboxError as exc:
         raise StartupError(f"cannot sandbox commands on this host: {exc}") from exc
+    finally:
+        if isolation.uids is not None and probe_uid is not None:
+            isolation.uids.release(probe_uid)
     log.info("sandbox ready: %s", report)
-    if run_as is None:
-        log.warning("gateway is not root: sandboxes run as the gateway's own uid %d", os.geteuid())
+    for note in report.notes:
+        log.warning("sandbox: %s", note)
+    if isolation.uids is None:
+        log.warning("gateway is not root: sandboxes share the gateway's own uid %d", os.geteuid())
     try:
         policy = EmbeddedEngine(settings.policy_dir, max_input_bytes=settings.limits.policy_input_cap_bytes)
     except GatewayError as exc:
@@ -87,20 +103,79 @@ def build_service(settings: Settings) -> Runtime:
         audit = AuditLog(sink)
     except (OSError, GatewayError) as exc:
         raise StartupError(f"cannot open state in {state_dir}: {exc}") from exc
-    if run_as is not None:
-        blocked = _first_unsearchable(settings.workspace_root, run_as)
-        if blocked is not None:
-            raise StartupError(
-                f"sandbox uid {run_as.uid} cannot reach workspaces under {settings.workspace_root}: "
-                f"{blocked} is not searchable by it (bwrap resolves bind sources as that uid); "
-                "use a --state-dir or MCP_GATEWAY_SANDBOX__WORKSPACE_ROOT whose every parent "
-                "directory has the x bit for others (e.g. under /var/lib or /srv)"
-            )
+    _check_workspace_root(settings.workspace_root, isolation.uids)
     orphaned = store.fail_unfinished("gateway_restart", time.time_ns())
     if orphaned:
         log.warning("marked %d tasks left unfinished by a previous process as FAILED", orphaned)
-    tasks = TaskManager(store, audit, settings.sandbox, settings.tasks, settings.workspace_root, run_as)
-    return Runtime(GatewayService(settings, policy, store, tasks, audit), tasks, store, sink)
+    tasks = TaskManager(store, audit, settings.sandbox, settings.tasks, settings.workspace_root, isolation)
+    return Runtime(GatewayService(settings, policy, store, tasks, audit), tasks, store, sink, isolation)
+
+
+def _isolation(settings: Settings) -> Isolation:
+    """A uid range (root only) and cgroup slots, as configured; StartupError when unusable."""
+    cfg = settings.sandbox
+    uids = None
+    if os.geteuid() == 0:
+        if cfg.uid_count < settings.tasks.max_concurrent:
+            raise StartupError(
+                f"sandbox.uid_count ({cfg.uid_count}) must be at least tasks.max_concurrent "
+                f"({settings.tasks.max_concurrent}): each running task needs a uid of its own"
+            )
+        try:
+            uids = sandbox.UidPool(cfg.uid, cfg.gid, cfg.uid_count)
+        except sandbox.SandboxSetupError as exc:
+            raise StartupError(f"bad sandbox uid range: {exc}") from exc
+        busy = sandbox.busy_uids(uids)
+        if busy:
+            shown = ", ".join(f"pid {pid} (uid {uid})" for pid, uid in sorted(busy.items())[:5])
+            raise StartupError(
+                f"processes already run with sandbox uids {cfg.uid}..{cfg.uid + cfg.uid_count - 1}: "
+                f"{shown}; the range must be reserved for sandboxes (set sandbox.uid)"
+            )
+    cgroups = None
+    if cfg.cgroups != "off":
+        try:
+            cgroups = sandbox.CgroupPool.create("mcp-gateway")
+        except sandbox.SandboxUnavailable as exc:
+            if cfg.cgroups == "required":
+                raise StartupError(f"sandbox.cgroups is 'required' but: {exc}") from exc
+            log.warning("sandbox: no per-task cgroups: %s", exc)
+    return Isolation(uids, cgroups)
+
+
+def _close_isolation(isolation: Isolation) -> None:
+    if isolation.cgroups is not None:
+        isolation.cgroups.close()
+
+
+def _check_workspace_root(root: Path, uids: sandbox.UidPool | None) -> None:
+    """Refuse to start when the sandbox uids cannot reach ``root`` or someone other than
+    root could swap a directory on the way to it (the rules ``sandbox.mounts`` applies to
+    every run, checked once here so no task fails for it later)."""
+    if uids is not None:
+        probe_uid = sandbox.RunAs(uids.first_uid, uids.first_gid)
+        blocked = _first_unsearchable(root, probe_uid)
+        if blocked is not None:
+            raise StartupError(
+                f"sandbox uids cannot reach workspaces under {root}: {blocked} is not "
+                "searchable by them (bwrap resolves bind sources as the sandbox uid); use a "
+                "--state-dir or MCP_GATEWAY_SANDBOX__WORKSPACE_ROOT whose every parent "
+                "directory has the x bit for others (e.g. under /var/lib or /srv)"
+            )
+    probe = root / f".startup-check-{os.getpid()}"
+    try:
+        probe.mkdir(mode=0o700)
+        owner = uids.first_uid if uids is not None else os.geteuid()
+        if uids is not None:
+            os.chown(probe, owner, uids.first_gid)
+        os.close(open_workspace(str(probe), owner))
+    except sandbox.SandboxSetupError as exc:
+        raise StartupError(f"unsafe workspace root {root}: {exc}") from exc
+    except OSError as exc:
+        raise StartupError(f"cannot create workspaces under {root}: {exc}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            probe.rmdir()
 
 
 def _first_unsearchable(path: Path, run_as: sandbox.RunAs) -> Path | None:
@@ -187,6 +262,7 @@ async def serve(settings: Settings) -> int:
     await asyncio.to_thread(runtime.tasks.shutdown, cancel_running=True)
     runtime.store.close()
     runtime.sink.close()
+    _close_isolation(runtime.isolation)
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
@@ -54,24 +54,48 @@ class SandboxSettings(BaseModel):
     uid: int = Field(
         60000,
         ge=1,
-        description="Host uid the sandbox runs as when the gateway runs as root "
-        "(never 0; bwrap is never exec'd as root). Ignored when not root.",
+        description="First host uid of the range sandboxes run as when the gateway runs as "
+        "root: each running task gets a uid of its own, uid .. uid+uid_count-1 (never 0; bwrap "
+        "is never exec'd as root). Nothing else on the host may use these uids; the gateway "
+        "refuses to start if a process does. Ignored when not root (sandboxes then share the "
+        "gateway's uid).",
     )
-    gid: int = Field(60000, ge=1, description="Host gid for the sandbox, as for uid.")
+    gid: int = Field(60000, ge=1, description="First host gid of the range, paired with uid.")
+    uid_count: int = Field(
+        256, ge=1, le=65536, description="Size of the uid/gid range; at least tasks.max_concurrent."
+    )
+    cgroups: Literal["auto", "required", "off"] = Field(
+        "auto",
+        description="Per-task cgroups (memory incl. swap, pids, CPU quota): 'auto' uses them when "
+        "the host allows and reports what it cannot enforce (requests for an unenforceable limit "
+        "get 4001); 'required' refuses to start without memory and pids controllers; 'off' never "
+        "uses them (memory is then RLIMIT_AS per process).",
+    )
+    address_space_bytes: int = Field(
+        16 << 30,
+        ge=1 << 20,
+        description="RLIMIT_AS per process, bytes, when a memory cgroup enforces the task's "
+        "memory limit (runtimes like Go, Java and Node reserve far more address space than they "
+        "use). Without a memory cgroup the task's memory limit is the RLIMIT_AS.",
+    )
     profile: str = Field("default", description="seccomp profile name.")
     workspace_root: Path | None = Field(
         None,
         description="Parent of per-task workspaces; default <state_dir>/workspaces. Every "
-        "ancestor must be searchable (x bit) by the sandbox uid, because bwrap resolves the "
-        "bind source by path as that uid; the gateway checks this at start.",
+        "ancestor must be searchable (x bit) by the sandbox uids, because bwrap resolves the "
+        "bind source by path as that uid, and writable only by root or the gateway, so nothing "
+        "can swap a directory under a bind; the gateway checks both at start.",
     )
     default_timeout_s: int = Field(30, ge=1, description="Wall-clock limit when a request asks 0, seconds.")
     max_timeout_s: int = Field(3600, ge=1, description="Hard maximum a request may ask, seconds.")
     max_memory_bytes: int = Field(4 << 30, ge=1 << 20, description="Hard cap on memory, bytes.")
     max_pids: int = Field(
         256, ge=8,
-        description="Hard cap on processes per task. Until per-task pids cgroups land, the "
-        "sandbox uid as a whole is capped at max_pids * tasks.max_concurrent (RLIMIT_NPROC).",
+        description="Hard cap on processes + threads per task (pids cgroup; without one, "
+        "RLIMIT_NPROC on the task's own uid).",
+    )
+    max_cpu_cores: float = Field(
+        64.0, gt=0, description="Hard cap on the CPU quota a request may ask, cores."
     )
     max_cpu_seconds: int = Field(3600, ge=1, description="Hard cap on CPU time, seconds.")
     output_bytes: int = Field(1 << 20, ge=1024, description="Captured output cap per stream, bytes.")

@@ -150,6 +150,7 @@ class SandboxGrant:
     memory_bytes: int
     pids: int
     cpu_seconds: int
+    cpu_cores: float | None = None
     ro_paths: tuple[str, ...] = ()
     rw_paths: tuple[str, ...] = ()
 
@@ -225,9 +226,10 @@ class ExecutionPlan:
         cwd: working directory inside the sandbox.
         network: effective network mode (``none|loopback|host``).
         timeout_s: wall-clock limit, seconds.
-        memory_bytes: memory (address space) limit, bytes.
-        pids: process limit.
-        cpu_seconds: CPU time limit, seconds.
+        memory_bytes: memory limit of the whole task, bytes.
+        pids: processes + threads limit.
+        cpu_seconds: CPU time limit per process, seconds.
+        cpu_cores: CPU bandwidth quota, cores, or None for no quota.
         ro_paths, rw_paths: extra host paths bound read-only / read-write.
     """
 
@@ -239,6 +241,7 @@ class ExecutionPlan:
     memory_bytes: int
     pids: int
     cpu_seconds: int
+    cpu_cores: float | None = None
     ro_paths: tuple[str, ...] = ()
     rw_paths: tuple[str, ...] = ()
 

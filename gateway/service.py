@@ -259,13 +259,19 @@ class GatewayService:
             )
         if req.network is not None and req.network not in _NETWORK_ORDER:
             raise InvalidParameter(f"unknown network mode {req.network!r}", details={"field": "network"})
-        # These need cgroup controllers the sandbox does not drive yet: refuse rather
-        # than accept a limit that would silently not be enforced.
-        for field, value in (("cpu_limit", req.cpu_cores), ("pids_limit", req.pids), ("io_weight", req.io_weight)):
-            if value:
+        if not 0 <= req.cpu_cores <= maxima.max_cpu_cores or req.cpu_cores != req.cpu_cores:
+            raise InvalidParameter(
+                f"cpu_limit must be between 0 and {maxima.max_cpu_cores} cores",
+                details={"field": "cpu_limit", "max": maxima.max_cpu_cores},
+            )
+        # A limit the host cannot enforce is refused, never accepted and silently dropped.
+        enforced = self._tasks.enforced
+        for field, value, needs in (("cpu_limit", req.cpu_cores, "cpu"), ("pids_limit", req.pids, "pids"),
+                                    ("io_weight", req.io_weight, "io")):
+            if value and needs not in enforced:
                 raise SandboxSetupFailed(
-                    f"{field} cannot be enforced on this host yet (needs cgroup control)",
-                    details={"field": field},
+                    f"{field} cannot be enforced on this host (no {needs} cgroup controller)",
+                    details={"field": field, "enforced": sorted(enforced)},
                 )
 
     def _policy_input(
@@ -314,8 +320,9 @@ class GatewayService:
             network=_narrower_network(req.network or "none", grant.network),
             timeout_s=max(1, timeout_s),
             memory_bytes=memory_bytes,
-            pids=min(grant.pids, maxima.max_pids),
+            pids=min(req.pids or grant.pids, grant.pids, maxima.max_pids),
             cpu_seconds=max(1, min(grant.cpu_seconds, maxima.max_cpu_seconds)),
+            cpu_cores=req.cpu_cores or None,
             ro_paths=_narrow_paths(req.ro_paths, grant.ro_paths + grant.rw_paths, req.denied_paths, "ro_paths"),
             rw_paths=_narrow_paths(req.rw_paths, grant.rw_paths, req.denied_paths, "rw_paths"),
         )

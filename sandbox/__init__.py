@@ -7,7 +7,9 @@ Never imports ``gateway``. Usable alone: ``python -m sandbox run -- CMD ARGS...`
 """
 
 from sandbox.bwrap import build_argv
+from sandbox.cgroup import CgroupPool, CgroupStats
 from sandbox.errors import SandboxError, SandboxSetupError, SandboxUnavailable
+from sandbox.identity import UidPool, busy_uids
 from sandbox.runner import ProbeReport, probe, run, set_child_subreaper
 from sandbox.seccomp import compile_filter
 from sandbox.spec import (
@@ -20,6 +22,8 @@ from sandbox.spec import (
 )
 
 __all__ = [
+    "CgroupPool",
+    "CgroupStats",
     "Limits",
     "NetworkMode",
     "ProbeReport",
@@ -30,7 +34,9 @@ __all__ = [
     "SandboxSetupError",
     "SandboxSpec",
     "SandboxUnavailable",
+    "UidPool",
     "build_argv",
+    "busy_uids",
     "compile_filter",
     "probe",
     "run",

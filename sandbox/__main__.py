@@ -1,11 +1,12 @@
 """``python -m sandbox run [--timeout S] [--network MODE] [--workspace DIR] [--uid U --gid G]
--- CMD ARGS...``: run one command in the sandbox with the default profile.
+[--memory BYTES] [--pids N] [--cpu-cores C] -- CMD ARGS...``: run one command in the
+sandbox with the default profile, in a cgroup when this host allows it.
 
 The command's stdout/stderr are written through to ours; one summary line goes to stderr
 (``sandbox: exit_code=0 limit=none cpu_ms=1 max_rss_kb=1234 duration_ms=7.1``); our exit
 status is the command's (1 on a setup error, 2 on usage errors). As root the command runs
 as uid/gid 65534 unless --uid/--gid say otherwise. Without --workspace a temporary
-directory (owned by that uid) is used and removed afterwards.
+directory (owned by that uid, in a root-only parent) is used and removed afterwards.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import shutil
 import sys
 import tempfile
 
-from sandbox.errors import SandboxError
+from sandbox.cgroup import CgroupPool
+from sandbox.errors import SandboxError, SandboxUnavailable
 from sandbox.runner import run, set_child_subreaper
 from sandbox.spec import Limits, NetworkMode, RunAs, SandboxSpec
 
@@ -33,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--workspace", help="host dir bound at /workspace (default: temp dir)")
     p_run.add_argument("--uid", type=int, default=65534, help="uid to run as when root")
     p_run.add_argument("--gid", type=int, default=65534, help="gid to run as when root")
+    p_run.add_argument("--memory", type=int, default=Limits.memory_bytes, help="memory, bytes")
+    p_run.add_argument("--pids", type=int, help="processes + threads (needs a pids cgroup)")
+    p_run.add_argument("--cpu-cores", type=float, help="CPU quota in cores (needs a cpu cgroup)")
     p_run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -41,27 +46,39 @@ def main(argv: list[str] | None = None) -> int:
 
     run_as = RunAs(args.uid, args.gid) if os.geteuid() == 0 else None
     workspace = args.workspace
-    temp_ws = None
+    holder = None
     if workspace is None:
-        temp_ws = workspace = tempfile.mkdtemp(prefix="sandbox-ws-")
+        # The workspace's parent must be writable by root only (sandbox.mounts).
+        holder = tempfile.mkdtemp(prefix="sandbox-ws-")
+        os.chmod(holder, 0o711)
+        workspace = os.path.join(holder, "workspace")
+        os.mkdir(workspace, 0o700)
         if run_as is not None:
             os.chown(workspace, run_as.uid, run_as.gid)
     set_child_subreaper()  # so usage covers the command (see sandbox.runner)
+    try:
+        cgroups = CgroupPool.create("sandbox-cli")
+    except SandboxUnavailable as exc:
+        print(f"sandbox: no cgroup limits: {exc}", file=sys.stderr)
+        cgroups = None
     try:
         spec = SandboxSpec(
             argv=tuple(command),
             workspace=os.path.abspath(workspace),
             network=NetworkMode(args.network),
-            limits=Limits(timeout_s=args.timeout),
+            limits=Limits(timeout_s=args.timeout, memory_bytes=args.memory, pids=args.pids,
+                          cpu_cores=args.cpu_cores),
             run_as=run_as,
         )
-        result = run(spec)
+        result = run(spec, cgroups=cgroups)
     except SandboxError as exc:
         print(f"sandbox: error: {exc}", file=sys.stderr)
         return 1
     finally:
-        if temp_ws is not None:
-            shutil.rmtree(temp_ws, ignore_errors=True)
+        if holder is not None:
+            shutil.rmtree(holder, ignore_errors=True)
+        if cgroups is not None:
+            cgroups.close()
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.buffer.flush()
     sys.stderr.buffer.write(result.stderr)

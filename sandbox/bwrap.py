@@ -1,6 +1,6 @@
 """Spec -> bubblewrap command line (pure), plus the generated read-only /etc.
 
-``build_argv(spec, *, seccomp_fd, status_fd, etc_fds, bwrap_path) -> list[str]`` validates
+``build_argv(spec, *, fds, netns_ready, bwrap_path) -> list[str]`` validates
 the spec and returns bwrap's argv; it opens nothing and spawns nothing, so the exact recipe
 is golden-tested (tests/unit/test_sandbox_argv.py). ``etc_files(spec) -> {path: bytes}``
 is the content of the minimal /etc, which the runner hands to bwrap through one memfd per
@@ -9,10 +9,15 @@ files touch the host filesystem (measured cost: ~4 memfds, a few microseconds).
 
 The recipe (bwrap(1) for bubblewrap 0.8.0; design.md section 7):
 
-``--unshare-all``          new user, ipc, pid, net, uts, cgroup namespaces (``--share-net``
-                           re-shares the net namespace for NetworkMode.HOST). bwrap brings
-                           ``lo`` up in a new netns (network.c), so NONE and LOOPBACK both
-                           have a working 127.0.0.1 that is *not* the host's.
+``--unshare-all``          new user, ipc, pid, net, uts, cgroup namespaces.
+``--unshare-user --disable-userns``  the user namespace is required (not "-try"), and
+                           nested ones are refused: bwrap sets user.max_user_namespaces so
+                           that creating one fails with ENOSPC, below the seccomp refusal.
+``--share-net``            HOST: the host's network. NONE when the runner already put the
+                           child in a fresh, empty network namespace (root only; ``lo``
+                           stays down, so nothing at all is reachable). Otherwise bwrap
+                           makes the netns and brings ``lo`` up (network.c): LOOPBACK, and
+                           NONE for a non-root caller, which is then loopback-only.
 ``--die-with-parent``      PR_SET_PDEATHSIG=SIGKILL in the sandbox's pid 1 and command.
 ``--new-session``          setsid(): no controlling terminal, so TIOCSTI has no target.
 ``--clearenv --setenv``    the environment is exactly base env + spec.env.
@@ -20,7 +25,9 @@ The recipe (bwrap(1) for bubblewrap 0.8.0; design.md section 7):
 ``--ro-bind /usr``, root symlinks, ``--proc``, ``--dev`` (a minimal tmpfs /dev: null, zero,
                            full, random, urandom, tty, pts), ``--size N --tmpfs /tmp``.
 ``--dir /etc`` + ``--ro-bind-data``  the generated /etc (read-only bind of each file).
-``--bind WS /workspace``   the only host directory the command can write (plus rw_paths).
+``--bind-fd FD /workspace``  the only host directory the command can write (plus
+                           rw_paths), opened by fd without following symlinks
+                           (``sandbox.mounts``); extra paths likewise with ``--ro-bind-fd``.
 ``--remount-ro /``         bwrap's root is a tmpfs writable by the sandbox user; without
                            this a command could fill host memory through it (no --size).
 ``--cap-drop ALL``         no capabilities even inside the user namespace.
@@ -39,12 +46,13 @@ import functools
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from sandbox.errors import SandboxSetupError
 from sandbox.seccomp import PROFILES
 from sandbox.spec import NetworkMode, SandboxSpec
 
-__all__ = ["BASE_ENV", "ETC_FILES", "build_argv", "etc_files", "validate"]
+__all__ = ["BASE_ENV", "ETC_FILES", "SpawnFds", "build_argv", "etc_files", "validate"]
 
 #: The environment every command starts from (spec.env is layered on top).
 BASE_ENV: Mapping[str, str] = {
@@ -63,6 +71,25 @@ _ROOT_LINKS = ("/bin", "/sbin", "/lib", "/lib64")
 # we built (e.g. expose the host's /etc/shadow), or shadow the workspace or /tmp.
 _RESERVED = ("/proc", "/dev", "/etc", WORKSPACE, "/tmp")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class SpawnFds:
+    """Descriptors bwrap reads during setup; all must be in Popen ``pass_fds``.
+
+    seccomp    the BPF program (``--seccomp``)
+    status     write end for ``--json-status-fd``, or None
+    etc        one readable fd per ``ETC_FILES`` path (``--ro-bind-data``)
+    workspace  ``O_PATH`` fd of the workspace (``--bind-fd``, see ``sandbox.mounts``)
+    ro_paths, rw_paths  ``O_PATH`` fds, one per spec path, same order
+    """
+
+    seccomp: int
+    status: int | None
+    etc: Mapping[str, int]
+    workspace: int
+    ro_paths: tuple[int, ...] = ()
+    rw_paths: tuple[int, ...] = ()
 
 
 def validate(spec: SandboxSpec) -> None:
@@ -109,9 +136,10 @@ def validate(spec: SandboxSpec) -> None:
     lim = spec.limits
     if not lim.timeout_s > 0:
         raise SandboxSetupError("limits.timeout_s must be > 0")
-    for name in ("cpu_seconds", "memory_bytes", "file_size_bytes", "open_files", "pids",
-                 "tmp_size_bytes"):
-        if getattr(lim, name) <= 0:
+    for name in ("cpu_seconds", "memory_bytes", "file_size_bytes", "open_files", "tmp_size_bytes",
+                 "pids", "cpu_cores", "address_space_bytes", "uid_process_cap"):
+        value = getattr(lim, name)
+        if value is not None and not value > 0:
             raise SandboxSetupError(f"limits.{name} must be > 0")
     if lim.output_bytes < 0:
         raise SandboxSetupError("limits.output_bytes must be >= 0")
@@ -147,24 +175,28 @@ def etc_files(spec: SandboxSpec) -> dict[str, bytes]:
 def build_argv(
     spec: SandboxSpec,
     *,
-    seccomp_fd: int,
-    status_fd: int | None,
-    etc_fds: Mapping[str, int],
+    fds: SpawnFds,
+    netns_ready: bool = False,
     bwrap_path: str = "bwrap",
 ) -> list[str]:
     """bwrap argv for ``spec`` (validated first; see the module docstring for the recipe).
 
-    ``seccomp_fd``: fd holding the BPF program; ``status_fd``: write end for
-    ``--json-status-fd`` (None: omitted); ``etc_fds``: one readable fd per ``ETC_FILES``
-    path. The fds must be passed to the child (Popen ``pass_fds``). Raises
-    ``SandboxSetupError``.
+    ``fds``: the descriptors the child inherits (Popen ``pass_fds``). ``netns_ready``: the
+    child enters a fresh network namespace of its own before exec (``sandbox.limits``, root
+    only), so for NetworkMode.NONE bwrap keeps that one (``--share-net``) instead of making
+    its own, whose ``lo`` it would bring up. Raises ``SandboxSetupError``.
     """
     validate(spec)
-    missing = set(ETC_FILES) - set(etc_fds)
+    missing = set(ETC_FILES) - set(fds.etc)
     if missing:
-        raise SandboxSetupError(f"etc_fds lacks {sorted(missing)}")
-    argv = [bwrap_path, "--unshare-all"]
-    if spec.network is NetworkMode.HOST:
+        raise SandboxSetupError(f"fds.etc lacks {sorted(missing)}")
+    if (len(fds.ro_paths), len(fds.rw_paths)) != (len(spec.ro_paths), len(spec.rw_paths)):
+        raise SandboxSetupError("fds.ro_paths/rw_paths must match spec.ro_paths/rw_paths")
+    share_net = spec.network is NetworkMode.HOST or (
+        spec.network is NetworkMode.NONE and netns_ready
+    )
+    argv = [bwrap_path, "--unshare-all", "--unshare-user", "--disable-userns"]
+    if share_net:
         argv.append("--share-net")
     argv += ["--die-with-parent", "--new-session", "--clearenv"]
     env = {**BASE_ENV, **spec.env}
@@ -181,21 +213,21 @@ def build_argv(
     argv += ["--size", str(spec.limits.tmp_size_bytes), "--tmpfs", "/tmp"]
     argv += ["--dir", "/etc"]
     for path in ETC_FILES:
-        argv += ["--ro-bind-data", str(etc_fds[path]), path]
+        argv += ["--ro-bind-data", str(fds.etc[path]), path]
     if spec.network is NetworkMode.HOST:
         # -try: a host without resolv.conf still gets a sandbox (DNS then fails inside).
         argv += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
-    argv += ["--bind", spec.workspace, WORKSPACE]
-    for path in spec.ro_paths:
-        argv += ["--ro-bind", path, path]
-    for path in spec.rw_paths:
-        argv += ["--bind", path, path]
+    argv += ["--bind-fd", str(fds.workspace), WORKSPACE]
+    for path, fd in zip(spec.ro_paths, fds.ro_paths, strict=True):
+        argv += ["--ro-bind-fd", str(fd), path]
+    for path, fd in zip(spec.rw_paths, fds.rw_paths, strict=True):
+        argv += ["--bind-fd", str(fd), path]
     argv += ["--remount-ro", "/"]
     argv += ["--chdir", spec.cwd]
     argv += ["--cap-drop", "ALL"]
-    argv += ["--seccomp", str(seccomp_fd)]
-    if status_fd is not None:
-        argv += ["--json-status-fd", str(status_fd)]
+    argv += ["--seccomp", str(fds.seccomp)]
+    if fds.status is not None:
+        argv += ["--json-status-fd", str(fds.status)]
     argv.append("--")
     argv += spec.argv
     return argv

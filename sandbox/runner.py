@@ -50,14 +50,16 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sandbox.bwrap import ETC_FILES, build_argv, etc_files, validate
+from sandbox.bwrap import SpawnFds, build_argv, etc_files, validate
+from sandbox.cgroup import CgroupPool, CgroupSlot, CgroupStats
 from sandbox.errors import SandboxSetupError, SandboxUnavailable
 from sandbox.limits import make_preexec
+from sandbox.mounts import open_bind_source, open_workspace
 from sandbox.seccomp import compile_filter
-from sandbox.spec import ResourceUsage, RunAs, SandboxResult, SandboxSpec
+from sandbox.spec import NetworkMode, ResourceUsage, RunAs, SandboxResult, SandboxSpec
 
 __all__ = ["ProbeReport", "probe", "run", "set_child_subreaper"]
 
@@ -77,37 +79,70 @@ def run(
     *,
     cancel: threading.Event | None = None,
     bwrap_path: str = "bwrap",
+    cgroups: CgroupPool | None = None,
 ) -> SandboxResult:
     """Run ``spec.argv`` in a new bwrap + seccomp sandbox and wait for it (blocking).
 
     ``cancel``: another thread may set it; the sandbox is then killed within ~50 ms and the
-    result has ``limit_reason="cancelled"``. Returns a ``SandboxResult`` for every run that
-    was spawned (including setup failures: ``setup_error``, ``exit_code == -1``).
-    Raises ``SandboxSetupError`` for an invalid spec (nothing spawned) and
+    result has ``limit_reason="cancelled"``. ``cgroups``: the pool whose slot the run is
+    charged to (memory, pids, CPU quota); without one, memory is enforced as RLIMIT_AS and
+    ``limits.pids`` / ``limits.cpu_cores`` cannot be. Returns a ``SandboxResult`` for every
+    run that was spawned (setup failures too: ``setup_error``, ``exit_code == -1``), and
+    only once every process of the run has been reaped. Raises ``SandboxSetupError`` for an
+    invalid spec or a limit this host cannot enforce (nothing spawned), and
     ``SandboxUnavailable`` when bwrap cannot be executed at all.
     """
     # The order is the security argument:
-    # 1. validate: an invalid spec, or root without run_as, never reaches a fork.
-    # 2. compile the seccomp filter (cached) into a fresh sealed memfd for this spawn,
-    #    and the generated /etc into sealed memfds: nothing shared between runs is writable.
-    # 3. build bwrap's argv (pure) and resolve bwrap to an absolute path; bwrap itself gets
+    # 1. validate: an invalid spec, root without run_as, or a limit nothing here can
+    #    enforce never reaches a fork.
+    # 2. open the workspace and extra bind sources by fd, walking without symlinks and
+    #    checking who could have swapped them (sandbox.mounts).
+    # 3. take a cgroup slot and write this run's limits into it.
+    # 4. compile the seccomp filter (cached) into a fresh sealed memfd for this spawn, and
+    #    the generated /etc into sealed memfds: nothing shared between runs is writable.
+    # 5. build bwrap's argv (pure) and resolve bwrap to an absolute path; bwrap itself gets
     #    an empty environment, so the caller's LD_PRELOAD & co never reach it.
-    # 4. spawn. In the child, before exec: rlimits, (cgroups, later), drop to run_as, then
-    #    PDEATHSIG. close_fds + pass_fds: only 0-2 and our fds cross. bwrap then builds the
-    #    namespaces and mounts, drops all caps, sets NO_NEW_PRIVS, loads seccomp, execs.
-    # 5. collect stdout/stderr up to the caps (draining the rest), watch the wall clock and
+    # 6. spawn. In the child, before exec (sandbox.limits): rlimits, join the cgroup slot,
+    #    a fresh netns for NONE, drop to run_as, PDEATHSIG. close_fds + pass_fds: only 0-2
+    #    and our fds cross. bwrap then builds the namespaces and mounts, drops all caps,
+    #    sets NO_NEW_PRIVS, loads seccomp, execs.
+    # 7. collect stdout/stderr up to the caps (draining the rest), watch the wall clock and
     #    cancel; on either, SIGKILL the sandbox's pid 1 (pid-namespace teardown) and bwrap.
-    # 6. reap bwrap and the sandbox's pid 1 with wait4 (rusage), kill any leftover.
-    # 7. classify: setup failure / exit / signal / which limit.
+    # 8. reap bwrap and the sandbox's pid 1 with wait4 (rusage); read the slot's counters;
+    #    drain the slot (kill anything left) before it is reused.
+    # 9. classify: setup failure / exit / signal / which limit.
     validate(spec)
-    if os.geteuid() == 0 and spec.run_as is None:
+    root = os.geteuid() == 0
+    if root and spec.run_as is None:
         raise SandboxSetupError("run_as is required when running as root: bwrap is never run as root")
     if spec.run_as is not None and spec.run_as.uid == 0:
         raise SandboxSetupError("run_as.uid must not be 0: bwrap is never run as root")
+    controllers = cgroups.controllers if cgroups is not None else frozenset()
+    for name, needs in (("pids", "pids"), ("cpu_cores", "cpu")):
+        if getattr(spec.limits, name) is not None and needs not in controllers:
+            raise SandboxSetupError(
+                f"limits.{name} needs the {needs} cgroup controller, which this host does not "
+                "provide; refusing to run without it"
+            )
     bwrap = _resolve_bwrap(bwrap_path)
 
     fds: list[int] = []
+    slot: CgroupSlot | None = None
     try:
+        owner = spec.run_as.uid if spec.run_as is not None else os.geteuid()
+        workspace_fd = open_workspace(spec.workspace, owner)
+        fds.append(workspace_fd)
+        ro_fds = tuple(open_bind_source(p, "ro_paths") for p in spec.ro_paths)
+        fds += ro_fds
+        rw_fds = tuple(open_bind_source(p, "rw_paths") for p in spec.rw_paths)
+        fds += rw_fds
+        if cgroups is not None:
+            slot = cgroups.acquire()
+            slot.prepare(
+                memory_bytes=spec.limits.memory_bytes,
+                pids=spec.limits.pids,
+                cpu_cores=spec.limits.cpu_cores,
+            )
         seccomp_fd = _sealed_memfd("sandbox-seccomp", compile_filter(spec.profile))
         fds.append(seccomp_fd)
         etc_fds = {}
@@ -116,11 +151,20 @@ def run(
             fds.append(etc_fds[path])
         status_r, status_w = os.pipe()
         fds += [status_r, status_w]
-        argv = build_argv(
-            spec, seccomp_fd=seccomp_fd, status_fd=status_w, etc_fds=etc_fds, bwrap_path=bwrap
+        spawn_fds = SpawnFds(
+            seccomp=seccomp_fd, status=status_w, etc=etc_fds, workspace=workspace_fd,
+            ro_paths=ro_fds, rw_paths=rw_fds,
         )
-        pass_fds = (seccomp_fd, status_w, *(etc_fds[p] for p in ETC_FILES))
-        preexec = make_preexec(spec.limits, spec.run_as)
+        new_netns = root and spec.network is NetworkMode.NONE
+        argv = build_argv(spec, fds=spawn_fds, netns_ready=new_netns, bwrap_path=bwrap)
+        preexec = make_preexec(
+            spec.limits,
+            spec.run_as,
+            cgroup_procs=slot.procs_files if slot is not None else (),
+            new_netns=new_netns,
+            memory_in_cgroup="memory" in controllers,
+        )
+        passed = [fd for fd in fds if fd != status_r]
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
@@ -129,7 +173,7 @@ def run(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 close_fds=True,
-                pass_fds=pass_fds,
+                pass_fds=passed,
                 cwd="/",
                 env={},
                 preexec_fn=preexec,
@@ -139,13 +183,18 @@ def run(
         except OSError as exc:
             raise SandboxUnavailable(f"cannot execute {bwrap}: {exc}") from exc
         finally:
-            for fd in (seccomp_fd, status_w, *etc_fds.values()):
+            for fd in passed:
                 fds.remove(fd)
                 os.close(fd)
-        return _supervise(proc, spec, status_r, cancel, started)
+        result = _supervise(proc, spec, status_r, cancel, started)
+        if slot is None:
+            return result
+        return _with_cgroup_stats(result, slot.collect())
     finally:
         for fd in fds:
             os.close(fd)
+        if slot is not None and cgroups is not None:
+            cgroups.release(slot)
 
 
 def set_child_subreaper() -> None:
@@ -159,7 +208,15 @@ def set_child_subreaper() -> None:
 
 @dataclass(frozen=True)
 class ProbeReport:
-    """What ``probe`` found: the bwrap used, and that a real sandbox ran as ``run_as``."""
+    """What ``probe`` found: the bwrap used, that a real sandbox ran as ``run_as``, and which
+    limits this host enforces per run.
+
+    enforced      subset of {"memory", "swap", "pids", "cpu"} the cgroup pool enforces
+                  (empty without a pool: memory then falls back to RLIMIT_AS)
+    network_none  "no-interfaces" (root: a fresh netns with lo down) or "loopback-only"
+                  (non-root: bwrap's netns, whose lo is up)
+    notes         one human-readable line per weaker guarantee, for the startup log
+    """
 
     bwrap_path: str
     bwrap_version: str
@@ -168,13 +225,24 @@ class ProbeReport:
     run_as: RunAs | None
     subreaper: bool  # whether run() can account the command's own rusage
     spawn_ms: float  # duration of the probe's /bin/true sandbox
+    cgroup_version: int | None = None
+    enforced: frozenset[str] = frozenset()
+    network_none: str = "loopback-only"
+    notes: tuple[str, ...] = ()
 
 
-def probe(bwrap_path: str = "bwrap", *, run_as: RunAs | None = None) -> ProbeReport:
+def probe(
+    bwrap_path: str = "bwrap",
+    *,
+    run_as: RunAs | None = None,
+    cgroups: CgroupPool | None = None,
+) -> ProbeReport:
     """Check that this host can sandbox, by running ``true`` in a real sandbox with the
-    default profile as ``run_as``. Returns a ``ProbeReport``; raises ``SandboxUnavailable``
+    default profile as ``run_as`` (charged to a slot of ``cgroups`` when given, which
+    proves the slot is joined). Returns a ``ProbeReport``; raises ``SandboxUnavailable``
     whose message says what to install or enable (bwrap missing, user namespaces off,
-    seccomp missing), or ``SandboxSetupError`` for a bad ``run_as``."""
+    seccomp missing, cgroup slot not joined), or ``SandboxSetupError`` for a bad
+    ``run_as``."""
     bwrap = _resolve_bwrap(bwrap_path)
     try:
         out = subprocess.run(
@@ -188,16 +256,34 @@ def probe(bwrap_path: str = "bwrap", *, run_as: RunAs | None = None) -> ProbeRep
         raise SandboxUnavailable("kernel has no seccomp (CONFIG_SECCOMP_FILTER); use a kernel with it")
     compile_filter("default")
 
-    workspace = tempfile.mkdtemp(prefix="sandbox-probe-")
+    # The workspace needs a parent only root can write (sandbox.mounts), so not /tmp itself.
+    holder = tempfile.mkdtemp(prefix="sandbox-probe-")
     try:
+        os.chmod(holder, 0o711)
+        workspace = os.path.join(holder, "workspace")
+        os.mkdir(workspace, 0o700)
         if run_as is not None and os.geteuid() == 0:
             os.chown(workspace, run_as.uid, run_as.gid)
         spec = SandboxSpec(argv=("true",), workspace=workspace, run_as=run_as)
-        result = run(spec, bwrap_path=bwrap)
+        result = run(spec, bwrap_path=bwrap, cgroups=cgroups)
     finally:
-        shutil.rmtree(workspace, ignore_errors=True)
+        shutil.rmtree(holder, ignore_errors=True)
     if result.setup_error is not None or result.exit_code != 0:
         raise SandboxUnavailable(_explain_probe_failure(result))
+    if cgroups is not None and "memory" in cgroups.controllers and result.usage.max_memory_kb <= 0:
+        raise SandboxUnavailable("the probe sandbox was not charged to its cgroup slot")
+    enforced = cgroups.controllers if cgroups is not None else frozenset()
+    root = os.geteuid() == 0
+    notes = []
+    if "memory" not in enforced:
+        notes.append("no memory cgroup: the memory limit is enforced per process as RLIMIT_AS")
+    if "swap" not in enforced and "memory" in enforced:
+        notes.append("no swap accounting: the memory limit does not cover swap")
+    for limit, controller in (("pids", "pids"), ("cpu_cores", "cpu")):
+        if controller not in enforced:
+            notes.append(f"no {controller} cgroup: runs asking for {limit} are refused")
+    if not root:
+        notes.append("not root: network 'none' is loopback-only (bwrap brings lo up)")
     return ProbeReport(
         bwrap_path=bwrap,
         bwrap_version=version,
@@ -206,6 +292,10 @@ def probe(bwrap_path: str = "bwrap", *, run_as: RunAs | None = None) -> ProbeRep
         run_as=run_as,
         subreaper=_is_subreaper(),
         spawn_ms=result.duration_ms,
+        cgroup_version=cgroups.version if cgroups is not None else None,
+        enforced=enforced,
+        network_none="no-interfaces" if root else "loopback-only",
+        notes=tuple(notes),
     )
 
 
@@ -324,6 +414,21 @@ def _supervise(
     return _classify(
         spec, wait_status, _status_value(status, "exit-code"), killed_by, out, err, usage, duration_ms
     )
+
+
+def _with_cgroup_stats(result: SandboxResult, stats: CgroupStats) -> SandboxResult:
+    """Fold the slot's counters into the result: the "oom" and "pids" limit reasons (in
+    their order of precedence, see SandboxResult) and the run's peak memory."""
+    reason = result.limit_reason
+    if result.setup_error is None:
+        if stats.oom_kills > 0 and reason not in ("cancelled", "wall_timeout"):
+            reason = "oom"
+        elif stats.pids_max_hits > 0 and reason in (None, "output_truncated"):
+            reason = "pids"
+    usage = result.usage
+    if stats.memory_peak_bytes is not None:
+        usage = replace(usage, max_memory_kb=stats.memory_peak_bytes // 1024)
+    return replace(result, limit_reason=reason, usage=usage)
 
 
 def _classify(

@@ -12,6 +12,15 @@ cannot dereference clone3's struct pointer). Syscalls of a non-native ABI (i386 
 ``int 0x80``, x32 via the 0x40000000 bit) hit libseccomp's "bad arch" action, which we set
 to KILL_PROCESS: only x86_64 is added to the filter, so every other audit arch is foreign.
 
+A deny list only refuses what it names, so a syscall added to the kernel after this
+libseccomp was built (Linux 6.15's ``open_tree_attr`` is a new *mount* call) would be
+allowed silently. ``compile_filter`` therefore puts a short prologue in front of
+libseccomp's program: on the native arch, any syscall number above the highest one this
+libseccomp can name fails with ENOSYS, what the kernel itself answers for a syscall it
+lacks, so libcs fall back to an older call. cBPF jumps are relative and only go forward,
+so prepending instructions leaves libseccomp's program intact (seccomp(2),
+Documentation/networking/filter.rst).
+
 Sources: Docker's default profile (moby/profiles seccomp/default.json), seccomp(2),
 syscall(2) man pages, libseccomp seccomp_rule_add(3) (one comparison per argument per rule,
 rules for the same syscall are OR-ed).
@@ -25,12 +34,14 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import platform
+import struct
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from sandbox.errors import SandboxSetupError, SandboxUnavailable
 
-__all__ = ["PROFILES", "ArgMatch", "Rule", "compile_filter"]
+__all__ = ["PROFILES", "ArgMatch", "Rule", "compile_filter", "highest_known_syscall"]
 
 _LOW32 = 0xFFFFFFFF
 
@@ -102,7 +113,15 @@ _DEFAULT: tuple[Rule, ...] = (
         "get_kernel_syms",
         "query_module",
     ),
-    *_deny("NUMA policy of host memory", "get_mempolicy", "mbind", "set_mempolicy", "move_pages"),
+    *_deny(
+        "NUMA policy of host memory",
+        "get_mempolicy",
+        "mbind",
+        "set_mempolicy",
+        "set_mempolicy_home_node",
+        "move_pages",
+        "migrate_pages",
+    ),
     *_deny("raw I/O port access", "ioperm", "iopl"),
     *_deny("kcmp leaks kernel pointers ordering", "kcmp"),
     *_deny("loading a new kernel", "kexec_file_load", "kexec_load"),
@@ -117,13 +136,25 @@ _DEFAULT: tuple[Rule, ...] = (
         "process_vm_readv",
         "process_vm_writev",
         "pidfd_getfd",
+        "process_madvise",
     ),
-    *_deny("disk quotas are host-global", "quotactl"),
+    *_deny("disk quotas are host-global", "quotactl", "quotactl_fd"),
     *_deny("reboot/halt the host", "reboot"),
     *_deny("namespace creation/entry (bwrap already set ours up)", "setns", "unshare"),
     *_deny("swap is host-global", "swapoff", "swapon"),
     *_deny("obsolete interfaces", "sysfs", "_sysctl", "uselib", "ustat", "vm86", "vm86old"),
     *_deny("userfaultfd stalls kernel page faults (race exploitation)", "userfaultfd"),
+    # Docker refuses these unless the container holds the capability (CAP_SYS_ADMIN,
+    # CAP_SYSLOG, CAP_SYS_TTY_CONFIG); the sandbox holds none, so they are refused outright.
+    *_deny("fanotify watches whole filesystems (CAP_SYS_ADMIN in Docker)", "fanotify_init"),
+    *_deny("kernel log (CAP_SYSLOG in Docker)", "syslog"),
+    *_deny("terminal hangup (CAP_SYS_TTY_CONFIG in Docker)", "vhangup"),
+    *_deny(
+        "host identity; the UTS namespace is private but nothing inside needs to change it "
+        "(CAP_SYS_ADMIN in Docker)",
+        "sethostname",
+        "setdomainname",
+    ),
     # --- beyond Docker ----------------------------------------------------------------
     *_deny(
         "io_uring bypasses seccomp for the operations it performs",
@@ -140,6 +171,7 @@ _DEFAULT: tuple[Rule, ...] = (
         "move_mount",
         "open_tree",
         "mount_setattr",
+        "open_tree_attr",  # Linux 6.15; newer than libseccomp 2.5, then ENOSYS (see below)
     ),
     *(
         Rule("clone", f"clone with {name}: no new namespaces", args=(ArgMatch(0, bit, bit),))
@@ -181,10 +213,6 @@ _STRICT: tuple[Rule, ...] = (
     Rule("socket", "AF_PACKET: raw link-layer access", args=(ArgMatch(0, _LOW32, 17),)),
     *_deny("filesystem root changes", "chroot"),
     *_deny("device nodes", "mknod", "mknodat"),
-    *_deny("host identity (UTS is private, but nothing needs to change it)", "sethostname", "setdomainname"),
-    *_deny("kernel log", "syslog"),
-    *_deny("terminal hangup", "vhangup"),
-    *_deny("filesystem-wide notification", "fanotify_init"),
     *_deny("pidfd signalling is not needed inside one sandbox", "pidfd_open", "pidfd_send_signal"),
 )
 
@@ -231,9 +259,59 @@ def compile_filter(profile: str = "default") -> bytes:
             action = sc.LOG if rule.allow_and_log else sc.ERRNO(rule.errno)
             args = [sc.Arg(a.index, sc.MASKED_EQ, a.mask, a.value) for a in rule.args]
             flt.add_rule(action, number, *args)
-        return _export(flt)
+        program = _export(flt)
     except OSError as exc:
         raise SandboxUnavailable(f"libseccomp could not build profile {profile!r}: {exc}") from exc
+    return _unknown_syscalls_prologue(highest_known_syscall()) + program
+
+
+# struct sock_filter (linux/filter.h): u16 code, u8 jt, u8 jf, u32 k; native endianness.
+_INSN = struct.Struct("=HBBI")
+_LD_W_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS: A = seccomp_data[k]
+_JEQ_K, _JGE_K, _JGT_K = 0x15, 0x35, 0x25  # BPF_JMP | BPF_{JEQ,JGE,JGT} | BPF_K
+_RET_K = 0x06
+_SECCOMP_RET_ERRNO = 0x00050000
+# linux/audit.h AUDIT_ARCH_* and the x32 syscall bit (__X32_SYSCALL_BIT), per machine.
+_ARCHES = {"x86_64": (0xC000003E, 0x40000000), "aarch64": (0xC00000B7, None)}
+
+
+@functools.lru_cache(maxsize=1)
+def highest_known_syscall() -> int:
+    """The highest native syscall number this libseccomp can name (456, futex_requeue,
+    for Debian 12's libseccomp 2.5.4). Numbers above it are answered ENOSYS."""
+    import pyseccomp as sc
+
+    highest = -1
+    for number in range(1024):
+        try:
+            sc.resolve_syscall(sc.Arch.NATIVE, number)
+        except ValueError:
+            continue
+        highest = number
+    if highest < 0:
+        raise SandboxUnavailable("libseccomp names no syscall for this architecture")
+    return highest
+
+
+def _unknown_syscalls_prologue(highest: int) -> bytes:
+    """``if arch == native and nr <= x32 bit and nr > highest: return ERRNO(ENOSYS)``.
+
+    Offsets are relative to the next instruction; index 6 is libseccomp's first one.
+    x32 numbers (bit 30 set) are left to libseccomp's bad-arch action (KILL_PROCESS).
+    """
+    machine = platform.machine()
+    if machine not in _ARCHES:
+        raise SandboxUnavailable(f"no seccomp prologue for architecture {machine!r}")
+    audit_arch, x32_bit = _ARCHES[machine]
+    insns = [
+        (_LD_W_ABS, 0, 0, 4),  # 0: A = seccomp_data.arch
+        (_JEQ_K, 0, 4, audit_arch),  # 1: foreign arch -> 6
+        (_LD_W_ABS, 0, 0, 0),  # 2: A = seccomp_data.nr
+        (_JGE_K, 2, 0, x32_bit if x32_bit is not None else 0xFFFFFFFF),  # 3: x32 -> 6
+        (_JGT_K, 0, 1, highest),  # 4: unknown -> 5, known -> 6
+        (_RET_K, 0, 0, _SECCOMP_RET_ERRNO | errno.ENOSYS),  # 5
+    ]
+    return b"".join(_INSN.pack(*insn) for insn in insns)
 
 
 def _export(flt: object) -> bytes:

@@ -44,20 +44,31 @@ class NetworkMode(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Limits:
-    """Hard limits of one run. Enforcement: rlimits set in the child before exec of bwrap
-    (see ``sandbox.limits``), the wall clock and output caps in ``sandbox.runner``."""
+    """Hard limits of one run.
+
+    Enforcement (``sandbox.limits``, ``sandbox.cgroup``, ``sandbox.runner``): rlimits in the
+    child before exec of bwrap; memory, pids and CPU quota by the run's cgroup slot when
+    ``run`` is given a ``CgroupPool``; the wall clock and output caps by the supervisor.
+    A limit that needs a cgroup controller the pool lacks (``pids``, ``cpu_cores``) makes
+    ``run`` raise ``SandboxSetupError`` rather than run without it.
+    """
 
     timeout_s: float = 30.0  # wall clock from spawn, seconds; SIGKILL of the whole sandbox
     cpu_seconds: int = 30  # RLIMIT_CPU per process (soft; hard = soft + 1 -> SIGKILL)
-    memory_bytes: int = 1 << 30  # RLIMIT_AS per process (virtual address space)
+    # Memory of the whole run (RSS + page cache + kernel memory), swap excluded, in the
+    # cgroup; without a memory cgroup the same number is applied as RLIMIT_AS per process.
+    memory_bytes: int = 1 << 30
+    # RLIMIT_AS per process when a memory cgroup enforces memory_bytes; None = memory_bytes.
+    address_space_bytes: int | None = None
     file_size_bytes: int = 64 << 20  # RLIMIT_FSIZE: largest file a process may write
     open_files: int = 256  # RLIMIT_NOFILE
-    pids: int = 128  # recorded now, enforced by a pids cgroup in a later issue
+    pids: int | None = None  # processes + threads of the command (pids cgroup); None = no cap
+    cpu_cores: float | None = None  # CPU bandwidth quota in cores (cpu cgroup); None = no cap
     tmp_size_bytes: int = 64 << 20  # bwrap --size for the --tmpfs /tmp
     output_bytes: int = 1 << 20  # kept per stream (stdout, stderr); the rest is drained
-    # RLIMIT_NPROC backstop, None = unset. It counts every process of the run_as uid on the
-    # host (all sandboxes sharing that uid), so it is a host-protection cap, not a per-run
-    # limit: without a pids cgroup it is what keeps a fork bomb from exhausting host pids.
+    # RLIMIT_NPROC, None = unset. It counts every process of the run_as uid on the host, so
+    # it is a per-run limit only when that uid is the run's own (sandbox.identity.UidPool),
+    # and a shared host-protection cap otherwise.
     uid_process_cap: int | None = None
 
 
@@ -100,10 +111,12 @@ class SandboxSpec:
 
 @dataclass(frozen=True)
 class ResourceUsage:
-    """Resource use of one run, from ``os.wait4`` rusage (getrusage(2)).
+    """Resource use of one run, from ``os.wait4`` rusage (getrusage(2)) and the cgroup.
 
     cpu_time_ms     ru_utime + ru_stime, milliseconds
-    max_memory_kb   ru_maxrss, KiB (largest single process, not the sum)
+    max_memory_kb   peak memory of the whole run from the memory cgroup (memory.peak,
+                    memory.max_usage_in_bytes), KiB; without one, ru_maxrss (the largest
+                    single process)
     io_read_bytes   ru_inblock * 512 (block-device reads only; page-cache hits are free)
     io_write_bytes  ru_oublock * 512
     Covers the command only when the caller is a child subreaper; see ``runner.run``.
@@ -123,9 +136,10 @@ class SandboxResult:
                   we killed it: wall timeout and cancel give 137); -1 if it never started
     signal        N when exit_code is 128+N (1..64), else None. bwrap reports a signal
                   death as 128+N, so a command that itself exits 129..192 reads as signaled
-    limit_reason  "wall_timeout" | "cpu_time" | "file_size" | "output_truncated" |
-                  "cancelled" | None (first applicable, in that order of precedence:
-                  cancelled, wall_timeout, cpu_time, file_size, output_truncated)
+    limit_reason  the limit that ended the run, first applicable in this order:
+                  "cancelled", "wall_timeout", "oom" (the memory cgroup OOM-killed a
+                  process), "cpu_time" (RLIMIT_CPU), "file_size" (RLIMIT_FSIZE), "pids"
+                  (pids.max refused a fork), "output_truncated"; None if none applied
     duration_ms   spawn to reap, wall clock
     setup_error   set (and exit_code -1) when bwrap or the exec of argv[0] failed before
                   the command ran; bwrap's own "bwrap: ..." message when available

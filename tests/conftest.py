@@ -64,9 +64,21 @@ class GatewayProcess:
         return self.proc.returncode
 
 
+_UID_BASES: dict[Path, int] = {}
+
+
+def _uid_range_env(state_dir: Path) -> dict[str, str]:
+    """A sandbox uid range of its own per state directory: gateways that run side by side
+    must not share sandbox uids (the gateway refuses to start on a range in use), while a
+    restart on the same state directory reuses its range, as a real restart would."""
+    base = _UID_BASES.setdefault(state_dir.resolve(), 100_000 + 1_000 * len(_UID_BASES))
+    return {"MCP_GATEWAY_SANDBOX__UID": str(base), "MCP_GATEWAY_SANDBOX__GID": str(base)}
+
+
 def start_gateway(state_dir: Path, *extra_args: str, env: dict[str, str] | None = None,
                   timeout_s: float = 30.0) -> GatewayProcess:
     """Start ``mcp-gateway serve`` on free ports and wait for its ``listening`` line."""
+    env = {**_uid_range_env(state_dir), **(env or {})}
     state_dir.mkdir(parents=True, exist_ok=True)
     state_dir.parent.chmod(0o711)  # mkdtemp makes 0700; the sandbox uid must traverse it
     stderr_path = state_dir.parent / f"{state_dir.name}-gateway.stderr"
@@ -74,7 +86,7 @@ def start_gateway(state_dir: Path, *extra_args: str, env: dict[str, str] | None 
            "--state-dir", str(state_dir), *extra_args]
     stderr = open(stderr_path, "w")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                            env={**os.environ, **(env or {})}, cwd=str(REPO))
+                            env={**os.environ, **env}, cwd=str(REPO))
     stderr.close()
     deadline = time.monotonic() + timeout_s
     assert proc.stdout is not None

@@ -2,8 +2,10 @@
 
 A bounded pool of worker threads (``tasks.max_concurrent``) runs sandboxes; at most
 ``tasks.max_queued`` more tasks may wait, beyond that :meth:`TaskManager.submit` raises
-:class:`RateLimited` (4290) *before* anything is stored or run. Each task gets a fresh
-workspace directory (mode 0700, owned by the sandbox uid) that is removed when it ends.
+:class:`RateLimited` (4290) *before* anything is stored or run. A running task holds, from
+:class:`Isolation`, a host uid of its own (when the gateway is root) and a cgroup slot, and
+gets a fresh workspace directory (mode 0700, owned by that uid, made through a directory
+fd) that is removed when it ends.
 
 State transitions written to the store: QUEUED -> RUNNING -> one of COMPLETED (the
 command ran and exited, any code), TIMED_OUT (wall-clock limit), CANCELLED, FAILED (the
@@ -37,12 +39,37 @@ from gateway.models import (
 )
 from gateway.tasks.store import TaskStore
 
-__all__ = ["SandboxRunner", "TaskManager", "status_for_result"]
+__all__ = ["Isolation", "SandboxRunner", "TaskManager", "status_for_result"]
 
 log = logging.getLogger(__name__)
 
 #: The sandbox seam: ``sandbox.run`` in production; tests may pass another callable.
 SandboxRunner = Callable[..., sandbox.SandboxResult]
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """What the host gives each running task beyond the sandbox itself.
+
+    uids     a uid/gid pair per running task (gateway is root), or None: sandboxes then
+             share the gateway's own uid
+    cgroups  reusable per-task cgroup slots, or None (see ``sandbox.cgroup``)
+    """
+
+    uids: sandbox.UidPool | None
+    cgroups: sandbox.CgroupPool | None
+
+    @property
+    def enforced(self) -> frozenset[str]:
+        """Per-task limits this host enforces, from {"memory", "swap", "pids", "cpu"}.
+        Memory always (RLIMIT_AS without a memory cgroup); pids by the pids cgroup or, with
+        a uid per task, by RLIMIT_NPROC on that uid."""
+        found = {"memory"}
+        if self.cgroups is not None:
+            found |= self.cgroups.controllers
+        if self.uids is not None:
+            found.add("pids")
+        return frozenset(found)
 
 
 @dataclass(frozen=True)
@@ -72,7 +99,7 @@ class TaskManager:
         audit: where ``task_end`` events go.
         sandbox_settings, task_settings: limits and pool sizes.
         workspace_root: parent directory of per-task workspaces.
-        run_as: the uid/gid sandboxes run as (required when the gateway is root).
+        isolation: per-task uids and cgroup slots.
         runner: the sandbox seam, ``sandbox.run`` by default.
         on_task_end: called with (record, duration_ms) after a task is final
             (metrics hook); must not raise.
@@ -85,7 +112,7 @@ class TaskManager:
         sandbox_settings: SandboxSettings,
         task_settings: TaskSettings,
         workspace_root: Path,
-        run_as: sandbox.RunAs | None,
+        isolation: Isolation,
         runner: SandboxRunner = sandbox.run,
         on_task_end: Callable[[TaskRecord, float], None] | None = None,
     ) -> None:
@@ -93,18 +120,23 @@ class TaskManager:
         self._audit = audit
         self._sandbox = sandbox_settings
         self._capacity = task_settings.max_concurrent + task_settings.max_queued
-        # All sandboxes share one uid until per-task uids land: cap that uid's processes
-        # at what every concurrent task may have, so a fork bomb cannot exhaust host pids.
-        self._uid_process_cap = sandbox_settings.max_pids * task_settings.max_concurrent
+        # Without a pids cgroup or a uid per task, all sandboxes share the gateway's uid: cap
+        # that uid's processes at what every concurrent task may have (a host backstop).
+        self._shared_uid_cap = sandbox_settings.max_pids * task_settings.max_concurrent
         self._pool = ThreadPoolExecutor(task_settings.max_concurrent, thread_name_prefix="sandbox")
         self._workspace_root = workspace_root
-        self._run_as = run_as
+        self._isolation = isolation
         self._runner = runner
         self._on_task_end = on_task_end
         self._lock = threading.Lock()
         self._pending = 0
         self._running = 0
         self._cancels: dict[str, threading.Event] = {}
+
+    @property
+    def enforced(self) -> frozenset[str]:
+        """Per-task limits this host enforces (see :attr:`Isolation.enforced`)."""
+        return self._isolation.enforced
 
     @property
     def queued(self) -> int:
@@ -176,29 +208,49 @@ class TaskManager:
                 self._cancels.pop(task_id, None)
 
     def _execute(self, job: _Job, cancel: threading.Event) -> tuple[TaskStatus, TaskResult]:
-        workspace = self._make_workspace(job.record.task_id)
+        uids = self._isolation.uids
+        run_as = uids.acquire() if uids is not None else None
         try:
-            spec = self._spec(job.plan, workspace)
+            workspace = self._make_workspace(job.record.task_id, run_as)
             try:
-                outcome = self._runner(spec, cancel=cancel, bwrap_path=self._sandbox.bwrap_path)
+                spec = self._spec(job.plan, workspace, run_as)
+                outcome = self._runner(
+                    spec, cancel=cancel, bwrap_path=self._sandbox.bwrap_path,
+                    cgroups=self._isolation.cgroups,
+                )
             except sandbox.SandboxError as exc:
                 return TaskStatus.FAILED, _failed_result(str(exc))
-            return status_for_result(outcome), _to_result(outcome)
+            finally:
+                shutil.rmtree(workspace, ignore_errors=True)
         finally:
-            shutil.rmtree(workspace, ignore_errors=True)
+            # run() returned only after every process of the run was reaped (and its cgroup
+            # slot drained), so the uid owns nothing any more.
+            if uids is not None and run_as is not None:
+                uids.release(run_as)
+        return status_for_result(outcome), _to_result(outcome)
 
-    def _spec(self, plan: ExecutionPlan, workspace: Path) -> sandbox.SandboxSpec:
+    def _spec(self, plan: ExecutionPlan, workspace: Path, run_as: sandbox.RunAs | None) -> sandbox.SandboxSpec:
         s = self._sandbox
+        cgroups = self._isolation.cgroups
+        pids_cgroup = cgroups is not None and "pids" in cgroups.controllers
+        if pids_cgroup:
+            uid_process_cap = None
+        elif run_as is not None:
+            uid_process_cap = plan.pids + 2  # the uid is this task's own; + bwrap's two processes
+        else:
+            uid_process_cap = self._shared_uid_cap
         limits = sandbox.Limits(
             timeout_s=float(plan.timeout_s),
             cpu_seconds=plan.cpu_seconds,
             memory_bytes=plan.memory_bytes,
+            address_space_bytes=max(s.address_space_bytes, plan.memory_bytes),
             file_size_bytes=s.file_size_bytes,
             open_files=s.open_files,
-            pids=plan.pids,
+            pids=plan.pids if pids_cgroup else None,
+            cpu_cores=plan.cpu_cores,
             tmp_size_bytes=s.tmp_size_bytes,
             output_bytes=s.output_bytes,
-            uid_process_cap=self._uid_process_cap,
+            uid_process_cap=uid_process_cap,
         )
         return sandbox.SandboxSpec(
             argv=plan.argv,
@@ -210,15 +262,26 @@ class TaskManager:
             rw_paths=plan.rw_paths,
             limits=limits,
             profile=s.profile,
-            run_as=self._run_as,
+            run_as=run_as,
         )
 
-    def _make_workspace(self, task_id: str) -> Path:
-        path = self._workspace_root / task_id
-        path.mkdir(mode=0o700)
-        if self._run_as is not None:
-            os.chown(path, self._run_as.uid, self._run_as.gid)
-        return path
+    def _make_workspace(self, task_id: str, run_as: sandbox.RunAs | None) -> Path:
+        """``<workspace_root>/<task_id>``, 0700, owned by ``run_as``; made and chowned through
+        directory fds without following symlinks (the sandbox re-checks it by fd too)."""
+        flags = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        root_fd = os.open(self._workspace_root, flags)
+        try:
+            os.mkdir(task_id, 0o700, dir_fd=root_fd)
+            fd = os.open(task_id, flags, dir_fd=root_fd)
+            try:
+                if run_as is not None:
+                    os.fchown(fd, run_as.uid, run_as.gid)
+                os.fchmod(fd, 0o700)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(root_fd)
+        return self._workspace_root / task_id
 
     def _audit_end(self, job: _Job, status: TaskStatus, result: TaskResult) -> None:
         try:

@@ -180,8 +180,10 @@ ERROR_CASES: list[tuple[str, dict[str, Any], int, str, int]] = [
     ("path traversal", {"command": "cat", "args": ["../../etc/passwd"]}, 3003, "PERMISSION_DENIED", 403),
     ("memory above grant", {"command": "echo", "sandbox_config": {"resource_limits": {"memory_limit": 1 << 40}}},
      3004, "RESOURCE_EXHAUSTED", 403),
-    ("unenforceable pids limit", {"command": "echo", "sandbox_config": {"resource_limits": {"pids_limit": 10}}},
+    ("unenforceable io weight", {"command": "echo", "sandbox_config": {"resource_limits": {"io_weight": 100}}},
      4001, "INTERNAL", 500),
+    ("cpu quota above server max", {"command": "echo", "sandbox_config": {"resource_limits": {"cpu_limit": 1000}}},
+     2001, "INVALID_ARGUMENT", 400),
 ]
 
 

@@ -24,10 +24,19 @@ def _subreaper() -> None:
     set_child_subreaper()  # lets run() report the command's own rusage
 
 
+@pytest.fixture(scope="session")
+def workspace_root() -> Iterator[str]:
+    # Not pytest's tmp_path (its parents are 0700 root and bwrap runs as the sandbox uid),
+    # and not /tmp itself: a workspace's parent must be writable by root only.
+    root = tempfile.mkdtemp(prefix="sandbox-tests-")
+    os.chmod(root, 0o711)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
-def workspace() -> Iterator[str]:
-    # Not under pytest's tmp_path: its parents are 0700 root, and bwrap runs as uid 65534.
-    ws = tempfile.mkdtemp(prefix="sandbox-test-ws-")
+def workspace(workspace_root) -> Iterator[str]:
+    ws = tempfile.mkdtemp(prefix="ws-", dir=workspace_root)
     os.chown(ws, NOBODY.uid, NOBODY.gid)
     yield ws
     shutil.rmtree(ws, ignore_errors=True)

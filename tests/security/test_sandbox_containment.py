@@ -284,18 +284,32 @@ def _count_uid_procs(uid: int) -> int:
     return n
 
 
-def test_network_none_cannot_reach_host_loopback(sbx):
+@pytest.mark.parametrize(
+    ("network", "outcome"),
+    [(NetworkMode.NONE, b"101\n"),  # ENETUNREACH: lo is down in the fresh netns
+     (NetworkMode.LOOPBACK, b"111\n")],  # ECONNREFUSED: the sandbox's own lo, not the host's
+)
+def test_private_network_cannot_reach_host_loopback(sbx, network, outcome):
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))
         srv.listen(1)
         port = srv.getsockname()[1]
         code = ("import socket\ns = socket.socket()\ns.settimeout(2)\n"
                 f"try: s.connect(('127.0.0.1', {port})); print('connected')\n"
-                "except OSError as e: print(type(e).__name__)")
-        r = py(sbx, code)
-        assert r.stdout == b"ConnectionRefusedError\n", r.stderr
-        r = sbx("cat", "/proc/net/dev")
+                "except OSError as e: print(e.errno)")
+        r = py(sbx, code, network=network)
+        assert r.stdout == outcome, r.stderr
+        r = sbx("cat", "/proc/net/dev", network=network)
         assert [ln.split(":")[0].strip() for ln in r.stdout.decode().splitlines()[2:]] == ["lo"]
+
+
+def test_network_none_has_no_interface_up_and_loopback_has_lo(sbx):
+    # IFF_UP is bit 0 of the interface flags (netdevice(7), SIOCGIFFLAGS = 0x8913).
+    probe = ("import fcntl, socket, struct\ns = socket.socket()\n"
+             "r = fcntl.ioctl(s, 0x8913, struct.pack('16sH14x', b'lo', 0))\n"
+             "print(struct.unpack('16sH14x', r)[1] & 1)")
+    assert py(sbx, probe).stdout == b"0\n"
+    assert py(sbx, probe, network=NetworkMode.LOOPBACK).stdout == b"1\n"
 
 
 def test_host_network_sees_host_loopback(sbx):

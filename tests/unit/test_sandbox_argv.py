@@ -7,13 +7,16 @@ import os
 import pytest
 
 from sandbox import Limits, NetworkMode, RunAs, SandboxSetupError, SandboxSpec, build_argv
-from sandbox.bwrap import ETC_FILES, etc_files
+from sandbox.bwrap import ETC_FILES, SpawnFds, etc_files
 
 ETC_FDS = {path: 10 + i for i, path in enumerate(ETC_FILES)}
 
 
-def _argv(spec: SandboxSpec, status_fd: int | None = 4) -> list[str]:
-    return build_argv(spec, seccomp_fd=3, status_fd=status_fd, etc_fds=ETC_FDS, bwrap_path="/usr/bin/bwrap")
+def _argv(spec: SandboxSpec, status_fd: int | None = 4, netns_ready: bool = False) -> list[str]:
+    fds = SpawnFds(seccomp=3, status=status_fd, etc=ETC_FDS, workspace=5,
+                   ro_paths=tuple(20 + i for i in range(len(spec.ro_paths))),
+                   rw_paths=tuple(30 + i for i in range(len(spec.rw_paths))))
+    return build_argv(spec, fds=fds, netns_ready=netns_ready, bwrap_path="/usr/bin/bwrap")
 
 
 def _root_links() -> list[str]:
@@ -26,12 +29,14 @@ def _root_links() -> list[str]:
     return out
 
 
-def _golden(ws: str, *, share_net: bool = False, env: dict[str, str] | None = None,
+def _golden(*, share_net: bool = False, env: dict[str, str] | None = None,
             tmp: int = 64 << 20, tail: list[str] | None = None, cwd: str = "/workspace",
-            hostname: str = "sandbox", extra: list[str] | None = None) -> list[str]:
+            hostname: str = "sandbox", extra: list[str] | None = None,
+            netns_ready: bool = False) -> list[str]:
     full_env = {"HOME": "/workspace", "LANG": "C.UTF-8", "PATH": "/usr/local/bin:/usr/bin:/bin",
                 "TMPDIR": "/tmp", **(env or {})}
-    argv = ["/usr/bin/bwrap", "--unshare-all"] + (["--share-net"] if share_net else [])
+    argv = ["/usr/bin/bwrap", "--unshare-all", "--unshare-user", "--disable-userns"]
+    argv += ["--share-net"] if share_net else []
     argv += ["--die-with-parent", "--new-session", "--clearenv"]
     for key in sorted(full_env):
         argv += ["--setenv", key, full_env[key]]
@@ -40,16 +45,26 @@ def _golden(ws: str, *, share_net: bool = False, env: dict[str, str] | None = No
              "--dir", "/etc",
              "--ro-bind-data", "10", "/etc/group", "--ro-bind-data", "11", "/etc/hosts",
              "--ro-bind-data", "12", "/etc/nsswitch.conf", "--ro-bind-data", "13", "/etc/passwd"]
-    if share_net:
+    if share_net and not netns_ready:
         argv += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
-    argv += ["--bind", ws, "/workspace", *(extra or []), "--remount-ro", "/", "--chdir", cwd,
+    argv += ["--bind-fd", "5", "/workspace", *(extra or []), "--remount-ro", "/", "--chdir", cwd,
              "--cap-drop", "ALL", "--seccomp", "3"]
     return argv + (tail if tail is not None else ["--json-status-fd", "4", "--"])
 
 
 def test_default_spec_golden(tmp_path):
     spec = SandboxSpec(argv=("echo", "hi"), workspace=str(tmp_path))
-    assert _argv(spec) == _golden(str(tmp_path)) + ["echo", "hi"]
+    assert _argv(spec) == _golden() + ["echo", "hi"]
+
+
+def test_none_keeps_the_fresh_netns_the_child_made(tmp_path):
+    spec = SandboxSpec(argv=("true",), workspace=str(tmp_path))
+    assert _argv(spec, netns_ready=True) == _golden(share_net=True, netns_ready=True) + ["true"]
+
+
+def test_netns_ready_is_ignored_for_loopback(tmp_path):
+    spec = SandboxSpec(argv=("true",), workspace=str(tmp_path), network=NetworkMode.LOOPBACK)
+    assert _argv(spec, netns_ready=True) == _golden() + ["true"]
 
 
 def test_host_network_env_paths_golden(tmp_path):
@@ -64,15 +79,15 @@ def test_host_network_env_paths_golden(tmp_path):
         limits=Limits(tmp_size_bytes=1 << 20),
         hostname="box-1",
     )
-    expected = _golden(str(tmp_path), share_net=True, env={"FOO": "bar", "PATH": "/bin"},
+    expected = _golden(share_net=True, env={"FOO": "bar", "PATH": "/bin"},
                        tmp=1 << 20, cwd="/tmp/x", hostname="box-1",
-                       extra=["--ro-bind", "/usr/share", "/usr/share", "--bind", "/var/tmp", "/var/tmp"])
+                       extra=["--ro-bind-fd", "20", "/usr/share", "--bind-fd", "30", "/var/tmp"])
     assert _argv(spec) == expected + ["python3", "-c", "pass"]
 
 
 def test_loopback_same_layout_as_none_and_no_status_fd(tmp_path):
     spec = SandboxSpec(argv=("true",), workspace=str(tmp_path), network=NetworkMode.LOOPBACK)
-    assert _argv(spec, status_fd=None) == _golden(str(tmp_path), tail=["--"]) + ["true"]
+    assert _argv(spec, status_fd=None) == _golden(tail=["--"]) + ["true"]
 
 
 def test_command_after_double_dash_even_if_it_looks_like_an_option(tmp_path):
@@ -112,6 +127,8 @@ def test_etc_files_name_the_run_as_user():
         ({"profile": "nope"}, "unknown seccomp profile"),
         ({"limits": Limits(timeout_s=0)}, "timeout_s"),
         ({"limits": Limits(memory_bytes=0)}, "memory_bytes"),
+        ({"limits": Limits(pids=0)}, "pids"),
+        ({"limits": Limits(cpu_cores=0.0)}, "cpu_cores"),
     ],
 )
 def test_validation_errors(tmp_path, changes, message):
@@ -122,5 +139,5 @@ def test_validation_errors(tmp_path, changes, message):
 
 def test_missing_etc_fd_is_an_error(tmp_path):
     spec = SandboxSpec(argv=("true",), workspace=str(tmp_path))
-    with pytest.raises(SandboxSetupError, match="etc_fds"):
-        build_argv(spec, seccomp_fd=3, status_fd=None, etc_fds={})
+    with pytest.raises(SandboxSetupError, match="fds.etc"):
+        build_argv(spec, fds=SpawnFds(seccomp=3, status=None, etc={}, workspace=5))
