@@ -1,8 +1,16 @@
 """Spawn-to-reap cost of /bin/true: directly, via plain bwrap, via sandbox.run (full profile).
 
-Prints median and p99 in ms for each, and the ratios to the direct spawn. Numbers only, no
-asserts. Run as root (drops to uid 65534 like the gateway) or as an unprivileged user:
-    python bench/sandbox_spawn.py [--runs 200]
+Prints, in one run:
+- median and p99 latency (ms) of ``/bin/true`` spawned directly, through plain ``bwrap``
+  (namespaces + a minimal root, nothing else), and through ``sandbox.run`` with the full
+  profile (seccomp deny list, rlimits, read-only root, generated /etc, fd-bound workspace,
+  cgroup slot with memory/pids limits when the host has them, a uid per run from a range),
+  and the ratios (target: sandbox.run / bwrap <= 1.6);
+- sustained throughput (sandboxes/s) with 4 concurrent spawners for plain bwrap and for
+  sandbox.run (target: >= 180/s on a 2-core machine).
+
+Numbers only, no asserts. Run as root (drops to a uid range like the gateway):
+    python bench/sandbox_spawn.py [--runs 300] [--concurrency 4] [--seconds 5]
 """
 
 from __future__ import annotations
@@ -13,68 +21,122 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 
-from sandbox import RunAs, SandboxSpec, run, set_child_subreaper
+from sandbox import CgroupPool, Limits, RunAs, SandboxSpec, SandboxUnavailable, UidPool, run, set_child_subreaper
 
-NOBODY = RunAs(65534, 65534)
+FIRST_UID = 250_000  # a range nothing else on a test machine uses
 
 
-def _drop() -> None:
-    if os.geteuid() == 0:
+def _dropper(run_as: RunAs | None) -> Callable[[], None] | None:
+    if run_as is None:
+        return None
+
+    def drop() -> None:
         os.setgroups([])
-        os.setresgid(NOBODY.gid, NOBODY.gid, NOBODY.gid)
-        os.setresuid(NOBODY.uid, NOBODY.uid, NOBODY.uid)
+        os.setresgid(run_as.gid, run_as.gid, run_as.gid)
+        os.setresuid(run_as.uid, run_as.uid, run_as.uid)
+
+    return drop
 
 
-def _time(fn, runs: int) -> list[float]:
-    fn()  # warm-up (imports, filter cache, page cache)
+def _latencies(fn: Callable[[], None], runs: int) -> list[float]:
+    fn()  # warm-up (imports, filter cache, page cache, first cgroup slot)
     out = []
     for _ in range(runs):
         t0 = time.perf_counter()
         fn()
         out.append((time.perf_counter() - t0) * 1000.0)
-    return out
+    return sorted(out)
+
+
+def _throughput(fn: Callable[[int], None], concurrency: int, seconds: float) -> float:
+    """Sandboxes completed per second by ``concurrency`` threads looping for ``seconds``."""
+    done = [0] * concurrency
+    stop = time.monotonic() + seconds
+
+    def worker(i: int) -> None:
+        while time.monotonic() < stop:
+            fn(i)
+            done[i] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.monotonic() - t0)
 
 
 def main() -> None:
-    """Time /bin/true directly, via plain bwrap and via sandbox.run; print medians, p99s, ratios."""
+    """Print latency medians/p99s, ratios, and 4-way throughput of plain bwrap vs sandbox.run."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=200)
-    runs = parser.parse_args().runs
+    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
     set_child_subreaper()
+    root = os.geteuid() == 0
+    uids = UidPool(FIRST_UID, FIRST_UID, args.concurrency) if root else None
+    try:
+        cgroups: CgroupPool | None = CgroupPool.create("sandbox-bench")
+    except SandboxUnavailable as exc:
+        print(f"note: no cgroup slots ({exc}); sandbox.run measured without them")
+        cgroups = None
     bwrap = shutil.which("bwrap") or "bwrap"
-    ws = tempfile.mkdtemp(prefix="sandbox-bench-")
-    run_as = NOBODY if os.geteuid() == 0 else None
-    if run_as:
-        os.chown(ws, run_as.uid, run_as.gid)
+    holder = tempfile.mkdtemp(prefix="sandbox-bench-")
+    os.chmod(holder, 0o711)
+    # One workspace per spawner, owned by that spawner's uid, as the gateway does per task.
+    specs = []
+    drops = []
+    for i in range(args.concurrency):
+        run_as = uids.acquire() if uids is not None else None
+        ws = os.path.join(holder, f"ws-{i}")
+        os.mkdir(ws, 0o700)
+        if run_as is not None:
+            os.chown(ws, run_as.uid, run_as.gid)
+        limits = Limits(timeout_s=30, pids=64 if cgroups else None)
+        specs.append(SandboxSpec(argv=("/bin/true",), workspace=ws, run_as=run_as, limits=limits))
+        drops.append(_dropper(run_as))
     plain = [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr",
              "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
              "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev", "/bin/true"]
-    spec = SandboxSpec(argv=("/bin/true",), workspace=ws, run_as=run_as)
+
+    def direct(i: int = 0) -> None:
+        subprocess.run(["/bin/true"], preexec_fn=drops[i], check=True)
+
+    def plain_bwrap(i: int = 0) -> None:
+        subprocess.run(plain, preexec_fn=drops[i], check=True, env={})
+
+    def full(i: int = 0) -> None:
+        result = run(specs[i], cgroups=cgroups)
+        if result.exit_code != 0:
+            raise SystemExit(f"sandbox run failed: {result}")
+
     try:
-        cases = {
-            "direct": lambda: subprocess.run(["/bin/true"], preexec_fn=_drop, check=True),
-            "bwrap": lambda: subprocess.run(plain, preexec_fn=_drop, check=True, env={}),
-            "sandbox.run": lambda: _check(run(spec)),
-        }
         medians = {}
-        for name, fn in cases.items():
-            samples = sorted(_time(fn, runs))
+        for name, fn in (("direct", direct), ("bwrap", plain_bwrap), ("sandbox.run", full)):
+            samples = _latencies(fn, args.runs)
             medians[name] = statistics.median(samples)
             p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
-            print(f"{name:12s} median_ms={medians[name]:.2f} p99_ms={p99:.2f} runs={runs}")
+            print(f"{name:12s} median_ms={medians[name]:.2f} p99_ms={p99:.2f} runs={args.runs}")
         base = medians["direct"]
         print(f"ratio bwrap/direct={medians['bwrap'] / base:.1f} "
               f"sandbox.run/direct={medians['sandbox.run'] / base:.1f} "
-              f"sandbox.run/bwrap={medians['sandbox.run'] / medians['bwrap']:.2f}")
+              f"sandbox.run/bwrap={medians['sandbox.run'] / medians['bwrap']:.2f} (target <= 1.6)")
+        for name, fn in (("bwrap", plain_bwrap), ("sandbox.run", full)):
+            rate = _throughput(fn, args.concurrency, args.seconds)
+            print(f"throughput {name:12s} concurrency={args.concurrency} sandboxes_per_s={rate:.0f}"
+                  + (" (target >= 180)" if name == "sandbox.run" else ""))
+        print(f"cgroups={'v%d %s' % (cgroups.version, ','.join(sorted(cgroups.controllers))) if cgroups else 'none'} "
+              f"uid_per_spawner={root} cpus={os.cpu_count()}")
     finally:
-        shutil.rmtree(ws, ignore_errors=True)
-
-
-def _check(result) -> None:
-    if result.exit_code != 0:
-        raise SystemExit(f"sandbox run failed: {result}")
+        shutil.rmtree(holder, ignore_errors=True)
+        if cgroups is not None:
+            cgroups.close()
 
 
 if __name__ == "__main__":

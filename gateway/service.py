@@ -117,11 +117,17 @@ class GatewayService:
         return HealthInfo("SERVING", __version__, int(time.monotonic() - self._started))
 
     def readiness(self) -> dict[str, Any]:
-        """Readiness details: policy engine and revision, task pool state."""
+        """Readiness details: policy engine and revision, task pool state, and the per-task
+        limits this host enforces (a request for any other is refused with 4001)."""
         return {
             "status": "ready",
             "policy": {"engine": self._policy.name, "revision": self._policy.revision},
             "tasks": {"running": self._tasks.running, "queued": self._tasks.queued},
+            "sandbox": {
+                "enforced_limits": sorted(self._tasks.enforced),
+                "cgroup_version": self._tasks.isolation.cgroup_version,
+                "uid_per_task": self._tasks.isolation.uids is not None,
+            },
         }
 
     # -- commands -------------------------------------------------------------

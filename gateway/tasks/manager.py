@@ -60,6 +60,11 @@ class Isolation:
     cgroups: sandbox.CgroupPool | None
 
     @property
+    def cgroup_version(self) -> int | None:
+        """1 or 2 when tasks run in cgroup slots, else None."""
+        return self.cgroups.version if self.cgroups is not None else None
+
+    @property
     def enforced(self) -> frozenset[str]:
         """Per-task limits this host enforces, from {"memory", "swap", "pids", "cpu"}.
         Memory always (RLIMIT_AS without a memory cgroup); pids by the pids cgroup or, with
@@ -132,6 +137,11 @@ class TaskManager:
         self._pending = 0
         self._running = 0
         self._cancels: dict[str, threading.Event] = {}
+
+    @property
+    def isolation(self) -> Isolation:
+        """The per-task uids and cgroup slots tasks run with."""
+        return self._isolation
 
     @property
     def enforced(self) -> frozenset[str]:

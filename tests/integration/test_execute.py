@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import json
 import re
 import subprocess
@@ -153,6 +154,9 @@ def test_rest_health_routes_and_openapi(http: httpx.Client) -> None:
     assert http.get("/health/live").json() == {"status": "live"}
     ready = http.get("/health/ready").json()
     assert ready["status"] == "ready" and ready["policy"]["engine"] == "embedded" and ready["policy"]["revision"]
+    sandbox_info = ready["sandbox"]
+    assert {"memory", "pids"} <= set(sandbox_info["enforced_limits"])  # pids: a cgroup or a uid per task
+    assert sandbox_info["uid_per_task"] is (os.geteuid() == 0)
     spec = http.get("/openapi.json").json()
     assert {"/v1/execute", "/v1/tasks/{task_id}", "/health", "/health/live", "/health/ready"} <= set(spec["paths"])
     assert http.get("/docs").status_code == 200

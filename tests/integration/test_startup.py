@@ -3,6 +3,7 @@ messages, the listening line, clean SIGTERM, and recovery of tasks a dead proces
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import subprocess
@@ -16,9 +17,12 @@ import pytest
 from tests.conftest import GATEWAY_BIN, start_gateway, wait_final
 
 
-def run_serve(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+def run_serve(*args: str, timeout_s: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(GATEWAY_BIN), "serve", "--http-port", "0", "--grpc-port", "0", *args],
-                          capture_output=True, text=True, timeout=timeout_s)
+                          capture_output=True, text=True, timeout=timeout_s, env={**os.environ, **(env or {})})
+
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="only a root gateway runs sandboxes on a uid range")
 
 
 def test_refuses_non_loopback_bind(tmp_path: Path) -> None:
@@ -64,6 +68,40 @@ def test_refuses_unreachable_workspace_root(tmp_path: Path) -> None:
     assert "cannot reach workspaces" in out.stderr and "is not searchable" in out.stderr
 
 
+@root_only
+def test_refuses_a_sandbox_uid_range_already_in_use(state_root: Path) -> None:
+    squatter = subprocess.Popen(["sleep", "60"], user=320_007, group=320_007, extra_groups=[])
+    try:
+        out = run_serve("--state-dir", str(Path(tempfile.mkdtemp(dir=state_root)) / "var"),
+                        env={"MCP_GATEWAY_SANDBOX__UID": "320000", "MCP_GATEWAY_SANDBOX__GID": "320000"})
+    finally:
+        squatter.kill()
+        squatter.wait()
+    assert out.returncode == 3, out.stderr
+    assert f"pid {squatter.pid} (uid 320007)" in out.stderr and "reserved for sandboxes" in out.stderr
+
+
+@root_only
+def test_refuses_a_uid_range_smaller_than_the_worker_pool(state_root: Path) -> None:
+    out = run_serve("--state-dir", str(Path(tempfile.mkdtemp(dir=state_root)) / "var"),
+                    env={"MCP_GATEWAY_SANDBOX__UID_COUNT": "2", "MCP_GATEWAY_TASKS__MAX_CONCURRENT": "4"})
+    assert out.returncode == 3, out.stderr
+    assert "sandbox.uid_count (2) must be at least tasks.max_concurrent (4)" in out.stderr
+
+
+def test_refuses_a_workspace_root_others_could_swap(state_root: Path) -> None:
+    shared = Path(tempfile.mkdtemp(dir=state_root))
+    shared.chmod(0o777)  # world-writable, not sticky: anyone could rename var/ away
+    out = run_serve("--state-dir", str(shared / "var"))
+    assert out.returncode == 3, out.stderr
+    assert "unsafe workspace root" in out.stderr and "writable by group or others" in out.stderr
+
+
+def _cgroup_dirs_of(pid: int) -> list[str]:
+    """Cgroup directories a gateway process made (``mcp-gateway-<pid>``), on any hierarchy."""
+    return glob.glob(f"/sys/fs/cgroup/**/mcp-gateway-{pid}", recursive=True)
+
+
 def test_tasks_left_running_by_a_dead_gateway_are_failed_on_restart(state_root: Path) -> None:
     state = Path(tempfile.mkdtemp(dir=state_root)) / "var"
     gw = start_gateway(state)
@@ -74,6 +112,8 @@ def test_tasks_left_running_by_a_dead_gateway_are_failed_on_restart(state_root: 
             while http.get(f"/v1/tasks/{task_id}").json()["task_info"]["status"] != "RUNNING":
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
+            if http.get("/health/ready").json()["sandbox"]["cgroup_version"] is not None:
+                assert _cgroup_dirs_of(gw.proc.pid), "the gateway runs tasks in cgroups it made"
     finally:
         gw.stop(signal.SIGKILL)
     # --die-with-parent: the sandbox does not outlive the gateway that started it.
@@ -83,9 +123,14 @@ def test_tasks_left_running_by_a_dead_gateway_are_failed_on_restart(state_root: 
         time.sleep(0.1)
     gw2 = start_gateway(state)
     try:
+        # The dead gateway's cgroups are swept by the next one.
+        assert _cgroup_dirs_of(gw.proc.pid) == []
         with httpx.Client(base_url=gw2.http_url, timeout=30) as http:
             final = wait_final(lambda t: http.get(f"/v1/tasks/{t}").json(), task_id)
             assert final["task_info"]["status"] == "FAILED"
             assert final["result"]["error"] == "gateway_restart"
+            assert http.post("/v1/execute", json={"command": "true"}).status_code == 202
     finally:
         assert gw2.stop() == 0
+    # A clean stop removes its own.
+    assert _cgroup_dirs_of(gw2.proc.pid) == []

@@ -63,3 +63,26 @@ def test_package_never_imports_gateway():
     for path in root.glob("*.py"):
         text = path.read_text()
         assert "import gateway" not in text and "from gateway" not in text, path
+
+
+def test_unknown_syscall_prologue_precedes_libseccomp():
+    """The first six instructions answer ENOSYS for native numbers above the highest one
+    libseccomp can name; the rest is libseccomp's own program (checked by the security
+    suite against the kernel)."""
+    import errno
+    import struct
+
+    import pyseccomp
+
+    from sandbox.seccomp import highest_known_syscall
+
+    highest = highest_known_syscall()
+    pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, highest)  # it has a name
+    for number in range(highest + 1, 1024):
+        with pytest.raises(ValueError):
+            pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, number)
+    insns = [struct.unpack("=HBBI", compile_filter("default")[i * 8:(i + 1) * 8]) for i in range(6)]
+    assert insns[0] == (0x20, 0, 0, 4)  # A = arch
+    assert insns[2] == (0x20, 0, 0, 0)  # A = nr
+    assert insns[4] == (0x25, 0, 1, highest)  # nr > highest -> next, else skip the return
+    assert insns[5] == (0x06, 0, 0, 0x00050000 | errno.ENOSYS)
