@@ -605,7 +605,7 @@ def _read_rest(fd: int) -> bytes:
 
 def _sealed_memfd(name: str, data: bytes) -> int:
     """A memfd holding ``data``, sealed against any change (fcntl(2) F_ADD_SEALS) and
-    rewound: bwrap reads --seccomp / --ro-bind-data fds from the current offset to EOF."""
+    rewound: bwrap reads --seccomp / --file fds from the current offset to EOF."""
     fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         view = memoryview(data)

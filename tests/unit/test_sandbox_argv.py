@@ -43,8 +43,9 @@ def _golden(*, share_net: bool = False, env: dict[str, str] | None = None,
     argv += ["--hostname", hostname, "--ro-bind", "/usr", "/usr", *_root_links(),
              "--proc", "/proc", "--dev", "/dev", "--size", str(tmp), "--tmpfs", "/tmp",
              "--dir", "/etc",
-             "--ro-bind-data", "10", "/etc/group", "--ro-bind-data", "11", "/etc/hosts",
-             "--ro-bind-data", "12", "/etc/nsswitch.conf", "--ro-bind-data", "13", "/etc/passwd"]
+             "--perms", "0444", "--file", "10", "/etc/group", "--perms", "0444", "--file", "11", "/etc/hosts",
+             "--perms", "0444", "--file", "12", "/etc/nsswitch.conf",
+             "--perms", "0444", "--file", "13", "/etc/passwd"]
     if share_net and not netns_ready:
         argv += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
     argv += ["--bind-fd", "5", "/workspace", *(extra or []), "--remount-ro", "/", "--chdir", cwd,
