@@ -9,6 +9,7 @@ Every field states its unit and default.
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -187,8 +188,9 @@ class Settings(BaseSettings):
 
     @property
     def workspace_root(self) -> Path:
-        """Where task workspaces live: ``sandbox.workspace_root`` or ``<state_dir>/workspaces``."""
-        return self.sandbox.workspace_root or self.state_dir / "workspaces"
+        """Where task workspaces live: ``sandbox.workspace_root`` or ``<state_dir>/workspaces``,
+        made absolute against the working directory (bind sources are absolute paths)."""
+        return Path(os.path.abspath(self.sandbox.workspace_root or self.state_dir / "workspaces"))
 
     @property
     def audit_path(self) -> Path:
