@@ -1,10 +1,16 @@
-"""What the forked child does before it execs bwrap: rlimits, cgroups, netns, privilege drop.
+"""What the child does between clone and exec of bwrap: rlimits, cgroups, netns, privilege drop.
 
-``make_preexec(limits, run_as, *, cgroup_procs, new_netns, memory_in_cgroup)`` returns the
-``preexec_fn`` for ``subprocess.Popen``. It runs in the child between fork and exec of
-bwrap, in this order (the order is the argument):
+``spawn(argv, stdio, keep_fds, setup) -> pid`` starts bwrap through the C shim
+``sandbox._spawn`` (clone(CLONE_VM | CLONE_VFORK), as posix_spawn does): a forked copy of
+the gateway would cost 1-3 ms of page-table copying per sandbox and re-run CPython's
+after-fork hooks, and subprocess's ``preexec_fn`` forces a fork. The child runs these steps
+in this order (the order is the argument; ``sandbox/_spawn.c`` implements them with raw
+system calls only):
 
-1. rlimits (setrlimit(2)): RLIMIT_AS, RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0.
+1. all signal handlers reset to default, empty signal mask (no Python handler may run in the
+   borrowed address space; SIGXFSZ and SIGPIPE are default again, so RLIMIT_FSIZE kills).
+2. stdio onto fds 0-2; every other fd close-on-exec except ``keep_fds`` (close_range(2)).
+3. rlimits (setrlimit(2)): RLIMIT_AS, RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0.
    Set while still privileged so soft == hard and the sandbox cannot raise them back
    (raising a hard limit needs CAP_SYS_RESOURCE in the *initial* user namespace, which the
    sandbox never has). They are inherited by bwrap and everything it starts. RLIMIT_AS is
@@ -14,39 +20,34 @@ bwrap, in this order (the order is the argument):
    it counts every process of the host uid, which is a per-run limit only when the run has
    a uid of its own (``sandbox.identity``). In a user namespace it still holds: since Linux
    5.14 the count is charged up the ucounts hierarchy.
-2. join the run's cgroup slot: write "0" (this process) to each ``cgroup.procs`` path.
+4. join the run's cgroup slot: write "0" (this process) to each ``cgroup.procs`` path.
    Needs root (or a delegated hierarchy), so before the drop; everything bwrap starts
    inherits the cgroups, and no process of the run ever exists outside them.
-3. ``new_netns``: unshare(CLONE_NEWNET) into a fresh network namespace whose ``lo`` is down
+5. ``new_netns``: unshare(CLONE_NEWNET) into a fresh network namespace whose ``lo`` is down
    (network_namespaces(7)); bwrap then keeps it (``--share-net``). Needs CAP_SYS_ADMIN.
-4. privilege drop when ``run_as`` is given: setgroups([]) -> setresgid -> setresuid.
+6. privilege drop when ``run_as`` is given: setgroups(0) -> setresgid -> setresuid, as raw
+   system calls (glibc's wrappers would make every thread of the gateway change ids).
    Groups and gid first: after setresuid the process no longer has CAP_SETGID.
-   Done here rather than with Popen(user=, group=) because CPython applies those *before*
-   preexec_fn, i.e. before steps 2 and 3 could run as root.
-5. PR_SET_PDEATHSIG=SIGKILL, *after* the drop: the kernel clears pdeath_signal on any
+7. PR_SET_PDEATHSIG=SIGKILL, *after* the drop: the kernel clears pdeath_signal on any
    euid/egid change (commit_creds), see prctl(2). The signal fires when the *thread* that
-   forked us exits (prctl(2): "the parent thread"), which is why ``run()`` spawns and
-   waits in the same thread.
+   cloned us exits (prctl(2): "the parent thread"), which is why ``run()`` spawns and waits
+   in the same thread. Then: if the parent already died, exit.
+8. execve(bwrap) with an empty environment.
 
-The returned callable uses only pre-computed values and direct syscall wrappers: it runs in
-a forked copy of a multi-threaded process, where taking an import lock or calling into a
-library that holds a lock in another thread could deadlock.
+A failed step raises ``OSError(errno, "sandbox spawn failed at <step>")`` in the parent,
+with the child already reaped.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import resource
-import signal
-from collections.abc import Callable
+from dataclasses import dataclass
 
+from sandbox.errors import SandboxUnavailable
 from sandbox.spec import Limits, RunAs
 
-__all__ = ["make_preexec", "rlimits_for"]
-
-
-_CLONE_NEWNET = 0x40000000  # linux/sched.h
+__all__ = ["ChildSetup", "rlimits_for", "spawn"]
 
 
 def rlimits_for(limits: Limits, *, memory_in_cgroup: bool = False) -> tuple[tuple[int, int, int], ...]:
@@ -71,56 +72,41 @@ def rlimits_for(limits: Limits, *, memory_in_cgroup: bool = False) -> tuple[tupl
     return tuple(table)
 
 
-def make_preexec(
-    limits: Limits,
-    run_as: RunAs | None,
-    *,
-    cgroup_procs: tuple[str, ...] = (),
-    new_netns: bool = False,
-    memory_in_cgroup: bool = False,
-) -> Callable[[], None]:
-    """Build the child-side ``preexec_fn`` (see the module docstring for the order).
+@dataclass(frozen=True)
+class ChildSetup:
+    """The child's steps 3-6 for one spawn (see the module docstring)."""
 
-    Any exception it raises makes ``Popen`` raise ``subprocess.SubprocessError`` in the
-    parent ("Exception occurred in preexec_fn"); the runner maps that to a setup failure.
+    rlimits: tuple[tuple[int, int, int], ...]
+    cgroup_procs: tuple[str, ...] = ()
+    new_netns: bool = False
+    run_as: RunAs | None = None
+
+
+def spawn(argv: list[str], stdio: tuple[int, int, int], keep_fds: list[int], setup: ChildSetup) -> int:
+    """Start ``argv`` (``argv[0]`` absolute) as described in the module docstring; returns
+    its pid once it has exec'd. ``stdio``: fds for the child's 0, 1, 2; ``keep_fds``: fds
+    the child inherits at the same numbers (all others are closed on exec). Raises
+    ``OSError`` naming the failed step, or ``SandboxUnavailable`` when the shim is not built.
     """
-    rlimits = rlimits_for(limits, memory_in_cgroup=memory_in_cgroup)
-    setrlimit = resource.setrlimit
-    pdeathsig = _pdeathsig_setter()
-    unshare = _unshare() if new_netns else None
-    parent_pid = os.getpid()
-
-    def preexec() -> None:
-        for res, soft, hard in rlimits:
-            setrlimit(res, (soft, hard))
-        for path in cgroup_procs:
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.write(fd, b"0")
-            finally:
-                os.close(fd)
-        if unshare is not None and unshare(_CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
-        if run_as is not None:
-            os.setgroups([])
-            os.setresgid(run_as.gid, run_as.gid, run_as.gid)
-            os.setresuid(run_as.uid, run_as.uid, run_as.uid)
-        pdeathsig(signal.SIGKILL)
-        # The parent may have died between fork and prctl: then no signal will ever come.
-        if os.getppid() != parent_pid:
-            os._exit(127)
-
-    return preexec
-
-
-def _unshare() -> Callable[[int], int]:
-    # os.unshare exists only from Python 3.12; Debian 12 ships 3.11.
-    fn: Callable[[int], int] = ctypes.CDLL(None, use_errno=True).unshare
-    return fn
-
-
-def _pdeathsig_setter() -> Callable[[int], None]:
-    import prctl  # python-prctl, resolved here in the parent, never in the forked child
-
-    set_pdeathsig: Callable[[int], None] = prctl.set_pdeathsig
-    return set_pdeathsig
+    try:
+        from sandbox import _spawn
+    except ImportError as exc:
+        raise SandboxUnavailable(
+            "the sandbox spawn shim (sandbox/_spawn.c) is not built: reinstall the package "
+            "with gcc and python3-dev present (scripts/setup.sh)"
+        ) from exc
+    low = [fd for fd in (*stdio, *keep_fds) if fd < 3]
+    if low:  # dup2 onto 0-2 would clobber them; the gateway never has stdio closed
+        raise ValueError(f"fds {low} would collide with the child's stdio")
+    uid, gid = (setup.run_as.uid, setup.run_as.gid) if setup.run_as is not None else (-1, -1)
+    return int(_spawn.spawn(
+        [os.fsencode(a) for a in argv],
+        stdio,
+        keep_fds,
+        setup.rlimits,
+        [os.fsencode(p) for p in setup.cgroup_procs],
+        setup.new_netns,
+        uid,
+        gid,
+        os.getpid(),
+    ))

@@ -31,9 +31,9 @@ and every process it waited for. Without a subreaper, usage covers bwrap's monit
 A process-wide reaper in the caller must not ``waitpid(-1)`` or it steals these reaps.
 
 Thread safety: ``run`` keeps all state local and may be called from many threads at once.
-PR_SET_PDEATHSIG (set on bwrap by our preexec_fn, and by ``--die-with-parent`` inside)
-fires when the *thread* that forked bwrap exits, not the process: ``run`` forks and waits in
-the calling thread, so a pool thread cannot exit while its sandbox lives. Do not hand the
+PR_SET_PDEATHSIG (set on bwrap by the spawn shim, and by ``--die-with-parent`` inside)
+fires when the *thread* that cloned bwrap exits, not the process: ``run`` spawns and waits
+in the calling thread, so a pool thread cannot exit while its sandbox lives. Do not hand the
 spawn to one thread and the wait to another.
 """
 
@@ -56,7 +56,7 @@ from typing import Any
 from sandbox.bwrap import SpawnFds, build_argv, etc_files, validate
 from sandbox.cgroup import CgroupPool, CgroupSlot, CgroupStats
 from sandbox.errors import SandboxSetupError, SandboxUnavailable
-from sandbox.limits import make_preexec
+from sandbox.limits import ChildSetup, rlimits_for, spawn
 from sandbox.mounts import open_bind_source, open_workspace
 from sandbox.seccomp import compile_filter
 from sandbox.spec import NetworkMode, ResourceUsage, RunAs, SandboxResult, SandboxSpec
@@ -102,9 +102,10 @@ def run(
     #    the generated /etc into sealed memfds: nothing shared between runs is writable.
     # 5. build bwrap's argv (pure) and resolve bwrap to an absolute path; bwrap itself gets
     #    an empty environment, so the caller's LD_PRELOAD & co never reach it.
-    # 6. spawn. In the child, before exec (sandbox.limits): rlimits, join the cgroup slot,
-    #    a fresh netns for NONE, drop to run_as, PDEATHSIG. close_fds + pass_fds: only 0-2
-    #    and our fds cross. bwrap then builds the namespaces and mounts, drops all caps,
+    # 6. spawn through the C shim (sandbox.limits, clone(CLONE_VM|CLONE_VFORK), no fork of
+    #    the gateway). In the child, before exec: default signals, only 0-2 and our fds
+    #    kept, rlimits, join the cgroup slot, a fresh netns for NONE, drop to run_as,
+    #    PDEATHSIG. bwrap then builds the namespaces and mounts, drops all caps,
     #    sets NO_NEW_PRIVS, loads seccomp, execs.
     # 7. collect stdout/stderr up to the caps (draining the rest), watch the wall clock and
     #    cancel; on either, SIGKILL the sandbox's pid 1 (pid-namespace teardown) and bwrap.
@@ -157,36 +158,30 @@ def run(
         )
         new_netns = root and spec.network is NetworkMode.NONE
         argv = build_argv(spec, fds=spawn_fds, netns_ready=new_netns, bwrap_path=bwrap)
-        preexec = make_preexec(
-            spec.limits,
-            spec.run_as,
+        run_as = spec.run_as
+        child = ChildSetup(
+            rlimits=rlimits_for(spec.limits, memory_in_cgroup="memory" in controllers),
             cgroup_procs=slot.procs_files if slot is not None else (),
             new_netns=new_netns,
-            memory_in_cgroup="memory" in controllers,
+            run_as=run_as,
         )
-        passed = [fd for fd in fds if fd != status_r]
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        fds += [out_r, out_w, err_r, err_w, devnull]
+        passed = [fd for fd in fds if fd not in (status_r, out_r, err_r, out_w, err_w, devnull)]
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                close_fds=True,
-                pass_fds=passed,
-                cwd="/",
-                env={},
-                preexec_fn=preexec,
-            )
-        except subprocess.SubprocessError as exc:  # preexec_fn raised (e.g. setresuid)
-            return _setup_failed(f"sandbox spawn failed before exec: {exc}", started)
-        except OSError as exc:
-            raise SandboxUnavailable(f"cannot execute {bwrap}: {exc}") from exc
+            pid = spawn(argv, (devnull, out_w, err_w), passed, child)
+        except OSError as exc:  # a step of the child failed (e.g. setresuid, cgroup join)
+            return _setup_failed(f"{exc.strerror} ({exc.filename or exc})", started)
         finally:
-            for fd in passed:
+            for fd in (*passed, out_w, err_w, devnull):
                 fds.remove(fd)
                 os.close(fd)
-        result = _supervise(proc, spec, status_r, cancel, started)
+        fds.remove(out_r)
+        fds.remove(err_r)
+        result = _supervise(pid, out_r, err_r, spec, status_r, cancel, started)
         if slot is None:
             return result
         return _with_cgroup_stats(result, slot.collect())
@@ -325,23 +320,25 @@ class _Collector:
 
 
 def _supervise(
-    proc: subprocess.Popen[bytes],
+    pid: int,
+    out_fd: int,
+    err_fd: int,
     spec: SandboxSpec,
     status_r: int,
     cancel: threading.Event | None,
     started: float,
 ) -> SandboxResult:
-    assert proc.stdout is not None and proc.stderr is not None
     cap = spec.limits.output_bytes
     out, err = _Collector(cap), _Collector(cap)
     status = bytearray()
     init_pid: int | None = None
     init_pidfd: int | None = None
     killed_by: str | None = None
-    monitor_pidfd = os.pidfd_open(proc.pid)
+    monitor_pidfd = os.pidfd_open(pid)
+    reaped = False
     sel = selectors.DefaultSelector()
     try:
-        streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+        streams = {out_fd: out, err_fd: err}
         for fd in (*streams, status_r, monitor_pidfd):
             sel.register(fd, selectors.EVENT_READ)
         deadline = started + spec.limits.timeout_s
@@ -355,7 +352,7 @@ def _supervise(
                 killed_by = "wall_timeout"
             if killed_by is not None and exited_at is None:
                 init_pidfd = _ensure_init_pidfd(init_pidfd, init_pid)
-                _kill(init_pidfd, proc.pid)
+                _kill(init_pidfd, pid)
             if exited_at is not None and now - exited_at > _DRAIN_GRACE_S:
                 break  # bwrap is gone; anything still holding a pipe is not ours to wait for
             timeout = _POLL_S if killed_by is not None else max(0.0, min(_POLL_S, deadline - now))
@@ -386,8 +383,8 @@ def _supervise(
                         init_pidfd = _ensure_init_pidfd(init_pidfd, init_pid)
                 else:
                     streams[fd].add(data)
-        _, wait_status, monitor_ru = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(wait_status)
+        _, wait_status, monitor_ru = os.wait4(pid, 0)
+        reaped = True
         duration_ms = (time.monotonic() - started) * 1000.0
         status += _read_rest(status_r)
         if init_pid is None:
@@ -404,12 +401,11 @@ def _supervise(
         os.close(monitor_pidfd)
         if init_pidfd is not None:
             os.close(init_pidfd)
-        proc.stdout.close()
-        proc.stderr.close()
-        if proc.returncode is None:  # an exception escaped the loop: leave nothing behind
-            _kill(None, proc.pid)
-            os.waitpid(proc.pid, 0)
-            proc.returncode = -signal.SIGKILL
+        os.close(out_fd)
+        os.close(err_fd)
+        if not reaped:  # an exception escaped the loop: leave nothing behind
+            _kill(None, pid)
+            os.waitpid(pid, 0)
     usage = _usage(usages)
     return _classify(
         spec, wait_status, _status_value(status, "exit-code"), killed_by, out, err, usage, duration_ms

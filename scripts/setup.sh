@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the gateway needs on a Debian machine, idempotently:
-#   system packages (bubblewrap, libseccomp, build headers for python-prctl) via apt-get
+#   system packages (bubblewrap, libseccomp, gcc and headers for python-prctl and the
+#   sandbox spawn shim sandbox/_spawn.c) via apt-get
 #   when missing, then a virtual environment in .venv with the package installed.
 # Usage: scripts/setup.sh [--test]   (--test also installs the test dependencies)
 set -euo pipefail

@@ -1,0 +1,359 @@
+/*
+ * sandbox._spawn: start bwrap from a multi-threaded Python process without fork(2).
+ *
+ * spawn(argv, stdio, keep_fds, rlimits, cgroup_procs, new_netns, uid, gid, parent_pid) -> pid
+ *
+ * subprocess.Popen with a preexec_fn must fork(2): the kernel copies the page tables of the
+ * whole gateway (70+ MB here), which cost 1-3 ms of system time per sandbox, and CPython
+ * then re-initialises its runtime in the child before the preexec_fn runs. This module does
+ * what sandbox/limits.py documents as the child's steps with clone(CLONE_VM | CLONE_VFORK),
+ * as glibc's posix_spawn does: the child borrows the parent's memory, runs only raw system
+ * calls on its own stack, and execs bwrap; the calling thread sleeps until then.
+ *
+ * The child's steps, in this order (the order is the security argument, see limits.py):
+ *   0. all signals blocked (by the parent, before clone); every handler reset to SIG_DFL so
+ *      no Python handler can run in the borrowed address space; then an empty mask.
+ *   1. stdio: dup2 the three given fds onto 0, 1, 2.
+ *   2. every other fd close-on-exec (close_range(2)), except keep_fds.
+ *   3. rlimits: setrlimit(2) for each (resource, soft, hard), still privileged.
+ *   4. join the cgroup slot: write "0" to each cgroup.procs path.
+ *   5. new_netns: unshare(CLONE_NEWNET).
+ *   6. drop: setgroups(0) -> setresgid -> setresuid, when uid >= 0 (raw syscalls: glibc's
+ *      wrappers would signal every thread of the parent to change their ids too).
+ *   7. PR_SET_PDEATHSIG = SIGKILL after the drop (the kernel clears it on an id change),
+ *      then check the parent is still parent_pid.
+ *   8. execve(argv[0], argv, {}) with an empty environment.
+ * A failing step writes (step, errno) to a close-on-exec pipe and _exits(127); the parent
+ * reads it and raises OSError(errno, "sandbox spawn failed at <step>").
+ */
+
+#define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+#define CHILD_STACK (64 * 1024)
+
+enum step {
+    STEP_SIGNALS = 1, STEP_STDIO, STEP_FDS, STEP_RLIMIT, STEP_CGROUP, STEP_NETNS,
+    STEP_SETGROUPS, STEP_SETGID, STEP_SETUID, STEP_PDEATHSIG, STEP_PARENT, STEP_EXEC,
+};
+
+static const char *step_names[] = {
+    "?", "signals", "stdio", "fds", "setrlimit", "cgroup join", "unshare(CLONE_NEWNET)",
+    "setgroups", "setresgid", "setresuid", "PR_SET_PDEATHSIG", "parent died", "execve",
+};
+
+struct child_args {
+    char **argv;
+    char **envp;
+    int stdio[3];
+    int *keep;
+    Py_ssize_t n_keep;
+    int *rl_res;
+    struct rlimit *rl;
+    Py_ssize_t n_rl;
+    char **cgroups;
+    Py_ssize_t n_cgroups;
+    int new_netns;
+    long uid, gid;
+    pid_t parent_pid;
+    int err_fd;
+    sigset_t *old_mask;
+};
+
+static void child_fail(int err_fd, int step) {
+    int msg[2] = {step, errno};
+    (void)!write(err_fd, msg, sizeof msg);
+    _exit(127);
+}
+
+static int child_main(void *arg) {
+    struct child_args *a = arg;
+    sigset_t empty;
+    struct sigaction dfl;
+    int sig, i;
+
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (sig = 1; sig < _NSIG; sig++)
+        (void)sigaction(sig, &dfl, NULL); /* EINVAL for SIGKILL/SIGSTOP/internal ones */
+    sigemptyset(&empty);
+    if (sigprocmask(SIG_SETMASK, &empty, NULL) != 0)
+        child_fail(a->err_fd, STEP_SIGNALS);
+
+    for (i = 0; i < 3; i++)
+        if (dup2(a->stdio[i], i) < 0)
+            child_fail(a->err_fd, STEP_STDIO);
+
+    if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) != 0)
+        child_fail(a->err_fd, STEP_FDS);
+    for (i = 0; i < a->n_keep; i++)
+        if (fcntl(a->keep[i], F_SETFD, 0) != 0)
+            child_fail(a->err_fd, STEP_FDS);
+
+    for (i = 0; i < a->n_rl; i++)
+        if (setrlimit(a->rl_res[i], &a->rl[i]) != 0)
+            child_fail(a->err_fd, STEP_RLIMIT);
+
+    for (i = 0; i < a->n_cgroups; i++) {
+        int fd = open(a->cgroups[i], O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, "0", 1) != 1)
+            child_fail(a->err_fd, STEP_CGROUP);
+        close(fd);
+    }
+
+    if (a->new_netns && unshare(CLONE_NEWNET) != 0)
+        child_fail(a->err_fd, STEP_NETNS);
+
+    if (a->uid >= 0) {
+        if (syscall(SYS_setgroups, 0, NULL) != 0)
+            child_fail(a->err_fd, STEP_SETGROUPS);
+        if (syscall(SYS_setresgid, (gid_t)a->gid, (gid_t)a->gid, (gid_t)a->gid) != 0)
+            child_fail(a->err_fd, STEP_SETGID);
+        if (syscall(SYS_setresuid, (uid_t)a->uid, (uid_t)a->uid, (uid_t)a->uid) != 0)
+            child_fail(a->err_fd, STEP_SETUID);
+    }
+
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
+        child_fail(a->err_fd, STEP_PDEATHSIG);
+    if (getppid() != a->parent_pid) {
+        errno = ESRCH;
+        child_fail(a->err_fd, STEP_PARENT);
+    }
+
+    execve(a->argv[0], a->argv, a->envp);
+    child_fail(a->err_fd, STEP_EXEC);
+    return 127;
+}
+
+/* A NULL-terminated char* array of the bytes objects in seq (borrowed buffers). */
+static char **bytes_array(PyObject *seq, Py_ssize_t *n_out, PyObject **keep_alive) {
+    PyObject *fast = PySequence_Fast(seq, "expected a sequence of bytes");
+    Py_ssize_t n, i;
+    char **out;
+    if (fast == NULL)
+        return NULL;
+    n = PySequence_Fast_GET_SIZE(fast);
+    out = PyMem_Calloc((size_t)n + 1, sizeof(char *));
+    if (out == NULL) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(fast, i);
+        if (!PyBytes_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "expected bytes");
+            PyMem_Free(out);
+            Py_DECREF(fast);
+            return NULL;
+        }
+        out[i] = PyBytes_AS_STRING(item);
+    }
+    if (n_out != NULL)
+        *n_out = n;
+    *keep_alive = fast;
+    return out;
+}
+
+static int int_array(PyObject *seq, int **out, Py_ssize_t *n_out) {
+    PyObject *fast = PySequence_Fast(seq, "expected a sequence of ints");
+    Py_ssize_t n, i;
+    if (fast == NULL)
+        return -1;
+    n = PySequence_Fast_GET_SIZE(fast);
+    *out = PyMem_Calloc((size_t)n + 1, sizeof(int));
+    if (*out == NULL) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (v == -1 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        (*out)[i] = (int)v;
+    }
+    *n_out = n;
+    Py_DECREF(fast);
+    return 0;
+}
+
+PyDoc_STRVAR(spawn_doc,
+"spawn(argv, stdio, keep_fds, rlimits, cgroup_procs, new_netns, uid, gid, parent_pid) -> pid\n\n"
+"argv: list[bytes] (argv[0] an absolute path); stdio: (stdin, stdout, stderr) fds;\n"
+"keep_fds: fds the child keeps (all others are closed on exec); rlimits: ((resource, soft,\n"
+"hard), ...); cgroup_procs: list[bytes] of cgroup.procs paths to join; new_netns: bool;\n"
+"uid, gid: ids to drop to (-1: no drop); parent_pid: os.getpid(). Returns the child pid\n"
+"once it has exec'd. Raises OSError(errno, 'sandbox spawn failed at <step>') when a step\n"
+"failed (the child is reaped).");
+
+static PyObject *spawn(PyObject *self, PyObject *args) {
+    PyObject *argv_obj, *stdio_obj, *keep_obj, *rl_obj, *cg_obj;
+    PyObject *argv_alive = NULL, *cg_alive = NULL;
+    int new_netns;
+    long uid, gid, parent_pid;
+    struct child_args a;
+    char *envp[1] = {NULL};
+    int *stdio = NULL;
+    Py_ssize_t n_stdio = 0, n_argv = 0, i;
+    int err_pipe[2] = {-1, -1};
+    void *stack = MAP_FAILED;
+    sigset_t all, old;
+    pid_t pid;
+    int msg[2];
+    ssize_t got;
+    PyObject *result = NULL;
+
+    if (!PyArg_ParseTuple(args, "OOOOOplll:spawn", &argv_obj, &stdio_obj, &keep_obj, &rl_obj,
+                          &cg_obj, &new_netns, &uid, &gid, &parent_pid))
+        return NULL;
+    memset(&a, 0, sizeof a);
+    a.argv = bytes_array(argv_obj, &n_argv, &argv_alive);
+    if (a.argv == NULL)
+        goto done;
+    if (n_argv < 1 || a.argv[0][0] != '/') {
+        PyErr_SetString(PyExc_ValueError, "argv[0] must be an absolute path");
+        goto done;
+    }
+    a.cgroups = bytes_array(cg_obj, &a.n_cgroups, &cg_alive);
+    if (a.cgroups == NULL)
+        goto done;
+    if (int_array(stdio_obj, &stdio, &n_stdio) < 0)
+        goto done;
+    if (n_stdio != 3) {
+        PyErr_SetString(PyExc_ValueError, "stdio must hold three fds");
+        goto done;
+    }
+    memcpy(a.stdio, stdio, sizeof a.stdio);
+    if (int_array(keep_obj, &a.keep, &a.n_keep) < 0)
+        goto done;
+    {
+        PyObject *fast = PySequence_Fast(rl_obj, "rlimits must be a sequence");
+        if (fast == NULL)
+            goto done;
+        a.n_rl = PySequence_Fast_GET_SIZE(fast);
+        a.rl_res = PyMem_Calloc((size_t)a.n_rl + 1, sizeof(int));
+        a.rl = PyMem_Calloc((size_t)a.n_rl + 1, sizeof(struct rlimit));
+        if (a.rl_res == NULL || a.rl == NULL) {
+            Py_DECREF(fast);
+            PyErr_NoMemory();
+            goto done;
+        }
+        for (i = 0; i < a.n_rl; i++) {
+            int res;
+            unsigned long long soft, hard;
+            if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "iKK", &res, &soft, &hard)) {
+                Py_DECREF(fast);
+                goto done;
+            }
+            a.rl_res[i] = res;
+            a.rl[i].rlim_cur = (rlim_t)soft;
+            a.rl[i].rlim_max = (rlim_t)hard;
+        }
+        Py_DECREF(fast);
+    }
+    a.envp = envp;
+    a.new_netns = new_netns;
+    a.uid = uid;
+    a.gid = gid;
+    a.parent_pid = (pid_t)parent_pid;
+
+    if (pipe2(err_pipe, O_CLOEXEC) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    a.err_fd = err_pipe[1];
+    stack = mmap(NULL, CHILD_STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK,
+                 -1, 0);
+    if (stack == MAP_FAILED) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+
+    /* No handler of ours may run in the child: block everything until it resets them. */
+    sigfillset(&all);
+    Py_BEGIN_ALLOW_THREADS
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid = clone(child_main, (char *)stack + CHILD_STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+    if (pid < 0)
+        msg[0] = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    Py_END_ALLOW_THREADS
+    if (pid < 0) {
+        errno = msg[0];
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    close(err_pipe[1]);
+    err_pipe[1] = -1;
+    do {
+        got = read(err_pipe[0], msg, sizeof msg);
+    } while (got < 0 && errno == EINTR);
+    if (got == (ssize_t)sizeof msg) {
+        int status;
+        const char *name = (msg[0] > 0 && msg[0] <= STEP_EXEC) ? step_names[msg[0]] : "?";
+        PyObject *text = PyUnicode_FromFormat("sandbox spawn failed at %s", name);
+        Py_BEGIN_ALLOW_THREADS
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+            ;
+        Py_END_ALLOW_THREADS
+        if (text != NULL) {
+            PyObject *exc = PyObject_CallFunction(PyExc_OSError, "iO", msg[1], text);
+            if (exc != NULL) {
+                PyErr_SetObject(PyExc_OSError, exc);
+                Py_DECREF(exc);
+            }
+            Py_DECREF(text);
+        }
+        goto done;
+    }
+    result = PyLong_FromLong((long)pid);
+
+done:
+    if (stack != MAP_FAILED)
+        munmap(stack, CHILD_STACK);
+    for (i = 0; i < 2; i++)
+        if (err_pipe[i] >= 0)
+            close(err_pipe[i]);
+    PyMem_Free(a.argv);
+    PyMem_Free(a.cgroups);
+    PyMem_Free(a.keep);
+    PyMem_Free(a.rl_res);
+    PyMem_Free(a.rl);
+    PyMem_Free(stdio);
+    Py_XDECREF(argv_alive);
+    Py_XDECREF(cg_alive);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"spawn", spawn, METH_VARARGS, spawn_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "sandbox._spawn",
+    "Start bwrap with clone(CLONE_VM|CLONE_VFORK): see sandbox/_spawn.c.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__spawn(void) { return PyModule_Create(&module); }
