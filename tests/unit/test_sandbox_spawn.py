@@ -1,0 +1,77 @@
+"""The C spawn shim: each child step happens, and a failing step is reported by name."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+
+import pytest
+
+from sandbox import RunAs
+from sandbox.limits import ChildSetup, spawn
+
+
+def _run(argv: list[str], setup: ChildSetup, keep: list[int] | None = None) -> tuple[int, str]:
+    r, w = os.pipe()
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        pid = spawn(argv, (null, w, w), keep or [], setup)
+    finally:
+        os.close(w)
+        os.close(null)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode()
+
+
+def test_only_stdio_and_kept_fds_cross_and_signals_are_default():
+    keep_r, keep_w = os.pipe()
+    other_r, other_w = os.pipe()
+    previous = signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # Python ignores SIGPIPE anyway
+    try:
+        code, out = _run(["/bin/sh", "-c", "ls /proc/self/fd; echo --; grep -E '^Sig(Ign|Blk)' /proc/self/status"],
+                         ChildSetup(rlimits=()), keep=[keep_w])
+    finally:
+        signal.signal(signal.SIGPIPE, previous)
+        for fd in (keep_r, keep_w, other_r, other_w):
+            os.close(fd)
+    fd_part, status_part = out.split("--\n")
+    fds = {int(x) for x in fd_part.split()}
+    assert code == 0
+    # 0-2, the kept fd, and the one ls opened on /proc/self/fd itself; nothing else.
+    ls_dir_fd = min(set(range(3, 1024)) - {keep_w})  # the lowest free fd in the child
+    assert fds == {0, 1, 2, keep_w, ls_dir_fd}
+    assert status_part == "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+
+
+def test_rlimits_are_set_before_exec():
+    setup = ChildSetup(rlimits=((resource.RLIMIT_NOFILE, 77, 77), (resource.RLIMIT_CORE, 0, 0)))
+    assert _run(["/bin/sh", "-c", "ulimit -n; ulimit -Hn; ulimit -c"], setup) == (0, "77\n77\n0\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another uid needs root")
+def test_privileges_are_dropped_with_no_supplementary_groups():
+    code, out = _run(["/usr/bin/id"], ChildSetup(rlimits=(), run_as=RunAs(250_321, 250_322)))
+    assert (code, out) == (0, "uid=250321 gid=250322 groups=250322\n")
+
+
+@pytest.mark.parametrize(("argv", "setup", "step"), [
+    (["/nonexistent/bwrap"], ChildSetup(rlimits=()), "execve"),
+    (["/bin/true"], ChildSetup(rlimits=(), cgroup_procs=("/nonexistent/cgroup.procs",)), "cgroup join"),
+    (["/bin/true"], ChildSetup(rlimits=((resource.RLIMIT_NOFILE, 10, 5),)), "setrlimit"),
+])
+def test_a_failing_step_is_named_and_the_child_reaped(argv, setup, step):
+    with pytest.raises(OSError, match=f"sandbox spawn failed at {step}") as info:
+        _run(argv, setup)
+    assert info.value.errno in (2, 22)  # ENOENT, EINVAL
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_fds_below_3_are_refused():
+    with pytest.raises(ValueError, match="collide"):
+        spawn(["/bin/true"], (0, 1, 2), [], ChildSetup(rlimits=()))
