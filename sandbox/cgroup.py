@@ -332,19 +332,31 @@ def _v2_parent(mounts, own: dict[str, str], name: str) -> CgroupPool | None:  # 
     if not {"memory", "pids"} <= available:
         return None  # hybrid host: the controllers live on v1
     wanted = [c for c in ("memory", "pids", "cpu") if c in available]
+    enable = " ".join(f"+{c}" for c in wanted)
     try:
-        if _read(os.path.join(base, "cgroup.procs")).strip():
-            # "No internal processes": move ourselves into a leaf before enabling
-            # controllers for children (cgroup-v2.rst, as runc and systemd do).
+        try:
+            _write(os.path.join(base, "cgroup.subtree_control"), enable)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+            # "No internal processes" (cgroup-v2.rst): a non-root cgroup with processes
+            # cannot give controllers to children. Move ourselves (never anyone else) into
+            # a leaf first, as runc and systemd do; a cgroup shared with other processes is
+            # not ours to rearrange.
+            others = {int(p) for p in _read(os.path.join(base, "cgroup.procs")).split()} - {os.getpid()}
+            if others:
+                raise SandboxUnavailable(
+                    f"cgroup v2 {base} holds other processes ({len(others)}); give the gateway a "
+                    "cgroup of its own (systemd: Delegate=yes)"
+                ) from exc
             leaf = os.path.join(base, "supervisor")
             os.makedirs(leaf, exist_ok=True)
-            for pid in _read(os.path.join(base, "cgroup.procs")).split():
-                _write_ok(os.path.join(leaf, "cgroup.procs"), pid)
-        _write(os.path.join(base, "cgroup.subtree_control"), " ".join(f"+{c}" for c in wanted))
+            _write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))
+            _write(os.path.join(base, "cgroup.subtree_control"), enable)
         _sweep(base, name)
         parent = os.path.join(base, f"{name}-{os.getpid()}")
         os.makedirs(parent, exist_ok=True)
-        _write(os.path.join(parent, "cgroup.subtree_control"), " ".join(f"+{c}" for c in wanted))
+        _write(os.path.join(parent, "cgroup.subtree_control"), enable)
     except OSError as exc:
         raise SandboxUnavailable(f"cgroup v2 at {base} is not delegated to this process: {exc}") from exc
     controllers = set(wanted)
