@@ -18,6 +18,7 @@ status codes; they hold no logic of their own.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
 import uuid
@@ -319,6 +320,9 @@ class GatewayService:
         maxima = self._settings.sandbox
         timeout_s = min(req.timeout_s or maxima.default_timeout_s, grant.timeout_s, maxima.max_timeout_s)
         memory_bytes = min(req.memory_bytes or grant.memory_bytes, grant.memory_bytes, maxima.max_memory_bytes)
+        ro_paths = _narrow_paths(req.ro_paths, grant.ro_paths + grant.rw_paths, req.denied_paths, "ro_paths")
+        rw_paths = _narrow_paths(req.rw_paths, grant.rw_paths, req.denied_paths, "rw_paths")
+        self._refuse_gateway_paths(ro_paths + rw_paths)
         return ExecutionPlan(
             argv=(req.command, *req.args),
             env=dict(req.env),
@@ -329,9 +333,25 @@ class GatewayService:
             pids=min(req.pids or grant.pids, grant.pids, maxima.max_pids),
             cpu_seconds=max(1, min(grant.cpu_seconds, maxima.max_cpu_seconds)),
             cpu_cores=req.cpu_cores or None,
-            ro_paths=_narrow_paths(req.ro_paths, grant.ro_paths + grant.rw_paths, req.denied_paths, "ro_paths"),
-            rw_paths=_narrow_paths(req.rw_paths, grant.rw_paths, req.denied_paths, "rw_paths"),
+            ro_paths=ro_paths,
+            rw_paths=rw_paths,
         )
+
+    def _refuse_gateway_paths(self, paths: tuple[str, ...]) -> None:
+        """No bind may expose the gateway's own state (task store, audit log, every task's
+        workspace) or its policy, whatever policy grants: a path equal to, inside or above
+        one of them is refused (FileDenied, 3003)."""
+        own = {
+            os.path.abspath(p)
+            for p in (self._settings.state_dir, self._settings.workspace_root,
+                      self._settings.policy_dir, self._settings.audit_path)
+        }
+        exposed = [p for p in paths if any(_within(p, o) or _within(o, p) for o in own)]
+        if exposed:
+            raise FileDenied(
+                f"binding {', '.join(exposed[:5])} would expose the gateway's own state or policy",
+                details={"paths": exposed[:5]},
+            )
 
     def _audit_decision(
         self,
