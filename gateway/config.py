@@ -100,7 +100,7 @@ class SandboxSettings(BaseModel):
     )
     max_cpu_seconds: int = Field(3600, ge=1, description="Hard cap on CPU time, seconds.")
     output_bytes: int = Field(1 << 20, ge=1024, description="Captured output cap per stream, bytes.")
-    tmp_size_bytes: int = Field(64 << 20, ge=1 << 20, description="Size of the sandbox /tmp tmpfs, bytes.")
+    tmp_size_bytes: int = Field(64 << 20, ge=1 << 20, description="Size of each of the sandbox /tmp and /dev/shm tmpfs, bytes.")
     file_size_bytes: int = Field(64 << 20, ge=1 << 20, description="RLIMIT_FSIZE, bytes.")
     open_files: int = Field(256, ge=16, description="RLIMIT_NOFILE.")
 

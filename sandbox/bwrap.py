@@ -25,14 +25,16 @@ The recipe (bwrap(1) for bubblewrap 0.8.0; design.md section 7):
 ``--clearenv --setenv``    the environment is exactly base env + spec.env.
 ``--hostname``             private UTS name.
 ``--ro-bind /usr``, root symlinks, ``--proc``, ``--dev`` (a minimal tmpfs /dev: null, zero,
-                           full, random, urandom, tty, pts), ``--size N --tmpfs /tmp``.
+                           full, random, urandom, tty, pts), ``--size N --tmpfs /dev/shm``
+                           (POSIX shm and semaphores) and ``--size N --tmpfs /tmp``.
 ``--dir /etc`` + ``--file``  the generated /etc, files in the root tmpfs (read-only below).
 ``--bind-fd FD /workspace``  the only host directory the command can write (plus
                            rw_paths), opened by fd without following symlinks
                            (``sandbox.mounts``); extra paths likewise with ``--ro-bind-fd``.
-``--remount-ro /``         bwrap's root is a tmpfs writable by the sandbox user; without
-                           this a command could fill host memory through it (no --size),
-                           or rewrite the generated /etc.
+``--remount-ro /dev /``    bwrap's root and its /dev are tmpfs without a size (half of host
+                           RAM) writable by the sandbox user; without this a command could
+                           fill host memory through them, or rewrite the generated /etc.
+                           Device nodes stay usable on a read-only mount.
 ``--cap-drop ALL``         no capabilities even inside the user namespace.
 ``--seccomp FD``           loaded last, right before execvp (after NO_NEW_PRIVS).
 ``--json-status-fd FD``    ``{"child-pid": N, ...}`` after clone, and ``{"exit-code": N}``
@@ -213,6 +215,7 @@ def build_argv(
         else:
             argv += ["--symlink", target, link]
     argv += ["--proc", "/proc", "--dev", "/dev"]
+    argv += ["--size", str(spec.limits.tmp_size_bytes), "--tmpfs", "/dev/shm"]
     argv += ["--size", str(spec.limits.tmp_size_bytes), "--tmpfs", "/tmp"]
     argv += ["--dir", "/etc"]
     for path in ETC_FILES:
@@ -225,7 +228,7 @@ def build_argv(
         argv += ["--ro-bind-fd", str(fd), path]
     for path, fd in zip(spec.rw_paths, fds.rw_paths, strict=True):
         argv += ["--bind-fd", str(fd), path]
-    argv += ["--remount-ro", "/"]
+    argv += ["--remount-ro", "/dev", "--remount-ro", "/"]
     argv += ["--chdir", spec.cwd]
     argv += ["--cap-drop", "ALL"]
     argv += ["--seccomp", str(fds.seccomp)]

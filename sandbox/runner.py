@@ -167,6 +167,11 @@ def run(
         )
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        if run_as is not None:
+            # Let the command reopen its own stdout/stderr (/dev/stdout is /proc/self/fd/1,
+            # and reopening a pipe checks the pipe inode's owner): scripts `tee /dev/stderr`.
+            for fd in (out_w, err_w):
+                os.fchown(fd, run_as.uid, run_as.gid)
         devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         fds += [out_r, out_w, err_r, err_w, devnull]
         passed = [fd for fd in fds if fd not in (status_r, out_r, err_r, out_w, err_w, devnull)]
@@ -415,16 +420,22 @@ def _supervise(
 def _with_cgroup_stats(result: SandboxResult, stats: CgroupStats) -> SandboxResult:
     """Fold the slot's counters into the result: the "oom" and "pids" limit reasons (in
     their order of precedence, see SandboxResult) and the run's peak memory."""
-    reason = result.limit_reason
-    if result.setup_error is None:
-        if stats.oom_kills > 0 and reason not in ("cancelled", "wall_timeout"):
-            reason = "oom"
-        elif stats.pids_max_hits > 0 and reason in (None, "output_truncated"):
-            reason = "pids"
     usage = result.usage
     if stats.memory_peak_bytes is not None:
         usage = replace(usage, max_memory_kb=stats.memory_peak_bytes // 1024)
-    return replace(result, limit_reason=reason, usage=usage)
+    result = replace(result, usage=usage)
+    if result.limit_reason in ("cancelled", "wall_timeout"):
+        return result
+    if stats.oom_kills > 0:
+        # Memory the command filled without owning it (tmpfs pages in /tmp or /dev/shm)
+        # makes the OOM killer pick bwrap itself, the largest process left in the slot;
+        # bwrap then never reports an exit code, which would read as a setup failure. Any
+        # OOM kill in the slot means the memory limit ended the run.
+        return replace(result, limit_reason="oom", setup_error=None, exit_code=128 + signal.SIGKILL,
+                       signal=signal.SIGKILL)
+    if stats.pids_max_hits > 0 and result.setup_error is None and result.limit_reason in (None, "output_truncated"):
+        return replace(result, limit_reason="pids")
+    return result
 
 
 def _classify(

@@ -64,7 +64,7 @@ class Limits:
     open_files: int = 256  # RLIMIT_NOFILE
     pids: int | None = None  # processes + threads of the command (pids cgroup); None = no cap
     cpu_cores: float | None = None  # CPU bandwidth quota in cores (cpu cgroup); None = no cap
-    tmp_size_bytes: int = 64 << 20  # bwrap --size for the --tmpfs /tmp
+    tmp_size_bytes: int = 64 << 20  # size of each of the /tmp and /dev/shm tmpfs
     output_bytes: int = 1 << 20  # kept per stream (stdout, stderr); the rest is drained
     # RLIMIT_NPROC, None = unset. It counts every process of the run_as uid on the host, so
     # it is a per-run limit only when that uid is the run's own (sandbox.identity.UidPool),

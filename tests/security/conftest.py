@@ -219,9 +219,10 @@ def parse_outcome(result: SandboxResult) -> Outcome:
 def probe(sbx: Callable[..., SandboxResult], probe_binary: str, workspace: str) -> Callable[..., Outcome]:
     """``probe(case, *args, **sbx_kw) -> Outcome``: run the probe in the sandbox (copied
     into the workspace at /workspace/probe, mode 0755; a ``workspace=`` override gets its
-    own copy). ``probe.raw(...)`` returns the SandboxResult unparsed."""
+    own copy). ``probe.raw(...)`` returns the SandboxResult unparsed; ``probe.install()``
+    only copies it (for commands that call /workspace/probe themselves)."""
 
-    def install(ws: str) -> None:
+    def install(ws: str = workspace) -> None:
         target = os.path.join(ws, "probe")
         if not os.path.exists(target):
             shutil.copyfile(probe_binary, target)
@@ -235,6 +236,7 @@ def probe(sbx: Callable[..., SandboxResult], probe_binary: str, workspace: str) 
         return parse_outcome(raw(*args, **kw))
 
     _probe.raw = raw  # type: ignore[attr-defined]
+    _probe.install = install  # type: ignore[attr-defined]
     return _probe
 
 
@@ -325,7 +327,7 @@ def clean_up(uids: UidPool, slot_parents: list[str], roots: list[str]) -> None:
     """Remove what ``leftovers`` found, so one failure does not cascade into later tests."""
     for pid in busy_uids(uids, settle_s=0):
         _kill(pid)
-    for procs_file, pids in busy_slots(slot_parents).items():
+    for pids in busy_slots(slot_parents).values():
         for pid in pids:
             _kill(pid)
     for pid in zombie_children(os.getpid()):

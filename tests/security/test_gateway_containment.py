@@ -1,16 +1,47 @@
 """Containment through the whole gateway: commands that policy lets through (python3 is an
 allow-listed build tool) try to escape; each is refused inside the sandbox with the exact
-errno, or contained by a limit, and the gateway keeps serving."""
+errno, or contained by a limit, and the gateway keeps serving.
+
+After every test (module fixture ``_gateway_left_nothing``): no process runs with a uid of
+the gateway's sandbox range, its cgroup slots are empty, and its workspace root is empty.
+"""
 
 from __future__ import annotations
 
+import os
 import textwrap
+import threading
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import GatewayProcess, wait_final
+from sandbox import UidPool, busy_uids
+from tests.conftest import _UID_BASES, GatewayProcess, wait_final
+from tests.security.conftest import busy_slots, cgroup_dirs
+
+GATEWAY_UID_COUNT = 256  # gateway.config SandboxSettings.uid_count default
+
+
+@pytest.fixture(autouse=True)
+def _gateway_left_nothing(gateway: GatewayProcess):
+    yield
+    base = _UID_BASES[gateway.state_dir.resolve()]
+    uids = UidPool(base, base, GATEWAY_UID_COUNT)
+    problems = []
+    busy = busy_uids(uids, settle_s=2)
+    if busy:
+        problems.append(f"processes run with the gateway's sandbox uids: {busy}")
+    slots = busy_slots(cgroup_dirs(gateway.proc.pid, "mcp-gateway"))
+    if slots:
+        problems.append(f"the gateway's cgroup slots are not empty: {slots}")
+    workspaces = gateway.state_dir / "workspaces"
+    left = sorted(os.listdir(workspaces)) if workspaces.is_dir() else []
+    if left:
+        problems.append(f"workspaces left in {workspaces}: {left}")
+    assert gateway.proc.poll() is None, "the gateway died"
+    if problems:
+        pytest.fail("the gateway left something behind:\n  " + "\n  ".join(problems), pytrace=False)
 
 # Each probe prints one line "RESULT <errno-name or OK>" so the outcome is exact.
 PROBE_PRELUDE = textwrap.dedent("""
@@ -76,3 +107,67 @@ def test_fork_bomb_is_contained_and_gateway_keeps_serving(http: httpx.Client) ->
     assert http.get("/health").json()["status"] == "SERVING"
     after = run_task(http, {"command": "echo", "args": ["still here"]})
     assert after["result"]["stdout"] == "still here\n"
+
+
+# -- limits through the gateway: the task result carries the sandbox's limit_reason --------
+
+FORK_BOMB = (
+    "import os, time\nstart = time.monotonic()\n"
+    "while time.monotonic() < start + 0.7:\n"
+    "    try:\n        os.fork()\n    except OSError:\n        time.sleep(0.01)\n"
+    "time.sleep(max(0.0, start + 1.0 - time.monotonic()))\n"
+)
+
+
+def test_memory_bomb_ends_oom(gateway: GatewayProcess, http: httpx.Client) -> None:
+    assert cgroup_dirs(gateway.proc.pid, "mcp-gateway"), "the gateway runs without a cgroup pool"
+    final = run_task(http, {"command": "python3", "args": ["-c", "x = bytearray(512 << 20)"], "timeout": 30,
+                            "sandbox_config": {"resource_limits": {"memory_limit": 64 << 20}}})
+    assert final["task_info"]["status"] == "COMPLETED", final
+    assert (final["result"]["exit_code"], final["result"]["limit_reason"]) == (137, "oom"), final["result"]
+    assert final["result"]["resource_usage"]["max_memory_kb"] <= 64 * 1024
+
+
+def test_pids_limited_fork_bomb_ends_pids(http: httpx.Client) -> None:
+    final = run_task(http, {"command": "python3", "args": ["-c", FORK_BOMB], "timeout": 30,
+                            "sandbox_config": {"resource_limits": {"pids_limit": 16}}})
+    assert final["task_info"]["status"] == "COMPLETED", final
+    assert (final["result"]["exit_code"], final["result"]["limit_reason"]) == (0, "pids"), final["result"]
+    assert http.get("/health").json()["status"] == "SERVING"
+
+
+def test_concurrent_tasks_run_as_distinct_uids_of_the_range(gateway: GatewayProcess, http: httpx.Client) -> None:
+    finals: list[dict[str, Any]] = []
+
+    def one() -> None:
+        with httpx.Client(base_url=gateway.http_url, timeout=30) as client:
+            finals.append(run_task(client, {"command": "sh", "args": ["-c", "id -u; sleep 0.5"]}))
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    uids = sorted(int(f["result"]["stdout"]) for f in finals)
+    base = _UID_BASES[gateway.state_dir.resolve()]
+    assert len(set(uids)) == 2 and all(base <= u < base + GATEWAY_UID_COUNT for u in uids), uids
+
+
+@pytest.mark.parametrize(("network", "expected"), [("NETWORK_NONE", "ENETUNREACH"),
+                                                   ("NETWORK_LOOPBACK", "ECONNREFUSED")])
+@pytest.mark.parametrize("port", ["http", "grpc"])
+def test_gateway_ports_are_unreachable(gateway: GatewayProcess, http: httpx.Client, port: str, network: str,
+                                       expected: str) -> None:
+    address = gateway.http_url.removeprefix("http://") if port == "http" else gateway.grpc_addr
+    host, number = address.rsplit(":", 1)
+    body = f"report(lambda: socket.create_connection(('{host}', {number}), timeout=3))"
+    final = run_task(http, {"command": "python3", "args": ["-c", PROBE_PRELUDE + body], "timeout": 30,
+                            "sandbox_config": {"network_access": network}})
+    assert final["task_info"]["status"] == "COMPLETED", final
+    assert result_word(final) == expected, final["result"]
+
+
+def test_tmpfs_fill_past_memory_limit_ends_oom(http: httpx.Client) -> None:
+    final = run_task(http, {"command": "sh", "args": ["-c", "head -c 209715200 /dev/zero > /tmp/f"],
+                            "timeout": 30, "sandbox_config": {"resource_limits": {"memory_limit": 32 << 20}}})
+    assert (final["task_info"]["status"], final["result"]["limit_reason"]) == ("COMPLETED", "oom"), final

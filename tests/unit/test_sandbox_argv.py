@@ -41,14 +41,15 @@ def _golden(*, share_net: bool = False, env: dict[str, str] | None = None,
     for key in sorted(full_env):
         argv += ["--setenv", key, full_env[key]]
     argv += ["--hostname", hostname, "--ro-bind", "/usr", "/usr", *_root_links(),
-             "--proc", "/proc", "--dev", "/dev", "--size", str(tmp), "--tmpfs", "/tmp",
+             "--proc", "/proc", "--dev", "/dev", "--size", str(tmp), "--tmpfs", "/dev/shm",
+             "--size", str(tmp), "--tmpfs", "/tmp",
              "--dir", "/etc",
              "--perms", "0444", "--file", "10", "/etc/group", "--perms", "0444", "--file", "11", "/etc/hosts",
              "--perms", "0444", "--file", "12", "/etc/nsswitch.conf",
              "--perms", "0444", "--file", "13", "/etc/passwd"]
     if share_net and not netns_ready:
         argv += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
-    argv += ["--bind-fd", "5", "/workspace", *(extra or []), "--remount-ro", "/", "--chdir", cwd,
+    argv += ["--bind-fd", "5", "/workspace", *(extra or []), "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", cwd,
              "--cap-drop", "ALL", "--seccomp", "3"]
     return argv + (tail if tail is not None else ["--json-status-fd", "4", "--"])
 
