@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -243,21 +244,59 @@ def probe(sbx: Callable[..., SandboxResult], probe_binary: str, workspace: str) 
 # -- nothing left behind ----------------------------------------------------------------
 
 
-def zombie_children(parent: int) -> list[int]:
-    """Pids of zombie processes whose parent is ``parent`` (from /proc/PID/stat, proc(5))."""
-    found = []
+def proc_files(name: str) -> Iterator[tuple[int, bytes]]:
+    """``(pid, content of /proc/PID/<name>)`` for every process; vanished ones are skipped."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as fh:
-                data = fh.read()
+            with open(f"/proc/{entry}/{name}", "rb") as fh:
+                yield int(entry), fh.read()
         except OSError:
             continue
-        fields = data[data.rindex(")") + 2:].split()  # after "(comm) ": state ppid ...
-        if fields[0] == "Z" and int(fields[1]) == parent:
-            found.append(int(entry))
+
+
+def zombie_children(parent: int) -> list[int]:
+    """Pids of zombie processes whose parent is ``parent`` (from /proc/PID/stat, proc(5))."""
+    found = []
+    for pid, data in proc_files("stat"):
+        fields = data[data.rindex(b")") + 2:].split()  # after "(comm) ": state ppid ...
+        if fields[0] == b"Z" and int(fields[1]) == parent:
+            found.append(pid)
     return found
+
+
+def host_pids_with(marker: str) -> list[int]:
+    """Pids of host processes whose command line contains ``marker``."""
+    return [pid for pid, cmdline in proc_files("cmdline") if marker.encode() in cmdline]
+
+
+def uid_process_count(uid: int) -> int:
+    """How many host processes run with real uid ``uid``."""
+    return sum(
+        any(line.startswith(b"Uid:") and int(line.split()[1]) == uid for line in status.splitlines())
+        for _, status in proc_files("status")
+    )
+
+
+def sample_while(sample: Callable[[], Any], fn: Callable[[], Any], interval_s: float = 0.005) -> tuple[Any, list[Any]]:
+    """Run ``fn()`` while a thread calls ``sample()`` every ``interval_s``; ``(result, samples)``."""
+    samples: list[Any] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            samples.append(sample())
+            time.sleep(interval_s)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = fn()
+    finally:
+        done.set()
+        watcher.join()
+    return result, samples
 
 
 def cgroup_dirs(pid: int, name: str) -> list[str]:

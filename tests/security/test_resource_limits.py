@@ -5,13 +5,13 @@ asserts the exact ``limit_reason`` / signal / errno, and that the host kept work
 from __future__ import annotations
 
 import errno
-import os
 import subprocess
-import threading
 import time
 import uuid
 
 import pytest
+
+from tests.security.conftest import host_pids_with, sample_while, uid_process_count
 
 MiB = 1 << 20
 
@@ -35,37 +35,6 @@ def test_memory_bomb_without_cgroup_hits_rlimit_as(sbx):
     assert r.stderr.endswith(b"MemoryError\n")
 
 
-def _uid_procs(uid: int) -> int:
-    n = 0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/status") as fh:
-                    n += any(line.startswith("Uid:") and int(line.split()[1]) == uid for line in fh)
-            except OSError:
-                pass
-    return n
-
-
-def _peak_while(uid: int, fn):
-    """Run ``fn()`` while sampling the host's process count of ``uid``; (result, peak)."""
-    peak, done = [0], threading.Event()
-
-    def watch() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _uid_procs(uid))
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        result = fn()
-    finally:
-        done.set()
-        watcher.join()
-    return result, peak[0]
-
-
 # Every process forks until 0.7 s after the start (the same instant for all: children inherit
 # ``start``), then sleeps until 1.0 s and exits: the run ends by itself, so the pids limit
 # (not the wall clock) is what it reports, and no fork races an exit while the host counts.
@@ -79,7 +48,9 @@ FORK_BOMB = (
 
 def test_fork_bomb_is_held_at_the_pids_limit(sbx, run_as, pool):
     t0 = time.monotonic()
-    r, peak = _peak_while(run_as.uid, lambda: sbx("python3", "-c", FORK_BOMB, pids=16, timeout_s=10))
+    r, counts = sample_while(lambda: uid_process_count(run_as.uid),
+                             lambda: sbx("python3", "-c", FORK_BOMB, pids=16, timeout_s=10))
+    peak = max(counts, default=0)
     assert (r.exit_code, r.limit_reason, r.setup_error) == (0, "pids", None)
     assert 0 < peak <= 16 + 2  # the command's 16 + bwrap's monitor and pid 1, seen from the host
     assert time.monotonic() - t0 < 5
@@ -162,45 +133,21 @@ def test_output_flood_is_truncated_and_returns_promptly(sbx):
     assert r.stdout == b"y\n" * (32 * 1024)
 
 
-def _host_pids_with(marker: str) -> list[int]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    if marker.encode() in fh.read():
-                        out.append(int(pid))
-            except OSError:
-                pass
-    return out
-
-
 def test_daemonizing_sleeper_is_killed_with_the_run(sbx, probe):
     probe.install()
     marker = f"daemon-{uuid.uuid4().hex}"
     t0 = time.monotonic()
-    seen = []
     # The double-forked, setsid, stdio-closed grandchild sleeps 30 s while the command waits
     # 0.5 s: the host must see it during the run and nothing of it once run() has returned.
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.is_set():
-            seen.extend(_host_pids_with(marker))
-            time.sleep(0.02)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        r = sbx("sh", "-c", f"/workspace/probe daemon 30000 {marker}; sleep 0.5")
-    finally:
-        done.set()
-        watcher.join()
+    r, samples = sample_while(lambda: host_pids_with(marker),
+                              lambda: sbx("sh", "-c", f"/workspace/probe daemon 30000 {marker}; sleep 0.5"),
+                              interval_s=0.02)
+    seen = [pid for pids in samples for pid in pids]
     assert seen, "the daemon never ran: the test would prove nothing"
     assert (r.exit_code, r.limit_reason) == (0, None)
     assert r.stdout.startswith(b"ret=") and r.stdout.endswith(b" errno=0\n")
     assert time.monotonic() - t0 < 5.0
-    assert _host_pids_with(marker) == []
+    assert host_pids_with(marker) == []
 
 
 # resource(2) numbers on x86_64 -> a value above what the run was given

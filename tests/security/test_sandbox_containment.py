@@ -17,6 +17,8 @@ import uuid
 
 import pytest
 
+from tests.security.conftest import host_pids_with, sample_while, uid_process_count
+
 from sandbox import NetworkMode, RunAs, SandboxSetupError, SandboxSpec, run
 
 PY = "python3"
@@ -175,20 +177,6 @@ def test_i386_int80_is_killed(sbx):
     assert (r.signal, r.stdout) == (31, b""), r.stderr
 
 
-def _host_pids_with(marker: str) -> list[int]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if marker.encode() in fh.read():
-                    out.append(int(pid))
-        except OSError:
-            pass
-    return out
-
-
 def test_wall_timeout_kills_sleep(sbx):
     t0 = time.monotonic()
     r = sbx("sleep", "600", timeout_s=1.0)
@@ -203,24 +191,9 @@ def _daemon(marker: str) -> str:
 
 
 def _run_watching(marker: str, run) -> tuple[object, bool]:
-    """Run ``run()`` while a thread watches the host for a process carrying ``marker``."""
-    seen = threading.Event()
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.is_set():
-            if _host_pids_with(marker):
-                seen.set()
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        result = run()
-    finally:
-        done.set()
-        watcher.join()
-    return result, seen.is_set()
+    """Run ``run()`` while watching the host for a process carrying ``marker``."""
+    result, samples = sample_while(lambda: bool(host_pids_with(marker)), run, interval_s=0.05)
+    return result, any(samples)
 
 
 def test_wall_timeout_kills_double_forked_setsid_daemon(sbx):
@@ -229,7 +202,7 @@ def test_wall_timeout_kills_double_forked_setsid_daemon(sbx):
     assert seen, "the daemon never started: the test would prove nothing"
     assert r.limit_reason == "wall_timeout"
     time.sleep(0.2)
-    assert _host_pids_with(marker) == []
+    assert host_pids_with(marker) == []
 
 
 def test_daemon_left_behind_by_a_finished_command_is_killed(sbx):
@@ -238,7 +211,7 @@ def test_daemon_left_behind_by_a_finished_command_is_killed(sbx):
     assert seen
     assert (r.exit_code, r.stdout, r.limit_reason) == (0, b"done\n", None)
     time.sleep(0.2)
-    assert _host_pids_with(marker) == []
+    assert host_pids_with(marker) == []
 
 
 def test_cpu_limit(sbx):
@@ -277,20 +250,9 @@ def test_fork_bomb_contained(sbx, run_as):
             timeout_s=1.0, memory_bytes=64 << 20, uid_process_cap=256, cgroups=False)
     assert (r.exit_code, r.limit_reason) == (137, "wall_timeout")
     # run() returns only once the kernel has torn the pid namespace down: nothing is left.
-    assert _count_uid_procs(run_as.uid) == 0
+    assert uid_process_count(run_as.uid) == 0
     assert time.monotonic() - t0 < 6.0  # slack for a starved 2-core host
     assert subprocess.run(["true"]).returncode == 0  # the host can still spawn
-
-
-def _count_uid_procs(uid: int) -> int:
-    n = 0
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                n += os.stat(f"/proc/{pid}").st_uid == uid
-            except OSError:
-                pass
-    return n
 
 
 @pytest.mark.parametrize(
