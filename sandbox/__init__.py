@@ -2,8 +2,16 @@
 
 Never imports ``gateway``. Usable alone: ``python -m sandbox run -- CMD ARGS...``.
 
-    from sandbox import SandboxSpec, RunAs, run
-    result = run(SandboxSpec(argv=("echo", "hi"), workspace="/srv/ws", run_as=RunAs(65534, 65534)))
+One module per concern: ``spec`` (value types), ``bwrap`` (argv recipe), ``seccomp`` (deny
+lists -> BPF), ``mounts`` (bind sources by fd), ``cgroup`` (per-run slots), ``identity`` (a
+uid per run), ``limits`` + ``_spawn.c`` (the child's steps before exec), ``runner`` (the run).
+
+    from sandbox import CgroupPool, Limits, SandboxSpec, UidPool, run
+    uids, cgroups = UidPool(60000, 60000, 64), CgroupPool.create("my-service")
+    run_as = uids.acquire()          # workspace: a 0700 dir owned by run_as, root-only parents
+    result = run(SandboxSpec(argv=("echo", "hi"), workspace="/srv/ws/1", run_as=run_as,
+                             limits=Limits(memory_bytes=256 << 20, pids=64)), cgroups=cgroups)
+    uids.release(run_as)
 """
 
 from sandbox.bwrap import build_argv
