@@ -536,15 +536,22 @@ def _reap(pid: int, pidfd: int | None) -> list[Any]:
     wait up to _REAP_WAIT_S for that; only if the kernel is slower still is the reap handed
     to a daemon thread (so no zombie is left) and usage reported without pid 1.
     """
-    if pidfd is not None:
-        # A pidfd polls readable once the process has exited (pidfd_open(2)).
-        select.select([pidfd], [], [], _REAP_WAIT_S)
-    try:
-        got, _, ru = os.wait4(pid, os.WNOHANG)
-    except ChildProcessError:  # reaped by bwrap (setup failure path) or not re-parented
-        return []
-    if got == pid:
-        return [ru]
+    deadline = time.monotonic() + _REAP_WAIT_S
+    while True:
+        try:
+            got, _, ru = os.wait4(pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by bwrap (setup failure path) or not re-parented
+            return []
+        if got == pid:
+            return [ru]
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        if pidfd is not None:
+            # A pidfd polls readable once the process has exited (pidfd_open(2)).
+            select.select([pidfd], [], [], min(remaining, _POLL_S))
+        else:
+            time.sleep(min(remaining, 0.005))
     threading.Thread(target=_reap_blocking, args=(pid,), name="sandbox-reap", daemon=True).start()
     return []
 

@@ -25,7 +25,7 @@ def test_every_leftover_kind_is_detected_and_cleaned(uid_pool, pool, leftover_sc
     # A root of its own: the shared ones hold this test's workspace until it ends.
     root = tempfile.mkdtemp(prefix="sandbox-tests-leftovers-")
     roots = [root]
-    assert leftovers(uids, parents, roots, settle_s=0) == []
+    assert leftovers(uids, parents, roots) == []
 
     stray_uid = uid_pool.acquire()
     in_range = subprocess.Popen(["sleep", "30"], user=stray_uid.uid, group=stray_uid.gid)
