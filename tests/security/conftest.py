@@ -11,7 +11,8 @@ teardown naming what was found) when any of these holds, and then cleans up so t
 test starts clean:
 
 * a host process runs with a uid of the sandbox range (real, effective or saved uid);
-* the pytest process has a zombie child (a sandbox's pid 1 or bwrap left unreaped);
+* the pytest process has an unreaped sandbox child: a zombie ``bwrap`` (a run's monitor or
+  pid 1; every other process of a run lives in its pid namespace and is reaped there);
 * a cgroup slot of the pool still holds a process;
 * a workspace root still holds an entry once the test's own workspaces are removed.
 """
@@ -256,12 +257,14 @@ def proc_files(name: str) -> Iterator[tuple[int, bytes]]:
             continue
 
 
-def zombie_children(parent: int) -> list[int]:
-    """Pids of zombie processes whose parent is ``parent`` (from /proc/PID/stat, proc(5))."""
+def zombie_children(parent: int, comm: bytes | None = None) -> list[int]:
+    """Pids of zombie processes whose parent is ``parent`` (and whose command name is
+    ``comm``, when given), from /proc/PID/stat, proc(5)."""
     found = []
     for pid, data in proc_files("stat"):
         fields = data[data.rindex(b")") + 2:].split()  # after "(comm) ": state ppid ...
-        if fields[0] == b"Z" and int(fields[1]) == parent:
+        name = data[data.index(b"(") + 1:data.rindex(b")")]
+        if fields[0] == b"Z" and int(fields[1]) == parent and comm in (None, name):
             found.append(pid)
     return found
 
@@ -349,9 +352,9 @@ def leftovers(uids: UidPool, slot_parents: list[str], roots: list[str], *, settl
     busy = busy_uids(uids, settle_s=settle_s)
     if busy:
         problems.append(f"processes still run with sandbox uids: {_describe(busy)}")
-    zombies = _settled(lambda: zombie_children(os.getpid()), settle_s)
+    zombies = _settled(lambda: zombie_children(os.getpid(), b"bwrap"), settle_s)
     if zombies:
-        problems.append(f"zombie children of the test process: {zombies}")
+        problems.append(f"unreaped bwrap children of the test process: {zombies}")
     slots = busy_slots(slot_parents)
     if slots:
         problems.append(f"cgroup slots not empty: {slots}")
@@ -378,7 +381,7 @@ def clean_up(uids: UidPool, slot_parents: list[str], roots: list[str]) -> None:
     for pids in busy_slots(slot_parents).values():
         for pid in pids:
             _kill(pid)
-    for pid in zombie_children(os.getpid()):
+    for pid in zombie_children(os.getpid(), b"bwrap"):
         try:
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:

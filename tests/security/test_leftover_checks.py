@@ -29,7 +29,7 @@ def test_every_leftover_kind_is_detected_and_cleaned(uid_pool, pool, leftover_sc
 
     stray_uid = uid_pool.acquire()
     in_range = subprocess.Popen(["sleep", "30"], user=stray_uid.uid, group=stray_uid.gid)
-    zombie = subprocess.Popen(["true"])
+    zombie = subprocess.Popen(["bwrap", "--version"], stdout=subprocess.DEVNULL)  # exits at once, unreaped
     in_slot = subprocess.Popen(["sleep", "30"])
     slot = pool.acquire()
     stray_dir = os.path.join(root, "stray-workspace")
@@ -38,12 +38,12 @@ def test_every_leftover_kind_is_detected_and_cleaned(uid_pool, pool, leftover_sc
             with open(procs, "w") as fh:
                 fh.write(str(in_slot.pid))
         os.mkdir(stray_dir)
-        _wait_for(lambda: zombie.pid in zombie_children(os.getpid()))
+        _wait_for(lambda: zombie.pid in zombie_children(os.getpid(), b"bwrap"))
 
         problems = leftovers(uids, parents, roots, settle_s=0)
         assert [p.split(":")[0] for p in problems] == [
             "processes still run with sandbox uids",
-            "zombie children of the test process",
+            "unreaped bwrap children of the test process",
             "cgroup slots not empty",
             f"workspace root {root} still holds ['stray-workspace']",
         ], problems

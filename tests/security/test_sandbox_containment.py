@@ -246,8 +246,9 @@ def test_fork_bomb_contained(sbx, run_as):
     # Without a pids cgroup (cgroups=False): the uid process backstop (RLIMIT_NPROC on the
     # run's own uid, as the gateway sets it), the wall timeout and RLIMIT_AS bound it. The
     # pids-cgroup bomb is in test_resource_limits.py.
-    # exec, not fork: the shell's own next fork could fail at the cap and end it early.
-    r = sbx("sh", "-c", "b() { b | b & }; b; exec sleep 600",
+    # The bomb in a subshell: dash forks each member of `b | b &` itself, so its second fork
+    # races the first child's bomb to the cap, and a failed fork makes dash exit 2.
+    r = sbx("sh", "-c", "(b() { b | b & }; b); exec sleep 600",
             timeout_s=1.0, memory_bytes=64 << 20, uid_process_cap=256, cgroups=False)
     assert (r.exit_code, r.limit_reason) == (137, "wall_timeout")
     # run() returns only once the kernel has torn the pid namespace down: nothing is left.
