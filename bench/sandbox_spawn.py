@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from sandbox import CgroupPool, Limits, RunAs, SandboxSpec, SandboxUnavailable, UidPool, run, set_child_subreaper
 from sandbox.limits import ChildSetup, spawn
+from sandbox.mounts import create_workspace
 
 FIRST_UID = 250_000  # a range nothing else on a test machine uses
 
@@ -95,10 +96,7 @@ def main() -> None:
     run_as_of = []
     for i in range(args.concurrency):
         run_as = uids.acquire() if uids is not None else None
-        ws = os.path.join(holder, f"ws-{i}")
-        os.mkdir(ws, 0o700)
-        if run_as is not None:
-            os.chown(ws, run_as.uid, run_as.gid)
+        ws = create_workspace(holder, f"ws-{i}", run_as)
         limits = Limits(timeout_s=30, pids=64 if cgroups else None)
         specs.append(SandboxSpec(argv=("/bin/true",), workspace=ws, run_as=run_as, limits=limits))
         run_as_of.append(run_as)

@@ -25,7 +25,6 @@ from pathlib import Path
 import uvicorn
 
 import sandbox
-from sandbox.mounts import open_workspace
 from gateway.audit import AuditLog, FileSink
 from gateway.config import Settings
 from gateway.edges.grpc_server import GrpcEdge, create_grpc_server
@@ -153,8 +152,7 @@ def _check_workspace_root(root: Path, uids: sandbox.UidPool | None) -> None:
     root could swap a directory on the way to it (the rules ``sandbox.mounts`` applies to
     every run, checked once here so no task fails for it later)."""
     if uids is not None:
-        probe_uid = sandbox.RunAs(uids.first_uid, uids.first_gid)
-        blocked = _first_unsearchable(root, probe_uid)
+        blocked = _first_unsearchable(root, sandbox.RunAs(uids.first_uid, uids.first_gid))
         if blocked is not None:
             raise StartupError(
                 f"sandbox uids cannot reach workspaces under {root}: {blocked} is not "
@@ -163,12 +161,10 @@ def _check_workspace_root(root: Path, uids: sandbox.UidPool | None) -> None:
                 "directory has the x bit for others (e.g. under /var/lib or /srv)"
             )
     probe = root / f".startup-check-{os.getpid()}"
+    owner = sandbox.RunAs(uids.first_uid, uids.first_gid) if uids is not None else None
     try:
-        probe.mkdir(mode=0o700)
-        owner = uids.first_uid if uids is not None else os.geteuid()
-        if uids is not None:
-            os.chown(probe, owner, uids.first_gid)
-        os.close(open_workspace(str(probe), owner))
+        sandbox.create_workspace(str(root), probe.name, owner)
+        os.close(sandbox.open_workspace(str(probe), owner.uid if owner is not None else os.geteuid()))
     except sandbox.SandboxSetupError as exc:
         raise StartupError(f"unsafe workspace root {root}: {exc}") from exc
     except OSError as exc:

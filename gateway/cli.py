@@ -38,9 +38,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mcp-gateway`` console script; returns the exit status."""
-    # The gateway forks only to exec bwrap at once; gRPC's fork handlers are not needed and
-    # would log a warning on every spawn. Must be set before grpc is imported.
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)

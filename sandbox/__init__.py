@@ -18,6 +18,7 @@ from sandbox.bwrap import build_argv
 from sandbox.cgroup import CgroupPool, CgroupStats
 from sandbox.errors import SandboxError, SandboxSetupError, SandboxUnavailable
 from sandbox.identity import UidPool, busy_uids
+from sandbox.mounts import create_workspace, open_workspace
 from sandbox.runner import ProbeReport, probe, run, set_child_subreaper
 from sandbox.seccomp import compile_filter
 from sandbox.spec import (
@@ -46,6 +47,8 @@ __all__ = [
     "build_argv",
     "busy_uids",
     "compile_filter",
+    "create_workspace",
+    "open_workspace",
     "probe",
     "run",
     "set_child_subreaper",

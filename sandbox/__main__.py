@@ -19,6 +19,7 @@ import tempfile
 
 from sandbox.cgroup import CgroupPool
 from sandbox.errors import SandboxError, SandboxUnavailable
+from sandbox.mounts import create_workspace
 from sandbox.runner import run, set_child_subreaper
 from sandbox.spec import Limits, NetworkMode, RunAs, SandboxSpec
 
@@ -51,10 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         # The workspace's parent must be writable by root only (sandbox.mounts).
         holder = tempfile.mkdtemp(prefix="sandbox-ws-")
         os.chmod(holder, 0o711)
-        workspace = os.path.join(holder, "workspace")
-        os.mkdir(workspace, 0o700)
-        if run_as is not None:
-            os.chown(workspace, run_as.uid, run_as.gid)
+        workspace = create_workspace(holder, "workspace", run_as)
     set_child_subreaper()  # so usage covers the command (see sandbox.runner)
     try:
         cgroups = CgroupPool.create("sandbox-cli")

@@ -183,15 +183,19 @@ def build_argv(
     fds: SpawnFds,
     netns_ready: bool = False,
     bwrap_path: str = "bwrap",
+    validated: bool = False,
 ) -> list[str]:
-    """bwrap argv for ``spec`` (validated first; see the module docstring for the recipe).
+    """bwrap argv for ``spec`` (see the module docstring for the recipe).
 
-    ``fds``: the descriptors the child inherits (Popen ``pass_fds``). ``netns_ready``: the
-    child enters a fresh network namespace of its own before exec (``sandbox.limits``, root
-    only), so for NetworkMode.NONE bwrap keeps that one (``--share-net``) instead of making
-    its own, whose ``lo`` it would bring up. Raises ``SandboxSetupError``.
+    ``fds``: the descriptors the child inherits (``keep_fds`` of ``sandbox.limits.spawn``).
+    ``netns_ready``: the child enters a fresh network namespace of its own before exec
+    (``sandbox.limits``, root only), so for NetworkMode.NONE bwrap keeps that one
+    (``--share-net``) instead of making its own, whose ``lo`` it would bring up.
+    ``validated``: the caller already ran ``validate(spec)`` (``run`` does, before it opens
+    anything), so the filesystem checks are not repeated. Raises ``SandboxSetupError``.
     """
-    validate(spec)
+    if not validated:
+        validate(spec)
     missing = set(ETC_FILES) - set(fds.etc)
     if missing:
         raise SandboxSetupError(f"fds.etc lacks {sorted(missing)}")

@@ -117,23 +117,15 @@ class CgroupSlot:
                 return True
             if time.monotonic() > deadline:
                 return False
-            if self.version == 2 and _write_ok(self._path("unified", "cgroup.kill"), "1"):
-                pass
-            else:
+            # cgroup.kill (v2, Linux 5.14) kills the whole slot at once; else one by one.
+            if not (self.version == 2 and _write_ok(self._path("unified", "cgroup.kill"), "1")):
                 for pid in pids:
                     _kill_if_member(pid, self.procs_files)
             time.sleep(0.01)
 
     def pids(self) -> set[int]:
         """Processes in the slot now (all hierarchies)."""
-        found: set[int] = set()
-        for path in self.procs_files:
-            try:
-                with open(path) as fh:
-                    found.update(int(line) for line in fh if line.strip())
-            except FileNotFoundError:
-                continue
-        return found
+        return set().union(*(_pids_in(path) for path in self.procs_files))
 
     def remove(self) -> None:
         """rmdir the slot (it must be empty); errors are ignored (a later sweep retries)."""
@@ -429,25 +421,17 @@ def _sweep(base: str, name: str) -> None:
 
 
 def _remove_tree(parent: str) -> None:
-    """Kill what is left in ``parent``'s slots, then rmdir them and ``parent``."""
+    """Drain and rmdir ``parent``'s slots (any hierarchy, either version), then ``parent``."""
     try:
         children = [os.path.join(parent, e) for e in os.listdir(parent)
                     if os.path.isdir(os.path.join(parent, e))]
     except FileNotFoundError:
         return
     for child in children:
-        procs = os.path.join(child, "cgroup.procs")
-        for _ in range(100):
-            pids = [int(p) for p in _read(procs).split()]
-            if not pids:
-                break
-            for pid in pids:
-                _kill_if_member(pid, (procs,))
-            time.sleep(0.01)
-        try:
-            os.rmdir(child)
-        except OSError:
-            pass
+        # As a v1 slot: kill what cgroup.procs lists, which both versions have.
+        slot = CgroupSlot(1, {"slot": child}, frozenset())
+        slot.drain()
+        slot.remove()
     try:
         os.rmdir(parent)
     except OSError:

@@ -1,5 +1,9 @@
 """Bind sources opened by file descriptor, walked without following symlinks.
 
+``create_workspace(parent, name, owner) -> path`` makes a workspace the way these rules want
+it: ``mkdirat`` + ``fchown`` through a directory fd of ``parent`` opened without following
+symlinks, mode 0700, owned by the sandbox uid.
+
 ``open_workspace(path, owner_uid) -> fd`` and ``open_bind_source(path, kind) -> fd`` return
 ``O_PATH`` descriptors that the runner hands to bwrap as ``--bind-fd`` / ``--ro-bind-fd``.
 Both walk the path from ``/`` one component at a time with ``openat(O_PATH | O_NOFOLLOW)``
@@ -25,10 +29,32 @@ import os
 import stat
 
 from sandbox.errors import SandboxSetupError
+from sandbox.spec import RunAs
 
-__all__ = ["open_bind_source", "open_workspace"]
+__all__ = ["create_workspace", "open_bind_source", "open_workspace"]
 
 _OPEN_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def create_workspace(parent: str, name: str, owner: RunAs | None) -> str:
+    """Make ``parent/name`` (mode 0700, owned by ``owner``, or this process when None) and
+    return its path. ``name`` is one path component; ``parent`` must be a directory whose
+    last component is not a symlink. Raises ``OSError`` (``FileExistsError`` if it exists).
+    """
+    parent_fd = os.open(parent, _DIR_FLAGS)
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent_fd)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        try:
+            if owner is not None:
+                os.fchown(fd, owner.uid, owner.gid)
+            os.fchmod(fd, 0o700)  # mkdir's mode is filtered by the umask
+        finally:
+            os.close(fd)
+    finally:
+        os.close(parent_fd)
+    return os.path.join(parent, name)
 
 
 def open_workspace(path: str, owner_uid: int) -> int:

@@ -58,7 +58,7 @@ from sandbox.bwrap import SpawnFds, build_argv, etc_files, validate
 from sandbox.cgroup import CgroupPool, CgroupSlot, CgroupStats
 from sandbox.errors import SandboxSetupError, SandboxUnavailable
 from sandbox.limits import ChildSetup, rlimits_for, spawn
-from sandbox.mounts import open_bind_source, open_workspace
+from sandbox.mounts import create_workspace, open_bind_source, open_workspace
 from sandbox.seccomp import compile_filter
 from sandbox.spec import NetworkMode, ResourceUsage, RunAs, SandboxResult, SandboxSpec
 
@@ -158,7 +158,7 @@ def run(
             ro_paths=ro_fds, rw_paths=rw_fds,
         )
         new_netns = root and spec.network is NetworkMode.NONE
-        argv = build_argv(spec, fds=spawn_fds, netns_ready=new_netns, bwrap_path=bwrap)
+        argv = build_argv(spec, fds=spawn_fds, netns_ready=new_netns, bwrap_path=bwrap, validated=True)
         run_as = spec.run_as
         child = ChildSetup(
             rlimits=rlimits_for(spec.limits, memory_in_cgroup="memory" in controllers),
@@ -263,10 +263,7 @@ def probe(
     holder = tempfile.mkdtemp(prefix="sandbox-probe-")
     try:
         os.chmod(holder, 0o711)
-        workspace = os.path.join(holder, "workspace")
-        os.mkdir(workspace, 0o700)
-        if run_as is not None and os.geteuid() == 0:
-            os.chown(workspace, run_as.uid, run_as.gid)
+        workspace = create_workspace(holder, "workspace", run_as)
         spec = SandboxSpec(argv=("true",), workspace=workspace, run_as=run_as)
         result = run(spec, bwrap_path=bwrap, cgroups=cgroups)
     finally:

@@ -15,7 +15,6 @@ sandbox could not start the command).
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 import time
@@ -276,22 +275,9 @@ class TaskManager:
         )
 
     def _make_workspace(self, task_id: str, run_as: sandbox.RunAs | None) -> Path:
-        """``<workspace_root>/<task_id>``, 0700, owned by ``run_as``; made and chowned through
-        directory fds without following symlinks (the sandbox re-checks it by fd too)."""
-        flags = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-        root_fd = os.open(self._workspace_root, flags)
-        try:
-            os.mkdir(task_id, 0o700, dir_fd=root_fd)
-            fd = os.open(task_id, flags, dir_fd=root_fd)
-            try:
-                if run_as is not None:
-                    os.fchown(fd, run_as.uid, run_as.gid)
-                os.fchmod(fd, 0o700)
-            finally:
-                os.close(fd)
-        finally:
-            os.close(root_fd)
-        return self._workspace_root / task_id
+        """``<workspace_root>/<task_id>``, 0700, owned by ``run_as``, made through directory
+        fds (``sandbox.mounts.create_workspace``); the sandbox re-checks it by fd too."""
+        return Path(sandbox.create_workspace(str(self._workspace_root), task_id, run_as))
 
     def _audit_end(self, job: _Job, status: TaskStatus, result: TaskResult) -> None:
         try:
