@@ -105,6 +105,11 @@ class GatewayService:
         audit: AuditLog,
     ) -> None:
         self._settings = settings
+        # The gateway's own files: never bound into a sandbox, whatever policy grants.
+        self._own_paths = frozenset(
+            os.path.abspath(p)
+            for p in (settings.state_dir, settings.workspace_root, settings.policy_dir, settings.audit_path)
+        )
         self._policy = policy
         self._store = store
         self._tasks = tasks
@@ -341,12 +346,7 @@ class GatewayService:
         """No bind may expose the gateway's own state (task store, audit log, every task's
         workspace) or its policy, whatever policy grants: a path equal to, inside or above
         one of them is refused (FileDenied, 3003)."""
-        own = {
-            os.path.abspath(p)
-            for p in (self._settings.state_dir, self._settings.workspace_root,
-                      self._settings.policy_dir, self._settings.audit_path)
-        }
-        exposed = [p for p in paths if any(_within(p, o) or _within(o, p) for o in own)]
+        exposed = [p for p in paths if any(_within(p, o) or _within(o, p) for o in self._own_paths)]
         if exposed:
             raise FileDenied(
                 f"binding {', '.join(exposed[:5])} would expose the gateway's own state or policy",
