@@ -202,10 +202,14 @@ class EmbeddedEngine:
         return runtime
 
 
-def decision_from_document(document: Any, *, revision: str, eval_ms: float) -> Decision:
+def decision_from_document(
+    document: Any, *, revision: str, eval_ms: float, engine: str = "embedded", decision_id: str | None = None
+) -> Decision:
     """A :class:`Decision` from the JSON value of ``data.mcp.decision``, checked strictly.
 
     Shared with the OPA server engine, so both engines accept exactly the same shape.
+    ``decision_id`` is the engine's own id for the evaluation (OPA's, when its decision
+    log is on); without one a fresh uuid4 is used.
 
     Raises:
         PolicyEngineError: "malformed decision: ..." for a missing or unknown key, a
@@ -241,8 +245,8 @@ def decision_from_document(document: Any, *, revision: str, eval_ms: float) -> D
         reasons=reasons,
         rule_ids=rule_ids,
         sandbox=grant if allow else None,
-        decision_id=str(uuid.uuid4()),
-        engine="embedded",
+        decision_id=decision_id or str(uuid.uuid4()),
+        engine=engine,
         revision=revision,
         eval_ms=eval_ms,
     )

@@ -23,13 +23,23 @@ env_keys := [k | some k in object.get(input, ["command", "env_keys"], []); is_st
 
 basename(p) := parts[count(parts) - 1] if parts := split(p, "/")
 
+# "/usr/bin" for "/usr/bin/ls"; "" for "ls".
+dirname(p) := concat("/", array.slice(parts, 0, count(parts) - 1)) if parts := split(p, "/")
+
 # What runs: the last path segment of the command name.
 program := basename(command_name)
 
-# Plain arrays from data: membership in them is far cheaper in rego-cpp than building a set.
-privileged_tools := cfg.commands.privileged
+# Facts about the program, each looked up once per query (a lookup in a large data
+# object is the costly step in rego-cpp, so rules below test these instead).
+program_allowed if cfg.commands.allowed[program]
 
-network_tools := cfg.commands.network_tools
+program_privileged if cfg.commands.privileged[program]
+
+program_network_tool if cfg.commands.network_tools[program]
+
+program_inspected if cfg.commands.shells[program]
+
+program_inspected if cfg.commands.launchers[program]
 
 violations contains ["command.not_allowlisted", "the command name is empty"] if {
 	is_command
@@ -39,21 +49,21 @@ violations contains ["command.not_allowlisted", "the command name is empty"] if 
 violations contains ["command.not_allowlisted", reason] if {
 	is_command
 	program != ""
-	not program in cfg.commands.allowed
-	not program in privileged_tools
-	not program in network_tools
+	not program_allowed
+	not program_privileged
+	not program_network_tool
 	reason := concat("", ["'", program, "' is not on the command allow-list"])
 }
 
 violations contains ["command.privileged_tool", reason] if {
 	is_command
-	program in privileged_tools
+	program_privileged
 	reason := concat("", ["'", program, "' is a privilege tool and is never allowed"])
 }
 
 violations contains ["network.network_tool", reason] if {
 	is_command
-	program in network_tools
+	program_network_tool
 	reason := concat("", ["'", program, "' is a network tool and is not allowed"])
 }
 
@@ -67,32 +77,32 @@ violations contains ["command.path_not_allowed", reason] if {
 		"command path '",
 		command_name,
 		"' is not directly under a system directory (",
-		text_list(cfg.commands.system_dirs),
+		set_text(cfg.commands.system_dirs),
 		")",
 	])
 }
 
-in_system_dir(p) if {
-	some d in cfg.commands.system_dirs
-	p == concat("/", [d, basename(p)])
-}
+in_system_dir(p) if cfg.commands.system_dirs[dirname(p)]
 
 # ---- shell scripts and launchers (best effort, see header) ----------------------------
 
 # sh -c SCRIPT, bash -ec SCRIPT, ...: the word after a short-option cluster holding "c".
 inspected_texts contains args[i + 1] if {
+	program_inspected
 	is_command
-	program in cfg.commands.shells
+	cfg.commands.shells[program]
 	args := command_args
 	some i, a in args
+	startswith(a, "-")
 	regex.match(`^-[A-Za-z]*c[A-Za-z]*$`, a)
 	i + 1 < count(args)
 }
 
 # env CMD, xargs CMD, timeout 5 CMD, find -exec CMD: every argument may name a program.
 inspected_texts contains a if {
+	program_inspected
 	is_command
-	program in cfg.commands.launchers
+	cfg.commands.launchers[program]
 	some a in command_args
 }
 
@@ -107,13 +117,13 @@ inspected_words contains w if {
 
 violations contains ["command.privileged_tool", reason] if {
 	some w in inspected_words
-	w in privileged_tools
+	cfg.commands.privileged[w]
 	reason := concat("", ["the arguments of '", program, "' run '", w, "', a privilege tool"])
 }
 
 violations contains ["network.network_tool", reason] if {
 	some w in inspected_words
-	w in network_tools
+	cfg.commands.network_tools[w]
 	reason := concat("", ["the arguments of '", program, "' run '", w, "', a network tool"])
 }
 
@@ -127,14 +137,14 @@ violations contains ["network.network_tool", reason] if {
 violations contains ["command.env_denied", reason] if {
 	is_command
 	some k in env_keys
-	k in cfg.env.denied_keys
+	cfg.env.denied_keys[k]
 	reason := concat("", ["environment variable '", k, "' is not allowed"])
 }
 
 violations contains ["command.env_denied", reason] if {
 	is_command
 	some k in env_keys
-	some p in cfg.env.denied_prefixes
+	cfg.env.denied_prefixes[p] == true
 	startswith(k, p)
 	reason := concat("", ["environment variable '", k, "' is not allowed (prefix '", p, "')"])
 }

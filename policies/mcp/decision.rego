@@ -5,14 +5,13 @@
 # policy does not understand is denied, never waved through. The decision object is
 # always defined, whatever the input.
 #
-# Tunable lists live in data (data.mcp.config, from policies/data.json), not here.
-# All lookups go through `cfg` so layered overrides (global -> tenant -> principal)
-# can later be merged in one place.
+# Tunable values live in data, not here (see layers.rego for how global, tenant and
+# principal data combine). Every set in data is an object whose keys are the
+# members and whose values are true (a member) or false (removed by an override layer),
+# so `cfg.commands.allowed[program]` is a lookup, not a scan.
 package mcp
 
 import rego.v1
-
-cfg := data.mcp.config
 
 decision := {
 	"allow": allow,
@@ -67,14 +66,18 @@ default principal_id := ""
 
 principal_id := input.principal.id if is_string(input.principal.id)
 
-principal_roles := object.get(input, ["principal", "roles"], [])
+default tenant_id := ""
 
-# Roles of the principal that the policy knows about (data.mcp.config.roles).
+tenant_id := input.principal.tenant if is_string(input.principal.tenant)
+
+principal_roles := [r | some r in object.get(input, ["principal", "roles"], []); is_string(r)]
+
+# Roles of the principal that the (layered) data defines.
 known_roles := {r | some r in principal_roles; cfg.roles[r]}
 
 action_permitted if {
 	some r in known_roles
-	action in cfg.roles[r].actions
+	cfg.roles[r].actions[action]
 }
 
 violations contains ["command.unknown_action", reason] if {
@@ -115,7 +118,7 @@ violations contains [concat("", [action_category, ".action_denied"]), reason] if
 permitted if {
 	is_command
 	action_permitted
-	program in cfg.commands.allowed
+	program_allowed
 }
 
 permitted if {
@@ -126,28 +129,35 @@ permitted if {
 
 # ---- the sandbox grant -----------------------------------------------------------
 
-grant_fields := ["timeout_s", "memory_bytes", "pids", "cpu_seconds"]
+grant_fields := ["timeout_s", "memory_bytes", "pids", "cpu_seconds", "cpu_cores"]
 
-# Per field, the largest grant among the principal's known roles (0 without one).
-grant := {k: v |
+# The grant of the principal's one known role, or per field the largest among several
+# (0 without a known role).
+grant := cfg.roles[r].grant if {
+	count(known_roles) == 1
+	some r in known_roles
+} else := {k: v |
 	some k in grant_fields
 	v := max({0} | {g | some r in known_roles; g := cfg.roles[r].grant[k]})
 }
 
 sandbox := {
 	"network": granted_network,
-	"allowed_hosts": [],
+	"allowed_hosts": granted_hosts,
 	"timeout_s": grant.timeout_s,
 	"memory_bytes": grant.memory_bytes,
 	"pids": grant.pids,
 	"cpu_seconds": grant.cpu_seconds,
-	"ro_paths": cfg.sandbox.ro_paths,
-	"rw_paths": cfg.sandbox.rw_paths,
+	"ro_paths": members(cfg.sandbox.ro_paths),
+	"rw_paths": members(cfg.sandbox.rw_paths),
 }
 
 # ---- helpers -----------------------------------------------------------------------
 
-# "a, b" for reasons.
+# The members of a data set (keys whose value is true), sorted.
+members(s) := sort([k | s[k] == true])
+
+# "a, b" for reasons, from an array or set of strings.
 #
 # Reasons are built with concat(), not sprintf("%s"): in rego-cpp 1.5 sprintf renders
 # strings produced by some built-ins (concat, lower, regex.split, object.get defaults)
@@ -156,3 +166,6 @@ sandbox := {
 text_list(xs) := "(none)" if count(xs) == 0
 
 text_list(xs) := concat(", ", sort([x | some x in xs; is_string(x)])) if count(xs) > 0
+
+# "a, b" for reasons, from a data set.
+set_text(s) := text_list(members(s))

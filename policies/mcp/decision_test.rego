@@ -90,7 +90,7 @@ test_host_network_allowed_for_admin if {
 	allow with input.principal as fx_principal("ops", ["admin"]) with input.action as "command.execute" with input.command as fx_cmd("ls", []) with input.network as fx_net("host")
 }
 
-test_restricted_network_unsupported if {
+test_restricted_network_needs_a_role if {
 	not allow with input.principal as fx_principal("ops", ["admin"]) with input.action as "command.execute" with input.command as fx_cmd("ls", []) with input.network as fx_net("restricted")
 }
 

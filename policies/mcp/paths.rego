@@ -1,8 +1,11 @@
 # Path checks: command arguments and working directory (command.execute), and the
 # path of file.read / file.write / file.delete. All paths are sandbox paths.
 #
-# Argument inspection is lexical: symlinks inside /workspace are the sandbox's concern
-# (only /workspace and /tmp are writable there, design section 7).
+# Path inspection is lexical: policy sees strings, not a file system. A symlink inside
+# /workspace (say /workspace/etc -> /etc) passes here and is harmless, because it
+# resolves inside the sandbox, whose root is read-only and holds no host state beyond
+# what bwrap binds (design section 7); `..` segments are refused outright so a path can
+# never name a place outside the roots lexically either.
 package mcp
 
 import rego.v1
@@ -12,8 +15,9 @@ under(p, root) if p == root
 
 under(p, root) if startswith(p, concat("", [root, "/"]))
 
+# roots is a data set (root: true).
 under_any(p, roots) if {
-	some root in roots
+	roots[root] == true
 	under(p, root)
 }
 
@@ -53,7 +57,7 @@ violations contains ["file.outside_workspace", reason] if {
 		"path '",
 		p,
 		"' is outside the allowed directories (",
-		text_list(cfg.paths.arg_roots),
+		set_text(cfg.paths.arg_roots),
 		")",
 	])
 }
@@ -70,7 +74,7 @@ violations contains ["file.outside_workspace", reason] if {
 		"' in argument '",
 		a,
 		"' is outside the allowed directories (",
-		text_list(cfg.paths.arg_roots),
+		set_text(cfg.paths.arg_roots),
 		")",
 	])
 }
@@ -98,7 +102,7 @@ violations contains ["file.outside_workspace", reason] if {
 		"working directory '",
 		cwd,
 		"' is not an absolute path under ",
-		text_list(cfg.paths.cwd_roots),
+		set_text(cfg.paths.cwd_roots),
 	])
 }
 
@@ -130,6 +134,6 @@ violations contains ["file.outside_workspace", reason] if {
 		"file path '",
 		file_path,
 		"' is outside ",
-		text_list(cfg.paths.file_roots),
+		set_text(cfg.paths.file_roots),
 	])
 }
