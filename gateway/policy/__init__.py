@@ -12,13 +12,17 @@ from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from gateway.models import Decision
-from gateway.policy.embedded import ENTRYPOINT, EmbeddedEngine, RegoTestResult, run_rego_tests
+from gateway.policy.bundle import PolicySource, load_policy_dir
+from gateway.policy.embedded import ENTRYPOINT, EmbeddedEngine
+from gateway.policy.rego_tests import RegoTestResult, run_rego_tests
 
 __all__ = [
     "ENTRYPOINT",
     "EmbeddedEngine",
     "PolicyEngine",
+    "PolicySource",
     "RegoTestResult",
+    "load_policy_dir",
     "run_rego_tests",
 ]
 

@@ -1,58 +1,77 @@
-"""The embedded policy engine: Rego evaluated in-process by regopy (rego-cpp).
+"""The embedded policy engine: Rego evaluated by regopy (rego-cpp) in worker processes.
 
 Prepare once, evaluate many (style rule 3): :class:`EmbeddedEngine` reads the policy
-directory once, compiles it into a rego-cpp bundle with the single entry point
-``mcp/decision``, and then answers each :meth:`EmbeddedEngine.evaluate` with one bundle
-query. An engine instance never changes; a reload builds a new engine and swaps it in.
+bundle once and starts a small pool of worker processes (``gateway.policy.worker``), each
+compiling it once into a rego-cpp bundle with the single entry point ``mcp/decision``
+and keeping one interpreter. Each :meth:`EmbeddedEngine.evaluate` sends the JSON input
+to a free worker and waits for the decision document, with a deadline.
 
-Threads: each thread gets its own ``Interpreter`` and its own bundle, built lazily from the
-sources read at construction (about 20 ms, once per thread). rego-cpp does not document a
-bundle as safe to query from several threads at once, and regopy's ctypes calls release
-the GIL, so a shared bundle would really be walked concurrently; a per-thread bundle costs
-one compile per worker thread and removes the question.
+Why processes and not threads: rego-cpp's regular expressions backtrack (a pattern like
+``^(a+)+$`` on 28 characters of attacker-controlled text runs for 15 s), and an
+interpreter fault would take the whole gateway down. A worker that overruns the deadline
+or dies is killed and replaced; that evaluation is a deny (5003), never a hang or a
+crash. The cost is one pipe round trip (tens of microseconds) per decision.
 
-rego-cpp 1.5 limits found while writing ``policies/`` (the shipped policy avoids them):
+An engine instance never changes: a reload builds a new engine (new workers, new
+compile) and swaps it in; :meth:`EmbeddedEngine.close` stops the old one's workers once
+their evaluations finish.
 
-* ``with input as {...}`` (replacing the whole input) aborts or segfaults the process.
-  :func:`load_policy_dir` refuses any module that uses it; ``with input.key as ...``
-  works and is what the Rego unit tests use.
-* ``replace(s, "", x)`` never returns.
-* ``sprintf("%s", [s])`` emits some built-in results (``concat``, ``lower``, ...) with
-  their JSON quotes, corrupting the result document; that surfaces here as a
-  ``PolicyEngineError``, never as a wrong decision.
+rego-cpp 1.5 limits found while writing ``policies/`` (the shipped policy avoids them;
+the parity test against OPA catches any it does not):
+
+* ``with input as {...}`` aborts the process; :func:`load_policy_dir` refuses it outside
+  tests, and the unit-test driver (``gateway.policy.rego_tests``) runs such tests itself.
+* Strings handed over as Python objects (``regopy.Input``) keep backslashes unescaped, so
+  built-ins see different text than OPA would (``c\\url`` did not match ``\\``); the
+  input is therefore always passed as JSON text (``set_input_term``).
+* ``some k, v in x`` inside a comprehension does not compile; a function argument used
+  as a key inside a comprehension is ignored (``{r | roles[r].n[arg]}`` lists every
+  role); ``sort()`` of a set cannot be indexed or compared with an array literal;
+  ``regex`` ``\\s`` does not match a newline.
+* ``replace(s, "", x)`` never returns; ``sprintf("%s", [s])`` emits some built-in
+  results with their JSON quotes (a corrupt document surfaces here as a
+  ``PolicyEngineError``, never as a wrong decision).
 
 Every failure is a :class:`~gateway.errors.PolicyEngineError` (fail closed, code 5003).
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
-import re
+import logging
+import os
+import queue
+import select
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from regopy import Bundle, Input, Interpreter, LogLevel, RegoError
+from regopy import Bundle, Interpreter, LogLevel, RegoError
 
 from gateway.errors import PolicyEngineError
+from gateway.policy.bundle import PolicySource, load_policy_dir
 from gateway.models import Decision, SandboxGrant
+from gateway.policy.frames import MAX_FRAME_BYTES, write_frame
 
 __all__ = [
     "ENTRYPOINT",
     "EmbeddedEngine",
-    "PolicySource",
-    "RegoTestResult",
-    "load_policy_dir",
-    "run_rego_tests",
+    "Evaluator",
+    "compile_bundle",
+    "decision_from_document",
 ]
 
 #: The rule every engine evaluates: ``data.mcp.decision``, as a rego-cpp entry point.
 ENTRYPOINT = "mcp/decision"
+
+log = logging.getLogger("gateway.policy")
 
 _NETWORK_MODES = frozenset({"none", "loopback", "host", "restricted"})
 _DENY_CATEGORIES = frozenset({"command", "network", "file", "resource"})
@@ -61,102 +80,106 @@ _SANDBOX_INT_KEYS = ("timeout_s", "memory_bytes", "pids", "cpu_seconds")
 _SANDBOX_LIST_KEYS = ("allowed_hosts", "ro_paths", "rw_paths")
 _SANDBOX_KEYS = frozenset({"network", *_SANDBOX_INT_KEYS, *_SANDBOX_LIST_KEYS})
 
-_WITH_WHOLE_INPUT = re.compile(r"\bwith\s+input\s+as\b")
-_PACKAGE = re.compile(r"^package\s+([A-Za-z_][\w.]*)", re.MULTILINE)
-_TEST_RULE = re.compile(r"^(test_\w+)\b", re.MULTILINE)
 
 
-@dataclass(frozen=True)
-class PolicySource:
-    """A policy directory as read from disk, in OPA bundle layout.
+class Evaluator:
+    """One compiled bundle and one interpreter, in this process (the worker's core, and
+    the "bare engine call" the benchmark compares the gateway against).
 
-    Attributes:
-        modules: ``(relative path, source)`` of every ``*.rego`` file, sorted by path.
-        data: all ``data.json`` files merged; one in ``a/b/`` is mounted at ``data.a.b``.
-        revision: ``.manifest`` ``revision``, else the first 12 hex digits of the
-            SHA-256 of the sources.
-    """
-
-    modules: tuple[tuple[str, str], ...]
-    data: dict[str, Any]
-    revision: str
-
-
-class RegoTestResult(NamedTuple):
-    """One Rego unit test: ``name`` as ``data.<package>.<rule>``; ``error`` None on a pass."""
-
-    name: str
-    passed: bool
-    error: str | None
-
-
-def load_policy_dir(policy_dir: Path, *, include_tests: bool = False) -> PolicySource:
-    """Read the ``*.rego`` modules, ``data.json`` files and ``.manifest`` under ``policy_dir``.
-
-    ``*_test.rego`` files are skipped unless ``include_tests``.
+    Args:
+        source: the policy bundle.
+        entrypoint: ``pkg/rule`` path to evaluate (default ``mcp/decision``).
 
     Raises:
-        PolicyEngineError: the directory is missing or has no module, a file cannot be
-            read or parsed, two data files set the same key, or a module replaces the
-            whole input with ``with input as`` (which crashes rego-cpp 1.5).
+        PolicyEngineError: the policy does not compile.
     """
-    root = Path(policy_dir)
-    if not root.is_dir():
-        raise PolicyEngineError(f"policy directory {root} does not exist")
-    modules: list[tuple[str, str]] = []
-    data: dict[str, Any] = {}
-    digest = hashlib.sha256()
-    try:
-        for path in sorted(root.rglob("*")):
-            rel = path.relative_to(root).as_posix()
-            if not path.is_file():
-                continue
-            if path.suffix == ".rego":
-                if path.name.endswith("_test.rego") and not include_tests:
-                    continue
-                source = path.read_text(encoding="utf-8")
-                _refuse_whole_input_override(rel, source)
-                modules.append((rel, source))
-            elif path.name == "data.json":
-                source = path.read_text(encoding="utf-8")
-                mount = path.parent.relative_to(root).parts
-                _merge_data(data, _mounted(mount, json.loads(source)), rel)
-            else:
-                continue
-            digest.update(rel.encode() + b"\0" + source.encode() + b"\0")
-        manifest = root / ".manifest"
-        revision = ""
-        if manifest.is_file():
-            revision = json.loads(manifest.read_text(encoding="utf-8")).get("revision", "")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
-        raise PolicyEngineError(f"cannot load policy from {root}: {exc}") from exc
-    if not modules:
-        raise PolicyEngineError(f"no Rego modules under {root}")
-    if not isinstance(revision, str) or not revision:
-        revision = digest.hexdigest()[:12]
-    return PolicySource(modules=tuple(modules), data=data, revision=revision)
+
+    def __init__(self, source: PolicySource, entrypoint: str = ENTRYPOINT) -> None:
+        self._bundle = compile_bundle(source, [entrypoint])
+        self._entrypoint = entrypoint
+        self._interpreter = Interpreter()
+        self._interpreter.strict_built_in_errors = True
+
+    def evaluate_json(self, input_json: str) -> Any:
+        """The value of the entry point for the input document ``input_json`` (JSON text),
+        or None when it is undefined.
+
+        Raises:
+            PolicyEngineError: the input is not JSON, the interpreter failed, or its
+                result is not a JSON document.
+        """
+        try:
+            self._interpreter.set_input_term(input_json)
+            output = self._interpreter.query_bundle_entrypoint(self._bundle, self._entrypoint)
+            ok = output.ok()
+            error_text = "" if ok else str(output)
+            results = output.results
+        except (RegoError, ValueError, TypeError, OverflowError) as exc:
+            # ValueError also covers a result document that is not valid JSON.
+            raise PolicyEngineError(f"policy evaluation failed: {exc}") from exc
+        if not ok:
+            raise PolicyEngineError(f"policy evaluation failed: {error_text.strip()[:500]}")
+        if not results or not results[0].expressions:
+            return None
+        return results[0].expressions[0]
 
 
 class EmbeddedEngine:
-    """The :class:`~gateway.policy.PolicyEngine` running Rego in-process.
+    """The :class:`~gateway.policy.PolicyEngine` running Rego in a pool of worker processes.
 
     Args:
-        policy_dir: an OPA-layout bundle directory (``policies/``).
+        policy: an OPA-layout bundle directory (``policies/``) or an already loaded
+            :class:`PolicySource`.
         max_input_bytes: cap on the JSON-encoded input, bytes, checked before evaluation
             so a huge request never reaches the interpreter.
+        workers: worker processes, i.e. evaluations that can run at once (others wait
+            for a free worker, up to ``timeout_s``).
+        timeout_s: deadline of one evaluation, seconds, waiting for a worker included;
+            a worker that overruns it is killed.
+        worker_memory_bytes: RLIMIT_AS of each worker, bytes.
 
     Raises:
-        PolicyEngineError: the policy cannot be loaded or does not compile.
+        PolicyEngineError: the policy cannot be loaded, does not compile, or the first
+            worker cannot be started.
     """
 
     name = "embedded"
 
-    def __init__(self, policy_dir: Path, *, max_input_bytes: int = 64 * 1024) -> None:
-        self._source = load_policy_dir(policy_dir)
+    def __init__(
+        self,
+        policy: Path | str | PolicySource,
+        *,
+        max_input_bytes: int = 64 * 1024,
+        workers: int = 2,
+        timeout_s: float = 0.1,
+        worker_memory_bytes: int = 2 << 30,
+    ) -> None:
+        self._source = policy if isinstance(policy, PolicySource) else load_policy_dir(Path(policy))
         self.revision = self._source.revision
         self._max_input_bytes = max_input_bytes
-        self._local = threading.local()
-        self._runtime()  # compile now: a broken policy fails at startup, not per request
+        self._timeout_s = timeout_s
+        self._argv = [sys.executable, "-m", "gateway.policy.worker",
+                      f"--max-memory-bytes={worker_memory_bytes}", f"--parent={os.getpid()}"]
+        self._start_frame = json.dumps(
+            {"modules": self._source.modules, "data": self._source.data, "entrypoint": ENTRYPOINT},
+            separators=(",", ":"),
+        ).encode()
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._lock = threading.Condition()
+        self._busy = 0
+        self._closed = False
+        self.restarts = 0
+        # Every worker is started from this one long-lived thread: PR_SET_PDEATHSIG fires
+        # when the *thread* that forked the worker ends, so a short-lived thread would take
+        # its workers with it. Shutting the thread down (close) stops them all.
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="policy-spawner")
+        try:
+            # The first worker starts here, so a bundle that does not compile fails the load.
+            for _ in range(workers):
+                self._idle.put(self._spawner.submit(self._start_worker).result())
+        except BaseException:
+            self.close(drain_timeout_s=0)
+            raise
 
     def evaluate(self, policy_input: Mapping[str, Any]) -> Decision:
         """Evaluate ``data.mcp.decision`` for ``policy_input`` (design section 6).
@@ -165,41 +188,168 @@ class EmbeddedEngine:
             the decision; ``sandbox`` is None on a deny.
 
         Raises:
-            PolicyEngineError: input not JSON-encodable or over ``max_input_bytes``;
-                the interpreter failed (built-in errors are strict); the decision is
+            PolicyEngineError: input not JSON-encodable or over ``max_input_bytes``; no
+                worker free or no answer within ``timeout_s``; the worker died; the
+                interpreter failed (built-in errors are strict); the decision is
                 undefined or malformed.
         """
-        _check_input_size(policy_input, self._max_input_bytes)
-        interpreter, bundle = self._runtime()
-        start_ns = time.perf_counter_ns()
+        encoded = _encode_input(policy_input, self._max_input_bytes)
+        start = time.perf_counter()
+        deadline = start + self._timeout_s
         try:
-            interpreter.set_input(Input(policy_input))
-            output = interpreter.query_bundle_entrypoint(bundle, ENTRYPOINT)
-            ok = output.ok()
-            error_text = "" if ok else str(output)
-            results = output.results
-        except (RegoError, ValueError, TypeError, OverflowError) as exc:
-            # ValueError also covers a result document that is not valid JSON.
-            raise PolicyEngineError(f"policy evaluation failed: {exc}") from exc
-        eval_ms = (time.perf_counter_ns() - start_ns) / 1e6
-        if not ok:
-            raise PolicyEngineError(f"policy evaluation failed: {error_text.strip()}")
-        if not results or not results[0].expressions:
+            worker = self._idle.get(timeout=self._timeout_s)
+        except queue.Empty:
+            raise PolicyEngineError(
+                f"no policy worker free within {self._timeout_s * 1000:.0f} ms"
+            ) from None
+        with self._lock:
+            self._busy += 1
+        try:
+            kind, payload = worker.call(b"I", encoded, deadline)
+        except PolicyEngineError:
+            self._replace(worker)
+            raise
+        finally:
+            with self._lock:
+                self._busy -= 1
+                self._lock.notify_all()
+        self._give_back(worker)
+        eval_ms = (time.perf_counter() - start) * 1000
+        if kind == b"E":
+            raise PolicyEngineError(payload.decode("utf-8", "replace"))
+        if kind == b"U":
             raise PolicyEngineError("policy decision data.mcp.decision is undefined")
-        return decision_from_document(
-            results[0].expressions[0], revision=self.revision, eval_ms=eval_ms
-        )
+        try:
+            document = json.loads(payload)
+        except ValueError as exc:
+            raise PolicyEngineError(f"policy worker sent a bad document: {exc}") from exc
+        return decision_from_document(document, revision=self.revision, eval_ms=eval_ms)
 
-    def _runtime(self) -> tuple[Interpreter, Bundle]:
-        """This thread's interpreter and bundle, compiled on the thread's first call."""
-        runtime: tuple[Interpreter, Bundle] | None = getattr(self._local, "runtime", None)
-        if runtime is None:
-            bundle = _compile(self._source, [ENTRYPOINT])
-            interpreter = Interpreter()
-            interpreter.strict_built_in_errors = True
-            runtime = (interpreter, bundle)
-            self._local.runtime = runtime
-        return runtime
+    def close(self, drain_timeout_s: float = 5.0) -> None:
+        """Stop every worker, after waiting up to ``drain_timeout_s`` seconds for the
+        evaluations under way (a reload closes the old engine this way)."""
+        with self._lock:
+            self._closed = True
+            self._lock.wait_for(lambda: self._busy == 0, timeout=drain_timeout_s)
+        while True:
+            try:
+                self._idle.get_nowait().kill()
+            except queue.Empty:
+                break
+        self._spawner.shutdown(wait=False, cancel_futures=True)
+
+    # -- pool ------------------------------------------------------------------
+
+    def _start_worker(self) -> _Worker:
+        worker = _Worker(self._argv)
+        try:
+            kind, payload = worker.call(b"S", self._start_frame, time.perf_counter() + _START_TIMEOUT_S)
+        except PolicyEngineError as exc:
+            worker.kill()
+            raise PolicyEngineError(f"policy worker did not start: {exc.message}") from exc
+        if kind != b"K":
+            worker.kill()
+            raise PolicyEngineError(payload.decode("utf-8", "replace") or "policy worker refused the bundle")
+        return worker
+
+    def _give_back(self, worker: _Worker) -> None:
+        with self._lock:
+            closed = self._closed
+        if closed:
+            worker.kill()
+        else:
+            self._idle.put(worker)
+
+    def _replace(self, worker: _Worker) -> None:
+        """Kill ``worker`` and start its replacement in the background (the caller has
+        already failed; the next callers wait for a free worker as usual)."""
+        worker.kill()
+        with self._lock:
+            if self._closed:
+                return
+            self.restarts += 1
+            self._spawner.submit(self._respawn)
+
+    def _respawn(self) -> None:
+        delay = 0.05
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+            try:
+                self._give_back(self._start_worker())
+                return
+            except PolicyEngineError as exc:
+                log.error("policy worker restart failed, retrying in %.1f s: %s", delay, exc.message)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+_START_TIMEOUT_S = 30.0
+
+
+class _Worker:
+    """One worker process and its pipes; used by one thread at a time."""
+
+    def __init__(self, argv: list[str]) -> None:
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        except OSError as exc:
+            raise PolicyEngineError(f"cannot start a policy worker: {exc}") from exc
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._wfd, self._rfd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        self._poll = select.poll()
+        self._poll.register(self._rfd, select.POLLIN)
+
+    def call(self, kind: bytes, payload: bytes, deadline: float) -> tuple[bytes, bytes]:
+        """Send one frame and read the answer by ``deadline`` (``time.perf_counter``).
+
+        Raises:
+            PolicyEngineError: timed out, or the worker died or broke the protocol.
+        """
+        try:
+            write_frame(self._wfd, kind, payload)
+            header = self._read(5, deadline)
+            size = int.from_bytes(header[1:], "big")
+            if size > MAX_FRAME_BYTES:
+                raise PolicyEngineError(f"policy worker sent a {size} byte frame")
+            return header[:1], self._read(size, deadline)
+        except OSError as exc:
+            raise PolicyEngineError(f"policy worker failed: {exc.strerror or exc}") from exc
+        except EOFError:
+            raise PolicyEngineError(f"policy worker died ({self._exit_text()})") from None
+
+    def _read(self, size: int, deadline: float) -> bytes:
+        chunks, left = [], size
+        while left:
+            wait_ms = (deadline - time.perf_counter()) * 1000
+            if wait_ms <= 0 or not self._poll.poll(wait_ms):
+                raise PolicyEngineError("policy evaluation timed out; the worker was stopped")
+            chunk = os.read(self._rfd, left)
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def _exit_text(self) -> str:
+        try:
+            code = self.proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            return "closed its pipe"
+        return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+    def kill(self) -> None:
+        """SIGKILL the process and reap it; idempotent."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        with contextlib.suppress(OSError):
+            self.proc.stdout.close()  # type: ignore[union-attr]
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
 
 
 def decision_from_document(
@@ -252,57 +402,15 @@ def decision_from_document(
     )
 
 
-def run_rego_tests(policy_dir: Path) -> list[RegoTestResult]:
-    """Run every ``test_*`` rule of the ``*_test.rego`` files under ``policy_dir``.
-
-    A test passes when its rule evaluates to ``true`` with input ``{}`` and strict
-    built-in errors, as ``opa test`` would count it. All tests share one bundle.
-
-    Raises:
-        PolicyEngineError: the policy or its tests cannot be loaded or compiled.
-    """
-    source = load_policy_dir(policy_dir, include_tests=True)
-    names: list[tuple[str, str]] = []  # (reported name, entry point)
-    for rel, text in source.modules:
-        if not rel.endswith("_test.rego"):
-            continue
-        package = _PACKAGE.search(text)
-        if package is None:
-            raise PolicyEngineError(f"{rel}: no package line")
-        for rule in dict.fromkeys(_TEST_RULE.findall(text)):
-            names.append(
-                (f"data.{package.group(1)}.{rule}", f"{package.group(1).replace('.', '/')}/{rule}")
-            )
-    if not names:
-        return []
-    bundle = _compile(source, [entry for _, entry in names])
-    results = []
-    for name, entry in names:
-        interpreter = Interpreter()
-        interpreter.strict_built_in_errors = True
-        try:
-            interpreter.set_input(Input({}))  # rego-cpp errors on a never-set input
-            output = interpreter.query_bundle_entrypoint(bundle, entry)
-            ok, text, found = output.ok(), str(output), output.results
-        except (RegoError, ValueError) as exc:
-            results.append(RegoTestResult(name, False, str(exc)))
-            continue
-        if not ok:
-            results.append(RegoTestResult(name, False, text.strip()))
-        elif not found or not found[0].expressions:
-            results.append(RegoTestResult(name, False, "undefined (a condition did not hold)"))
-        elif found[0].expressions[0] is not True:
-            results.append(RegoTestResult(name, False, f"result {found[0].expressions[0]!r}"))
-        else:
-            results.append(RegoTestResult(name, True, None))
-    return results
-
-
 # ---- helpers -------------------------------------------------------------------------
 
 
-def _compile(source: PolicySource, entrypoints: Iterable[str]) -> Bundle:
-    """A rego-cpp bundle of ``source`` with plans for ``entrypoints``."""
+def compile_bundle(source: PolicySource, entrypoints: Iterable[str]) -> Bundle:
+    """A rego-cpp bundle of ``source`` with plans for ``entrypoints`` (``pkg/rule`` paths).
+
+    Raises:
+        PolicyEngineError: the modules do not compile.
+    """
     builder = Interpreter()
     builder.log_level = LogLevel.NONE  # errors are raised to us; keep stderr clean
     try:
@@ -317,44 +425,15 @@ def _compile(source: PolicySource, entrypoints: Iterable[str]) -> Bundle:
     return bundle
 
 
-def _check_input_size(policy_input: Mapping[str, Any], limit: int) -> None:
+def _encode_input(policy_input: Mapping[str, Any], limit: int) -> bytes:
+    """The input as compact JSON bytes, refused above ``limit`` bytes (PolicyEngineError)."""
     try:
-        encoded = json.dumps(policy_input, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        encoded = json.dumps(policy_input, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
         raise PolicyEngineError(f"policy input is not JSON-encodable: {exc}") from exc
-    size = len(encoded.encode("utf-8"))
-    if size > limit:
-        raise PolicyEngineError(f"policy input is {size} bytes, above the {limit} byte cap")
-
-
-def _refuse_whole_input_override(rel: str, text: str) -> None:
-    for number, line in enumerate(text.splitlines(), start=1):
-        if _WITH_WHOLE_INPUT.search(line.split("#", 1)[0]):
-            raise PolicyEngineError(
-                f"{rel}:{number}: 'with input as' crashes rego-cpp 1.5; "
-                "override input keys instead (with input.command as ...)"
-            )
-
-
-def _mounted(parts: tuple[str, ...], value: Any) -> dict[str, Any]:
-    if not parts:
-        if not isinstance(value, dict):
-            raise ValueError("a data.json at the bundle root must hold a JSON object")
-        return value
-    for part in reversed(parts):
-        value = {part: value}
-    return value
-
-
-def _merge_data(into: dict[str, Any], new: dict[str, Any], rel: str, at: str = "data") -> None:
-    for key, value in new.items():
-        if key not in into:
-            into[key] = value
-        elif isinstance(into[key], dict) and isinstance(value, dict):
-            _merge_data(into[key], value, rel, f"{at}.{key}")
-        else:
-            raise ValueError(f"{rel} sets {at}.{key}, already set by another data file")
-
+    if len(encoded) > limit:
+        raise PolicyEngineError(f"policy input is {len(encoded)} bytes, above the {limit} byte cap")
+    return encoded
 
 def _object(value: Any, what: str, keys: frozenset[str]) -> dict[str, Any]:
     if not isinstance(value, dict):
@@ -373,3 +452,7 @@ def _strings(value: Any, what: str) -> tuple[str, ...]:
 
 def _malformed(detail: str) -> PolicyEngineError:
     return PolicyEngineError(f"malformed decision: {detail}")
+
+
+# Transitional name used by the OPA engine.
+_check_input_size = _encode_input

@@ -110,7 +110,7 @@ inspected_texts contains a if {
 inspected_words contains w if {
 	some text in inspected_texts
 	clean := strings.replace_n({"'": "", "\"": "", "\\": ""}, text)
-	some word in regex.split("[\\s;&|()<>{}$=`]+", clean)
+	some word in regex.split("[ \\t\\n\\r\\f\\v;&|()<>{}$=`]+", clean)
 	w := basename(word)
 	w != ""
 }

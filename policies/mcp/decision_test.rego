@@ -1,125 +1,129 @@
-# Rego unit tests for package mcp. Run with `opa test policies/` or through
-# gateway.policy.run_rego_tests (the embedded engine).
+# Rego unit tests for package mcp: `mcp-gateway policy test` (the embedded engine, and
+# `opa test -b policies/` too when an opa binary is present).
 #
-# Written for what rego-cpp 1.5 (the embedded engine) handles: helpers are tested
-# directly, and decisions through `allow` with per-key `with input.<key> as` clauses on
-# one line. rego-cpp crashes on `with input as {...}` (the engine refuses it), mis-parses
-# `with` clauses continued on the next line, leaves `with input.x as <plain rule>`
-# undefined (fixtures are functions for that reason), and compiles `with` over the full
-# `decision` object very slowly. Rule ids and reasons per input are checked by the
-# table in tests/policy/test_decisions.py instead.
+# Decision tests have the one shape `[not] allow with input as {JSON}`: the embedded test
+# driver (gateway/policy/rego_tests.py) evaluates those itself, because rego-cpp 1.5
+# aborts on `with input as` and compiles `with input.<key>` clauses very slowly. OPA runs
+# them natively. Rule ids and reasons per input are checked by the fixture table in
+# tests/policy (run against both engines).
 package mcp
 
 import rego.v1
 
-fx_principal(id, roles) := {"id": id, "tenant": "t1", "roles": roles, "scopes": []}
-
-fx_cmd(name, args) := {"name": name, "args": args, "cwd": "/workspace", "env_keys": []}
-
-fx_cwd(name, cwd) := {"name": name, "args": [], "cwd": cwd, "env_keys": []}
-
-fx_env(name, keys) := {"name": name, "args": [], "cwd": "/workspace", "env_keys": keys}
-
-fx_net(access) := {"access": access, "hosts": []}
-
-fx_res(timeout_s, memory_bytes) := {"timeout_s": timeout_s, "memory_bytes": memory_bytes, "pids": 0, "cpu": 0}
-
-fx_file(path) := {"path": path, "mode": ""}
-
 test_allowlisted_tool_allowed if {
-	allow with input.principal as fx_principal("alice", ["user"]) with input.action as "command.execute" with input.command as fx_cmd("ls", ["-la", "src"])
+	allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "ls", "args": ["-la", "src"], "cwd": "/workspace", "env_keys": []}}
 }
 
 test_system_path_of_allowed_tool_allowed if {
-	allow with input.principal as fx_principal("alice", ["user"]) with input.action as "command.execute" with input.command as fx_cmd("/usr/bin/git", ["status"])
+	allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "/usr/bin/git", "args": ["status"], "cwd": "/workspace", "env_keys": []}}
 }
 
 test_privileged_tool_denied_even_for_admin if {
-	not allow with input.principal as fx_principal("ops", ["admin"]) with input.action as "command.execute" with input.command as fx_cmd("/usr/bin/sudo", ["ls"])
+	not allow with input as {"principal": {"id": "ops", "tenant": "t1", "roles": ["admin"], "scopes": []}, "action": "command.execute", "command": {"name": "/usr/bin/sudo", "args": ["ls"], "cwd": "/workspace", "env_keys": []}}
 }
 
 test_network_tool_denied if {
-	not allow with input.principal as fx_principal("alice", ["user"]) with input.action as "command.execute" with input.command as fx_cmd("wget", ["http://example.com"])
+	not allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "wget", "args": ["http://example.com"], "cwd": "/workspace", "env_keys": []}}
 }
 
 test_unknown_tool_denied if {
-	not allow with input.principal as fx_principal("alice", ["user"]) with input.action as "command.execute" with input.command as fx_cmd("frobnicate", [])
+	not allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "frobnicate", "args": [], "cwd": "/workspace", "env_keys": []}}
 }
 
 test_workspace_binary_denied if {
-	not allow with input.principal as fx_principal("alice", ["user"]) with input.action as "command.execute" with input.command as fx_cmd("./ls", [])
+	not allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "./ls", "args": [], "cwd": "/workspace", "env_keys": []}}
 }
 
 test_shell_script_with_network_tool_denied if {
-	not allow with input.principal as fx_principal("alice", ["user"]) with input.action as "command.execute" with input.command as fx_cmd("bash", ["-ec", "echo hi && c\\url -s x | sh"])
+	not allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "bash", "args": ["-ec", "echo hi && c\\url -s x | sh"], "cwd": "/workspace", "env_keys": []}}
 }
 
 test_plain_shell_script_allowed if {
-	allow with input.principal as fx_principal("alice", ["user"]) with input.action as "command.execute" with input.command as fx_cmd("sh", ["-c", "make -j4 && ls build"])
+	allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "sh", "args": ["-c", "make -j4 && ls build"], "cwd": "/workspace", "env_keys": []}}
+}
+
+test_launcher_running_privileged_tool_denied if {
+	not allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "env", "args": ["FOO=1", "sudo", "id"], "cwd": "/workspace", "env_keys": []}}
 }
 
 test_option_value_outside_workspace_denied if {
-	not allow with input.principal as fx_principal("alice", ["user"]) with input.action as "command.execute" with input.command as fx_cmd("gcc", ["--output=/etc/x", "main.c"])
+	not allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "gcc", "args": ["--output=/etc/x", "main.c"], "cwd": "/workspace", "env_keys": []}}
 }
 
 test_dotdot_argument_denied if {
-	not allow with input.principal as fx_principal("alice", ["user"]) with input.action as "command.execute" with input.command as fx_cmd("cat", ["src/../../etc/passwd"])
+	not allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "cat", "args": ["src/../../etc/passwd"], "cwd": "/workspace", "env_keys": []}}
 }
 
 test_cwd_outside_workspace_denied if {
-	not allow with input.principal as fx_principal("alice", ["user"]) with input.action as "command.execute" with input.command as fx_cwd("ls", "/etc")
+	not allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "ls", "args": [], "cwd": "/etc", "env_keys": []}}
 }
 
 test_cwd_below_workspace_allowed if {
-	allow with input.principal as fx_principal("alice", ["user"]) with input.action as "command.execute" with input.command as fx_cwd("ls", "/workspace/src")
+	allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "ls", "args": [], "cwd": "/workspace/src", "env_keys": []}}
 }
 
 test_env_preload_denied if {
-	not allow with input.principal as fx_principal("alice", ["user"]) with input.action as "command.execute" with input.command as fx_env("ls", ["PATH", "LD_PRELOAD"])
+	not allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "ls", "args": [], "cwd": "/workspace", "env_keys": ["PATH", "LD_PRELOAD"]}}
 }
 
 test_loopback_allowed_for_user if {
-	allow with input.principal as fx_principal("alice", ["user"]) with input.action as "command.execute" with input.command as fx_cmd("ls", []) with input.network as fx_net("loopback")
+	allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "ls", "args": [], "cwd": "/workspace", "env_keys": []}, "network": {"access": "loopback", "hosts": []}}
 }
 
 test_host_network_denied_for_user if {
-	not allow with input.principal as fx_principal("alice", ["user"]) with input.action as "command.execute" with input.command as fx_cmd("ls", []) with input.network as fx_net("host")
+	not allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "ls", "args": [], "cwd": "/workspace", "env_keys": []}, "network": {"access": "host", "hosts": []}}
 }
 
 test_host_network_allowed_for_admin if {
-	allow with input.principal as fx_principal("ops", ["admin"]) with input.action as "command.execute" with input.command as fx_cmd("ls", []) with input.network as fx_net("host")
+	allow with input as {"principal": {"id": "ops", "tenant": "t1", "roles": ["admin"], "scopes": []}, "action": "command.execute", "command": {"name": "ls", "args": [], "cwd": "/workspace", "env_keys": []}, "network": {"access": "host", "hosts": []}}
 }
 
 test_restricted_network_needs_a_role if {
-	not allow with input.principal as fx_principal("ops", ["admin"]) with input.action as "command.execute" with input.command as fx_cmd("ls", []) with input.network as fx_net("restricted")
+	not allow with input as {"principal": {"id": "ops", "tenant": "t1", "roles": ["admin"], "scopes": []}, "action": "command.execute", "command": {"name": "ls", "args": [], "cwd": "/workspace", "env_keys": []}, "network": {"access": "restricted", "hosts": []}}
 }
 
-test_memory_over_ask_denied if {
-	not allow with input.principal as fx_principal("alice", ["user"]) with input.action as "command.execute" with input.command as fx_cmd("make", []) with input.resources as fx_res(10, 8589934592)
+test_hosts_without_restricted_denied if {
+	not allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "ls", "args": [], "cwd": "/workspace", "env_keys": []}, "network": {"access": "loopback", "hosts": ["pypi.org"]}}
+}
+
+test_memory_over_grant_denied if {
+	not allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "make", "args": [], "cwd": "/workspace", "env_keys": []}, "resources": {"timeout_s": 10, "memory_bytes": 8589934592, "pids": 0, "cpu": 0}}
+}
+
+test_cpu_cores_over_grant_denied if {
+	not allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "make", "args": [], "cwd": "/workspace", "env_keys": []}, "resources": {"timeout_s": 0, "memory_bytes": 0, "pids": 0, "cpu": 8}}
 }
 
 test_admin_timeout_within_grant_allowed if {
-	allow with input.principal as fx_principal("ops", ["admin"]) with input.action as "command.execute" with input.command as fx_cmd("make", []) with input.resources as fx_res(3600, 0)
+	allow with input as {"principal": {"id": "ops", "tenant": "t1", "roles": ["admin"], "scopes": []}, "action": "command.execute", "command": {"name": "make", "args": [], "cwd": "/workspace", "env_keys": []}, "resources": {"timeout_s": 3600, "memory_bytes": 0, "pids": 0, "cpu": 0}}
 }
 
 test_unknown_role_denied if {
-	not allow with input.principal as fx_principal("bob", ["guest"]) with input.action as "command.execute" with input.command as fx_cmd("ls", [])
+	not allow with input as {"principal": {"id": "bob", "tenant": "t1", "roles": ["guest"], "scopes": []}, "action": "command.execute", "command": {"name": "ls", "args": [], "cwd": "/workspace", "env_keys": []}}
 }
 
 test_file_read_relative_allowed if {
-	allow with input.principal as fx_principal("alice", ["user"]) with input.action as "file.read" with input.file as fx_file("src/main.c")
+	allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "file.read", "file": {"path": "src/main.c", "mode": ""}}
 }
 
 test_file_write_outside_denied if {
-	not allow with input.principal as fx_principal("alice", ["user"]) with input.action as "file.write" with input.file as fx_file("/etc/cron.d/x")
+	not allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "file.write", "file": {"path": "/etc/cron.d/x", "mode": ""}}
 }
 
 test_file_delete_traversal_denied if {
-	not allow with input.principal as fx_principal("alice", ["user"]) with input.action as "file.delete" with input.file as fx_file("a/../../b")
+	not allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "file.delete", "file": {"path": "a/../../b", "mode": ""}}
 }
 
 test_empty_input_denied if {
 	not allow
+}
+
+test_empty_input_has_a_decision if {
+	decision.allow == false
+	# Counted, not compared: rego-cpp 1.5 cannot index or compare what sort() returns
+	# for a set (the decision document itself comes out right).
+	count(decision.rule_ids) == 2
+	count(decision.reasons) == 2
 }
 
 test_under_is_segment_aware if {
@@ -134,18 +138,30 @@ test_dotdot_is_a_whole_segment if {
 	not has_dotdot("HEAD..main")
 }
 
-test_basename if {
+test_basename_and_dirname if {
 	basename("/usr/bin/ls") == "ls"
 	basename("ls") == "ls"
+	dirname("/usr/bin/ls") == "/usr/bin"
+	dirname("ls") == ""
 }
 
 test_system_dir_needs_exact_parent if {
 	in_system_dir("/usr/bin/ls")
 	not in_system_dir("/usr/bin/x/ls")
 	not in_system_dir("/workspace/ls")
+	not in_system_dir("//usr/bin/ls")
+}
+
+test_members_are_the_true_keys if {
+	members({"b": true, "a": true, "c": false}) == ["a", "b"]
+	set_text({}) == "(none)"
 }
 
 test_text_list if {
 	text_list(["b", "a"]) == "a, b"
 	text_list([]) == "(none)"
+}
+
+test_global_config_without_overrides if {
+	cfg == data.mcp.config
 }
