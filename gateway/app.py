@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -30,7 +31,10 @@ from gateway.config import Settings
 from gateway.edges.grpc_server import GrpcEdge, create_grpc_server
 from gateway.edges.rest import create_app
 from gateway.errors import GatewayError
-from gateway.policy.embedded import EmbeddedEngine
+from gateway.errors import PolicyEngineError
+from gateway.policy import EmbeddedEngine, PolicySource, load_policy_dir
+from gateway.policy.active import ActivePolicy, check_bundle
+from gateway.policy.opa import OpaEngine
 from gateway.service import GatewayService
 from gateway.tasks import Isolation, SqliteTaskStore, TaskManager
 
@@ -55,6 +59,7 @@ class Runtime:
     store: SqliteTaskStore
     sink: FileSink
     isolation: Isolation
+    policy: ActivePolicy
 
 
 def build_service(settings: Settings) -> Runtime:
@@ -87,10 +92,7 @@ def _build(settings: Settings, isolation: Isolation) -> Runtime:
         log.warning("sandbox: %s", note)
     if isolation.uids is None:
         log.warning("gateway is not root: sandboxes share the gateway's own uid %d", os.geteuid())
-    try:
-        policy = EmbeddedEngine(settings.policy_dir, max_input_bytes=settings.limits.policy_input_cap_bytes)
-    except GatewayError as exc:
-        raise StartupError(f"cannot load policy from {settings.policy_dir}: {exc.message}") from exc
+    policy = _policy(settings)
     state_dir = settings.state_dir
     try:
         # 0711: the sandbox uid may traverse to its workspace but not list the directory;
@@ -107,7 +109,64 @@ def _build(settings: Settings, isolation: Isolation) -> Runtime:
     if orphaned:
         log.warning("marked %d tasks left unfinished by a previous process as FAILED", orphaned)
     tasks = TaskManager(store, audit, settings.sandbox, settings.tasks, settings.workspace_root, isolation)
-    return Runtime(GatewayService(settings, policy, store, tasks, audit), tasks, store, sink, isolation)
+    return Runtime(GatewayService(settings, policy, store, tasks, audit), tasks, store, sink, isolation, policy)
+
+
+def _policy(settings: Settings) -> ActivePolicy:
+    """The configured engine with the bundle loaded and checked (one decision on a request
+    it must deny), watching ``policy_dir`` when reloads are ours to do."""
+    cfg = settings.policy
+    cap = settings.limits.policy_input_cap_bytes
+    timeout_s = cfg.timeout_ms / 1000
+
+    def build(source: PolicySource) -> EmbeddedEngine:
+        return EmbeddedEngine(source, max_input_bytes=cap, workers=cfg.workers, timeout_s=timeout_s,
+                              worker_memory_bytes=cfg.worker_memory_bytes)
+
+    engine: Any = None
+    try:
+        if cfg.engine == "embedded":
+            source: PolicySource | None = load_policy_dir(settings.policy_dir)
+            engine = build(source)
+            active = ActivePolicy(engine, settings.policy_dir, source=source, build=build)
+        else:
+            assert cfg.opa_url is not None  # PolicySettings checks it
+            source = load_policy_dir(settings.policy_dir) if cfg.opa_push else None
+            if source is not None:
+                probe = build(source)  # compile-checked here before OPA sees it
+                try:
+                    check_bundle(probe)
+                finally:
+                    probe.close(drain_timeout_s=0)
+            _wait_for_opa(cfg.opa_url, cfg.opa_startup_wait_s, push=source is not None)
+            engine = OpaEngine(cfg.opa_url, timeout_s=timeout_s, max_input_bytes=cap, source=source)
+            active = ActivePolicy(engine, settings.policy_dir, source=source, build=None)
+        check_bundle(active)
+    except PolicyEngineError as exc:
+        if engine is not None:
+            engine.close()
+        where = settings.policy_dir if cfg.engine == "embedded" or cfg.opa_push else cfg.opa_url
+        raise StartupError(f"cannot load policy from {where}: {exc.message}") from exc
+    if cfg.watch:
+        active.watch()
+    log.info("policy: engine %s, revision %s", active.name, active.revision)
+    return active
+
+
+def _wait_for_opa(url: str, wait_s: float, *, push: bool) -> None:
+    """Poll OPA's health until it answers 200 or ``wait_s`` seconds pass (PolicyEngineError)."""
+    probe = OpaEngine(url, timeout_s=1.0, source=None, probe_only=True)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            healthy, detail = probe.health(bundles=not push)
+            if healthy:
+                return
+            if time.monotonic() >= deadline:
+                raise PolicyEngineError(f"OPA at {url} is not healthy after {wait_s:.0f} s: {detail}")
+            time.sleep(0.2)
+    finally:
+        probe.close()
 
 
 def _isolation(settings: Settings) -> Isolation:
@@ -258,6 +317,7 @@ async def serve(settings: Settings) -> int:
     await asyncio.to_thread(runtime.tasks.shutdown, cancel_running=True)
     runtime.store.close()
     runtime.sink.close()
+    runtime.policy.close()
     _close_isolation(runtime.isolation)
     return 0
 

@@ -4,6 +4,9 @@
 [--policy-dir DIR] [--config FILE] [--log-level L]`` runs the gateway (design section 10);
 port 0 picks a free port. Exit status: 0 after a clean shutdown, 2 for bad flags or
 settings, 3 when the gateway cannot start (the message says what to fix).
+
+``mcp-gateway policy eval --input FILE``, ``policy test`` and ``policy check``: see
+:mod:`gateway.policy.cli`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--policy-dir", type=Path, help="Rego policy bundle directory (default: shipped policies/)")
     serve.add_argument("--config", type=Path, help="YAML settings file (also MCP_GATEWAY_CONFIG)")
     serve.add_argument("--log-level", help="debug|info|warning|error")
+    policy = sub.add_parser("policy", help="evaluate, test or check a policy bundle")
+    psub = policy.add_subparsers(dest="policy_command", required=True)
+    ev = psub.add_parser("eval", help="print the decision for one input (design section 6 shape)")
+    ev.add_argument("--input", type=Path, required=True, help="JSON input file ('-' for stdin)")
+    ev.add_argument("--policy-dir", type=Path, default=None, help="bundle directory (default: shipped policies/)")
+    ev.add_argument("--opa-url", help="ask this OPA server instead of the embedded engine")
+    te = psub.add_parser("test", help="run the bundle's Rego unit tests (*_test.rego)")
+    te.add_argument("--policy-dir", type=Path, default=None, help="bundle directory (default: shipped policies/)")
+    te.add_argument("--opa", help="opa binary for 'opa test' too (default: opa on PATH, if any)")
+    ch = psub.add_parser("check", help="load, validate and compile the bundle; print its revision")
+    ch.add_argument("--policy-dir", type=Path, default=None, help="bundle directory (default: shipped policies/)")
     return parser
 
 
@@ -41,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "policy":
+        from gateway.policy.cli import run_policy_command
+
+        return run_policy_command(args)
     return 2  # pragma: no cover - argparse enforces a known sub-command
 
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +24,7 @@ from pydantic_settings import (
 __all__ = [
     "AuditSettings",
     "LimitSettings",
+    "PolicySettings",
     "SandboxSettings",
     "Settings",
     "TaskSettings",
@@ -141,6 +142,44 @@ class LimitSettings(BaseModel):
         return 6 * (self.max_args_bytes + 2 * self.max_command_bytes + self.max_env_bytes) + (64 << 10)
 
 
+class PolicySettings(BaseModel):
+    """Which engine decides and how (design section 6; the bundle is ``policy_dir``)."""
+
+    engine: Literal["embedded", "opa"] = Field(
+        "embedded",
+        description="'embedded': Rego evaluated by regopy in worker processes, no server. "
+        "'opa': an OPA server's Data API at opa_url decides.",
+    )
+    opa_url: str | None = Field(None, description="OPA base URL, e.g. http://127.0.0.1:8181 (engine 'opa').")
+    opa_push: bool = Field(
+        False,
+        description="engine 'opa': upload policy_dir to OPA at start and on every reload. "
+        "False: OPA loads the bundle itself (opa run -s -b policies/ --watch).",
+    )
+    opa_startup_wait_s: float = Field(
+        30.0, ge=0, description="How long start-up waits for OPA to answer /health, seconds."
+    )
+    timeout_ms: int = Field(
+        100, ge=1, le=10_000,
+        description="Deadline of one decision, milliseconds: the embedded worker is killed "
+        "and replaced past it; the OPA request is abandoned. Either way: deny, 5003.",
+    )
+    workers: int = Field(2, ge=1, le=64, description="Embedded engine worker processes (evaluations at once).")
+    worker_memory_bytes: int = Field(2 << 30, ge=64 << 20, description="RLIMIT_AS of each worker, bytes.")
+    watch: bool = Field(
+        True,
+        description="Reload policy_dir when its files change (embedded engine, or 'opa' with "
+        "opa_push); a bundle that fails to load, compile or decide is rejected and the old "
+        "one stays.",
+    )
+
+    @model_validator(mode="after")
+    def _opa_needs_url(self) -> PolicySettings:
+        if self.engine == "opa" and not self.opa_url:
+            raise ValueError("policy.engine 'opa' needs policy.opa_url")
+        return self
+
+
 class AuditSettings(BaseModel):
     """The audit trail (design section 8)."""
 
@@ -173,6 +212,7 @@ class Settings(BaseSettings):
     tasks: TaskSettings = Field(default_factory=TaskSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
 
     @field_validator("host")
     @classmethod

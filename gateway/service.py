@@ -28,6 +28,7 @@ from typing import Any
 from gateway import __version__
 from gateway.audit.log import AuditLog, args_sha256, clip, redact_command
 from gateway.config import Settings
+from gateway.metrics import POLICY_DECISIONS, POLICY_EVAL_SECONDS, exposition
 from gateway.errors import (
     CommandDenied,
     FileDenied,
@@ -125,9 +126,10 @@ class GatewayService:
     def readiness(self) -> dict[str, Any]:
         """Readiness details: policy engine and revision, task pool state, and the per-task
         limits this host enforces (a request for any other is refused with 4001)."""
+        policy = self._policy_status()
         return {
-            "status": "ready",
-            "policy": {"engine": self._policy.name, "revision": self._policy.revision},
+            "status": "ready" if policy["healthy"] else "not_ready",
+            "policy": policy,
             "tasks": {"running": self._tasks.running, "queued": self._tasks.queued},
             "sandbox": {
                 "enforced_limits": sorted(self._tasks.enforced),
@@ -135,6 +137,16 @@ class GatewayService:
                 "uid_per_task": self._tasks.isolation.uids is not None,
             },
         }
+
+    def metrics(self) -> bytes:
+        """Prometheus text exposition of the process's metrics."""
+        return exposition()
+
+    def _policy_status(self) -> dict[str, Any]:
+        health = getattr(self._policy, "health", None)
+        healthy, detail = health() if health is not None else (True, "ok")
+        return {"engine": self._policy.name, "revision": self._policy.revision, "healthy": healthy,
+                "detail": detail}
 
     # -- commands -------------------------------------------------------------
 
@@ -157,7 +169,7 @@ class GatewayService:
         cwd = _sandbox_cwd(req.cwd)
         policy_input = self._policy_input(principal, ctx, req, cwd)
         try:
-            decision = self._policy.evaluate(policy_input)
+            decision = self._decide(policy_input)
         except PolicyEngineError as exc:
             self._audit_decision(ctx, principal, req, None, count, error_code=exc.code, reason=exc.message)
             raise
@@ -216,6 +228,21 @@ class GatewayService:
         return record
 
     # -- steps ----------------------------------------------------------------
+
+    def _decide(self, policy_input: dict[str, Any]) -> Decision:
+        """The policy decision, counted and timed in metrics; PolicyEngineError (5003) on
+        any engine failure (the caller audits it and nothing runs)."""
+        engine = self._policy.name
+        start = time.perf_counter()
+        try:
+            decision = self._policy.evaluate(policy_input)
+        except PolicyEngineError:
+            POLICY_DECISIONS.labels(engine, "error").inc()
+            raise
+        finally:
+            POLICY_EVAL_SECONDS.labels(engine).observe(time.perf_counter() - start)
+        POLICY_DECISIONS.labels(engine, "allow" if decision.allow else "deny").inc()
+        return decision
 
     def _validate(self, req: ExecuteRequest) -> None:
         lim = self._settings.limits
@@ -277,6 +304,11 @@ class GatewayService:
                 details={"field": "cpu_limit", "max": maxima.max_cpu_cores},
             )
         # A limit the host cannot enforce is refused, never accepted and silently dropped.
+        if req.network == "restricted":
+            raise SandboxSetupFailed(
+                "network access 'restricted' (a host allow-list) cannot be enforced by this sandbox yet",
+                details={"field": "network"},
+            )
         enforced = self._tasks.enforced
         for field, value, needs in (("cpu_limit", req.cpu_cores, "cpu"), ("pids_limit", req.pids, "pids"),
                                     ("io_weight", req.io_weight, "io")):

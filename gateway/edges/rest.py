@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
 from gateway.auth import DevelopmentAuthenticator
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.errors import (
     GatewayError,
     InternalError,
@@ -242,8 +243,15 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
         return {"status": "live"}
 
     @app.get("/health/ready", tags=["health"])
-    def ready() -> dict[str, Any]:
-        """Ready to take work: policy loaded (with its revision), task pool state."""
-        return service.readiness()
+    def ready() -> JSONResponse:
+        """Ready to take work: policy engine healthy (with the bundle revision), task pool
+        state; 503 while the policy engine cannot decide (every request would be 5003)."""
+        body = service.readiness()
+        return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
+
+    @app.get("/metrics", tags=["health"])
+    def metrics() -> Response:
+        """Prometheus text exposition."""
+        return Response(service.metrics(), media_type=METRICS_CONTENT_TYPE)
 
     return app

@@ -77,7 +77,9 @@ def load_policy_dir(policy_dir: Path, *, include_tests: bool = False) -> PolicyS
     try:
         for path in sorted(root.rglob("*")):
             rel = path.relative_to(root).as_posix()
-            if not path.is_file():
+            # Hidden entries are not bundle content: .manifest is read below, and a
+            # Kubernetes ConfigMap mount holds every file twice (..data/ and a symlink).
+            if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
                 continue
             if path.suffix == ".rego":
                 is_test = path.name.endswith("_test.rego")

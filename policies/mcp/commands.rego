@@ -106,11 +106,17 @@ inspected_texts contains a if {
 	some a in command_args
 }
 
-# Quotes and backslashes are dropped first so c'u'rl and c\url read as curl.
+# Whitespace control characters become spaces and quotes and backslashes are dropped
+# first, so c'u'rl and c\url read as curl. Done with strings.replace_n, not with regex
+# escapes: rego-cpp 1.5 keeps strings in their escaped JSON form internally, which
+# replace_n handles and its regex engine does not (a newline never matches \s there).
 inspected_words contains w if {
 	some text in inspected_texts
-	clean := strings.replace_n({"'": "", "\"": "", "\\": ""}, text)
-	some word in regex.split("[ \\t\\n\\r\\f\\v;&|()<>{}$=`]+", clean)
+	clean := strings.replace_n(
+		{"\t": " ", "\n": " ", "\r": " ", "\f": " ", "\u000b": " ", "'": "", "\"": "", "\\": ""},
+		text,
+	)
+	some word in regex.split("[ ;&|()<>{}$=`]+", clean)
 	w := basename(word)
 	w != ""
 }

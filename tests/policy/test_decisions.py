@@ -1,48 +1,30 @@
-"""Input -> decision table for the shipped policy (policies/), run on the embedded engine.
-
-The cases are data in ``decision_cases.json``: each names the principal's roles, the
-action and its command or file, and the expected ``allow`` and first ``rule_id`` (whose
-category picks the error code 3001-3004).
-"""
+"""Input -> decision table for the shipped policy (plus tenant overrides), on the embedded
+engine; tests/policy/test_parity.py runs the same table on OPA."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.policy import EmbeddedEngine, run_rego_tests
-
-POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
-CASES: list[dict[str, Any]] = json.loads(
-    (Path(__file__).with_name("decision_cases.json")).read_text(encoding="utf-8")
-)
+from tests.policy.cases import CASES, POLICY_DIR, make_bundle, policy_input
 
 
 @pytest.fixture(scope="module")
-def engine() -> EmbeddedEngine:
-    return EmbeddedEngine(POLICY_DIR)
-
-
-def policy_input(case: dict[str, Any]) -> dict[str, Any]:
-    """The service's input shape (design section 6) for one table row."""
-    resources = {"timeout_s": 0, "memory_bytes": 0, "pids": 0, "cpu": 0, **case.get("resources", {})}
-    return {
-        "principal": {"id": "alice", "tenant": "t1", "roles": case["roles"], "scopes": []},
-        "action": case["action"],
-        "command": case.get("command", {"name": "", "args": [], "cwd": "", "env_keys": []}),
-        "file": case.get("file", {"path": "", "mode": ""}),
-        "network": {"access": case.get("network", "none"), "hosts": []},
-        "resources": resources,
-        "context": {"transport": "grpc", "client_addr": "127.0.0.1:1", "request_id": "r", "time_ns": 1},
-    }
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedEngine]:
+    engine = EmbeddedEngine(make_bundle(tmp_path_factory.mktemp("bundle")), timeout_s=5.0)
+    yield engine
+    engine.close()
 
 
 def test_table_is_large_enough() -> None:
-    assert len(CASES) >= 40
+    assert len(CASES) >= 60
     assert len({c["name"] for c in CASES}) == len(CASES)
+    assert sum(c["allow"] for c in CASES) >= 20 and sum(not c["allow"] for c in CASES) >= 20
+    assert sum("tenant" in c for c in CASES) >= 10
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
@@ -68,6 +50,19 @@ def test_user_grant_is_the_role_grant(engine: EmbeddedEngine) -> None:
     assert (decision.sandbox.pids, decision.sandbox.cpu_seconds) == (128, 300)
 
 
+def test_overrides_reach_the_grant(engine: EmbeddedEngine) -> None:
+    by_name = {c["name"]: c for c in CASES}
+    tenant = engine.evaluate(policy_input(by_name["tenant longer timeout"])).sandbox
+    principal = engine.evaluate(policy_input(by_name["principal memory grant"])).sandbox
+    hosts = engine.evaluate(policy_input(by_name["restricted allowed host"])).sandbox
+    globex = engine.evaluate(policy_input(by_name["tenant arg root"])).sandbox
+    assert tenant is not None and principal is not None and hosts is not None and globex is not None
+    assert (tenant.timeout_s, tenant.memory_bytes) == (900, 1 << 30)  # tenant layer, rest global
+    assert (principal.timeout_s, principal.memory_bytes) == (900, 2 << 30)  # principal over tenant
+    assert hosts.network == "restricted" and hosts.allowed_hosts == ("*.crates.io", "pypi.org")
+    assert globex.ro_paths == ("/opt/data",)
+
+
 def test_deny_reason_names_the_offending_item(engine: EmbeddedEngine) -> None:
     case = next(c for c in CASES if c["name"] == "--out=/etc/x")
     decision = engine.evaluate(policy_input(case))
@@ -76,6 +71,19 @@ def test_deny_reason_names_the_offending_item(engine: EmbeddedEngine) -> None:
 
 def test_every_rego_unit_test_passes() -> None:
     results = run_rego_tests(POLICY_DIR)
-    assert len(results) >= 20
+    assert len(results) >= 30
     failed = [(r.name, r.error) for r in results if not r.passed]
     assert failed == []
+
+
+def test_rego_unit_tests_report_failures(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b")
+    (bundle / "mcp" / "broken_test.rego").write_text(
+        'package mcp\n\nimport rego.v1\n\n'
+        'test_driven_fails if {\n\tallow with input as {"action": "command.execute"}\n}\n\n'
+        'test_compiled_fails if {\n\tbasename("/a/b") == "a"\n}\n'
+    )
+    results = {r.name: r for r in run_rego_tests(bundle)}
+    assert results["data.mcp.test_driven_fails"].passed is False
+    assert "got false" in (results["data.mcp.test_driven_fails"].error or "")
+    assert results["data.mcp.test_compiled_fails"].passed is False

@@ -1,0 +1,62 @@
+"""Prometheus metrics (text exposition at ``GET /metrics``), one set per process.
+
+Names follow https://prometheus.io/docs/practices/naming/: ``mcp_`` prefix, base units
+(seconds), ``_total`` for counters. Labels are low-cardinality by construction: the
+engine (``embedded``/``opa``), an outcome from a fixed set, the bundle revision (one live
+series at a time).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+__all__ = [
+    "CONTENT_TYPE",
+    "POLICY_BUNDLE",
+    "POLICY_DECISIONS",
+    "POLICY_EVAL_SECONDS",
+    "POLICY_RELOADS",
+    "exposition",
+    "set_active_bundle",
+]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+POLICY_DECISIONS = Counter(
+    "mcp_policy_decisions_total",
+    "Policy decisions by outcome: allow, deny, or error (engine failure, timeout, OPA "
+    "unreachable, undefined or malformed decision: denied with 5003).",
+    ["engine", "outcome"],
+)
+POLICY_EVAL_SECONDS = Histogram(
+    "mcp_policy_eval_seconds",
+    "Time to get a decision from the engine, seconds (errors included).",
+    ["engine"],
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+POLICY_RELOADS = Counter(
+    "mcp_policy_reloads_total",
+    "Policy bundle reloads: applied, rejected (the old bundle stays), or unchanged.",
+    ["result"],
+)
+POLICY_BUNDLE = Gauge(
+    "mcp_policy_bundle_info",
+    "The active policy bundle: 1 for its engine and revision.",
+    ["engine", "revision"],
+)
+
+_active: tuple[str, str] | None = None
+
+
+def set_active_bundle(engine: str, revision: str) -> None:
+    """Point ``mcp_policy_bundle_info`` at (engine, revision), dropping the previous series."""
+    global _active
+    if _active is not None and _active != (engine, revision):
+        POLICY_BUNDLE.remove(*_active)
+    POLICY_BUNDLE.labels(engine, revision).set(1)
+    _active = (engine, revision)
+
+
+def exposition() -> bytes:
+    """The text exposition of every metric (Prometheus format 0.0.4)."""
+    return generate_latest()
