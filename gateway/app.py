@@ -138,7 +138,7 @@ def _policy(settings: Settings) -> ActivePolicy:
                     check_bundle(probe)
                 finally:
                     probe.close(drain_timeout_s=0)
-            _wait_for_opa(cfg.opa_url, cfg.opa_startup_wait_s, push=source is not None)
+            _wait_for_opa(cfg.opa_url, cfg.opa_startup_wait_s)
             engine = OpaEngine(cfg.opa_url, timeout_s=timeout_s, max_input_bytes=cap, source=source)
             active = ActivePolicy(engine, settings.policy_dir, source=source, build=None)
         check_bundle(active)
@@ -153,13 +153,13 @@ def _policy(settings: Settings) -> ActivePolicy:
     return active
 
 
-def _wait_for_opa(url: str, wait_s: float, *, push: bool) -> None:
+def _wait_for_opa(url: str, wait_s: float) -> None:
     """Poll OPA's health until it answers 200 or ``wait_s`` seconds pass (PolicyEngineError)."""
-    probe = OpaEngine(url, timeout_s=1.0, source=None, probe_only=True)
+    probe = OpaEngine(url, timeout_s=1.0)  # /health?bundles: 200 once OPA's bundle is active
     try:
         deadline = time.monotonic() + wait_s
         while True:
-            healthy, detail = probe.health(bundles=not push)
+            healthy, detail = probe.health()
             if healthy:
                 return
             if time.monotonic() >= deadline:

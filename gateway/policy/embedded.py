@@ -66,6 +66,7 @@ __all__ = [
     "Evaluator",
     "compile_bundle",
     "decision_from_document",
+    "encode_input",
 ]
 
 #: The rule every engine evaluates: ``data.mcp.decision``, as a rego-cpp entry point.
@@ -193,7 +194,7 @@ class EmbeddedEngine:
                 interpreter failed (built-in errors are strict); the decision is
                 undefined or malformed.
         """
-        encoded = _encode_input(policy_input, self._max_input_bytes)
+        encoded = encode_input(policy_input, self._max_input_bytes)
         start = time.perf_counter()
         deadline = start + self._timeout_s
         try:
@@ -425,8 +426,13 @@ def compile_bundle(source: PolicySource, entrypoints: Iterable[str]) -> Bundle:
     return bundle
 
 
-def _encode_input(policy_input: Mapping[str, Any], limit: int) -> bytes:
-    """The input as compact JSON bytes, refused above ``limit`` bytes (PolicyEngineError)."""
+def encode_input(policy_input: Mapping[str, Any], limit: int) -> bytes:
+    """The input as compact JSON bytes (what both engines send), refused above ``limit``
+    bytes.
+
+    Raises:
+        PolicyEngineError: not JSON-encodable (NaN, a non-string key...) or too large.
+    """
     try:
         encoded = json.dumps(policy_input, separators=(",", ":"), allow_nan=False).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
@@ -453,6 +459,3 @@ def _strings(value: Any, what: str) -> tuple[str, ...]:
 def _malformed(detail: str) -> PolicyEngineError:
     return PolicyEngineError(f"malformed decision: {detail}")
 
-
-# Transitional name used by the OPA engine.
-_check_input_size = _encode_input

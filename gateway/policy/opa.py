@@ -41,6 +41,8 @@ one module (one ``package`` line, the union of the ``import`` lines, each file's
 after it with its own ``package``/``import`` lines blanked so line numbers only shift),
 and OPA's compile errors are mapped back to ``<file>:<line>`` of the original files.
 Limit: a ``# METADATA`` block with ``scope: package`` loses its package line in the join.
+An OPA that serves its own bundle refuses a push ("can't write to document root with
+bundle roots configured"): the two modes do not mix on one OPA.
 
 Why httpx and not opa-python-client (read: opa-python-client 3.0.0, ``opa_client/opa.py``)
 ----------------------------------------------------------------------------------------
@@ -83,7 +85,7 @@ import httpx
 from gateway.errors import PolicyEngineError
 from gateway.models import Decision
 from gateway.policy.bundle import PolicySource
-from gateway.policy.embedded import decision_from_document
+from gateway.policy.embedded import decision_from_document, encode_input
 
 __all__ = ["DECISION_PATH", "POLICY_ID_PREFIX", "OpaEngine"]
 
@@ -195,7 +197,7 @@ class OpaEngine:
             raise PolicyEngineError(f"OPA at {self.url}: {type(exc).__name__}: {exc}") from exc
 
     def _evaluate(self, policy_input: Mapping[str, Any]) -> Decision:
-        body = self._encode(policy_input)
+        body = b'{"input":' + encode_input(policy_input, self._max_input_bytes) + b"}"
         self._enter()
         try:
             if self._push_failure is not None:
@@ -230,18 +232,6 @@ class OpaEngine:
             engine=self.name,
             decision_id=decision_id if isinstance(decision_id, str) and decision_id else None,
         )
-
-    def _encode(self, policy_input: Mapping[str, Any]) -> bytes:
-        """``{"input": policy_input}`` as compact JSON bytes, after the size cap."""
-        try:
-            encoded = json.dumps(policy_input, separators=(",", ":"), allow_nan=False).encode("utf-8")
-        except (TypeError, ValueError) as exc:
-            raise PolicyEngineError(f"policy input is not JSON-encodable: {exc}") from exc
-        if len(encoded) > self._max_input_bytes:
-            raise PolicyEngineError(
-                f"policy input is {len(encoded)} bytes, above the {self._max_input_bytes} byte cap"
-            )
-        return b'{"input":' + encoded + b"}"
 
     def _provenance_revision(self, provenance: Any, fallback: str) -> str:
         """The revision of the bundle that owns ``data.mcp`` in an answer's provenance.

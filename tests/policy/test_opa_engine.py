@@ -25,15 +25,10 @@ from gateway.policy import EmbeddedEngine, PolicyEngine, load_policy_dir
 from gateway.policy.bundle import PolicySource
 from gateway.policy.opa import POLICY_ID_PREFIX, OpaEngine
 from tests.policy.opa_server import OpaServer, OpaServers, free_port, opa_binary_or_skip
-from tests.policy.test_decisions import CASES, POLICY_DIR, policy_input
+from tests.policy.cases import CASES, POLICY_DIR, make_bundle, policy_input
 
 MANIFEST_REVISION = json.loads((POLICY_DIR / ".manifest").read_text(encoding="utf-8"))["revision"]
 LS_CASE = next(c for c in CASES if c["name"] == "ls allowed")
-# A representative spread for the push-mode comparisons; the bundle-mode test runs all cases.
-SAMPLE = [c for c in CASES if c["name"] in {
-    "ls allowed", "sudo", "curl", "--out=/etc/x", "LD_PRELOAD", "host admin", "memory over",
-    "several denies sort by id", "file read outside", "unknown action",
-}]
 SLOW_DECISION = """package mcp
 
 decision := {"allow": count([x | some x in numbers.range(1, 3000000); x % 7 == 0]) > 0}
@@ -51,9 +46,15 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaServers]:
 
 
 @pytest.fixture(scope="module")
-def bundle_opa(servers: OpaServers) -> OpaServer:
-    """OPA serving ``policies/`` itself, decision log on (answers carry decision_id)."""
-    return servers.start(bundle=POLICY_DIR, decision_logs=True)
+def table_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``policies/`` plus the test overlay (tenant/principal layers), as the table needs."""
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "policies")
+
+
+@pytest.fixture(scope="module")
+def bundle_opa(servers: OpaServers, table_bundle: Path) -> OpaServer:
+    """OPA serving the table bundle itself, decision log on (answers carry decision_id)."""
+    return servers.start(bundle=table_bundle, decision_logs=True)
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +64,10 @@ def empty_opa(servers: OpaServers) -> OpaServer:
 
 
 @pytest.fixture(scope="module")
-def embedded() -> EmbeddedEngine:
-    return EmbeddedEngine(POLICY_DIR)
+def embedded(table_bundle: Path) -> Iterator[EmbeddedEngine]:
+    engine = EmbeddedEngine(table_bundle, timeout_s=5.0)
+    yield engine
+    engine.close()
 
 
 @pytest.fixture
@@ -83,7 +86,7 @@ def bundle_engine(bundle_opa: OpaServer) -> Iterator[OpaEngine]:
     engine.close()
 
 
-def make_bundle(root: Path, modules: dict[str, str], manifest: dict[str, Any] | None = None) -> Path:
+def write_bundle(root: Path, modules: dict[str, str], manifest: dict[str, Any] | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for rel, text in modules.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +156,7 @@ def test_health(bundle_engine: OpaEngine, engines: list[OpaEngine]) -> None:
 
 
 def test_undefined_decision(servers: OpaServers, tmp_path: Path, engines: list[OpaEngine]) -> None:
-    opa = servers.start(bundle=make_bundle(tmp_path / "b", {"other/other.rego": "package other\n\nx := 1\n"}))
+    opa = servers.start(bundle=write_bundle(tmp_path / "b", {"other/other.rego": "package other\n\nx := 1\n"}))
     engine = OpaEngine(opa.url, timeout_s=2.0)
     engines.append(engine)
     with pytest.raises(PolicyEngineError, match="data.mcp.decision is undefined"):
@@ -161,7 +164,7 @@ def test_undefined_decision(servers: OpaServers, tmp_path: Path, engines: list[O
 
 
 def test_malformed_decision_and_eval_error(servers: OpaServers, tmp_path: Path, engines: list[OpaEngine]) -> None:
-    bundle = make_bundle(tmp_path / "b", {"mcp/decision.rego": """package mcp
+    bundle = write_bundle(tmp_path / "b", {"mcp/decision.rego": """package mcp
 
 decision := {"allow": "yes"} if not input.conflict
 
@@ -193,7 +196,7 @@ def test_unreachable_fails_fast(engines: list[OpaEngine]) -> None:
 
 
 def test_slow_decision_times_out(servers: OpaServers, tmp_path: Path, engines: list[OpaEngine]) -> None:
-    opa = servers.start(bundle=make_bundle(tmp_path / "b", {"mcp/decision.rego": SLOW_DECISION}))
+    opa = servers.start(bundle=write_bundle(tmp_path / "b", {"mcp/decision.rego": SLOW_DECISION}))
     engine = OpaEngine(opa.url, timeout_s=0.05)
     engines.append(engine)
     start = time.monotonic()
@@ -247,14 +250,14 @@ def policy_ids(server: OpaServer) -> set[str]:
     return {p["id"] for p in opa_get(server, "/v1/policies")["result"]}
 
 
-def test_push_mode_matches_embedded(empty_opa: OpaServer, embedded: EmbeddedEngine,
+def test_push_mode_matches_embedded(empty_opa: OpaServer, embedded: EmbeddedEngine, table_bundle: Path,
                                     engines: list[OpaEngine]) -> None:
-    engine = OpaEngine(empty_opa.url, timeout_s=2.0, source=load_policy_dir(POLICY_DIR))
+    engine = OpaEngine(empty_opa.url, timeout_s=2.0, source=load_policy_dir(table_bundle))
     engines.append(engine)
     assert engine.revision == MANIFEST_REVISION
     assert engine.health() == (True, "ok")
     assert f"{POLICY_ID_PREFIX}mcp" in policy_ids(empty_opa)
-    for case in SAMPLE:
+    for case in CASES:
         mine, theirs = engine.evaluate(policy_input(case)), embedded.evaluate(policy_input(case))
         assert same_decision(mine, theirs), (case["name"], mine, theirs)
         assert mine.revision == MANIFEST_REVISION
@@ -318,6 +321,11 @@ def test_failed_push_names_the_file_and_fails_closed(empty_opa: OpaServer, tmp_p
 def test_push_to_unreachable_opa_raises() -> None:
     with pytest.raises(PolicyEngineError, match="cannot connect"):
         OpaEngine(f"http://127.0.0.1:{free_port()}", source=load_policy_dir(POLICY_DIR))
+
+
+def test_push_refused_by_an_opa_serving_its_own_bundle(bundle_opa: OpaServer) -> None:
+    with pytest.raises(PolicyEngineError, match="PUT /v1/data answered 400: .*bundle roots"):
+        OpaEngine(bundle_opa.url, source=load_policy_dir(POLICY_DIR))
 
 
 def test_no_decision_sees_half_a_push(empty_opa: OpaServer, tmp_path: Path, engines: list[OpaEngine]) -> None:
