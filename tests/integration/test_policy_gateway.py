@@ -65,7 +65,7 @@ def test_hot_reload_applies_a_good_bundle_and_keeps_the_old_one_on_a_bad(workdir
         with httpx.Client(base_url=gw.http_url, timeout=30) as http:
             ready = http.get("/health/ready").json()
             assert ready["policy"]["revision"] == "mcp-default-2025.1"
-            assert _execute(http, "ls").status_code == 201
+            assert _execute(http, "ls").status_code == 202
             assert 'mcp_policy_bundle_info{engine="embedded",revision="mcp-default-2025.1"} 1.0' in http.get(
                 "/metrics").text
 
@@ -78,7 +78,7 @@ def test_hot_reload_applies_a_good_bundle_and_keeps_the_old_one_on_a_bad(workdir
             _until(lambda: http.get("/health/ready").json()["policy"]["revision"] == "r2", what="reload to r2")
             denied = _execute(http, "ls")
             assert (denied.status_code, denied.json()["error"]["code"]) == (403, 3001)
-            assert _execute(http, "cat", "/dev/null").status_code == 201
+            assert _execute(http, "cat", "/dev/null").status_code == 202
             last_decision = [e for e in gw.audit_events() if e["event_type"] == "decision"][-1]
             assert (last_decision["decision"], last_decision["policy_revision"]) == ("allow", "r2")
             assert 'mcp_policy_bundle_info{engine="embedded",revision="r2"} 1.0' in http.get("/metrics").text
@@ -99,7 +99,7 @@ def test_hot_reload_applies_a_good_bundle_and_keeps_the_old_one_on_a_bad(workdir
                    what="the bundle with an unknown key to be rejected")
             assert http.get("/health/ready").json()["policy"]["revision"] == "r2"
             assert _execute(http, "ls").json()["error"]["code"] == 3001
-            assert _execute(http, "cat", "/dev/null").status_code == 201
+            assert _execute(http, "cat", "/dev/null").status_code == 202
     finally:
         _stop(gw)
     log = gw.stderr_path.read_text()
@@ -139,7 +139,7 @@ def test_opa_killed_mid_run_denies_with_5003_and_resumes(workdir: Path, opa: Opa
             assert ready.status_code == 200
             assert ready.json()["policy"]["engine"] == "opa"
             assert ready.json()["policy"]["revision"] == "mcp-default-2025.1"
-            assert _execute(http, "echo", "before").status_code == 201
+            assert _execute(http, "echo", "before").status_code == 202
             tasks_before = len([e for e in gw.audit_events() if e["event_type"] == "decision" and e.get("task_id")])
 
             opa.stop()
@@ -156,7 +156,7 @@ def test_opa_killed_mid_run_denies_with_5003_and_resumes(workdir: Path, opa: Opa
 
             opa.start()  # same port
             _until(lambda: http.get("/health/ready").status_code == 200, what="OPA back")
-            assert _execute(http, "echo", "after").status_code == 201
+            assert _execute(http, "echo", "after").status_code == 202
     finally:
         _stop(gw)
 
@@ -170,7 +170,7 @@ def test_opa_push_mode_uploads_the_bundle(workdir: Path, bundle: Path) -> None:
                            env={"MCP_GATEWAY_POLICY__ENGINE": "opa", "MCP_GATEWAY_POLICY__OPA_URL": server.url,
                                 "MCP_GATEWAY_POLICY__OPA_PUSH": "true"})
         with httpx.Client(base_url=gw.http_url, timeout=30) as http:
-            assert _execute(http, "echo", "pushed").status_code == 201
+            assert _execute(http, "echo", "pushed").status_code == 202
             assert _execute(http, "sudo", "id").json()["error"]["code"] == 3001
             data_path = bundle / "data.json"
             data = json.loads(data_path.read_text())
