@@ -162,7 +162,8 @@ class PolicySettings(BaseModel):
     timeout_ms: int = Field(
         100, ge=1, le=10_000,
         description="Deadline of one decision, milliseconds: the embedded worker is killed "
-        "and replaced past it; the OPA request is abandoned. Either way: deny, 5003.",
+        "and replaced past it (waiting for a free worker has the same limit); the OPA "
+        "request is abandoned. Either way: deny, 5003.",
     )
     workers: int = Field(2, ge=1, le=64, description="Embedded engine worker processes (evaluations at once).")
     worker_memory_bytes: int = Field(2 << 30, ge=64 << 20, description="RLIMIT_AS of each worker, bytes.")

@@ -135,8 +135,9 @@ class EmbeddedEngine:
             so a huge request never reaches the interpreter.
         workers: worker processes, i.e. evaluations that can run at once (others wait
             for a free worker, up to ``timeout_s``).
-        timeout_s: deadline of one evaluation, seconds, waiting for a worker included;
-            a worker that overruns it is killed.
+        timeout_s: deadline of one evaluation, seconds, from the moment a worker has
+            it; a worker that overruns it is killed. Waiting for a free worker has the
+            same limit, so a call returns within twice this.
         worker_memory_bytes: RLIMIT_AS of each worker, bytes.
 
     Raises:
@@ -196,7 +197,6 @@ class EmbeddedEngine:
         """
         encoded = encode_input(policy_input, self._max_input_bytes)
         start = time.perf_counter()
-        deadline = start + self._timeout_s
         try:
             worker = self._idle.get(timeout=self._timeout_s)
         except queue.Empty:
@@ -206,7 +206,9 @@ class EmbeddedEngine:
         with self._lock:
             self._busy += 1
         try:
-            kind, payload = worker.call(b"I", encoded, deadline)
+            # The deadline starts when the worker has the input: time spent queueing for
+            # a worker never counts against (and never kills) a healthy one.
+            kind, payload = worker.call(b"I", encoded, time.perf_counter() + self._timeout_s)
         except PolicyEngineError:
             self._replace(worker)
             raise

@@ -26,7 +26,7 @@ def setup(state_root: Path) -> Iterator[tuple[GatewayProcess, Path, Path]]:
     shutil.copytree(REPO / "policies", policy)
     data = json.loads((policy / "data.json").read_text())
     # Grants a harmless directory and, wrongly, the directory holding the gateway's state.
-    data["mcp"]["config"]["sandbox"]["ro_paths"] = [str(shared), str(base / "var")]
+    data["mcp"]["config"]["sandbox"]["ro_paths"] = {str(shared): True, str(base / "var"): True}
     (policy / "data.json").write_text(json.dumps(data))
     gw = start_gateway(base / "var", "--policy-dir", str(policy))
     yield gw, shared, base / "var"

@@ -1,10 +1,14 @@
-"""EmbeddedEngine failure modes (all PolicyEngineError, fail closed) and concurrency."""
+"""EmbeddedEngine failure modes (all PolicyEngineError, fail closed), worker deadlines and
+crashes, and concurrency."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,34 @@ GOOD_SANDBOX = (
     '{"network": "none", "allowed_hosts": [], "timeout_s": 1, "memory_bytes": 1, '
     '"pids": 1, "cpu_seconds": 1, "ro_paths": [], "rw_paths": []}'
 )
+
+
+@pytest.fixture(autouse=True)
+def _close_engines(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[EmbeddedEngine]]:
+    """Every engine a test makes is closed after it (its worker processes stopped)."""
+    made: list[EmbeddedEngine] = []
+    original = EmbeddedEngine.__init__
+
+    def init(self: EmbeddedEngine, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        made.append(self)
+
+    monkeypatch.setattr(EmbeddedEngine, "__init__", init)
+    yield made
+    for engine in made:
+        engine.close(drain_timeout_s=0)
+
+
+def _worker_pids(engine: EmbeddedEngine) -> set[int]:
+    return {int(p) for p in os.listdir("/proc") if p.isdigit() and _is_worker_of(int(p), engine)}
+
+
+def _is_worker_of(pid: int, engine: EmbeddedEngine) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"gateway.policy.worker" in cmdline and f"--parent={os.getpid()}".encode() in cmdline
 
 
 def write_policy(tmp_path: Path, body: str, *, data: dict | None = None) -> Path:
@@ -107,9 +139,8 @@ def test_undefined_decision_raises(tmp_path: Path) -> None:
 
 
 def test_compile_error_raises(tmp_path: Path) -> None:
-    with pytest.raises(PolicyEngineError, match="does not compile") as info:
+    with pytest.raises(PolicyEngineError, match="does not compile"):
         EmbeddedEngine(write_policy(tmp_path, "decision := {"))
-    assert info.value.__cause__ is not None
 
 
 def test_missing_dir_and_bad_data_raise(tmp_path: Path) -> None:
@@ -170,7 +201,7 @@ def test_corrupt_result_document_is_an_engine_error(tmp_path: Path) -> None:
 
 
 def test_concurrent_evaluations_are_identical() -> None:
-    engine = EmbeddedEngine(POLICY_DIR)
+    engine = EmbeddedEngine(POLICY_DIR, timeout_s=2.0)  # 4 threads on 2 workers: no deadline noise
     names = ["ls", "sudo", "curl", "cat"]
     expected = {n: engine.evaluate(typical_input(n)) for n in names}
     seen: list[tuple[str, bool, tuple[str, ...], tuple[str, ...]]] = []
@@ -203,8 +234,8 @@ def test_concurrent_evaluations_are_identical() -> None:
 
 
 @pytest.mark.parametrize("shape", ["plain", "shell", "launcher", "option"])
-def test_pathological_argument_evaluates_in_bounded_time(shape: str) -> None:
-    engine = EmbeddedEngine(POLICY_DIR)
+def test_pathological_argument_is_decided_or_cut_off_at_the_deadline(shape: str) -> None:
+    engine = EmbeddedEngine(POLICY_DIR, timeout_s=0.1)
     blob = ("a" * 30 + "/" + "." * 3 + " ;|" + "c'u'rl ") * 1500  # ~60 KB
     blob = blob[: 60 * 1024 - 2048]
     inp = typical_input()
@@ -215,10 +246,56 @@ def test_pathological_argument_evaluates_in_bounded_time(shape: str) -> None:
         "option": {"name": "gcc", "args": ["--x=" + blob[:28000], "-I" + blob[:28000]], "cwd": "/workspace", "env_keys": []},
     }[shape]
     start = time.perf_counter()
-    decision = engine.evaluate(inp)
+    try:
+        outcome = "allow" if engine.evaluate(inp).allow else "deny"
+    except PolicyEngineError as exc:
+        # Fail closed either way: the deadline, or (now and then, only inside a worker
+        # process, not reproduced in-process) rego-cpp failing with an empty message on
+        # the 60 KB launcher argument.
+        outcome = f"5003 ({exc.message[:60]})"
     elapsed_ms = (time.perf_counter() - start) * 1000
-    print(f"60 KB {shape} argument: {elapsed_ms:.1f} ms, allow={decision.allow}")
-    assert elapsed_ms < 30_000
+    print(f"60 KB {shape} argument: {elapsed_ms:.1f} ms, {outcome}")
+    assert outcome != "allow" or shape != "shell"  # the script names curl
+    assert elapsed_ms < 100 + 500  # the deadline, plus scheduling slack on a loaded machine
+
+
+CATASTROPHIC = (
+    'decision := {"allow": false, "reasons": ["r"], "rule_ids": ["command.r"], "sandbox": '
+    + GOOD_SANDBOX + "} if not regex.match(`^(a+)+$`, input.s)"
+)
+
+
+def test_backtracking_regex_is_killed_at_the_deadline_and_the_worker_replaced(tmp_path: Path) -> None:
+    engine = EmbeddedEngine(write_policy(tmp_path, CATASTROPHIC), workers=1, timeout_s=0.2)
+    assert engine.evaluate({"s": "ab"}).rule_ids == ("command.r",)
+    before = _worker_pids(engine)
+    start = time.perf_counter()
+    with pytest.raises(PolicyEngineError, match="timed out"):
+        engine.evaluate({"s": "a" * 40 + "b"})  # ~2**40 steps in rego-cpp's backtracking regex
+    assert time.perf_counter() - start < 0.2 + 0.5
+    assert engine.evaluate({"s": "ab"}).rule_ids == ("command.r",)  # a fresh worker answers
+    assert engine.restarts == 1
+    assert _worker_pids(engine).isdisjoint(before)
+
+
+def test_a_worker_that_dies_is_an_engine_error_and_is_replaced(tmp_path: Path) -> None:
+    engine = EmbeddedEngine(POLICY_DIR, workers=1, timeout_s=2.0)
+    assert engine.evaluate(typical_input()).allow
+    (victim,) = _worker_pids(engine)
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises(PolicyEngineError, match="died|failed"):
+        engine.evaluate(typical_input())
+    assert engine.evaluate(typical_input()).allow
+    assert victim not in _worker_pids(engine)
+
+
+def test_close_stops_every_worker() -> None:
+    engine = EmbeddedEngine(POLICY_DIR, workers=3)
+    assert len(_worker_pids(engine)) == 3
+    engine.close()
+    assert _worker_pids(engine) == set()
+    with pytest.raises(PolicyEngineError):
+        engine.evaluate(typical_input())
 
 
 def test_run_rego_tests_reports_failures(tmp_path: Path) -> None:
