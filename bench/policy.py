@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.policy import EmbeddedEngine, load_policy_dir  # noqa: E402
 from gateway.policy.active import ActivePolicy  # noqa: E402
-from gateway.policy.embedded import Evaluator  # noqa: E402
+from gateway.policy.embedded import Evaluator, result_value  # noqa: E402
 from gateway.policy.opa import OpaEngine  # noqa: E402
 from gateway.service import GatewayService  # noqa: E402
 from tests.policy.cases import CASES, make_bundle, policy_input  # noqa: E402
@@ -94,7 +94,8 @@ def main() -> int:
         def bare_call(inp: dict[str, Any]) -> Any:
             text = json.dumps(inp, separators=(",", ":"))
             with lock:
-                return bare.evaluate_json(text)
+                result = bare.evaluate_json(text)
+            return result_value(result) if result is not None else None
 
         rows.append(("bare (in-process)", measure(bare_call, inputs, args.rounds, args.threads)))
         engine = EmbeddedEngine(source, workers=2, timeout_s=1.0, max_input_bytes=1 << 20)

@@ -54,6 +54,12 @@ from pathlib import Path
 from typing import Any
 
 from regopy import Bundle, Interpreter, LogLevel, RegoError
+from regopy.rego_shared import (
+    rego_bundle_query_entrypoint,
+    rego_free_output,
+    rego_output_ok,
+    rego_output_string,
+)
 
 from gateway.errors import PolicyEngineError
 from gateway.policy.bundle import PolicySource, load_policy_dir
@@ -67,6 +73,7 @@ __all__ = [
     "compile_bundle",
     "decision_from_document",
     "encode_input",
+    "result_value",
 ]
 
 #: The rule every engine evaluates: ``data.mcp.decision``, as a rego-cpp entry point.
@@ -101,28 +108,43 @@ class Evaluator:
         self._interpreter = Interpreter()
         self._interpreter.strict_built_in_errors = True
 
-    def evaluate_json(self, input_json: str) -> Any:
-        """The value of the entry point for the input document ``input_json`` (JSON text),
-        or None when it is undefined.
+    def evaluate_json(self, input_json: str) -> str | None:
+        """The result of the entry point for the input document ``input_json`` (JSON text):
+        rego-cpp's result text (``{"expressions":[<value>]}``, see :func:`result_value`),
+        or None when it is undefined. The text is passed on unparsed: the worker sends it
+        to the gateway as it is.
 
         Raises:
-            PolicyEngineError: the input is not JSON, the interpreter failed, or its
-                result is not a JSON document.
+            PolicyEngineError: the input is not JSON or the interpreter failed.
         """
         try:
             self._interpreter.set_input_term(input_json)
-            output = self._interpreter.query_bundle_entrypoint(self._bundle, self._entrypoint)
-            ok = output.ok()
-            error_text = "" if ok else str(output)
-            results = output.results
+            output = rego_bundle_query_entrypoint(self._interpreter._impl, self._bundle._impl, self._entrypoint)
+            try:
+                ok, text = rego_output_ok(output), rego_output_string(output)
+            finally:
+                rego_free_output(output)
         except (RegoError, ValueError, TypeError, OverflowError) as exc:
-            # ValueError also covers a result document that is not valid JSON.
             raise PolicyEngineError(f"policy evaluation failed: {exc}") from exc
         if not ok:
-            raise PolicyEngineError(f"policy evaluation failed: {error_text.strip()[:500]}")
-        if not results or not results[0].expressions:
-            return None
-        return results[0].expressions[0]
+            raise PolicyEngineError(f"policy evaluation failed: {text.strip()[:500]}")
+        return None if text == "undefined" else text
+
+
+def result_value(text: str) -> Any:
+    """The value in rego-cpp's result text ``{"expressions":[<value>], ...}``.
+
+    Raises:
+        PolicyEngineError: the text is not JSON of that shape (rego-cpp 1.5 can emit an
+            invalid document, e.g. from ``sprintf("%s", ...)``).
+    """
+    try:
+        result = json.loads(text)
+        if isinstance(result, list):  # several results: the first, as regopy reads it
+            result = result[0]
+        return result["expressions"][0]
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise PolicyEngineError(f"policy result is not a JSON document: {exc}") from exc
 
 
 class EmbeddedEngine:
@@ -222,11 +244,8 @@ class EmbeddedEngine:
             raise PolicyEngineError(payload.decode("utf-8", "replace"))
         if kind == b"U":
             raise PolicyEngineError("policy decision data.mcp.decision is undefined")
-        try:
-            document = json.loads(payload)
-        except ValueError as exc:
-            raise PolicyEngineError(f"policy worker sent a bad document: {exc}") from exc
-        return decision_from_document(document, revision=self.revision, eval_ms=eval_ms)
+        return decision_from_document(result_value(payload.decode("utf-8", "replace")),
+                                      revision=self.revision, eval_ms=eval_ms)
 
     def close(self, drain_timeout_s: float = 5.0) -> None:
         """Stop every worker, after waiting up to ``drain_timeout_s`` seconds for the

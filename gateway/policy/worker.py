@@ -11,8 +11,9 @@ Frame: 1 byte kind, 4 bytes big-endian payload length, payload.
 
 * ``S`` (gateway -> worker, first frame): JSON ``{"modules": [[path, source], ...],
   "data": {...}, "entrypoint": "mcp/decision"}``; answered ``K`` (compiled) or ``E``.
-* ``I``: the input document as JSON text; answered ``R`` (the decision document as
-  JSON text), ``U`` (undefined) or ``E`` (UTF-8 error text).
+* ``I``: the input document as JSON text; answered ``R`` (rego-cpp's result text,
+  ``{"expressions":[<decision>]}``, parsed by the gateway), ``U`` (undefined) or ``E``
+  (UTF-8 error text).
 
 The worker exits on end of input, and with the gateway (PR_SET_PDEATHSIG). Its address
 space is capped (RLIMIT_AS, ``--max-memory-bytes``) so a runaway evaluation fails
@@ -71,16 +72,16 @@ def main(argv: list[str] | None = None) -> int:
             write_frame(wfd, b"E", f"unknown frame kind {kind!r}".encode())
             continue
         try:
-            document = evaluator.evaluate_json(payload.decode("utf-8"))
+            result = evaluator.evaluate_json(payload.decode("utf-8"))
         except PolicyEngineError as exc:
             write_frame(wfd, b"E", exc.message.encode("utf-8", "replace"))
         except (UnicodeDecodeError, MemoryError) as exc:
             write_frame(wfd, b"E", f"policy evaluation failed: {exc}".encode())
         else:
-            if document is None:
+            if result is None:
                 write_frame(wfd, b"U", b"")
             else:
-                write_frame(wfd, b"R", json.dumps(document, separators=(",", ":")).encode())
+                write_frame(wfd, b"R", result.encode("utf-8", "surrogateescape"))
 
 
 def _try_write(fd: int, kind: bytes, payload: bytes) -> None:
