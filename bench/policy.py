@@ -30,6 +30,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import throughput  # noqa: E402
+
 from gateway.policy import EmbeddedEngine, load_policy_dir  # noqa: E402
 from gateway.policy.active import ActivePolicy  # noqa: E402
 from gateway.policy.embedded import Evaluator, result_value  # noqa: E402
@@ -40,9 +42,9 @@ from tests.policy.opa_server import OpaServer, find_or_build_opa  # noqa: E402
 
 
 def measure(call: Callable[[dict[str, Any]], Any], inputs: list[dict[str, Any]], rounds: int,
-            threads: int) -> dict[str, float]:
+            threads: int, seconds: float = 3.0) -> dict[str, float]:
     """Latencies of ``call`` over ``rounds`` passes of ``inputs``, then throughput with
-    ``threads`` concurrent callers."""
+    ``threads`` concurrent callers cycling through ``inputs`` for ``seconds``."""
     for inp in inputs:  # warm up: connections, worker pages, caches
         call(inp)
     samples = []
@@ -54,21 +56,13 @@ def measure(call: Callable[[dict[str, Any]], Any], inputs: list[dict[str, Any]],
             samples.append(time.perf_counter() - t)
     sequential = len(samples) / (time.perf_counter() - start)
     samples.sort()
-    done = [0] * threads
+    cycle = [0] * threads
 
-    def worker(i: int) -> None:
-        for _ in range(max(1, rounds // threads)):
-            for inp in inputs:
-                call(inp)
-                done[i] += 1
+    def one(i: int) -> None:
+        call(inputs[cycle[i] % len(inputs)])
+        cycle[i] += 1
 
-    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    start = time.perf_counter()
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    concurrent = sum(done) / (time.perf_counter() - start)
+    concurrent = throughput(one, threads, seconds)
     return {
         "median_ms": statistics.median(samples) * 1e3,
         "p99_ms": samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1e3,

@@ -20,10 +20,10 @@ import os
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 
+from common import throughput
 from sandbox import CgroupPool, Limits, RunAs, SandboxSpec, SandboxUnavailable, UidPool, run, set_child_subreaper
 from sandbox.limits import ChildSetup, spawn
 from sandbox.mounts import create_workspace
@@ -52,25 +52,6 @@ def _latencies(fn: Callable[[], None], runs: int) -> list[float]:
         fn()
         out.append((time.perf_counter() - t0) * 1000.0)
     return sorted(out)
-
-
-def _throughput(fn: Callable[[int], None], concurrency: int, seconds: float) -> float:
-    """Sandboxes completed per second by ``concurrency`` threads looping for ``seconds``."""
-    done = [0] * concurrency
-    stop = time.monotonic() + seconds
-
-    def worker(i: int) -> None:
-        while time.monotonic() < stop:
-            fn(i)
-            done[i] += 1
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(done) / (time.monotonic() - t0)
 
 
 def main() -> None:
@@ -127,7 +108,7 @@ def main() -> None:
               f"sandbox.run/direct={medians['sandbox.run'] / base:.1f} "
               f"sandbox.run/bwrap={medians['sandbox.run'] / medians['bwrap']:.2f} (target <= 1.6)")
         for name, fn in (("bwrap", plain_bwrap), ("sandbox.run", full)):
-            rate = _throughput(fn, args.concurrency, args.seconds)
+            rate = throughput(fn, args.concurrency, args.seconds)
             print(f"throughput {name:12s} concurrency={args.concurrency} sandboxes_per_s={rate:.0f}"
                   + (" (target >= 180)" if name == "sandbox.run" else ""))
         print(f"cgroups={'v%d %s' % (cgroups.version, ','.join(sorted(cgroups.controllers))) if cgroups else 'none'} "

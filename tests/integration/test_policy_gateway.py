@@ -38,6 +38,15 @@ def _set_revision(bundle: Path, revision: str) -> None:
     (bundle / ".manifest").write_text(json.dumps({"revision": revision, "roots": ["mcp"]}))
 
 
+def _disallow(bundle: Path, program: str, revision: str) -> dict[str, Any]:
+    """Take ``program`` off the global allow-list and set the revision; returns the data."""
+    data = json.loads((bundle / "data.json").read_text())
+    data["mcp"]["config"]["commands"]["allowed"][program] = False
+    (bundle / "data.json").write_text(json.dumps(data))
+    _set_revision(bundle, revision)
+    return data
+
+
 def _metric(http: httpx.Client, name: str, labels: str) -> float:
     match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} (\S+)$", http.get("/metrics").text, re.M)
     return float(match.group(1)) if match else 0.0
@@ -70,11 +79,7 @@ def test_hot_reload_applies_a_good_bundle_and_keeps_the_old_one_on_a_bad(workdir
                 "/metrics").text
 
             # A good edit: ls leaves the allow-list, with a new revision.
-            data_path = bundle / "data.json"
-            data = json.loads(data_path.read_text())
-            data["mcp"]["config"]["commands"]["allowed"]["ls"] = False
-            data_path.write_text(json.dumps(data))
-            _set_revision(bundle, "r2")
+            data = _disallow(bundle, "ls", "r2")
             _until(lambda: http.get("/health/ready").json()["policy"]["revision"] == "r2", what="reload to r2")
             denied = _execute(http, "ls")
             assert (denied.status_code, denied.json()["error"]["code"]) == (403, 3001)
@@ -94,7 +99,7 @@ def test_hot_reload_applies_a_good_bundle_and_keeps_the_old_one_on_a_bad(workdir
                    what="the broken bundle to be rejected")
             broken.unlink()
             data["mcp"]["config"]["commands"]["alowed"] = {"curl": True}
-            data_path.write_text(json.dumps(data))
+            (bundle / "data.json").write_text(json.dumps(data))
             _until(lambda: _metric(http, "mcp_policy_reloads_total", 'result="rejected"') > rejected + 1,
                    what="the bundle with an unknown key to be rejected")
             assert http.get("/health/ready").json()["policy"]["revision"] == "r2"
@@ -172,11 +177,7 @@ def test_opa_push_mode_uploads_the_bundle(workdir: Path, bundle: Path) -> None:
         with httpx.Client(base_url=gw.http_url, timeout=30) as http:
             assert _execute(http, "echo", "pushed").status_code == 202
             assert _execute(http, "sudo", "id").json()["error"]["code"] == 3001
-            data_path = bundle / "data.json"
-            data = json.loads(data_path.read_text())
-            data["mcp"]["config"]["commands"]["allowed"]["echo"] = False
-            data_path.write_text(json.dumps(data))
-            _set_revision(bundle, "pushed-2")
+            _disallow(bundle, "echo", "pushed-2")
             _until(lambda: http.get("/health/ready").json()["policy"]["revision"] == "pushed-2", what="re-push")
             assert _execute(http, "echo", "x").json()["error"]["code"] == 3001
     finally:
