@@ -160,7 +160,7 @@ class PolicySettings(BaseModel):
         30.0, ge=0, description="How long start-up waits for OPA to answer /health, seconds."
     )
     timeout_ms: int = Field(
-        100, ge=1, le=10_000,
+        250, ge=1, le=10_000,
         description="Deadline of one decision, milliseconds: the embedded worker is killed "
         "and replaced past it (waiting for a free worker has the same limit); the OPA "
         "request is abandoned. Either way: deny, 5003.",

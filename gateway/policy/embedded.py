@@ -175,7 +175,7 @@ class EmbeddedEngine:
         *,
         max_input_bytes: int = 64 * 1024,
         workers: int = 2,
-        timeout_s: float = 0.1,
+        timeout_s: float = 0.25,
         worker_memory_bytes: int = 2 << 30,
     ) -> None:
         self._source = policy if isinstance(policy, PolicySource) else load_policy_dir(Path(policy))
