@@ -83,6 +83,7 @@ def measure(call: Callable[[dict[str, Any]], Any], inputs: list[dict[str, Any]],
 
 
 def main() -> int:
+    """Measure every engine on the fixture table and print one row each; exit status 0."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20, help="passes over the table")
     parser.add_argument("--threads", type=int, default=4, help="concurrent callers for throughput")

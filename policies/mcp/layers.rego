@@ -1,14 +1,14 @@
 # Layered data: the configuration a request is judged by.
-
+#
 #   data.mcp.config                               global (complete)
 #   data.mcp.tenants[T].config                    overrides for tenant T
 #   data.mcp.tenants[T].principals[P]             overrides for principal P of tenant T
-
+#
 # Order, lowest to highest: global, then tenant, then principal. Objects merge key by key
 # (recursively, see layer_union); any other value (a number, a boolean) is taken
 # from the highest layer that sets it. Sets are objects of `member: true`, so a layer
 # adds a member with `"cargo": true` and removes an inherited one with `"python3": false`.
-
+#
 # The layers cannot name one another, so no other order (and no cycle) can be written.
 # The gateway validates every layer against mcp/config.schema.json on each load (unknown
 # keys, wrong types) and refuses a bundle that fails; `mcp-gateway policy check` does
