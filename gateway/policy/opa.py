@@ -25,8 +25,9 @@ Deployment modes
    (``opa run -s -a 127.0.0.1:8181``) and the gateway uploads its policy at start and on
    every reload with :meth:`OpaEngine.push`. The revision is the pushed
    ``source.revision``. ``health()`` asks plain ``GET /health`` (no bundle is configured)
-   and is false after a failed push. OPA keeps pushed policy in memory only: a restarted
-   OPA answers "undefined" (a :class:`PolicyEngineError`) until the next push.
+   and is false after a failed push. OPA keeps pushed policy in memory only: when a
+   restarted OPA answers "undefined", the engine pushes the last bundle again (at most
+   once a second) and asks once more.
 
 How a push is uploaded (checked against OPA 1.22.2): ``PUT /v1/data`` with the whole base
 document, then ``PUT /v1/policies/gateway/<package path>`` with **one module per Rego
@@ -98,6 +99,7 @@ _POOL_SIZE = 32  # worker threads that may call evaluate at once
 _KEEPALIVE_EXPIRY_S = 30.0
 _PUSH_TIMEOUT_S = 10.0  # per push request: OPA compiles the whole policy on each PUT
 _PUSH_WAIT_S = 5.0  # longest an evaluate waits for a push of this engine to finish
+_REPUSH_INTERVAL_S = 1.0  # push mode: least time between re-pushes after an undefined answer
 _ERROR_TEXT_MAX = 300
 
 _PACKAGE_LINE = re.compile(r"^[ \t]*package[ \t]+([^\s#]+)")
@@ -160,6 +162,8 @@ class OpaEngine:
         self._push_mode = source is not None
         self._bundle_name: str | None = None  # the bundle that owns data.mcp (bundle mode)
         self._push_failure: str | None = None  # set by a failed push: fail closed until the next
+        self._source: PolicySource | None = None  # the last bundle pushed (push mode)
+        self._last_repush = float("-inf")
         self._push_lock = threading.Lock()  # one push at a time
         self._gate = threading.Condition(threading.Lock())
         self._active = 0  # evaluations in flight
@@ -221,6 +225,12 @@ class OpaEngine:
             )
         document = self._json_object(response, "decision query")
         if "result" not in document:
+            if self._repush_due():
+                # OPA keeps pushed policy in memory only: a restarted OPA has none. Push
+                # again (at most once a second) and ask once more.
+                assert self._source is not None
+                self.push(self._source)
+                return self._evaluate(policy_input)
             raise PolicyEngineError(f"policy decision data.{DECISION_PATH.replace('/', '.')} is undefined")
         if not self._push_mode:
             revision = self._provenance_revision(document.get("provenance"), revision)
@@ -326,6 +336,7 @@ class OpaEngine:
             else:
                 self._push_mode = True
                 self._push_failure = None
+                self._source = source
                 self.revision = source.revision
             finally:
                 with self._gate:
@@ -376,6 +387,18 @@ class OpaEngine:
         if not response.content:
             return {}
         return self._json_object(response, f"{method} {path}")
+
+    def _repush_due(self) -> bool:
+        """Push mode, and no re-push in the last second (so a policy that really has no
+        decision cannot make every request push)."""
+        if not self._push_mode or self._source is None:
+            return False
+        with self._gate:
+            now = time.monotonic()
+            if now - self._last_repush < _REPUSH_INTERVAL_S:
+                return False
+            self._last_repush = now
+            return True
 
     # ---- lifecycle and helpers ---------------------------------------------------------
 

@@ -263,6 +263,22 @@ def test_push_mode_matches_embedded(empty_opa: OpaServer, embedded: EmbeddedEngi
         assert mine.revision == MANIFEST_REVISION
 
 
+def test_push_mode_pushes_again_after_opa_restarts(servers: OpaServers, table_bundle: Path,
+                                                  engines: list[OpaEngine]) -> None:
+    opa = servers.start()
+    engine = OpaEngine(opa.url, timeout_s=2.0, source=load_policy_dir(table_bundle))
+    engines.append(engine)
+    assert engine.evaluate(policy_input(LS_CASE)).allow
+    opa.stop()
+    with pytest.raises(PolicyEngineError, match=re.escape(f"OPA at {opa.url}: ")):
+        engine.evaluate(policy_input(LS_CASE))
+    opa.start()  # same port, no policy: OPA keeps pushed policy in memory only
+    assert policy_ids(opa) == set()
+    decision = engine.evaluate(policy_input(LS_CASE))
+    assert decision.allow and decision.revision == MANIFEST_REVISION
+    assert f"{POLICY_ID_PREFIX}mcp" in policy_ids(opa)
+
+
 def test_push_changes_decisions_and_removes_modules(empty_opa: OpaServer, tmp_path: Path,
                                                     engines: list[OpaEngine]) -> None:
     # Revision A: the shipped policy plus an extra module in package mcp and an extra package.
