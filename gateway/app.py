@@ -30,10 +30,9 @@ from gateway.audit import AuditLog, FileSink
 from gateway.config import Settings
 from gateway.edges.grpc_server import GrpcEdge, create_grpc_server
 from gateway.edges.rest import create_app
-from gateway.errors import GatewayError
-from gateway.errors import PolicyEngineError
+from gateway.errors import GatewayError, PolicyEngineError
 from gateway.policy import EmbeddedEngine, PolicySource, load_policy_dir
-from gateway.policy.active import ActivePolicy, check_bundle
+from gateway.policy.active import ActivePolicy, check_bundle, check_source
 from gateway.policy.opa import OpaEngine
 from gateway.service import GatewayService
 from gateway.tasks import Isolation, SqliteTaskStore, TaskManager
@@ -120,8 +119,7 @@ def _policy(settings: Settings) -> ActivePolicy:
     timeout_s = cfg.timeout_ms / 1000
 
     def build(source: PolicySource) -> EmbeddedEngine:
-        return EmbeddedEngine(source, max_input_bytes=cap, workers=cfg.workers, timeout_s=timeout_s,
-                              worker_memory_bytes=cfg.worker_memory_bytes)
+        return EmbeddedEngine(source, max_input_bytes=cap, workers=cfg.workers, timeout_s=timeout_s)
 
     engine: Any = None
     try:
@@ -133,11 +131,7 @@ def _policy(settings: Settings) -> ActivePolicy:
             assert cfg.opa_url is not None  # PolicySettings checks it
             source = load_policy_dir(settings.policy_dir) if cfg.opa_push else None
             if source is not None:
-                probe = build(source)  # compile-checked here before OPA sees it
-                try:
-                    check_bundle(probe)
-                finally:
-                    probe.close(drain_timeout_s=0)
+                check_source(source)
             _wait_for_opa(cfg.opa_url, cfg.opa_startup_wait_s)
             engine = OpaEngine(cfg.opa_url, timeout_s=timeout_s, max_input_bytes=cap, source=source)
             active = ActivePolicy(engine, settings.policy_dir, source=source, build=None)

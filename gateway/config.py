@@ -166,7 +166,6 @@ class PolicySettings(BaseModel):
         "request is abandoned. Either way: deny, 5003.",
     )
     workers: int = Field(2, ge=1, le=64, description="Embedded engine worker processes (evaluations at once).")
-    worker_memory_bytes: int = Field(2 << 30, ge=64 << 20, description="RLIMIT_AS of each worker, bytes.")
     watch: bool = Field(
         True,
         description="Reload policy_dir when its files change (embedded engine, or 'opa' with "

@@ -28,7 +28,6 @@ from typing import Any
 from gateway import __version__
 from gateway.audit.log import AuditLog, args_sha256, clip, redact_command
 from gateway.config import Settings
-from gateway.metrics import POLICY_DECISIONS, POLICY_EVAL_SECONDS, exposition
 from gateway.errors import (
     CommandDenied,
     FileDenied,
@@ -44,6 +43,7 @@ from gateway.errors import (
     ResourceDenied,
     SandboxSetupFailed,
 )
+from gateway.metrics import POLICY_DECISIONS, POLICY_EVAL_SECONDS, exposition
 from gateway.models import (
     Decision,
     ExecuteRequest,
@@ -143,8 +143,7 @@ class GatewayService:
         return exposition()
 
     def _policy_status(self) -> dict[str, Any]:
-        health = getattr(self._policy, "health", None)
-        healthy, detail = health() if health is not None else (True, "ok")
+        healthy, detail = self._policy.health()
         return {"engine": self._policy.name, "revision": self._policy.revision, "healthy": healthy,
                 "detail": detail}
 

@@ -20,7 +20,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
 from gateway.auth import DevelopmentAuthenticator
-from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.errors import (
     GatewayError,
     InternalError,
@@ -31,6 +30,7 @@ from gateway.errors import (
     RateLimited,
     status_for,
 )
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.models import ExecuteRequest, RequestContext, TaskRecord, rfc3339
 from gateway.service import GatewayService
 

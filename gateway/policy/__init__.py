@@ -47,3 +47,12 @@ class PolicyEngine(Protocol):
                 or the decision is undefined or malformed. Never raised for a deny.
         """
         ...
+
+    def health(self) -> tuple[bool, str]:
+        """``(True, "ok")`` while the engine can decide, else ``(False, reason)``; never
+        raises."""
+        ...
+
+    def close(self) -> None:
+        """Release the engine's processes or connections; evaluate fails afterwards."""
+        ...

@@ -35,7 +35,7 @@ from gateway.models import Decision
 from gateway.policy.bundle import PolicySource, load_policy_dir
 from gateway.policy.embedded import EmbeddedEngine
 
-__all__ = ["ActivePolicy", "SMOKE_INPUT", "check_bundle"]
+__all__ = ["ActivePolicy", "SMOKE_INPUT", "check_bundle", "check_source"]
 
 log = logging.getLogger("gateway.policy")
 
@@ -59,6 +59,20 @@ def check_bundle(engine: Any) -> None:
     decision = engine.evaluate(SMOKE_INPUT)
     if decision.allow:
         raise PolicyEngineError("the bundle allows a request with no principal and no action")
+
+
+def check_source(source: PolicySource) -> None:
+    """Compile ``source`` in a throwaway embedded engine and :func:`check_bundle` it: the
+    check a bundle passes before it is pushed to OPA.
+
+    Raises:
+        PolicyEngineError: it does not compile, fails, or allows the smoke request.
+    """
+    probe = EmbeddedEngine(source, workers=1)
+    try:
+        check_bundle(probe)
+    finally:
+        probe.close(drain_timeout_s=0)
 
 
 class ActivePolicy:
@@ -110,9 +124,8 @@ class ActivePolicy:
         return self._engine.evaluate(policy_input)
 
     def health(self) -> tuple[bool, str]:
-        """(healthy, detail) of the active engine; the embedded engine is always healthy."""
-        check = getattr(self._engine, "health", None)
-        return check() if check is not None else (True, "ok")
+        """(healthy, detail) of the active engine (OPA: its /health)."""
+        return self._engine.health()
 
     def reload(self) -> str:
         """Load, check and activate ``policy_dir``; returns ``applied`` or ``unchanged``.
@@ -155,13 +168,7 @@ class ActivePolicy:
         threading.Thread(target=old.close, name="policy-retire", daemon=True).start()
 
     def _push(self, source: PolicySource) -> None:
-        # Checked with the embedded compiler first, so a bundle that does not compile never
-        # reaches OPA half-uploaded.
-        probe = EmbeddedEngine(source, workers=1)
-        try:
-            check_bundle(probe)
-        finally:
-            probe.close(drain_timeout_s=0)
+        check_source(source)  # a bundle that does not compile never reaches OPA half-uploaded
         assert self._source is not None
         try:
             self._engine.push(source)
@@ -198,6 +205,4 @@ class ActivePolicy:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
-        close = getattr(self._engine, "close", None)
-        if close is not None:
-            close()
+        self._engine.close()

@@ -96,30 +96,32 @@ class Evaluator:
 
     Args:
         source: the policy bundle.
-        entrypoint: ``pkg/rule`` path to evaluate (default ``mcp/decision``).
+        entrypoints: ``pkg/rule`` paths that may be evaluated; the first is the default.
 
     Raises:
         PolicyEngineError: the policy does not compile.
     """
 
-    def __init__(self, source: PolicySource, entrypoint: str = ENTRYPOINT) -> None:
-        self._bundle = compile_bundle(source, [entrypoint])
-        self._entrypoint = entrypoint
+    def __init__(self, source: PolicySource, entrypoints: Iterable[str] = (ENTRYPOINT,)) -> None:
+        self._entrypoints = list(entrypoints)
+        self._bundle = compile_bundle(source, self._entrypoints)
         self._interpreter = Interpreter()
         self._interpreter.strict_built_in_errors = True
 
-    def evaluate_json(self, input_json: str) -> str | None:
-        """The result of the entry point for the input document ``input_json`` (JSON text):
-        rego-cpp's result text (``{"expressions":[<value>]}``, see :func:`result_value`),
-        or None when it is undefined. The text is passed on unparsed: the worker sends it
-        to the gateway as it is.
+    def evaluate_json(self, input_json: str, entrypoint: str | None = None) -> str | None:
+        """The result of ``entrypoint`` (default: the first) for the input document
+        ``input_json`` (JSON text): rego-cpp's result text (``{"expressions":[<value>]}``,
+        see :func:`result_value`), or None when it is undefined. The text is passed on
+        unparsed: the worker sends it to the gateway as it is.
 
         Raises:
             PolicyEngineError: the input is not JSON or the interpreter failed.
         """
         try:
             self._interpreter.set_input_term(input_json)
-            output = rego_bundle_query_entrypoint(self._interpreter._impl, self._bundle._impl, self._entrypoint)
+            output = rego_bundle_query_entrypoint(
+                self._interpreter._impl, self._bundle._impl, entrypoint or self._entrypoints[0]
+            )
             try:
                 ok, text = rego_output_ok(output), rego_output_string(output)
             finally:
@@ -160,7 +162,6 @@ class EmbeddedEngine:
         timeout_s: deadline of one evaluation, seconds, from the moment a worker has
             it; a worker that overruns it is killed. Waiting for a free worker has the
             same limit, so a call returns within twice this.
-        worker_memory_bytes: RLIMIT_AS of each worker, bytes.
 
     Raises:
         PolicyEngineError: the policy cannot be loaded, does not compile, or the first
@@ -176,14 +177,12 @@ class EmbeddedEngine:
         max_input_bytes: int = 64 * 1024,
         workers: int = 2,
         timeout_s: float = 0.25,
-        worker_memory_bytes: int = 2 << 30,
     ) -> None:
         self._source = policy if isinstance(policy, PolicySource) else load_policy_dir(Path(policy))
         self.revision = self._source.revision
         self._max_input_bytes = max_input_bytes
         self._timeout_s = timeout_s
-        self._argv = [sys.executable, "-m", "gateway.policy.worker",
-                      f"--max-memory-bytes={worker_memory_bytes}", f"--parent={os.getpid()}"]
+        self._argv = [sys.executable, "-m", "gateway.policy.worker", f"--parent={os.getpid()}"]
         self._start_frame = json.dumps(
             {"modules": self._source.modules, "data": self._source.data, "entrypoint": ENTRYPOINT},
             separators=(",", ":"),
@@ -246,6 +245,11 @@ class EmbeddedEngine:
             raise PolicyEngineError("policy decision data.mcp.decision is undefined")
         return decision_from_document(result_value(payload.decode("utf-8", "replace")),
                                       revision=self.revision, eval_ms=eval_ms)
+
+    def health(self) -> tuple[bool, str]:
+        """``(True, "ok")`` until :meth:`close`; a dead worker is replaced, not reported."""
+        with self._lock:
+            return (False, "engine closed") if self._closed else (True, "ok")
 
     def close(self, drain_timeout_s: float = 5.0) -> None:
         """Stop every worker, after waiting up to ``drain_timeout_s`` seconds for the

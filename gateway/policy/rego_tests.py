@@ -27,11 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from regopy import Interpreter, RegoError
-
 from gateway.errors import PolicyEngineError
 from gateway.policy.bundle import PolicySource, load_policy_dir
-from gateway.policy.embedded import compile_bundle
+from gateway.policy.embedded import Evaluator, result_value
 
 __all__ = ["RegoTestResult", "run_rego_tests"]
 
@@ -88,9 +86,9 @@ def run_rego_tests(policy_dir: Path) -> list[RegoTestResult]:
     entrypoints = sorted({t.entrypoint for t in driven} | {entry for _, entry in compiled})
     if not entrypoints:
         return []
-    bundle = compile_bundle(PolicySource(tuple(modules), source.data, source.revision), entrypoints)
-    results = [_run_driven(bundle, test) for test in driven]
-    results += [_run_compiled(bundle, name, entry) for name, entry in compiled]
+    evaluator = Evaluator(PolicySource(tuple(modules), source.data, source.revision), entrypoints)
+    results = [_run_driven(evaluator, test) for test in driven]
+    results += [_run_compiled(evaluator, name, entry) for name, entry in compiled]
     return results
 
 
@@ -151,19 +149,18 @@ def _closing_brace(text: str, start: int) -> int | None:
     return None
 
 
-def _run_driven(bundle: Any, test: _DrivenTest) -> RegoTestResult:
-    interpreter = Interpreter()
-    interpreter.strict_built_in_errors = True
+def _value(evaluator: Evaluator, entry: str, input_doc: dict[str, Any]) -> tuple[bool, Any]:
+    """(defined, value) of ``entry`` for ``input_doc``, through the gateway's own path
+    (JSON text in, strict built-in errors). Raises PolicyEngineError."""
+    text = evaluator.evaluate_json(json.dumps(input_doc), entry)
+    return (False, None) if text is None else (True, result_value(text))
+
+
+def _run_driven(evaluator: Evaluator, test: _DrivenTest) -> RegoTestResult:
     try:
-        interpreter.set_input_term(json.dumps(test.input))
-        output = interpreter.query_bundle_entrypoint(bundle, test.entrypoint)
-        ok, text, found = output.ok(), str(output), output.results
-    except (RegoError, ValueError) as exc:
-        return RegoTestResult(test.name, False, str(exc))
-    if not ok:
-        return RegoTestResult(test.name, False, text.strip())
-    value: Any = found[0].expressions[0] if found and found[0].expressions else None
-    defined = bool(found and found[0].expressions)
+        defined, value = _value(evaluator, test.entrypoint, test.input)
+    except PolicyEngineError as exc:
+        return RegoTestResult(test.name, False, exc.message)
     for key in test.keys:
         if isinstance(value, dict) and key in value:
             value = value[key]
@@ -177,19 +174,13 @@ def _run_driven(bundle: Any, test: _DrivenTest) -> RegoTestResult:
     return RegoTestResult(test.name, False, f"{'not ' if test.negated else ''}{test.entrypoint}: got {shown}")
 
 
-def _run_compiled(bundle: Any, name: str, entry: str) -> RegoTestResult:
-    interpreter = Interpreter()
-    interpreter.strict_built_in_errors = True
+def _run_compiled(evaluator: Evaluator, name: str, entry: str) -> RegoTestResult:
     try:
-        interpreter.set_input_term("{}")  # rego-cpp errors on a never-set input
-        output = interpreter.query_bundle_entrypoint(bundle, entry)
-        ok, text, found = output.ok(), str(output), output.results
-    except (RegoError, ValueError) as exc:
-        return RegoTestResult(name, False, str(exc))
-    if not ok:
-        return RegoTestResult(name, False, text.strip())
-    if not found or not found[0].expressions:
+        defined, value = _value(evaluator, entry, {})  # as opa test: no input
+    except PolicyEngineError as exc:
+        return RegoTestResult(name, False, exc.message)
+    if not defined:
         return RegoTestResult(name, False, "undefined (a condition did not hold)")
-    if found[0].expressions[0] is not True:
-        return RegoTestResult(name, False, f"result {found[0].expressions[0]!r}")
+    if value is not True:
+        return RegoTestResult(name, False, f"result {value!r}")
     return RegoTestResult(name, True, None)

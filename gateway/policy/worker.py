@@ -15,9 +15,11 @@ Frame: 1 byte kind, 4 bytes big-endian payload length, payload.
   ``{"expressions":[<decision>]}``, parsed by the gateway), ``U`` (undefined) or ``E``
   (UTF-8 error text).
 
-The worker exits on end of input, and with the gateway (PR_SET_PDEATHSIG). Its address
-space is capped (RLIMIT_AS, ``--max-memory-bytes``) so a runaway evaluation fails
-instead of pushing the host into swap.
+The worker exits on end of input, and with the gateway (PR_SET_PDEATHSIG). Its memory is
+not capped by an rlimit: rego-cpp's allocator reserves 256 GiB of address space at load
+(VmSize and VmData both), so RLIMIT_AS or RLIMIT_DATA below that makes its later
+allocations fail at random (an evaluation failing with an empty message). What bounds a
+runaway evaluation is the input cap and the deadline, after which the worker is killed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import signal
 import sys
 
@@ -36,7 +37,6 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None) -> int:
     """Serve frames on stdin/stdout until end of input; exit status 0, or 1 on a bad start."""
     args = argparse.ArgumentParser(prog="gateway.policy.worker")
-    args.add_argument("--max-memory-bytes", type=int, default=2 << 30)
     args.add_argument("--parent", type=int, default=0, help="pid that must stay our parent")
     opts = args.parse_args(argv)
     import prctl  # python-prctl
@@ -44,7 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     prctl.set_pdeathsig(signal.SIGKILL)
     if opts.parent and os.getppid() != opts.parent:
         return 1  # the gateway died before the death signal was armed
-    resource.setrlimit(resource.RLIMIT_AS, (opts.max_memory_bytes, opts.max_memory_bytes))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the gateway, which stops us
 
     from gateway.errors import PolicyEngineError
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"first frame is {kind!r}, not S")
         spec = json.loads(payload)
         source = PolicySource(tuple((m[0], m[1]) for m in spec["modules"]), spec["data"], "")
-        evaluator = Evaluator(source, spec["entrypoint"])
+        evaluator = Evaluator(source, [spec["entrypoint"]])
     except (EOFError, ValueError, KeyError, TypeError, PolicyEngineError) as exc:
         _try_write(wfd, b"E", str(exc).encode())
         return 1
