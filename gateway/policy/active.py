@@ -63,7 +63,7 @@ def check_bundle(engine: Any) -> None:
 
 def check_source(source: PolicySource) -> None:
     """Compile ``source`` in a throwaway embedded engine and :func:`check_bundle` it: the
-    check a bundle passes before it is pushed to OPA.
+    check a bundle passes before it is pushed to OPA, and ``mcp-gateway policy check``.
 
     Raises:
         PolicyEngineError: it does not compile, fails, or allows the smoke request.

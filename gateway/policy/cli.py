@@ -96,20 +96,14 @@ def _test(policy_dir: Path, opa: str | None) -> int:
 
 
 def _check(policy_dir: Path) -> int:
-    from gateway.policy.active import check_bundle
+    from gateway.policy.active import check_source
     from gateway.policy.bundle import load_policy_dir
-    from gateway.policy.embedded import EmbeddedEngine
 
-    engine = None
     try:
         source = load_policy_dir(policy_dir)
-        engine = EmbeddedEngine(source, workers=1, timeout_s=5.0)
-        check_bundle(engine)
+        check_source(source)
     except PolicyEngineError as exc:
         print(f"mcp-gateway policy check: {policy_dir}: {exc.message}", file=sys.stderr)
         return 1
-    finally:
-        if engine is not None:
-            engine.close()
     print(f"ok: {policy_dir} revision {source.revision} ({len(source.modules)} modules)")
     return 0
