@@ -18,6 +18,7 @@ import socket
 import stat
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,14 +36,15 @@ from gateway.policy import EmbeddedEngine, PolicySource, load_policy_dir
 from gateway.policy.active import ActivePolicy, check_bundle, check_source
 from gateway.policy.opa import OpaEngine
 from gateway.service import GatewayService
-from gateway.tasks import Isolation, SqliteTaskStore, TaskManager
+from gateway.tasks import Isolation, TaskManager, TaskStore, open_store
+from gateway.tasks.workspaces import WorkspaceManager
 
 __all__ = ["StartupError", "build_service", "serve"]
 
 log = logging.getLogger("gateway")
 
 EXIT_STARTUP_FAILED = 3
-_SHUTDOWN_GRACE_S = 5.0
+_EDGE_STOP_GRACE_S = 5.0  # after the drain: how long open calls and streams may go on
 
 
 class StartupError(Exception):
@@ -55,7 +57,7 @@ class Runtime:
 
     service: GatewayService
     tasks: TaskManager
-    store: SqliteTaskStore
+    store: TaskStore
     sink: FileSink
     isolation: Isolation
     policy: ActivePolicy
@@ -98,17 +100,45 @@ def _build(settings: Settings, isolation: Isolation) -> Runtime:
         # the store and the audit file inside are 0600.
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         settings.workspace_root.mkdir(parents=True, exist_ok=True, mode=0o711)
-        store = SqliteTaskStore(state_dir / "tasks.db")
         sink = FileSink(settings.audit_path, fsync=settings.audit.fsync)
         audit = AuditLog(sink)
     except (OSError, GatewayError) as exc:
         raise StartupError(f"cannot open state in {state_dir}: {exc}") from exc
     _check_workspace_root(settings.workspace_root, isolation.uids)
-    orphaned = store.fail_unfinished("gateway_restart", time.time_ns())
-    if orphaned:
-        log.warning("marked %d tasks left unfinished by a previous process as FAILED", orphaned)
-    tasks = TaskManager(store, audit, settings.sandbox, settings.tasks, settings.workspace_root, isolation)
-    return Runtime(GatewayService(settings, policy, store, tasks, audit), tasks, store, sink, isolation, policy)
+    # This process's instance id: written into every task it runs, claimed in the store
+    # for as long as the process lives, so other replicas can tell its tasks from a dead
+    # process's.
+    owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
+    try:
+        store = open_store(settings)
+        store.claim_owner(owner)
+    except GatewayError as exc:
+        raise StartupError(f"cannot open the task store: {exc.message}") from exc
+    workspaces = WorkspaceManager(settings.workspace_root, isolation.uids)
+    tasks = TaskManager(store, audit, settings.sandbox, settings.tasks, workspaces, isolation, owner)
+    try:
+        tasks.fail_orphaned()
+    except GatewayError as exc:
+        raise StartupError(f"cannot recover tasks of a previous process: {exc.message}") from exc
+    service = GatewayService(settings, policy, store, tasks, audit, workspaces)
+    return Runtime(service, tasks, store, sink, isolation, policy)
+
+
+async def _housekeeping(runtime: Runtime, settings: Settings) -> None:
+    """Forever: fail tasks of dead replicas (shared store) and apply retention."""
+    shared = settings.tasks.store_dsn is not None
+    interval = min(settings.tasks.sweep_interval_s, settings.tasks.orphan_check_interval_s if shared else 1e9)
+    next_sweep = 0.0
+    while True:
+        try:
+            if shared:
+                await asyncio.to_thread(runtime.tasks.fail_orphaned)
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + settings.tasks.sweep_interval_s
+                await asyncio.to_thread(runtime.tasks.sweep)
+        except Exception:  # a store outage must not end housekeeping; the next round retries
+            log.exception("housekeeping failed")
+        await asyncio.sleep(interval)
 
 
 def _policy(settings: Settings) -> ActivePolicy:
@@ -285,7 +315,8 @@ async def serve(settings: Settings) -> int:
     except RuntimeError as exc:
         raise StartupError(str(exc)) from exc
     app = create_app(runtime.service, settings.host, lambda: http_port, settings.limits.max_request_bytes)
-    web = _Uvicorn(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    web = _Uvicorn(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                  timeout_graceful_shutdown=int(_EDGE_STOP_GRACE_S)))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -303,12 +334,19 @@ async def serve(settings: Settings) -> int:
     print(f"listening grpc={host}:{grpc_edge.port} http={host}:{http_port}", flush=True)
     log.info("gateway serving; policy revision %s", runtime.service.readiness()["policy"]["revision"])
 
+    housekeeping = asyncio.create_task(_housekeeping(runtime, settings))
+
     await stop.wait()
-    log.info("shutting down")
+    # Drain: new tasks are refused (503) and readiness fails while both edges keep serving,
+    # so callers can still stream and poll the tasks that are finishing.
+    grace = settings.tasks.shutdown_grace_s
+    log.info("shutting down: running tasks may finish within %.0f s", grace)
+    await grpc_edge.health.enter_graceful_shutdown()
+    await asyncio.to_thread(runtime.tasks.drain, grace)
+    housekeeping.cancel()
     web.should_exit = True
-    await grpc_edge.stop(_SHUTDOWN_GRACE_S)
+    await grpc_edge.stop(_EDGE_STOP_GRACE_S)
     await web_task
-    await asyncio.to_thread(runtime.tasks.shutdown, cancel_running=True)
     runtime.store.close()
     runtime.sink.close()
     runtime.policy.close()

@@ -23,6 +23,7 @@ from pydantic_settings import (
 
 __all__ = [
     "AuditSettings",
+    "FileSettings",
     "LimitSettings",
     "PolicySettings",
     "SandboxSettings",
@@ -107,10 +108,70 @@ class SandboxSettings(BaseModel):
 
 
 class TaskSettings(BaseModel):
-    """Task execution."""
+    """Task scheduling, storage and lifecycle."""
 
-    max_concurrent: int = Field(4, ge=1, le=256, description="Sandboxes running at once.")
-    max_queued: int = Field(256, ge=0, description="Tasks waiting for a slot before 4290 is answered.")
+    max_concurrent: int = Field(4, ge=1, le=256, description="Sandboxes running at once (per gateway process).")
+    max_queued: int = Field(
+        256, ge=0, description="Tasks waiting for a slot (TASK_QUEUED) before 4290 + Retry-After is answered."
+    )
+    max_running_per_principal: int = Field(
+        0, ge=0,
+        description="Sandboxes one principal may run at once; its further tasks wait in the queue "
+        "while other principals' tasks go ahead. 0 = max_concurrent.",
+    )
+    max_pending_per_principal: int = Field(
+        64, ge=1, description="Queued + running tasks one principal may have; beyond, 4290 + Retry-After."
+    )
+    store_dsn: str | None = Field(
+        None,
+        description="Task store: unset = SQLite at <state_dir>/tasks.db (one gateway process); a "
+        "'postgresql://user:pass@host:port/db' DSN = PostgreSQL, shared by several replicas.",
+    )
+    output_flush_ms: int = Field(
+        50, ge=5, le=5000,
+        description="Live output is written to the store and pushed to readers at least this "
+        "often while a task runs, milliseconds.",
+    )
+    shutdown_grace_s: float = Field(
+        30.0, ge=0,
+        description="On SIGTERM: running tasks may finish for this long, seconds; the rest are "
+        "then cancelled and recorded. Queued tasks are cancelled at once.",
+    )
+    retention_s: int = Field(
+        7 * 86400, ge=60, description="Finished tasks and their output are deleted this long after they end, seconds."
+    )
+    workspace_retention_s: int = Field(
+        86400, ge=60, description="A workspace no task or file call has used for this long is removed, seconds."
+    )
+    sweep_interval_s: float = Field(
+        60.0, gt=0, description="How often expired tasks and workspaces are removed, seconds."
+    )
+    orphan_check_interval_s: float = Field(
+        10.0, gt=0,
+        description="Shared store: how often a replica looks for unfinished tasks of a dead replica "
+        "(and fails them with reason gateway_restart), seconds.",
+    )
+
+    @property
+    def running_per_principal(self) -> int:
+        """The effective per-principal running quota."""
+        return min(self.max_running_per_principal or self.max_concurrent, self.max_concurrent)
+
+    @field_validator("store_dsn")
+    @classmethod
+    def _postgres_dsn(cls, dsn: str | None) -> str | None:
+        if dsn is not None and not dsn.startswith(("postgresql://", "postgres://")):
+            raise ValueError("tasks.store_dsn must be a postgresql:// URL (unset for the embedded SQLite store)")
+        return dsn
+
+
+class FileSettings(BaseModel):
+    """The files API (ReadFile / WriteFile / DeleteFile, /v1/files)."""
+
+    max_read_bytes: int = Field(3 << 20, ge=1, description="Largest file ReadFile returns, bytes.")
+    max_write_bytes: int = Field(
+        1 << 20, ge=1, description="Largest content WriteFile accepts, bytes (also bounded by limits.max_request_bytes)."
+    )
 
 
 class LimitSettings(BaseModel):
@@ -210,6 +271,7 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="debug|info|warning|error.")
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     tasks: TaskSettings = Field(default_factory=TaskSettings)
+    files: FileSettings = Field(default_factory=FileSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)

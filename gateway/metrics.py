@@ -8,6 +8,8 @@ series at a time).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 __all__ = [
@@ -16,8 +18,10 @@ __all__ = [
     "POLICY_DECISIONS",
     "POLICY_EVAL_SECONDS",
     "POLICY_RELOADS",
+    "TASK_QUEUE_REJECTIONS",
     "exposition",
     "set_active_bundle",
+    "track_tasks",
 ]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -45,7 +49,21 @@ POLICY_BUNDLE = Gauge(
     ["engine", "revision"],
 )
 
+ACTIVE_TASKS = Gauge("mcp_active_tasks", "Tasks whose sandbox is running in this process.")
+QUEUED_TASKS = Gauge("mcp_queued_tasks", "Tasks of this process waiting for a sandbox slot.")
+TASK_QUEUE_REJECTIONS = Counter(
+    "mcp_task_rejections_total",
+    "Tasks refused with 4290 before they were stored: queue full, or the principal's quota.",
+    ["reason"],
+)
+
 _active: tuple[str, str] | None = None
+
+
+def track_tasks(running: Callable[[], float], queued: Callable[[], float]) -> None:
+    """Read ``mcp_active_tasks`` / ``mcp_queued_tasks`` from these callables at scrape time."""
+    ACTIVE_TASKS.set_function(running)
+    QUEUED_TASKS.set_function(queued)
 
 
 def set_active_bundle(engine: str, revision: str) -> None:

@@ -14,7 +14,10 @@ from datetime import datetime, timezone
 __all__ = [
     "Decision",
     "ExecutionPlan",
+    "OutputChunk",
+    "OutputKind",
     "ExecuteRequest",
+    "FINAL_STATUSES",
     "Principal",
     "RequestContext",
     "ResourceUsage",
@@ -43,12 +46,49 @@ class TaskStatus(enum.Enum):
     TIMED_OUT = 6
 
 
+#: States a task never leaves.
+FINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT})
+
+
 class TaskType(enum.Enum):
     """Task kinds of design section 3; ``value`` is the proto enum number."""
 
     COMMAND = 0
     FILE = 1
     HTTP_REQUEST = 2
+
+
+class OutputKind(enum.Enum):
+    """Kinds of output-log entries; ``value`` is the proto ``OutputChunkType`` number."""
+
+    STDOUT = 0
+    STDERR = 1
+    EXIT_CODE = 2
+    EVENT = 3
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """One entry of a task's output log (design section 3, ``TaskOutputChunk``).
+
+    The log of a task is a gap-free sequence of entries numbered from 0; ``offset`` is the
+    entry's number, so a reader that has seen entries ``0..n-1`` resumes at offset ``n``
+    and gets every later entry exactly once (the numbering of a Kafka partition).
+
+    Attributes:
+        offset: position of this entry in the task's log, 0-based.
+        kind: stdout or stderr bytes; EVENT (UTF-8 JSON object with an ``event`` key,
+            e.g. ``{"event":"output_truncated","stream":"stdout","cap_bytes":1048576}``);
+            EXIT_CODE (the exit status in ASCII decimal, ``b"0"``, ``b"-1"``), always the
+            last entry of a finished task's log.
+        data: the entry's bytes (at most 64 KiB for stdout/stderr entries).
+        timestamp_ms: when the gateway read the bytes, unix milliseconds.
+    """
+
+    offset: int
+    kind: OutputKind
+    data: bytes
+    timestamp_ms: int
 
 
 @dataclass(frozen=True)
@@ -304,7 +344,11 @@ class TaskRecord:
         metadata: caller labels.
         created_at_ns, started_at_ns, completed_at_ns: unix nanoseconds (None = not yet).
         decision_id: the policy decision that allowed it.
+        started_at_ns, completed_at_ns: see above.
         result: set once the task is final and ran (or failed to start).
+        owner: id of the gateway process (replica instance) that runs the task.
+        workspace: the tenant's workspace id the task runs in.
+        cancel_requested: a cancel was asked for and the owner has not yet ended the task.
     """
 
     task_id: str
@@ -320,6 +364,14 @@ class TaskRecord:
     started_at_ns: int | None = None
     completed_at_ns: int | None = None
     result: TaskResult | None = None
+    owner: str = ""
+    workspace: str = ""
+    cancel_requested: bool = False
+
+    @property
+    def final(self) -> bool:
+        """True once the task reached COMPLETED, FAILED, CANCELLED or TIMED_OUT."""
+        return self.status in FINAL_STATUSES
 
 
 def rfc3339(unix_ns: int) -> str:

@@ -9,7 +9,11 @@
    nothing runs (fail closed);
 4. on a deny, raise the policy error (3001-3004) chosen by the deny rule's category;
 5. narrow the policy grant with the request and cap it with server maxima;
-6. reserve a queue slot (4290 when full), store the task, hand it to the manager.
+6. admit the task (4290 when the queue or the principal's quota is full), store it,
+   hand it to the manager.
+
+File calls follow the same order: validate, decide (``file.read|write|delete``), audit
+the decision, then act beneath the tenant's workspace directory by fd (``gateway.files``).
 
 Edges translate wire formats into these calls and map :class:`GatewayError` to their
 status codes; they hold no logic of their own.
@@ -17,15 +21,17 @@ status codes; they hold no logic of their own.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import __version__
+from gateway import __version__, files
 from gateway.audit.log import AuditLog, args_sha256, clip, redact_command
 from gateway.config import Settings
 from gateway.errors import (
@@ -48,6 +54,7 @@ from gateway.models import (
     Decision,
     ExecuteRequest,
     ExecutionPlan,
+    OutputChunk,
     Principal,
     RequestContext,
     TaskRecord,
@@ -56,8 +63,9 @@ from gateway.models import (
 )
 from gateway.policy import PolicyEngine
 from gateway.tasks import TaskManager, TaskStore
+from gateway.tasks.workspaces import WORKSPACE_ID_PATTERN, WorkspaceManager
 
-__all__ = ["GatewayService", "HealthInfo", "TASK_ID_PATTERN", "new_task_id"]
+__all__ = ["FileContent", "GatewayService", "HealthInfo", "TASK_ID_PATTERN", "new_task_id"]
 
 TASK_ID_PATTERN = re.compile(r"^task-[0-9a-f]{32}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -70,11 +78,23 @@ _DENY_BY_CATEGORY: dict[str, type[PolicyDenied]] = {
 # Narrowest first: a request may only move left of what policy granted.
 _NETWORK_ORDER = ("none", "loopback", "restricted", "host")
 _SANDBOX_CWD = "/workspace"
+_CANCEL_WAIT_S = 10.0  # CancelTask waits this long for the final state, seconds
+_MAX_OFFSET = 2**63 - 1
+_MAX_PATH_BYTES = 4096
 
 
 def new_task_id() -> str:
     """A fresh task id: ``task-`` + 32 lowercase hex (uuid4)."""
     return "task-" + uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class FileContent:
+    """A file read from a workspace: ``path`` as asked, ``content`` bytes, ``mime_type``."""
+
+    path: str
+    content: bytes
+    mime_type: str
 
 
 @dataclass(frozen=True)
@@ -95,6 +115,7 @@ class GatewayService:
         store: the task store.
         tasks: the task manager.
         audit: the audit log.
+        workspaces: the tenants' workspaces (the files API works inside them).
     """
 
     def __init__(
@@ -104,6 +125,7 @@ class GatewayService:
         store: TaskStore,
         tasks: TaskManager,
         audit: AuditLog,
+        workspaces: WorkspaceManager,
     ) -> None:
         self._settings = settings
         # The gateway's own files: never bound into a sandbox, whatever policy grants.
@@ -115,6 +137,7 @@ class GatewayService:
         self._store = store
         self._tasks = tasks
         self._audit = audit
+        self._workspaces = workspaces
         self._started = time.monotonic()
 
     # -- health ---------------------------------------------------------------
@@ -127,8 +150,10 @@ class GatewayService:
         """Readiness details: policy engine and revision, task pool state, and the per-task
         limits this host enforces (a request for any other is refused with 4001)."""
         policy = self._policy_status()
+        draining = not self._tasks.accepting
         return {
-            "status": "ready" if policy["healthy"] else "not_ready",
+            "status": "ready" if policy["healthy"] and not draining else "not_ready",
+            "draining": draining,
             "policy": policy,
             "tasks": {"running": self._tasks.running, "queued": self._tasks.queued},
             "sandbox": {
@@ -157,7 +182,7 @@ class GatewayService:
             InvalidParameter / MissingParameter / InvalidFormat (2001-2003): bad request.
             CommandDenied / NetworkDenied / FileDenied / ResourceDenied (3001-3004): policy said no.
             SandboxSetupFailed (4001): the request asks for a limit this host cannot enforce.
-            RateLimited (4290): the task queue is full.
+            RateLimited (4290): the task queue or the principal's quota is full.
             PolicyEngineError (5003): the engine failed (nothing runs).
             AuditError (5001): the decision could not be audited (nothing runs).
             StorageError (5002): the task could not be stored.
@@ -165,6 +190,9 @@ class GatewayService:
         _require_scope(principal, "tasks:execute")
         count = self._audit.count_invocation(ctx.session_id)
         self._validate(req)
+        workspace = req.metadata.get("workspace")
+        if workspace is not None:
+            _check_workspace_id(workspace, "metadata.workspace")
         cwd = _sandbox_cwd(req.cwd)
         policy_input = self._policy_input(principal, ctx, req, cwd)
         try:
@@ -180,7 +208,7 @@ class GatewayService:
             # The request may still be refused after policy allowed it (paths outside the
             # grant, queue full): the decision event then carries that error instead.
             plan = self._plan(req, cwd, decision)
-            self._tasks.reserve()
+            self._tasks.reserve(principal)
         except GatewayError as exc:
             self._audit_decision(ctx, principal, req, decision, count, error_code=exc.code)
             raise
@@ -198,24 +226,27 @@ class GatewayService:
                 metadata=dict(req.metadata),
                 created_at_ns=time.time_ns(),
                 decision_id=decision.decision_id,
+                owner=self._tasks.owner,
+                workspace=workspace or task_id,
             )
             self._store.create(record)
         except BaseException:
-            self._tasks.release()
+            self._tasks.release(principal)
             raise
         self._tasks.submit(record, plan, ctx, principal)
         return record
 
-    def get_task(self, principal: Principal, task_id: str) -> TaskRecord:
+    def get_task(self, principal: Principal, task_id: str, *, scope: str = "tasks:read") -> TaskRecord:
         """The caller's task ``task_id``.
 
         Raises:
-            PermissionDenied (1003): the principal lacks ``tasks:read``.
+            PermissionDenied (1003): the principal lacks ``scope``.
             InvalidFormat (2003): ``task_id`` is not ``task-`` + 32 lowercase hex.
             NotFound (6001): no such task in the caller's tenant (another tenant's
                 task answers exactly like an unknown id).
+            StorageError (5002): the store failed.
         """
-        _require_scope(principal, "tasks:read")
+        _require_scope(principal, scope)
         if not TASK_ID_PATTERN.match(task_id):
             raise InvalidFormat(
                 "task_id must be 'task-' followed by 32 lowercase hex digits",
@@ -225,6 +256,153 @@ class GatewayService:
         if record is None or record.tenant != principal.tenant:
             raise NotFound(f"task {task_id} not found", details={"task_id": task_id})
         return record
+
+    async def cancel_task(self, principal: Principal, task_id: str) -> TaskRecord:
+        """Cancel the caller's task and return it once final (CANCELLED, or the state it
+        reached first); a task already final is returned as it is, so cancel is idempotent.
+        A task another replica runs is cancelled through the store; if it is not final
+        within 10 s the task is returned as it is then, with the cancel still requested.
+
+        Raises:
+            PermissionDenied (1003): the principal lacks ``tasks:cancel``.
+            InvalidFormat (2003) / NotFound (6001) / StorageError (5002): as ``get_task``.
+        """
+        record = await asyncio.to_thread(self.get_task, principal, task_id, scope="tasks:cancel")
+        if record.final:
+            return record
+        done = self._tasks.cancel_local(task_id)
+        if done is None:  # run by another replica (or it just ended): ask its owner
+            await asyncio.to_thread(self._store.request_cancel, task_id)
+        else:
+            await asyncio.to_thread(done.wait, _CANCEL_WAIT_S)
+        final = await self._tasks.wait_final(task_id, _CANCEL_WAIT_S)
+        return final if final is not None else record
+
+    def stream_output(self, principal: Principal, task_id: str, offset: int) -> AsyncIterator[OutputChunk]:
+        """The caller's task output log from entry ``offset`` on, live, ending with the
+        EXIT_CODE entry (see ``OutputChunk`` for the numbering).
+
+        Raises (before the first entry):
+            PermissionDenied (1003): the principal lacks ``tasks:read``.
+            InvalidParameter (2001): ``offset`` is negative or too large.
+            InvalidFormat (2003) / NotFound (6001) / StorageError (5002): as ``get_task``.
+        """
+        if not 0 <= offset <= _MAX_OFFSET:
+            raise InvalidParameter("offset must be between 0 and 2^63-1", details={"field": "offset"})
+        self.get_task(principal, task_id)
+        return self._tasks.follow(task_id, offset)
+
+    # -- files ----------------------------------------------------------------
+
+    def read_file(self, principal: Principal, ctx: RequestContext, workspace: str, path: str) -> FileContent:
+        """Read a file of the caller's workspace (policy action ``file.read``).
+
+        Raises:
+            PermissionDenied (1003): the principal lacks ``files:read``.
+            MissingParameter / InvalidFormat (2002 / 2003): no or a malformed workspace id.
+            InvalidParameter (2001): a directory, or larger than ``files.max_read_bytes``.
+            FileDenied (3003): policy said no, or the path leaves the workspace (``..``,
+                another absolute path, a symbolic link on the way).
+            NotFound (6001): no such workspace in the tenant, or no such file.
+            PolicyEngineError (5003) / AuditError (5001): fail closed, nothing is read.
+        """
+        rel = self._authorize_file(principal, ctx, "files:read", "file.read", workspace, path)
+        with self._workspaces.open_dir(principal.tenant, workspace, create=False) as wdir:
+            content = files.read_file(wdir.fd, rel, max_bytes=self._settings.files.max_read_bytes)
+        return FileContent(path, content, files.guess_mime_type(rel))
+
+    def write_file(
+        self, principal: Principal, ctx: RequestContext, workspace: str, path: str, content: bytes,
+        *, mode: int, create_dirs: bool,
+    ) -> int:
+        """Write (atomically replace) a file of the caller's workspace, creating the
+        workspace when new; returns the bytes written. Policy action ``file.write``.
+
+        Raises:
+            PermissionDenied (1003): the principal lacks ``files:write``.
+            InvalidParameter (2001): content over ``files.max_write_bytes``, a bad mode,
+                a missing parent without ``create_dirs``, a directory in the way.
+            SandboxLimitExceeded (4003): the disk or quota is full.
+            others as :meth:`read_file`.
+        """
+        cap = self._settings.files.max_write_bytes
+        if len(content) > cap:
+            raise InvalidParameter(f"content is larger than {cap} bytes", details={"field": "content", "max": cap})
+        if not 0 <= mode <= 0o777:
+            raise InvalidParameter("mode must be permission bits within 0o777", details={"field": "mode"})
+        rel = self._authorize_file(
+            principal, ctx, "files:write", "file.write", workspace, path, mode=f"{mode:04o}" if mode else "",
+            request_bytes=len(content),
+        )
+        with self._workspaces.open_dir(principal.tenant, workspace, create=True) as wdir:
+            return files.write_file(wdir.fd, rel, content, mode=mode, create_dirs=create_dirs, owner=wdir.owner)
+
+    def delete_file(
+        self, principal: Principal, ctx: RequestContext, workspace: str, path: str, *, recursive: bool
+    ) -> None:
+        """Delete a file (or, with ``recursive``, a directory tree; symbolic links are
+        removed, never followed) of the caller's workspace. Policy action ``file.delete``.
+
+        Raises:
+            PermissionDenied (1003): the principal lacks ``files:write``.
+            InvalidParameter (2001): the workspace root itself, or a non-empty directory
+                without ``recursive``.
+            others as :meth:`read_file`.
+        """
+        rel = self._authorize_file(principal, ctx, "files:write", "file.delete", workspace, path)
+        with self._workspaces.open_dir(principal.tenant, workspace, create=False) as wdir:
+            files.delete_path(wdir.fd, rel, recursive=recursive)
+
+    def _authorize_file(
+        self, principal: Principal, ctx: RequestContext, scope: str, action: str, workspace: str, path: str,
+        *, mode: str = "", request_bytes: int | None = None,
+    ) -> str:
+        """Scope, validation, policy decision and its audit event for one file call;
+        returns the workspace-relative path to act on."""
+        _require_scope(principal, scope)
+        count = self._audit.count_invocation(ctx.session_id)
+        _check_workspace_id(workspace, "workspace")
+        if "\x00" in path or len(path.encode()) > _MAX_PATH_BYTES:
+            raise InvalidParameter(f"path must be at most {_MAX_PATH_BYTES} bytes without NUL",
+                                   details={"field": "path"})
+        # Policy sees the path as given (relative = under /workspace), so a traversal
+        # attempt is a policy denial with its rule id in the audit trail.
+        policy_input = {
+            "principal": self._principal_input(principal),
+            "action": action,
+            "file": {"path": path, "mode": mode},
+            "context": self._context_input(ctx),
+        }
+        tool = action.replace(".", "_")  # file_read, file_write, file_delete
+        audit = {"tool_name": tool, "workspace": workspace, "file_path": clip(path, 1024) or ".",
+                 "request_bytes": request_bytes if request_bytes is not None else ctx.request_bytes,
+                 "tool_invoke_count": count}
+        try:
+            decision = self._decide(policy_input)
+        except PolicyEngineError as exc:
+            self._audit_file(ctx, principal, None, audit, error_code=exc.code, reason=exc.message)
+            raise
+        if not decision.allow:
+            denied = _denial(decision)
+            self._audit_file(ctx, principal, decision, audit, error_code=denied.code)
+            raise denied
+        self._audit_file(ctx, principal, decision, audit)
+        # Whatever policy allowed, the call acts strictly beneath the workspace.
+        return files.workspace_relative(path)
+
+    def _audit_file(
+        self, ctx: RequestContext, principal: Principal, decision: Decision | None, fields: dict[str, Any],
+        *, error_code: int | None = None, reason: str | None = None,
+    ) -> None:
+        outcome, rules, reasons = _decision_summary(decision, reason)
+        self._audit.emit(
+            "file", ctx, principal, decision=outcome, policy_rule=rules,
+            policy_reason=clip(reasons[0]) if reasons else None,
+            policy_revision=decision.revision if decision else self._policy.revision,
+            policy_engine=decision.engine if decision else self._policy.name,
+            decision_id=decision.decision_id if decision else None,
+            error_code=error_code, **fields,
+        )
 
     # -- steps ----------------------------------------------------------------
 
@@ -321,12 +499,7 @@ class GatewayService:
         self, principal: Principal, ctx: RequestContext, req: ExecuteRequest, cwd: str
     ) -> dict[str, Any]:
         return {
-            "principal": {
-                "id": principal.id,
-                "tenant": principal.tenant,
-                "roles": list(principal.roles),
-                "scopes": list(principal.scopes),
-            },
+            "principal": self._principal_input(principal),
             "action": "command.execute",
             "command": {
                 "name": req.command,
@@ -341,12 +514,25 @@ class GatewayService:
                 "pids": req.pids,
                 "cpu": req.cpu_cores,
             },
-            "context": {
-                "transport": ctx.transport,
-                "client_addr": ctx.client_addr,
-                "request_id": ctx.request_id,
-                "time_ns": time.time_ns(),
-            },
+            "context": self._context_input(ctx),
+        }
+
+    @staticmethod
+    def _principal_input(principal: Principal) -> dict[str, Any]:
+        return {
+            "id": principal.id,
+            "tenant": principal.tenant,
+            "roles": list(principal.roles),
+            "scopes": list(principal.scopes),
+        }
+
+    @staticmethod
+    def _context_input(ctx: RequestContext) -> dict[str, Any]:
+        return {
+            "transport": ctx.transport,
+            "client_addr": ctx.client_addr,
+            "request_id": ctx.request_id,
+            "time_ns": time.time_ns(),
         }
 
     def _plan(self, req: ExecuteRequest, cwd: str, decision: Decision) -> ExecutionPlan:
@@ -396,11 +582,7 @@ class GatewayService:
         error_code: int | None = None,
         reason: str | None = None,
     ) -> None:
-        if decision is None:
-            outcome, rules, reasons = "error", None, [reason or "policy engine error"]
-        else:
-            outcome = "allow" if decision.allow else "deny"
-            rules, reasons = ",".join(decision.rule_ids) or None, list(decision.reasons)
+        outcome, rules, reasons = _decision_summary(decision, reason)
         self._audit.emit(
             "decision",
             ctx,
@@ -419,6 +601,23 @@ class GatewayService:
             request_bytes=ctx.request_bytes,
             tool_invoke_count=invoke_count,
             error_code=error_code,
+        )
+
+
+def _decision_summary(decision: Decision | None, reason: str | None) -> tuple[str, str | None, list[str]]:
+    """(outcome, comma-joined rule ids, reasons) of a decision for its audit event;
+    no decision is an engine error."""
+    if decision is None:
+        return "error", None, [reason or "policy engine error"]
+    return "allow" if decision.allow else "deny", ",".join(decision.rule_ids) or None, list(decision.reasons)
+
+
+def _check_workspace_id(workspace: str, field: str) -> None:
+    if not workspace:
+        raise MissingParameter(f"{field} is required", details={"field": field})
+    if not WORKSPACE_ID_PATTERN.match(workspace):
+        raise InvalidFormat(
+            f"{field} must match {WORKSPACE_ID_PATTERN.pattern}", details={"field": field}
         )
 
 

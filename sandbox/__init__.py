@@ -19,7 +19,7 @@ from sandbox.cgroup import CgroupPool, CgroupStats
 from sandbox.errors import SandboxError, SandboxSetupError, SandboxUnavailable
 from sandbox.identity import UidPool, busy_uids
 from sandbox.mounts import create_workspace, open_workspace
-from sandbox.runner import ProbeReport, probe, run, set_child_subreaper
+from sandbox.runner import OutputListener, ProbeReport, probe, run, set_child_subreaper
 from sandbox.seccomp import compile_filter
 from sandbox.spec import (
     Limits,
@@ -35,6 +35,7 @@ __all__ = [
     "CgroupStats",
     "Limits",
     "NetworkMode",
+    "OutputListener",
     "ProbeReport",
     "ResourceUsage",
     "RunAs",

@@ -1,7 +1,8 @@
 """One host uid/gid per running sandbox, from a range reserved for sandboxes (as isolate does).
 
-``UidPool(first_uid, first_gid, count)``: ``acquire() -> RunAs`` hands out the pair
-``(first_uid + i, first_gid + i)`` of a free index ``i``; ``release(run_as)`` returns it
+``UidPool(first_uid, first_gid, count)``: ``acquire(prefer=None) -> RunAs`` hands out the
+pair ``(first_uid + i, first_gid + i)`` of a free index ``i`` (that of uid ``prefer`` when it
+is free, so a reused workspace can keep its owner); ``release(run_as)`` returns it
 once the run is over (the runner returns only after every process of the run is reaped, so
 a released uid owns no process). Two concurrent runs never share a uid, which matters for
 more than file permissions: the owner uid of a user namespace holds every capability
@@ -46,12 +47,18 @@ class UidPool:
         # FIFO: the longest-idle pair is reused first.
         self._free = list(range(count))
 
-    def acquire(self) -> RunAs:
-        """A pair no running sandbox has. Raises ``SandboxSetupError`` when none is free."""
+    def acquire(self, prefer: int | None = None) -> RunAs:
+        """A pair no running sandbox has: the pair of uid ``prefer`` when that uid is in
+        the pool and free (a reused workspace already owned by it then needs no chown),
+        else the longest-idle free pair. Raises ``SandboxSetupError`` when none is free."""
         with self._lock:
             if not self._free:
                 raise SandboxSetupError(f"all {self.count} sandbox uids are in use")
-            index = self._free.pop(0)
+            if prefer is not None and prefer in self and prefer - self.first_uid in self._free:
+                index = prefer - self.first_uid
+                self._free.remove(index)
+            else:
+                index = self._free.pop(0)
         return RunAs(self.first_uid + index, self.first_gid + index)
 
     def release(self, run_as: RunAs) -> None:

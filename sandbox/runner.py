@@ -52,6 +52,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
+from collections.abc import Callable
 from typing import Any
 
 from sandbox.bwrap import SpawnFds, build_argv, etc_files, validate
@@ -62,7 +63,14 @@ from sandbox.mounts import create_workspace, open_bind_source, open_workspace
 from sandbox.seccomp import compile_filter
 from sandbox.spec import NetworkMode, ResourceUsage, RunAs, SandboxResult, SandboxSpec
 
-__all__ = ["ProbeReport", "probe", "run", "set_child_subreaper"]
+__all__ = ["OutputListener", "ProbeReport", "probe", "run", "set_child_subreaper"]
+
+#: ``on_output(stream, data, truncated)``: ``stream`` is 1 (stdout) or 2 (stderr); ``data``
+#: the bytes just read that fit within ``limits.output_bytes`` for that stream (possibly
+#: empty); ``truncated`` is True exactly once per stream, on the read where output beyond
+#: the cap starts being dropped. The concatenated ``data`` of a stream equals the result's
+#: ``stdout`` / ``stderr``.
+OutputListener = Callable[[int, bytes, bool], None]
 
 _POLL_S = 0.05  # cancel latency bound: the collect loop wakes at least this often
 _DRAIN_GRACE_S = 0.5  # after bwrap exits, how long its pipes may stay open (ns teardown)
@@ -81,11 +89,14 @@ def run(
     cancel: threading.Event | None = None,
     bwrap_path: str = "bwrap",
     cgroups: CgroupPool | None = None,
+    on_output: OutputListener | None = None,
 ) -> SandboxResult:
     """Run ``spec.argv`` in a new bwrap + seccomp sandbox and wait for it (blocking).
 
     ``cancel``: another thread may set it; the sandbox is then killed within ~50 ms and the
-    result has ``limit_reason="cancelled"``. ``cgroups``: the pool whose slot the run is
+    result has ``limit_reason="cancelled"``. ``on_output``: called in the calling thread as
+    output is read, see :data:`OutputListener`; it must be quick and must not raise (the
+    sandbox's pipes are not drained while it runs). ``cgroups``: the pool whose slot the run is
     charged to (memory, pids, CPU quota); without one, memory is enforced as RLIMIT_AS and
     ``limits.pids`` / ``limits.cpu_cores`` cannot be. Returns a ``SandboxResult`` for every
     run that was spawned (setup failures too: ``setup_error``, ``exit_code == -1``), and
@@ -189,7 +200,7 @@ def run(
                 os.close(fd)
         fds.remove(out_r)
         fds.remove(err_r)
-        result = _supervise(pid, out_r, err_r, spec, status_r, cancel, started)
+        result = _supervise(pid, out_r, err_r, spec, status_r, cancel, started, on_output)
         if slot is None:
             return result
         return _with_cgroup_stats(result, slot.collect())
@@ -311,14 +322,18 @@ class _Collector:
         self.kept = 0
         self.truncated = False
 
-    def add(self, data: bytes) -> None:
+    def add(self, data: bytes) -> tuple[bytes, bool]:
+        """Keep what fits; returns (the bytes kept, True when this read started the truncation)."""
         room = self.cap - self.kept
+        started_truncating = False
         if len(data) > room:
+            started_truncating = not self.truncated
             self.truncated = True
             data = data[:room]
         if data:
             self.parts.append(data)
             self.kept += len(data)
+        return data, started_truncating
 
     def value(self) -> bytes:
         return b"".join(self.parts)
@@ -332,6 +347,7 @@ def _supervise(
     status_r: int,
     cancel: threading.Event | None,
     started: float,
+    on_output: OutputListener | None,
 ) -> SandboxResult:
     cap = spec.limits.output_bytes
     out, err = _Collector(cap), _Collector(cap)
@@ -387,7 +403,9 @@ def _supervise(
                         init_pid = _status_value(status, "child-pid")
                         init_pidfd = _ensure_init_pidfd(init_pidfd, init_pid)
                 else:
-                    streams[fd].add(data)
+                    kept, started_truncating = streams[fd].add(data)
+                    if on_output is not None and (kept or started_truncating):
+                        on_output(1 if fd == out_fd else 2, kept, started_truncating)
         _, wait_status, monitor_ru = os.wait4(pid, 0)
         reaped = True
         duration_ms = (time.monotonic() - started) * 1000.0

@@ -25,6 +25,7 @@ import httpx
 import pytest
 from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from tests.pg_server import postgres_dsn, postgres_server  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 GRPCURL_VERSION = "v1.9.3"

@@ -84,6 +84,8 @@ FIELDS: tuple[Field, ...] = (
     Field("max_memory_kb", "integer", "Task peak resident memory, KiB.", minimum=0),
     Field("sandbox_violation", "string",
           "Limit that ended the task: wall_timeout, cpu_time, file_size, output_truncated, ..."),
+    Field("workspace", "string", "Workspace id (in the tenant) a task or file call used."),
+    Field("file_path", "string", "File call: the workspace-relative path, at most 1024 chars."),
     Field("error_code", "integer", "Project error code (design section 5) when the call failed.", minimum=1000),
     Field("seq", "integer", "Position in the hash chain, from 1.", required=True, minimum=1),
     Field("prev_hash", "string", "hash of the previous event (64 zeros for the first).", required=True,

@@ -8,12 +8,12 @@ from gateway.models import Principal
 __all__ = ["DEV_PRINCIPAL", "DevelopmentAuthenticator"]
 
 #: The only caller until authentication lands: id ``anonymous``, tenant ``default``,
-#: role ``user``, all task scopes.
+#: role ``user``, all task and file scopes.
 DEV_PRINCIPAL = Principal(
     id="anonymous",
     tenant="default",
     roles=("user",),
-    scopes=("tasks:execute", "tasks:read", "tasks:cancel"),
+    scopes=("tasks:execute", "tasks:read", "tasks:cancel", "files:read", "files:write"),
     auth_scheme="none",
 )
 

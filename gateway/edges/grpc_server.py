@@ -10,7 +10,7 @@ status from ``gateway.errors.STATUS_TABLE`` and trailing metadata ``error-detail
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -19,8 +19,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.auth import DevelopmentAuthenticator
-from gateway.errors import GatewayError, InternalError, Unimplemented, status_for
-from gateway.models import ExecuteRequest, RequestContext, TaskRecord, rfc3339
+from gateway.errors import GatewayError, InternalError, RateLimited, status_for
+from gateway.models import ExecuteRequest, OutputChunk, RequestContext, TaskRecord, rfc3339
 from gateway.proto import mcp_pb2, mcp_pb2_grpc
 from gateway.service import GatewayService
 
@@ -39,11 +39,10 @@ _NETWORK_NAMES = {
 
 async def _abort(context: grpc.aio.ServicerContext, error: GatewayError) -> NoReturn:
     status = status_for(error)
-    await context.abort(
-        grpc.StatusCode[status.grpc],
-        error.message,
-        trailing_metadata=(("error-details", error.to_json()),),
-    )
+    trailers: tuple[tuple[str, str], ...] = (("error-details", error.to_json()),)
+    if isinstance(error, RateLimited):  # the HTTP Retry-After, as trailing metadata
+        trailers += (("retry-after", str(error.retry_after_s)),)
+    await context.abort(grpc.StatusCode[status.grpc], error.message, trailing_metadata=trailers)
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 
 
@@ -107,25 +106,72 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
         record = await self._call(context, self._service.get_task, principal, request.task_id)
         return _status_response(record)
 
-    async def StreamTaskOutput(self, request: mcp_pb2.TaskStatusRequest, context: grpc.aio.ServicerContext) -> Any:
-        """Not built yet: answers UNIMPLEMENTED (5004)."""
-        await _abort(context, Unimplemented("StreamTaskOutput is not implemented yet; poll GetTaskStatus"))
+    async def StreamTaskOutput(
+        self, request: mcp_pb2.TaskStatusRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[mcp_pb2.TaskOutputChunk]:
+        """The task's output log from ``request.offset``, live, ending with CHUNK_EXIT_CODE."""
+        principal = self._auth.authenticate({})
+        chunks = await self._call(context, self._service.stream_output, principal, request.task_id, request.offset)
+        try:
+            async for chunk in chunks:
+                yield _chunk_message(request.task_id, chunk)
+        except GatewayError as exc:
+            await _abort(context, exc)
 
-    async def CancelTask(self, request: mcp_pb2.TaskStatusRequest, context: grpc.aio.ServicerContext) -> Any:
-        """Not built yet: answers UNIMPLEMENTED (5004)."""
-        await _abort(context, Unimplemented("CancelTask is not implemented yet"))
+    async def CancelTask(
+        self, request: mcp_pb2.TaskStatusRequest, context: grpc.aio.ServicerContext
+    ) -> mcp_pb2.TaskStatusResponse:
+        """Cancel a task (idempotent); answers its state once final."""
+        principal = self._auth.authenticate({})
+        try:
+            record = await self._service.cancel_task(principal, request.task_id)
+        except GatewayError as exc:
+            await _abort(context, exc)
+        return _status_response(record)
 
-    async def ReadFile(self, request: mcp_pb2.ReadFileRequest, context: grpc.aio.ServicerContext) -> Any:
-        """Not built yet: answers UNIMPLEMENTED (5004)."""
-        await _abort(context, Unimplemented("ReadFile is not implemented yet"))
+    async def ReadFile(self, request: mcp_pb2.ReadFileRequest, context: grpc.aio.ServicerContext) -> mcp_pb2.ReadFileResponse:
+        """A file of the caller's workspace. Failures are gRPC errors with ``error-details``
+        (the response's ``error`` field stays unset)."""
+        ctx = self._context(context, "ReadFile", request)
+        principal = self._auth.authenticate({})
+        found = await self._call(
+            context, self._service.read_file, principal, ctx, request.workspace, request.path
+        )
+        return mcp_pb2.ReadFileResponse(path=found.path, content=found.content, mime_type=found.mime_type)
 
-    async def WriteFile(self, request: mcp_pb2.WriteFileRequest, context: grpc.aio.ServicerContext) -> Any:
-        """Not built yet: answers UNIMPLEMENTED (5004)."""
-        await _abort(context, Unimplemented("WriteFile is not implemented yet"))
+    async def WriteFile(
+        self, request: mcp_pb2.WriteFileRequest, context: grpc.aio.ServicerContext
+    ) -> mcp_pb2.WriteFileResponse:
+        """Write a file of the caller's workspace (atomic replace)."""
+        ctx = self._context(context, "WriteFile", request)
+        principal = self._auth.authenticate({})
+        written = await self._call(
+            context, lambda: self._service.write_file(
+                principal, ctx, request.workspace, request.path, request.content,
+                mode=request.mode, create_dirs=request.create_dirs,
+            )
+        )
+        return mcp_pb2.WriteFileResponse(path=request.path, bytes_written=written)
 
-    async def DeleteFile(self, request: mcp_pb2.DeleteFileRequest, context: grpc.aio.ServicerContext) -> Any:
-        """Not built yet: answers UNIMPLEMENTED (5004)."""
-        await _abort(context, Unimplemented("DeleteFile is not implemented yet"))
+    async def DeleteFile(
+        self, request: mcp_pb2.DeleteFileRequest, context: grpc.aio.ServicerContext
+    ) -> mcp_pb2.DeleteFileResponse:
+        """Delete a file or (recursive) a directory of the caller's workspace."""
+        ctx = self._context(context, "DeleteFile", request)
+        principal = self._auth.authenticate({})
+        await self._call(
+            context, lambda: self._service.delete_file(
+                principal, ctx, request.workspace, request.path, recursive=request.recursive
+            )
+        )
+        return mcp_pb2.DeleteFileResponse(path=request.path, success=True)
+
+
+def _chunk_message(task_id: str, chunk: OutputChunk) -> mcp_pb2.TaskOutputChunk:
+    return mcp_pb2.TaskOutputChunk(
+        task_id=task_id, type=chunk.kind.value, data=chunk.data, timestamp_ms=chunk.timestamp_ms,
+        offset=chunk.offset,
+    )
 
 
 def _execute_request(msg: mcp_pb2.CommandRequest) -> ExecuteRequest:

@@ -8,13 +8,16 @@ with the HTTP status from ``gateway.errors.STATUS_TABLE``; a body that is not JS
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -31,12 +34,15 @@ from gateway.errors import (
     status_for,
 )
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from gateway.models import ExecuteRequest, RequestContext, TaskRecord, rfc3339
+from gateway.models import ExecuteRequest, OutputChunk, RequestContext, TaskRecord, rfc3339
 from gateway.service import GatewayService
 
 __all__ = ["CommandBody", "create_app"]
 
 log = logging.getLogger(__name__)
+
+_SSE_KEEPALIVE_S = 15.0  # a comment line this often keeps idle streams open through proxies
+_SSE_EVENTS = {0: "stdout", 1: "stderr", 2: "exit", 3: "event"}
 
 
 class ResourceLimitsBody(BaseModel):
@@ -144,6 +150,91 @@ def _task_json(record: TaskRecord) -> dict[str, Any]:
     return body
 
 
+def _sse_event(task_id: str, chunk: OutputChunk) -> bytes:
+    """One Server-Sent Event (https://html.spec.whatwg.org/multipage/server-sent-events.html)
+    per log entry: ``id`` is the entry's offset (so a reconnecting EventSource sends it back
+    as Last-Event-ID), ``event`` its kind, ``data`` one line of JSON with the bytes in
+    base64 (``data``, lossless) and decoded as UTF-8 with replacement (``text``)."""
+    body = {
+        "task_id": task_id,
+        "offset": chunk.offset,
+        "type": chunk.kind.name,
+        "data": base64.b64encode(chunk.data).decode(),
+        "text": chunk.data.decode("utf-8", errors="replace"),
+        "timestamp_ms": chunk.timestamp_ms,
+    }
+    return f"id: {chunk.offset}\nevent: {_SSE_EVENTS[chunk.kind.value]}\ndata: {json.dumps(body)}\n\n".encode()
+
+
+async def _sse_stream(task_id: str, chunks: AsyncIterator[OutputChunk]) -> AsyncIterator[bytes]:
+    """The SSE body: entries as they come, a keep-alive comment after 15 s of silence, an
+    ``error`` event if reading fails. A slow client only fills its own 64-entry buffer."""
+    queue: asyncio.Queue[OutputChunk | GatewayError | None] = asyncio.Queue(maxsize=64)
+
+    async def pump() -> None:
+        try:
+            async for chunk in chunks:
+                await queue.put(chunk)
+        except GatewayError as exc:
+            await queue.put(exc)
+        except Exception:
+            log.exception("reading task output for SSE failed")
+            await queue.put(InternalError("internal error while reading task output"))
+        await queue.put(None)
+
+    producer = asyncio.create_task(pump())
+    try:
+        yield b"retry: 1000\n\n"
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), _SSE_KEEPALIVE_S)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            if item is None:
+                return
+            if isinstance(item, GatewayError):
+                yield f"event: error\ndata: {item.to_json()}\n\n".encode()
+                return
+            yield _sse_event(task_id, item)
+    finally:
+        producer.cancel()
+
+
+def _stream_offset(offset: int | None, last_event_id: str | None) -> int:
+    """Where a stream starts: after the Last-Event-ID an EventSource sends on reconnect,
+    else the ``offset`` query parameter, else 0."""
+    if last_event_id is not None:
+        if not last_event_id.strip().isdigit():
+            raise InvalidFormat("Last-Event-ID must be an entry offset (a non-negative integer)",
+                                details={"field": "Last-Event-ID"})
+        return int(last_event_id) + 1
+    return offset or 0
+
+
+def _file_mode(text: str | None) -> int:
+    """``mode`` query parameter: permission bits in octal (``644``, ``0644``, ``0o644``)."""
+    if not text:
+        return 0
+    try:
+        return int(text.removeprefix("0o"), 8)
+    except ValueError:
+        raise InvalidFormat("mode must be octal permission bits, e.g. 0644", details={"field": "mode"}) from None
+
+
+async def _read_capped(request: Request, cap: int) -> bytes:
+    """The request body, refused with 413/2001 once larger than ``cap`` bytes (also when it
+    arrives chunked, without Content-Length)."""
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > cap:
+            raise InvalidParameter(f"request body larger than {cap} bytes", details={"max": cap})
+        parts.append(part)
+    return b"".join(parts)
+
+
 def _error_response(error: GatewayError, status: int | None = None) -> JSONResponse:
     headers = {"Retry-After": str(error.retry_after_s)} if isinstance(error, RateLimited) else None
     return JSONResponse(error.to_dict(), status_code=status or status_for(error).http, headers=headers)
@@ -230,6 +321,83 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
     async def get_task(task_id: str, request: Request) -> dict[str, Any]:
         """State of a task and, once final, its result."""
         return _task_json(service.get_task(auth.authenticate(dict(request.headers)), task_id))
+
+    @app.post("/v1/tasks/{task_id}/cancel", tags=["tasks"])
+    async def cancel_task(task_id: str, request: Request) -> dict[str, Any]:
+        """Cancel a task: its sandbox is killed, state CANCELLED; answers the task once
+        final. Idempotent: a finished task answers its final state."""
+        return _task_json(await service.cancel_task(auth.authenticate(dict(request.headers)), task_id))
+
+    @app.get("/v1/tasks/{task_id}/stream", tags=["tasks"], response_class=StreamingResponse)
+    async def stream_task(
+        task_id: str,
+        request: Request,
+        offset: int | None = Query(None, ge=0, description="First log entry to send (entries are numbered from 0)."),
+    ) -> StreamingResponse:
+        """The task's output as Server-Sent Events (text/event-stream): one event per log
+        entry (``stdout``, ``stderr``, ``event``, and last ``exit``), ``id`` = the entry's
+        offset. Reconnect with ``Last-Event-ID`` (or ``?offset=``) to continue without gaps
+        or repeats."""
+        start = _stream_offset(offset, request.headers.get("last-event-id"))
+        chunks = service.stream_output(auth.authenticate(dict(request.headers)), task_id, start)
+        return StreamingResponse(
+            _sse_stream(task_id, chunks),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.get("/v1/files/{path:path}", tags=["files"], response_class=Response)
+    async def read_file(
+        path: str, request: Request, workspace: str = Query("", description="Workspace id in your tenant.")
+    ) -> Response:
+        """The file's bytes (Content-Type guessed from the name; served as an attachment)."""
+        ctx = context(request, "GET /v1/files")
+        found = await asyncio.to_thread(
+            service.read_file, auth.authenticate(dict(request.headers)), ctx, workspace, path
+        )
+        return Response(
+            found.content,
+            media_type=found.mime_type,
+            headers={
+                "Content-Disposition": "attachment",
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "sandbox",
+            },
+        )
+
+    @app.put("/v1/files/{path:path}", tags=["files"])
+    async def write_file(
+        path: str,
+        request: Request,
+        workspace: str = Query("", description="Workspace id in your tenant; created when new."),
+        mode: str | None = Query(None, description="Permission bits in octal, e.g. 0644 (default 0644)."),
+        create_dirs: bool = Query(False, description="Create missing parent directories."),
+    ) -> dict[str, Any]:
+        """Write the request body (raw bytes) to the file, atomically replacing it."""
+        ctx = context(request, "PUT /v1/files")
+        principal = auth.authenticate(dict(request.headers))
+        content = await _read_capped(request, max_body_bytes)
+        written = await asyncio.to_thread(
+            lambda: service.write_file(
+                principal, ctx, workspace, path, content, mode=_file_mode(mode), create_dirs=create_dirs
+            )
+        )
+        return {"path": path, "bytes_written": written}
+
+    @app.delete("/v1/files/{path:path}", tags=["files"])
+    async def delete_file(
+        path: str,
+        request: Request,
+        workspace: str = Query("", description="Workspace id in your tenant."),
+        recursive: bool = Query(False, description="Delete a directory and everything in it."),
+    ) -> dict[str, Any]:
+        """Delete the file, or with ``recursive`` the directory tree (links are not followed)."""
+        ctx = context(request, "DELETE /v1/files")
+        principal = auth.authenticate(dict(request.headers))
+        await asyncio.to_thread(
+            lambda: service.delete_file(principal, ctx, workspace, path, recursive=recursive)
+        )
+        return {"path": path, "success": True}
 
     @app.get("/health", tags=["health"])
     def health_route() -> dict[str, Any]:

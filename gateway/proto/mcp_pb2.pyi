@@ -138,10 +138,12 @@ class TaskCreatedResponse(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., created_at: _Optional[str] = ...) -> None: ...
 
 class TaskStatusRequest(_message.Message):
-    __slots__ = ("task_id",)
+    __slots__ = ("task_id", "offset")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     task_id: str
-    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+    offset: int
+    def __init__(self, task_id: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class TaskStatusResponse(_message.Message):
     __slots__ = ("task_info", "result")
@@ -203,22 +205,26 @@ class ResourceUsage(_message.Message):
     def __init__(self, cpu_time_ms: _Optional[int] = ..., max_memory_kb: _Optional[int] = ..., io_read_bytes: _Optional[int] = ..., io_write_bytes: _Optional[int] = ...) -> None: ...
 
 class TaskOutputChunk(_message.Message):
-    __slots__ = ("task_id", "type", "data", "timestamp_ms")
+    __slots__ = ("task_id", "type", "data", "timestamp_ms", "offset")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     type: OutputChunkType
     data: bytes
     timestamp_ms: int
-    def __init__(self, task_id: _Optional[str] = ..., type: _Optional[_Union[OutputChunkType, str]] = ..., data: _Optional[bytes] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
+    offset: int
+    def __init__(self, task_id: _Optional[str] = ..., type: _Optional[_Union[OutputChunkType, str]] = ..., data: _Optional[bytes] = ..., timestamp_ms: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class ReadFileRequest(_message.Message):
-    __slots__ = ("path",)
+    __slots__ = ("path", "workspace")
     PATH_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_FIELD_NUMBER: _ClassVar[int]
     path: str
-    def __init__(self, path: _Optional[str] = ...) -> None: ...
+    workspace: str
+    def __init__(self, path: _Optional[str] = ..., workspace: _Optional[str] = ...) -> None: ...
 
 class ReadFileResponse(_message.Message):
     __slots__ = ("path", "content", "mime_type", "error")
@@ -233,16 +239,18 @@ class ReadFileResponse(_message.Message):
     def __init__(self, path: _Optional[str] = ..., content: _Optional[bytes] = ..., mime_type: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class WriteFileRequest(_message.Message):
-    __slots__ = ("path", "content", "create_dirs", "mode")
+    __slots__ = ("path", "content", "create_dirs", "mode", "workspace")
     PATH_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     CREATE_DIRS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_FIELD_NUMBER: _ClassVar[int]
     path: str
     content: bytes
     create_dirs: bool
     mode: int
-    def __init__(self, path: _Optional[str] = ..., content: _Optional[bytes] = ..., create_dirs: _Optional[bool] = ..., mode: _Optional[int] = ...) -> None: ...
+    workspace: str
+    def __init__(self, path: _Optional[str] = ..., content: _Optional[bytes] = ..., create_dirs: _Optional[bool] = ..., mode: _Optional[int] = ..., workspace: _Optional[str] = ...) -> None: ...
 
 class WriteFileResponse(_message.Message):
     __slots__ = ("path", "bytes_written", "error")
@@ -255,12 +263,14 @@ class WriteFileResponse(_message.Message):
     def __init__(self, path: _Optional[str] = ..., bytes_written: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class DeleteFileRequest(_message.Message):
-    __slots__ = ("path", "recursive")
+    __slots__ = ("path", "recursive", "workspace")
     PATH_FIELD_NUMBER: _ClassVar[int]
     RECURSIVE_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_FIELD_NUMBER: _ClassVar[int]
     path: str
     recursive: bool
-    def __init__(self, path: _Optional[str] = ..., recursive: _Optional[bool] = ...) -> None: ...
+    workspace: str
+    def __init__(self, path: _Optional[str] = ..., recursive: _Optional[bool] = ..., workspace: _Optional[str] = ...) -> None: ...
 
 class DeleteFileResponse(_message.Message):
     __slots__ = ("path", "success", "error")

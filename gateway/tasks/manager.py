@@ -1,34 +1,49 @@
-"""Task lifecycle: queue, run in the sandbox, record the result, audit the end.
+"""Task lifecycle: admission, queue, run in the sandbox, live output, cancel, drain.
 
-A bounded pool of worker threads (``tasks.max_concurrent``) runs sandboxes; at most
-``tasks.max_queued`` more tasks may wait, beyond that :meth:`TaskManager.submit` raises
-:class:`RateLimited` (4290) *before* anything is stored or run. A running task holds, from
-:class:`Isolation`, a host uid of its own (when the gateway is root) and a cgroup slot, and
-gets a fresh workspace directory (mode 0700, owned by that uid, made through a directory
-fd) that is removed when it ends.
+Admission (:meth:`TaskManager.reserve`, before anything is stored or run): at most
+``tasks.max_concurrent + tasks.max_queued`` tasks pending in this process and at most
+``tasks.max_pending_per_principal`` per principal; beyond either the caller gets
+:class:`RateLimited` (4290) with a Retry-After estimated from the queue and the recent
+task durations.
+
+Scheduling: ``max_concurrent`` worker threads take the oldest queued task whose principal
+runs fewer than ``tasks.max_running_per_principal`` tasks, so one principal's burst waits
+behind its own quota while others' tasks go ahead. A running task holds a workspace lease
+(the tenant's workspace directory and the uid it runs as, see ``workspaces``) and a
+cgroup slot (``Isolation``), and writes its output log through the ``OutputHub``.
 
 State transitions written to the store: QUEUED -> RUNNING -> one of COMPLETED (the
 command ran and exited, any code), TIMED_OUT (wall-clock limit), CANCELLED, FAILED (the
-sandbox could not start the command).
+sandbox could not start the command); QUEUED -> CANCELLED for a cancel before it ran.
+Every final state is written together with the last entries of the task's output log.
+
+Cancel works from any replica: the owner kills a local sandbox at once; another
+replica sets ``cancel_requested`` in the store, which the owner polls every 250 ms.
+
+Drain (:meth:`TaskManager.drain`, on SIGTERM): refuse new tasks, cancel queued ones,
+let running ones finish within the grace period, then cancel the rest; every task ends
+with a stored final state.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import shutil
+import math
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 import sandbox
 from gateway.audit.log import AuditError, AuditLog
 from gateway.config import SandboxSettings, TaskSettings
-from gateway.errors import RateLimited
+from gateway.errors import DependencyUnavailable, RateLimited
+from gateway.metrics import TASK_QUEUE_REJECTIONS, track_tasks
 from gateway.models import (
     ExecutionPlan,
+    OutputChunk,
     Principal,
     RequestContext,
     ResourceUsage,
@@ -36,7 +51,9 @@ from gateway.models import (
     TaskResult,
     TaskStatus,
 )
+from gateway.tasks.output import OutputHub, OutputLog
 from gateway.tasks.store import TaskStore
+from gateway.tasks.workspaces import WorkspaceLease, WorkspaceManager
 
 __all__ = ["Isolation", "SandboxRunner", "TaskManager", "status_for_result"]
 
@@ -44,6 +61,9 @@ log = logging.getLogger(__name__)
 
 #: The sandbox seam: ``sandbox.run`` in production; tests may pass another callable.
 SandboxRunner = Callable[..., sandbox.SandboxResult]
+
+_FINISH_ATTEMPTS = 5  # a final state that cannot be stored is retried (store outage)
+_MAX_RETRY_AFTER_S = 60
 
 
 @dataclass(frozen=True)
@@ -76,12 +96,14 @@ class Isolation:
         return frozenset(found)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Job:
     record: TaskRecord
     plan: ExecutionPlan
     ctx: RequestContext
     principal: Principal
+    cancel: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 def status_for_result(result: sandbox.SandboxResult) -> TaskStatus:
@@ -96,16 +118,17 @@ def status_for_result(result: sandbox.SandboxResult) -> TaskStatus:
 
 
 class TaskManager:
-    """Runs tasks in the background with bounded concurrency.
+    """Runs this process's tasks with bounded concurrency; follows any task's output.
 
     Args:
-        store: where task state is recorded.
+        store: where task state and output logs are recorded (shared by replicas).
         audit: where ``task_end`` events go.
-        sandbox_settings, task_settings: limits and pool sizes.
-        workspace_root: parent directory of per-task workspaces.
-        isolation: per-task uids and cgroup slots.
+        sandbox_settings, task_settings: limits, pool and queue sizes, quotas.
+        workspaces: the tenants' workspaces (and the uid each running task gets).
+        isolation: cgroup slots (and the uid pool, also used by ``workspaces``).
+        owner: this process's instance id, written into every task it creates.
         runner: the sandbox seam, ``sandbox.run`` by default.
-        on_task_end: called with (record, duration_ms) after a task is final
+        on_task_end: called with (record, status, duration_ms) after a task is final
             (metrics hook); must not raise.
     """
 
@@ -115,27 +138,45 @@ class TaskManager:
         audit: AuditLog,
         sandbox_settings: SandboxSettings,
         task_settings: TaskSettings,
-        workspace_root: Path,
+        workspaces: WorkspaceManager,
         isolation: Isolation,
+        owner: str,
         runner: SandboxRunner = sandbox.run,
-        on_task_end: Callable[[TaskRecord, float], None] | None = None,
+        on_task_end: Callable[[TaskRecord, TaskStatus, float], None] | None = None,
     ) -> None:
         self._store = store
         self._audit = audit
         self._sandbox = sandbox_settings
+        self._settings = task_settings
         self._capacity = task_settings.max_concurrent + task_settings.max_queued
+        self._running_quota = task_settings.running_per_principal
         # Without a pids cgroup or a uid per task, all sandboxes share the gateway's uid: cap
         # that uid's processes at what every concurrent task may have (a host backstop).
         self._shared_uid_cap = sandbox_settings.max_pids * task_settings.max_concurrent
-        self._pool = ThreadPoolExecutor(task_settings.max_concurrent, thread_name_prefix="sandbox")
-        self._workspace_root = workspace_root
+        self._workspaces = workspaces
         self._isolation = isolation
+        self.owner = owner
         self._runner = runner
         self._on_task_end = on_task_end
-        self._lock = threading.Lock()
-        self._pending = 0
+        self._cond = threading.Condition()
+        self._queue: deque[_Job] = deque()
+        self._jobs: dict[str, _Job] = {}  # queued or running here
+        self._reserved = 0  # admitted, not yet submitted or finished
+        self._pending_by: Counter[str] = Counter()  # principal -> reserved + queued + running
+        self._running_by: Counter[str] = Counter()
         self._running = 0
-        self._cancels: dict[str, threading.Event] = {}
+        self._accepting = True
+        self._avg_task_s = 1.0  # EWMA of task run time, for Retry-After
+        self.output = OutputHub(store, task_settings.output_flush_ms, on_tick=self._poll_cancel_requests)
+        self._workers = [
+            threading.Thread(target=self._work, name=f"sandbox-{i}", daemon=True)
+            for i in range(task_settings.max_concurrent)
+        ]
+        for worker in self._workers:
+            worker.start()
+        track_tasks(lambda: self.running, lambda: self.queued)
+
+    # -- state ------------------------------------------------------------------
 
     @property
     def isolation(self) -> Isolation:
@@ -149,103 +190,308 @@ class TaskManager:
 
     @property
     def queued(self) -> int:
-        """Tasks accepted but not yet running."""
-        with self._lock:
-            return self._pending - self._running
+        """Tasks of this process waiting for a worker."""
+        with self._cond:
+            return len(self._queue)
 
     @property
     def running(self) -> int:
-        """Tasks whose sandbox is running now."""
-        with self._lock:
+        """Tasks whose sandbox is running in this process now."""
+        with self._cond:
             return self._running
 
-    def reserve(self) -> None:
-        """Claim a queue slot for a task about to be created.
+    @property
+    def accepting(self) -> bool:
+        """False once :meth:`drain` began."""
+        return self._accepting
+
+    # -- admission and submission -------------------------------------------------
+
+    def reserve(self, principal: Principal) -> None:
+        """Admit one task of ``principal`` (before it is stored).
 
         Raises:
-            RateLimited: when ``max_concurrent + max_queued`` tasks are already pending.
+            RateLimited (4290): the queue is full, or the principal has
+                ``max_pending_per_principal`` tasks pending; ``retry_after_s`` estimated.
+            DependencyUnavailable (5003): the gateway is shutting down.
         """
-        with self._lock:
-            if self._pending >= self._capacity:
+        with self._cond:
+            if not self._accepting:
+                raise DependencyUnavailable("the gateway is shutting down; retry on another replica")
+            pending = len(self._jobs) + self._reserved
+            if pending >= self._capacity:
+                TASK_QUEUE_REJECTIONS.labels("queue_full").inc()
                 raise RateLimited(
                     "task queue is full, retry later",
-                    retry_after_s=1,
-                    details={"pending": self._pending, "capacity": self._capacity},
+                    retry_after_s=self._retry_after(len(self._queue) + 1),
+                    details={"pending": pending, "capacity": self._capacity},
                 )
-            self._pending += 1
+            mine = self._pending_by[principal.id]
+            if mine >= self._settings.max_pending_per_principal:
+                TASK_QUEUE_REJECTIONS.labels("principal_quota").inc()
+                raise RateLimited(
+                    f"principal {principal.id} already has {mine} tasks queued or running "
+                    f"(quota {self._settings.max_pending_per_principal}), retry later",
+                    retry_after_s=self._retry_after(1),
+                    details={"pending": mine, "quota": self._settings.max_pending_per_principal},
+                )
+            self._reserved += 1
+            self._pending_by[principal.id] += 1
 
-    def release(self) -> None:
-        """Give back a slot claimed by :meth:`reserve` when the task was never submitted."""
-        with self._lock:
-            self._pending -= 1
+    def release(self, principal: Principal) -> None:
+        """Give back an admission whose task was never submitted."""
+        with self._cond:
+            self._reserved -= 1
+            self._forget_principal(principal.id)
 
     def submit(self, record: TaskRecord, plan: ExecutionPlan, ctx: RequestContext, principal: Principal) -> None:
-        """Queue a stored task (its slot already reserved) for execution."""
-        cancel = threading.Event()
-        with self._lock:
-            self._cancels[record.task_id] = cancel
-        self._pool.submit(self._run_job, _Job(record, plan, ctx, principal), cancel)
+        """Queue a stored, admitted task for execution."""
+        job = _Job(record, plan, ctx, principal)
+        with self._cond:
+            self._reserved -= 1
+            self._jobs[record.task_id] = job
+            self._queue.append(job)
+            self._cond.notify_all()
 
-    def shutdown(self, *, cancel_running: bool) -> None:
-        """Stop accepting work; optionally cancel running sandboxes; wait for workers."""
-        if cancel_running:
-            with self._lock:
-                for event in self._cancels.values():
-                    event.set()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def _retry_after(self, ahead: int) -> int:
+        """Seconds until about ``ahead`` queued tasks have started, at least 1."""
+        estimate = ahead * self._avg_task_s / self._settings.max_concurrent
+        return max(1, min(_MAX_RETRY_AFTER_S, math.ceil(estimate)))
 
-    def _run_job(self, job: _Job, cancel: threading.Event) -> None:
+    def _forget_principal(self, principal_id: str) -> None:
+        self._pending_by[principal_id] -= 1
+        if self._pending_by[principal_id] <= 0:
+            del self._pending_by[principal_id]
+
+    # -- cancel -----------------------------------------------------------------
+
+    def is_local(self, task_id: str) -> bool:
+        """True while the task is queued or running in this process."""
+        with self._cond:
+            return task_id in self._jobs
+
+    def cancel_local(self, task_id: str) -> threading.Event | None:
+        """Cancel a task of this process: a queued one is taken out of the queue and
+        recorded CANCELLED here; a running one has its sandbox killed by its worker.
+        Returns the event set once the task's final state is stored, or None when the
+        task is not queued or running here."""
+        with self._cond:
+            job = self._jobs.get(task_id)
+            if job is None:
+                return None
+            job.cancel.set()
+            queued = job in self._queue
+            if queued:
+                self._queue.remove(job)
+                del self._jobs[task_id]
+        if queued:
+            try:
+                self._end_unstarted(job, "cancelled before it started")
+            finally:
+                with self._cond:
+                    self._forget_principal(job.principal.id)
+                    self._cond.notify_all()
+                job.done.set()
+        return job.done
+
+    def _poll_cancel_requests(self) -> None:
+        """Flusher tick: act on cancels other replicas requested for our tasks."""
+        with self._cond:
+            if not self._jobs:
+                return
+        for task_id in self._store.cancel_requests(self.owner):
+            self.cancel_local(task_id)
+
+    # -- output -----------------------------------------------------------------
+
+    def follow(self, task_id: str, offset: int) -> AsyncIterator[OutputChunk]:
+        """The task's output log from ``offset``, live (see ``OutputHub.follow``)."""
+
+        def is_final() -> bool:
+            record = self._store.get(task_id)
+            return record is None or record.final
+
+        return self.output.follow(task_id, offset, is_final)
+
+    async def wait_final(self, task_id: str, timeout_s: float) -> TaskRecord | None:
+        """The task once final, or as it is after ``timeout_s`` seconds (None if gone)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            record = await asyncio.to_thread(self._store.get, task_id)
+            if record is None or record.final or time.monotonic() >= deadline:
+                return record
+            await asyncio.sleep(0.05)
+
+    # -- workers ----------------------------------------------------------------
+
+    def _next_job(self) -> _Job | None:
+        """The oldest queued job whose principal is under its running quota (blocking);
+        None when draining is done with the queue."""
+        with self._cond:
+            while True:
+                for job in self._queue:
+                    if self._running_by[job.principal.id] < self._running_quota:
+                        self._queue.remove(job)
+                        self._running += 1
+                        self._running_by[job.principal.id] += 1
+                        return job
+                if not self._accepting and not self._queue:
+                    return None
+                self._cond.wait()
+
+    def _work(self) -> None:
+        # One thread per sandbox slot, for the process's lifetime: PR_SET_PDEATHSIG fires
+        # when the thread that spawned bwrap exits, so the spawning thread must outlive it.
+        while (job := self._next_job()) is not None:
+            try:
+                self._run_job(job)
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    self._running_by[job.principal.id] -= 1
+                    if self._running_by[job.principal.id] <= 0:
+                        del self._running_by[job.principal.id]
+                    self._jobs.pop(job.record.task_id, None)
+                    self._forget_principal(job.principal.id)
+                    self._cond.notify_all()
+                job.done.set()
+
+    def _run_job(self, job: _Job) -> None:
         task_id = job.record.task_id
         started_ns = time.time_ns()
-        with self._lock:
-            self._running += 1
         try:
-            self._store.mark_running(task_id, started_ns)
-            status, result = self._execute(job, cancel)
-            completed_ns = time.time_ns()
-            self._store.finish(task_id, status, completed_ns, result)
-            self._audit_end(job, status, result)
-            if self._on_task_end is not None:
-                self._on_task_end(job.record, (completed_ns - started_ns) / 1e6)
+            if job.cancel.is_set() or not self._store.mark_running(task_id, started_ns):
+                # Cancelled (here or through another replica) before it started.
+                self._end_unstarted(job, "cancelled before it started")
+                return
+        except Exception:
+            log.exception("task %s could not be started", task_id)
+            self._end_unstarted(job, "internal error while starting the task", status=TaskStatus.FAILED)
+            return
+        output = self.output.open(task_id, self._sandbox.output_bytes)
+        try:
+            status, result = self._execute(job, output)
         except Exception:  # a worker must never die silently: record and log the failure
             log.exception("task %s failed inside the gateway", task_id)
-            self._store_failure(task_id, "internal error while running the task")
-        finally:
-            with self._lock:
-                self._running -= 1
-                self._pending -= 1
-                self._cancels.pop(task_id, None)
+            status, result = TaskStatus.FAILED, _failed_result("internal error while running the task")
+        self._finish(job, output, status, result)
+        duration_s = (time.time_ns() - started_ns) / 1e9
+        self._avg_task_s = 0.9 * self._avg_task_s + 0.1 * duration_s
 
-    def _execute(self, job: _Job, cancel: threading.Event) -> tuple[TaskStatus, TaskResult]:
-        uids = self._isolation.uids
-        run_as = uids.acquire() if uids is not None else None
+    def _execute(self, job: _Job, output: OutputLog) -> tuple[TaskStatus, TaskResult]:
         try:
-            workspace = self._make_workspace(job.record.task_id, run_as)
-            try:
-                spec = self._spec(job.plan, workspace, run_as)
-                outcome = self._runner(
-                    spec, cancel=cancel, bwrap_path=self._sandbox.bwrap_path,
-                    cgroups=self._isolation.cgroups,
-                )
-            except sandbox.SandboxError as exc:
-                return TaskStatus.FAILED, _failed_result(str(exc))
-            finally:
-                shutil.rmtree(workspace, ignore_errors=True)
+            lease = self._workspaces.acquire(job.record.tenant, job.record.workspace)
+        except (OSError, ValueError, sandbox.SandboxError) as exc:
+            return TaskStatus.FAILED, _failed_result(f"workspace {job.record.workspace}: {exc}")
+        try:
+            spec = self._spec(job.plan, lease)
+            outcome = self._runner(
+                spec, cancel=job.cancel, bwrap_path=self._sandbox.bwrap_path,
+                cgroups=self._isolation.cgroups, on_output=output.add,
+            )
+        except sandbox.SandboxError as exc:
+            return TaskStatus.FAILED, _failed_result(str(exc))
         finally:
             # run() returned only after every process of the run was reaped (and its cgroup
-            # slot drained), so the uid owns nothing any more.
-            if uids is not None and run_as is not None:
-                uids.release(run_as)
+            # slot drained), so the lease's uid owns no process any more.
+            self._workspaces.release(lease)
         return status_for_result(outcome), _to_result(outcome)
 
-    def _spec(self, plan: ExecutionPlan, workspace: Path, run_as: sandbox.RunAs | None) -> sandbox.SandboxSpec:
+    def _finish(self, job: _Job, output: OutputLog | None, status: TaskStatus, result: TaskResult) -> None:
+        """Store the final state with the log's last entries (retrying a store outage),
+        then audit the end and report it to the metrics hook."""
+        task_id = job.record.task_id
+        completed_ns = time.time_ns()
+        stored = False
+        for attempt in range(_FINISH_ATTEMPTS):
+            try:
+                if output is not None:
+                    with output.flush_lock:
+                        final = output.close(status.name, result.exit_code, result.limit_reason, result.error)
+                        stored = self._store.finish(task_id, status, completed_ns, result, final)
+                        output.written()
+                else:
+                    stored = self._store.finish(task_id, status, completed_ns, result, _last_entries(status, result))
+                break
+            except Exception:
+                log.exception("could not record the end of task %s (attempt %d)", task_id, attempt + 1)
+                time.sleep(0.2 * 2**attempt)
+        if output is not None:
+            self.output.forget(task_id)
+        if not stored:
+            # Already final: another replica judged this process dead and failed the task.
+            log.warning("task %s was already final; its end here (%s) is not recorded", task_id, status.name)
+            return
+        self._audit_end(job, status, result)
+        if self._on_task_end is not None:
+            started = job.record.created_at_ns
+            self._on_task_end(job.record, status, (completed_ns - started) / 1e6)
+
+    def _end_unstarted(self, job: _Job, reason: str, status: TaskStatus = TaskStatus.CANCELLED) -> None:
+        result = _failed_result(reason)
+        if status is TaskStatus.CANCELLED:
+            result = TaskResult(**{**result.__dict__, "limit_reason": "cancelled", "error": None})
+        self._finish(job, None, status, result)
+
+    # -- housekeeping ---------------------------------------------------------------
+
+    def fail_orphaned(self) -> list[str]:
+        """Mark FAILED (reason ``gateway_restart``) the unfinished tasks of processes that
+        are gone: at start, and periodically when replicas share the store."""
+        failed = self._store.fail_orphaned(self.owner, "gateway_restart", time.time_ns())
+        if failed:
+            log.warning("marked %d tasks of a gateway process that is gone as FAILED (gateway_restart)", len(failed))
+        return failed
+
+    def sweep(self, now_ns: int | None = None) -> tuple[int, int]:
+        """Delete finished tasks (and their output) older than ``tasks.retention_s`` and
+        workspaces unused for ``tasks.workspace_retention_s``; returns (tasks, workspaces)."""
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        cutoff = now_ns - self._settings.retention_s * 1_000_000_000
+        purged = 0
+        while (n := self._store.purge_finished(cutoff, 1000)) > 0:
+            purged += n
+        removed = self._workspaces.sweep(self._settings.workspace_retention_s, now=now_ns / 1e9)
+        if purged or removed:
+            log.info("retention: deleted %d finished tasks and %d unused workspaces", purged, len(removed))
+        return purged, len(removed)
+
+    # -- shutdown -----------------------------------------------------------------
+
+    def drain(self, grace_s: float) -> None:
+        """Stop taking tasks, cancel queued ones, give running ones ``grace_s`` seconds to
+        finish, cancel the rest, and wait until every task of this process is final."""
+        with self._cond:
+            self._accepting = False
+            queued = [job.record.task_id for job in self._queue]
+            self._cond.notify_all()
+        for task_id in queued:
+            self.cancel_local(task_id)
+        deadline = time.monotonic() + grace_s
+        with self._cond:
+            while self._jobs and time.monotonic() < deadline:
+                self._cond.wait(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+            left = list(self._jobs)
+        if left:
+            log.warning("cancelling %d running tasks after the %.0f s shutdown grace", len(left), grace_s)
+        for task_id in left:
+            self.cancel_local(task_id)
+        for worker in self._workers:
+            worker.join()
+        self.output.close()
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _spec(self, plan: ExecutionPlan, lease: WorkspaceLease) -> sandbox.SandboxSpec:
         s = self._sandbox
         cgroups = self._isolation.cgroups
         pids_cgroup = cgroups is not None and "pids" in cgroups.controllers
         if pids_cgroup:
             uid_process_cap = None
-        elif run_as is not None:
-            uid_process_cap = plan.pids + 2  # the uid is this task's own; + bwrap's two processes
+        elif lease.run_as is not None:
+            # The uid is this workspace's own: + bwrap's two processes. Tasks running on one
+            # workspace at once share its uid, and so this budget.
+            uid_process_cap = plan.pids + 2
         else:
             uid_process_cap = self._shared_uid_cap
         limits = sandbox.Limits(
@@ -263,7 +509,7 @@ class TaskManager:
         )
         return sandbox.SandboxSpec(
             argv=plan.argv,
-            workspace=str(workspace),
+            workspace=str(lease.path),
             env=dict(plan.env),
             cwd=plan.cwd,
             network=sandbox.NetworkMode(plan.network),
@@ -271,13 +517,8 @@ class TaskManager:
             rw_paths=plan.rw_paths,
             limits=limits,
             profile=s.profile,
-            run_as=run_as,
+            run_as=lease.run_as,
         )
-
-    def _make_workspace(self, task_id: str, run_as: sandbox.RunAs | None) -> Path:
-        """``<workspace_root>/<task_id>``, 0700, owned by ``run_as``, made through directory
-        fds (``sandbox.mounts.create_workspace``); the sandbox re-checks it by fd too."""
-        return Path(sandbox.create_workspace(str(self._workspace_root), task_id, run_as))
 
     def _audit_end(self, job: _Job, status: TaskStatus, result: TaskResult) -> None:
         try:
@@ -300,11 +541,11 @@ class TaskManager:
             # The task already ran; its state is stored. Losing the event is logged loudly.
             log.exception("audit event for the end of task %s was not written", job.record.task_id)
 
-    def _store_failure(self, task_id: str, reason: str) -> None:
-        try:
-            self._store.finish(task_id, TaskStatus.FAILED, time.time_ns(), _failed_result(reason))
-        except Exception:
-            log.exception("could not record failure of task %s", task_id)
+
+def _last_entries(status: TaskStatus, result: TaskResult) -> list[OutputChunk]:
+    """The log of a task that never ran: its ``task_end`` event and EXIT_CODE entry."""
+    closing = OutputLog("", 0)
+    return closing.close(status.name, result.exit_code, result.limit_reason, result.error)
 
 
 def _failed_result(error: str) -> TaskResult:

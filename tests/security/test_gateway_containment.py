@@ -3,12 +3,12 @@ allow-listed build tool) try to escape; each is refused inside the sandbox with 
 errno, or contained by a limit, and the gateway keeps serving.
 
 After every test (module fixture ``_gateway_left_nothing``): no process runs with a uid of
-the gateway's sandbox range, its cgroup slots are empty, and its workspace root is empty.
+the gateway's sandbox range, its cgroup slots are empty, and every workspace is closed (0700).
 """
 
 from __future__ import annotations
 
-import os
+import stat
 import textwrap
 import threading
 from typing import Any
@@ -35,10 +35,18 @@ def _gateway_left_nothing(gateway: GatewayProcess):
     slots = busy_slots(cgroup_dirs(gateway.proc.pid, "mcp-gateway"))
     if slots:
         problems.append(f"the gateway's cgroup slots are not empty: {slots}")
+    # Workspaces outlive their tasks (until retention) but are closed again: a tenant dir
+    # per tenant (root's, 0711), and in it workspaces of mode 0700, whatever the command did.
     workspaces = gateway.state_dir / "workspaces"
-    left = sorted(os.listdir(workspaces)) if workspaces.is_dir() else []
-    if left:
-        problems.append(f"workspaces left in {workspaces}: {left}")
+    for tenant in workspaces.iterdir() if workspaces.is_dir() else ():
+        st = tenant.lstat()
+        if not tenant.name.startswith("t-") or st.st_uid != 0 or st.st_mode & 0o7777 != 0o711:
+            problems.append(f"unexpected entry in {workspaces}: {tenant.name} {oct(st.st_mode)} uid {st.st_uid}")
+            continue
+        for ws in tenant.iterdir():
+            mode = ws.lstat().st_mode
+            if ws.name != ".tenant" and (not stat.S_ISDIR(mode) or mode & 0o7777 != 0o700):
+                problems.append(f"workspace {ws} is {oct(mode)}, not a 0700 directory")
     assert gateway.proc.poll() is None, "the gateway died"
     if problems:
         pytest.fail("the gateway left something behind:\n  " + "\n  ".join(problems), pytrace=False)

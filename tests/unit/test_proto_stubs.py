@@ -43,12 +43,14 @@ def test_published_field_numbers() -> None:
     assert _fields("TaskResult") == {"exit_code": 1, "stdout": 2, "stderr": 3, "resource_usage": 4,
                                      "execution_time_ms": 5}
     assert _fields("ResourceUsage") == {"cpu_time_ms": 1, "max_memory_kb": 2, "io_read_bytes": 3, "io_write_bytes": 4}
-    assert _fields("TaskOutputChunk") == {"task_id": 1, "type": 2, "data": 3, "timestamp_ms": 4}
+    assert _fields("TaskOutputChunk") == {"task_id": 1, "type": 2, "data": 3, "timestamp_ms": 4, "offset": 5}
+    assert _fields("TaskStatusRequest") == {"task_id": 1, "offset": 2}
+    assert _fields("ReadFileRequest") == {"path": 1, "workspace": 2}
     assert _fields("HealthResponse") == {"status": 1, "version": 2, "uptime_seconds": 3}
     assert _fields("ReadFileResponse") == {"path": 1, "content": 2, "mime_type": 3, "error": 4}
-    assert _fields("WriteFileRequest") == {"path": 1, "content": 2, "create_dirs": 3, "mode": 4}
+    assert _fields("WriteFileRequest") == {"path": 1, "content": 2, "create_dirs": 3, "mode": 4, "workspace": 5}
     assert _fields("WriteFileResponse") == {"path": 1, "bytes_written": 2, "error": 3}
-    assert _fields("DeleteFileRequest") == {"path": 1, "recursive": 2}
+    assert _fields("DeleteFileRequest") == {"path": 1, "recursive": 2, "workspace": 3}
     assert _fields("DeleteFileResponse") == {"path": 1, "success": 2, "error": 3}
 
 

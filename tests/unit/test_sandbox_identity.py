@@ -59,3 +59,17 @@ def test_busy_uids_finds_a_live_process_of_the_range():
         proc.kill()
         proc.wait()
     assert busy_uids(pool, settle_s=0) == {}
+
+
+def test_acquire_prefers_a_free_uid_of_the_pool():
+    pool = UidPool(300_000, 310_000, 3)
+    assert pool.acquire(prefer=300_002) == RunAs(300_002, 310_002)
+    # Busy, outside the pool, or None: the longest-idle free pair, as without a preference.
+    assert pool.acquire(prefer=300_002) == RunAs(300_000, 310_000)
+    assert pool.acquire(prefer=12) == RunAs(300_001, 310_001)
+    with pytest.raises(SandboxSetupError, match="all 3 sandbox uids are in use"):
+        pool.acquire(prefer=300_000)
+    pool.release(RunAs(300_001, 310_001))
+    pool.release(RunAs(300_000, 310_000))
+    assert pool.acquire(prefer=300_000) == RunAs(300_000, 310_000)  # jumps the FIFO queue
+    assert pool.acquire(prefer=None) == RunAs(300_001, 310_001)

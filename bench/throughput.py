@@ -1,0 +1,302 @@
+"""Sandboxed ``echo hello`` tasks per second: the sandbox library vs the whole gateway (gRPC).
+
+    .venv/bin/python bench/throughput.py [--tasks 400] [--concurrency 1,4,16]
+                                         [--memory-tasks 10000] [--skip-memory]
+
+For each concurrency level c, ``--tasks`` tasks through each path (library first, then
+the gateway, so both see the same machine state); tasks/s = tasks / wall time:
+- library: c threads each calling ``sandbox.run`` with the spec the gateway's task manager
+  builds (``TaskManager._spec``: the ``user`` role's grant, a uid of its own per run from
+  one range, a fresh workspace per run, a cgroup slot when the host has them);
+- gateway: c client threads each calling ExecuteCommand and polling GetTaskStatus every
+  ``BENCH_POLL_S`` (2 ms) until the task is final. This is the full request path (validate,
+  policy decision, audit, store, queue, sandbox run, store result) plus the client's
+  polling. The gateway runs up to max(c) sandboxes, but at most c tasks are in flight, so
+  both paths run at most c sandboxes at once.
+Target: gateway/library >= 0.80 at concurrency 4.
+
+Memory (same gateway process): ``--memory-tasks`` more tasks at the highest concurrency,
+then the gateway's VmRSS/VmHWM and its child processes' (policy workers) RSS, from
+/proc/PID/status. Target: gateway RSS < 200 MB after 10,000 tasks.
+
+A task that is not COMPLETED with exit code 0, or an RPC error, is counted and printed.
+Numbers only: PASS/MISS lines inform, the exit status is 0 unless the script crashes.
+Run as root (drops to a uid range like the gateway).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import sandbox  # noqa: E402
+from gateway.auth import DEV_PRINCIPAL  # noqa: E402
+from gateway.config import Settings  # noqa: E402
+from gateway.proto import mcp_pb2, mcp_pb2_grpc  # noqa: E402
+
+POLL_S = float(os.environ.get("BENCH_POLL_S", "0.002"))  # GetTaskStatus poll interval
+FINAL = {mcp_pb2.TASK_COMPLETED, mcp_pb2.TASK_FAILED, mcp_pb2.TASK_CANCELLED, mcp_pb2.TASK_TIMED_OUT}
+FIRST_UID = 270_000  # both paths use this range, not the default one another gateway may hold
+TIMEOUT_S = 30
+Task = Callable[[], "str | None"]  # runs one task; returns an error text, or None when it succeeded
+
+
+def run_round(task: Task, tasks: int, concurrency: int) -> tuple[float, list[str]]:
+    """``(tasks per second, errors)`` of ``concurrency`` threads claiming ``tasks`` calls."""
+    lock, claimed, errors = threading.Lock(), [0], []
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if claimed[0] >= tasks:
+                    return
+                claimed[0] += 1
+            error = task()
+            if error is not None:
+                with lock:
+                    errors.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return tasks / (time.perf_counter() - start), errors
+
+
+class Library:
+    """``sandbox.run`` of ``echo hello`` as the gateway's task manager would run it."""
+
+    def __init__(self, concurrency: int) -> None:
+        self._settings = Settings().sandbox
+        root = os.geteuid() == 0
+        self._uids = sandbox.UidPool(FIRST_UID, FIRST_UID, concurrency) if root else None
+        try:
+            self.cgroups: sandbox.CgroupPool | None = sandbox.CgroupPool.create("throughput-bench")
+        except sandbox.SandboxUnavailable as exc:
+            print(f"note: no cgroup slots ({exc}); the gateway will not have them either")
+            self.cgroups = None
+        sandbox.set_child_subreaper()  # as the gateway does
+        self._root = tempfile.mkdtemp(prefix="throughput-bench-")
+        os.chmod(self._root, 0o711)
+        self._shared_uid_cap = self._settings.max_pids * concurrency  # TaskManager's, max_concurrent = top
+        self._count = 0
+        self._lock = threading.Lock()
+        # The plan GatewayService._plan makes for the development principal's role grant.
+        data = json.loads((REPO / "policies" / "data.json").read_text())
+        grant = data["mcp"]["config"]["roles"][DEV_PRINCIPAL.roles[0]]["grant"]
+        s = self._settings
+        self._timeout_s = min(TIMEOUT_S, grant["timeout_s"], s.max_timeout_s)
+        self._memory_bytes = min(grant["memory_bytes"], s.max_memory_bytes)
+        self._pids = min(grant["pids"], s.max_pids)
+        self._cpu_seconds = max(1, min(grant["cpu_seconds"], s.max_cpu_seconds))
+
+    def _spec(self, workspace: str, run_as: sandbox.RunAs | None) -> sandbox.SandboxSpec:
+        """As ``TaskManager._spec`` (gateway/tasks/manager.py)."""
+        s = self._settings
+        pids_cgroup = self.cgroups is not None and "pids" in self.cgroups.controllers
+        if pids_cgroup:
+            uid_process_cap = None
+        elif run_as is not None:
+            uid_process_cap = self._pids + 2
+        else:
+            uid_process_cap = self._shared_uid_cap
+        limits = sandbox.Limits(
+            timeout_s=float(self._timeout_s), cpu_seconds=self._cpu_seconds, memory_bytes=self._memory_bytes,
+            address_space_bytes=max(s.address_space_bytes, self._memory_bytes), file_size_bytes=s.file_size_bytes,
+            open_files=s.open_files, pids=self._pids if pids_cgroup else None, cpu_cores=None,
+            tmp_size_bytes=s.tmp_size_bytes, output_bytes=s.output_bytes, uid_process_cap=uid_process_cap,
+        )
+        return sandbox.SandboxSpec(argv=("echo", "hello"), workspace=workspace, env={}, cwd="/workspace",
+                                   network=sandbox.NetworkMode("none"), limits=limits, profile=s.profile,
+                                   run_as=run_as)
+
+    def task(self) -> str | None:
+        """One run, as ``TaskManager._execute``: uid, workspace, run, remove, release."""
+        with self._lock:
+            self._count += 1
+            name = f"task-{self._count}"
+        run_as = self._uids.acquire() if self._uids is not None else None
+        try:
+            workspace = sandbox.create_workspace(self._root, name, run_as)
+            try:
+                result = sandbox.run(self._spec(workspace, run_as), bwrap_path=self._settings.bwrap_path,
+                                     cgroups=self.cgroups)
+            except sandbox.SandboxError as exc:
+                return f"library: {exc}"
+            finally:
+                shutil.rmtree(workspace, ignore_errors=True)
+        finally:
+            if run_as is not None and self._uids is not None:
+                self._uids.release(run_as)
+        if result.setup_error or result.limit_reason or result.exit_code != 0:
+            return f"library: exit {result.exit_code} {result.limit_reason or ''} {result.setup_error or ''}"
+        return None
+
+    def close(self) -> None:
+        shutil.rmtree(self._root, ignore_errors=True)
+        if self.cgroups is not None:
+            self.cgroups.close()
+
+
+class Gateway:
+    """A real ``mcp-gateway serve`` on free ports with a temporary state dir."""
+
+    def __init__(self, max_concurrent: int) -> None:
+        self._state = tempfile.TemporaryDirectory(prefix="throughput-gw-")
+        os.chmod(self._state.name, 0o711)  # the sandbox uids must reach the workspaces inside
+        env = dict(os.environ, MCP_GATEWAY_TASKS__MAX_CONCURRENT=str(max_concurrent),
+                   MCP_GATEWAY_TASKS__MAX_QUEUED="100000", MCP_GATEWAY_TASKS__MAX_PENDING_PER_PRINCIPAL="100000",
+                   MCP_GATEWAY_SANDBOX__UID=str(FIRST_UID), MCP_GATEWAY_SANDBOX__GID=str(FIRST_UID),
+                   MCP_GATEWAY_SANDBOX__UID_COUNT=str(max_concurrent))
+        self._proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mcp-gateway"), "serve", "--http-port", "0", "--grpc-port", "0",
+             "--state-dir", self._state.name, "--log-level", "warning"],
+            stdout=subprocess.PIPE, text=True, env=env,
+        )
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line.startswith("listening "):
+            self.close()
+            raise SystemExit(f"gateway did not start (exit {self._proc.returncode}): {line!r}")
+        self.pid = self._proc.pid
+        self._channel = grpc.insecure_channel(dict(p.split("=", 1) for p in line.split()[1:])["grpc"])
+        self._stub = mcp_pb2_grpc.McpServiceStub(self._channel)
+
+    def task(self) -> str | None:
+        """ExecuteCommand(echo hello), then GetTaskStatus every POLL_S until final."""
+        try:
+            created = self._stub.ExecuteCommand(mcp_pb2.CommandRequest(command="echo", args=["hello"],
+                                                                       timeout=TIMEOUT_S))
+            while True:
+                status = self._stub.GetTaskStatus(mcp_pb2.TaskStatusRequest(task_id=created.task_id))
+                if status.task_info.status in FINAL:
+                    break
+                time.sleep(POLL_S)
+        except grpc.RpcError as exc:
+            return f"gateway: {exc.code().name}: {exc.details()}"
+        if status.task_info.status != mcp_pb2.TASK_COMPLETED or status.result.exit_code != 0:
+            return (f"gateway: {mcp_pb2.TaskStatus.Name(status.task_info.status)} exit {status.result.exit_code} "
+                    f"{status.result.stderr[:200]!r}")
+        return None
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            self._proc.wait(timeout=60)
+        self._state.cleanup()
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM of ``pid`` in MB, from /proc/PID/status (proc(5), values in kB)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields
+
+
+def children(pid: int) -> list[int]:
+    """Child pids of every thread of ``pid`` (/proc/PID/task/TID/children)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # the thread ended meanwhile
+            continue
+    return sorted(set(found))
+
+
+def print_memory(label: str, pid: int) -> float:
+    """Print the gateway's and its children's RSS; return the gateway's own RSS in MB."""
+    own = memory_mb(pid)
+    kids = []
+    for child in children(pid):
+        try:
+            comm = Path(f"/proc/{child}/comm").read_text().strip()
+            kids.append((child, comm, memory_mb(child).get("VmRSS", 0.0)))
+        except OSError:
+            continue
+    total = own["VmRSS"] + sum(rss for _, _, rss in kids)
+    print(f"{label}: gateway VmRSS {own['VmRSS']:.1f} MB VmHWM {own['VmHWM']:.1f} MB; children "
+          + (", ".join(f"{c} ({comm}) {rss:.1f} MB" for c, comm, rss in kids) or "none")
+          + f"; total RSS {total:.1f} MB")
+    return own["VmRSS"]
+
+
+def report_errors(label: str, errors: list[str]) -> None:
+    if errors:
+        print(f"  {label}: {len(errors)} error(s), first: {errors[0]}")
+
+
+def main() -> None:
+    """Run the throughput rounds, then the memory phase, and print the tables."""
+    parser = argparse.ArgumentParser(description="echo tasks/s: sandbox library vs gateway over gRPC")
+    parser.add_argument("--tasks", type=int, default=400, help="tasks per path per concurrency level")
+    parser.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
+    parser.add_argument("--memory-tasks", type=int, default=10_000)
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    top = max(levels)
+    library = Library(top)
+    gateway: Gateway | None = None
+    try:
+        gateway = Gateway(top)
+        start_rss = print_memory("after start", gateway.pid)
+        for name, task in (("library", library.task), ("gateway", gateway.task)):
+            _, errors = run_round(task, 2 * top, top)  # warm-up: filter cache, workers, store
+            report_errors(f"warm-up {name}", errors)
+        rows, total_errors = [], 0
+        for c in levels:
+            lib_rate, lib_errors = run_round(library.task, args.tasks, c)
+            gw_rate, gw_errors = run_round(gateway.task, args.tasks, c)
+            rows.append((c, lib_rate, gw_rate, len(lib_errors), len(gw_errors)))
+            total_errors += len(lib_errors) + len(gw_errors)
+            report_errors(f"concurrency {c} library", lib_errors)
+            report_errors(f"concurrency {c} gateway", gw_errors)
+        print(f"\n{args.tasks} echo tasks per path per level, poll {POLL_S * 1e3:g} ms, cpus={os.cpu_count()}, "
+              f"cgroups={'v%d' % library.cgroups.version if library.cgroups else 'none'}, "
+              f"uid per run={os.geteuid() == 0}")
+        print(f"{'concurrency':>11} | {'library tasks/s':>15} | {'gateway tasks/s':>15} | {'ratio':>5} | errors lib/gw")
+        for c, lib_rate, gw_rate, lib_err, gw_err in rows:
+            print(f"{c:>11} | {lib_rate:>15.1f} | {gw_rate:>15.1f} | {gw_rate / lib_rate:>5.2f} | {lib_err}/{gw_err}")
+        at4 = [gw / lib for c, lib, gw, _, _ in rows if c == 4]
+        if at4:
+            print(f"target: ratio >= 0.80 at concurrency 4: {at4[0]:.2f} {'PASS' if at4[0] >= 0.80 else 'MISS'}")
+        print(f"errors in throughput rounds: {total_errors}")
+        if not args.skip_memory:
+            print()
+            before = print_memory("before memory phase", gateway.pid)
+            rate, errors = run_round(gateway.task, args.memory_tasks, top)
+            after = print_memory(f"after {args.memory_tasks} more tasks", gateway.pid)
+            report_errors("memory phase", errors)
+            print(f"memory phase: {args.memory_tasks} tasks at concurrency {top}: {rate:.1f} tasks/s, "
+                  f"errors {len(errors)}; gateway RSS growth {after - before:+.1f} MB "
+                  f"({after - start_rss:+.1f} MB since start)")
+            print(f"target: gateway RSS < 200 MB after {args.memory_tasks} tasks: {after:.1f} MB "
+                  f"{'PASS' if after < 200 else 'MISS'}")
+    finally:
+        if gateway is not None:
+            gateway.close()
+        library.close()
+
+
+if __name__ == "__main__":
+    main()
