@@ -8,10 +8,9 @@ the gateway, so both see the same machine state); tasks/s = tasks / wall time:
 - library: c threads each calling ``sandbox.run`` with the spec the gateway's task manager
   builds (``TaskManager._spec``: the ``user`` role's grant, a uid of its own per run from
   one range, a fresh workspace per run, a cgroup slot when the host has them);
-- gateway: c client threads each calling ExecuteCommand and polling GetTaskStatus every
-  ``BENCH_POLL_S`` (2 ms) until the task is final. This is the full request path (validate,
-  policy decision, audit, store, queue, sandbox run, store result) plus the client's
-  polling. The gateway runs up to max(c) sandboxes, but at most c tasks are in flight, so
+- gateway: c client threads each calling ExecuteCommand and following StreamTaskOutput
+  to the task's exit-code chunk. This is the full request path (validate, policy decision,
+  audit, store, queue, sandbox run, output log, store result) plus the client's stream. The gateway runs up to max(c) sandboxes, but at most c tasks are in flight, so
   both paths run at most c sandboxes at once.
 Target: gateway/library >= 0.80 at concurrency 4.
 
@@ -48,8 +47,6 @@ from gateway.auth import DEV_PRINCIPAL  # noqa: E402
 from gateway.config import Settings  # noqa: E402
 from gateway.proto import mcp_pb2, mcp_pb2_grpc  # noqa: E402
 
-POLL_S = float(os.environ.get("BENCH_POLL_S", "0.002"))  # GetTaskStatus poll interval
-FINAL = {mcp_pb2.TASK_COMPLETED, mcp_pb2.TASK_FAILED, mcp_pb2.TASK_CANCELLED, mcp_pb2.TASK_TIMED_OUT}
 FIRST_UID = 270_000  # both paths use this range, not the default one another gateway may hold
 TIMEOUT_S = 30
 Task = Callable[[], "str | None"]  # runs one task; returns an error text, or None when it succeeded
@@ -179,20 +176,19 @@ class Gateway:
         self._stub = mcp_pb2_grpc.McpServiceStub(self._channel)
 
     def task(self) -> str | None:
-        """ExecuteCommand(echo hello), then GetTaskStatus every POLL_S until final."""
+        """ExecuteCommand(echo hello), then StreamTaskOutput until its exit-code chunk (how
+        an agent waits for a task); the task_end event must say COMPLETED, exit code 0."""
         try:
             created = self._stub.ExecuteCommand(mcp_pb2.CommandRequest(command="echo", args=["hello"],
                                                                        timeout=TIMEOUT_S))
-            while True:
-                status = self._stub.GetTaskStatus(mcp_pb2.TaskStatusRequest(task_id=created.task_id))
-                if status.task_info.status in FINAL:
-                    break
-                time.sleep(POLL_S)
+            chunks = list(self._stub.StreamTaskOutput(mcp_pb2.TaskStatusRequest(task_id=created.task_id)))
         except grpc.RpcError as exc:
             return f"gateway: {exc.code().name}: {exc.details()}"
-        if status.task_info.status != mcp_pb2.TASK_COMPLETED or status.result.exit_code != 0:
-            return (f"gateway: {mcp_pb2.TaskStatus.Name(status.task_info.status)} exit {status.result.exit_code} "
-                    f"{status.result.stderr[:200]!r}")
+        events = [json.loads(c.data) for c in chunks if c.type == mcp_pb2.CHUNK_EVENT]
+        stdout = b"".join(c.data for c in chunks if c.type == mcp_pb2.CHUNK_STDOUT)
+        end = events[-1] if events else {}
+        if end.get("status") != "COMPLETED" or end.get("exit_code") != 0 or stdout != b"hello\n":
+            return f"gateway: {end} stdout {stdout[:200]!r}"
         return None
 
     def close(self) -> None:
@@ -271,7 +267,7 @@ def main() -> None:
             total_errors += len(lib_errors) + len(gw_errors)
             report_errors(f"concurrency {c} library", lib_errors)
             report_errors(f"concurrency {c} gateway", gw_errors)
-        print(f"\n{args.tasks} echo tasks per path per level, poll {POLL_S * 1e3:g} ms, cpus={os.cpu_count()}, "
+        print(f"\n{args.tasks} echo tasks per path per level (gateway: execute + stream), cpus={os.cpu_count()}, "
               f"cgroups={'v%d' % library.cgroups.version if library.cgroups else 'none'}, "
               f"uid per run={os.geteuid() == 0}")
         print(f"{'concurrency':>11} | {'library tasks/s':>15} | {'gateway tasks/s':>15} | {'ratio':>5} | errors lib/gw")

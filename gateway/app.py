@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = ["StartupError", "build_service", "serve"]
 log = logging.getLogger("gateway")
 
 EXIT_STARTUP_FAILED = 3
+_SERVICE_THREADS = 64
 _EDGE_STOP_GRACE_S = 5.0  # after the drain: how long open calls and streams may go on
 
 
@@ -149,7 +151,8 @@ def _policy(settings: Settings) -> ActivePolicy:
     timeout_s = cfg.timeout_ms / 1000
 
     def build(source: PolicySource) -> EmbeddedEngine:
-        return EmbeddedEngine(source, max_input_bytes=cap, workers=cfg.workers, timeout_s=timeout_s)
+        return EmbeddedEngine(source, max_input_bytes=cap, workers=cfg.workers, timeout_s=timeout_s,
+                              cache_entries=cfg.cache_entries)
 
     engine: Any = None
     try:
@@ -320,6 +323,9 @@ async def serve(settings: Settings) -> int:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Service calls run in these threads (asyncio.to_thread): each may wait on a policy
+    # worker, the store or a cancel; the loop itself only moves bytes.
+    loop.set_default_executor(ThreadPoolExecutor(_SERVICE_THREADS, thread_name_prefix="service"))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 

@@ -227,6 +227,12 @@ class PolicySettings(BaseModel):
         "request is abandoned. Either way: deny, 5003.",
     )
     workers: int = Field(2, ge=1, le=64, description="Embedded engine worker processes (evaluations at once).")
+    cache_entries: int = Field(
+        4096, ge=0,
+        description="Embedded engine: decisions kept for reuse by equal inputs (LRU; 0 = off). Used only "
+        "when no module can read input.context, so a decision depends on the rest of the input and "
+        "the bundle alone; a reload empties it.",
+    )
     watch: bool = Field(
         True,
         description="Reload policy_dir when its files change (embedded engine, or 'opa' with "

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 __all__ = [
     "CONTENT_TYPE",
     "POLICY_BUNDLE",
+    "POLICY_CACHE",
     "POLICY_DECISIONS",
     "POLICY_EVAL_SECONDS",
     "POLICY_RELOADS",
@@ -37,6 +38,11 @@ POLICY_EVAL_SECONDS = Histogram(
     "Time to get a decision from the engine, seconds (errors included).",
     ["engine"],
     buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+POLICY_CACHE = Counter(
+    "mcp_policy_cache_total",
+    "Embedded engine decision cache lookups: hit or miss (only for bundles that never read input.context).",
+    ["result"],
 )
 POLICY_RELOADS = Counter(
     "mcp_policy_reloads_total",

@@ -9,6 +9,7 @@ status from ``gateway.errors.STATUS_TABLE`` and trailing metadata ``error-detail
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -74,8 +75,10 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
         )
 
     async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker thread (policy, store and audit calls block; the event
+        loop keeps serving streams meanwhile), its GatewayError as the call's status."""
         try:
-            return fn(*args)
+            return await asyncio.to_thread(fn, *args)
         except GatewayError as exc:
             await _abort(context, exc)
         except Exception:

@@ -1,7 +1,8 @@
 """REST edge (design section 4): FastAPI routes over the same service layer as gRPC.
 
 Every route is registered in :func:`create_app`; each handler decodes the body, calls
-the service and encodes the answer. Errors are ``{"error":{"code","message","details"}}``
+the service (in a worker thread: policy, store and audit calls block) and encodes the
+answer. Errors are ``{"error":{"code","message","details"}}``
 with the HTTP status from ``gateway.errors.STATUS_TABLE``; a body that is not JSON is
 400/2003, a JSON body of the wrong shape 422/2001-2002 (pydantic's report in details).
 """
@@ -312,7 +313,9 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
     async def execute(body: CommandBody, request: Request) -> TaskCreatedBody:
         """Ask policy, then run a command in the sandbox as a background task."""
         ctx = context(request, "POST /v1/execute")
-        record = service.execute_command(auth.authenticate(dict(request.headers)), ctx, _execute_request(body))
+        record = await asyncio.to_thread(
+            service.execute_command, auth.authenticate(dict(request.headers)), ctx, _execute_request(body)
+        )
         return TaskCreatedBody(
             task_id=record.task_id, status=record.status.name, created_at=rfc3339(record.created_at_ns)
         )
@@ -320,7 +323,7 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
     @app.get("/v1/tasks/{task_id}", tags=["tasks"])
     async def get_task(task_id: str, request: Request) -> dict[str, Any]:
         """State of a task and, once final, its result."""
-        return _task_json(service.get_task(auth.authenticate(dict(request.headers)), task_id))
+        return _task_json(await asyncio.to_thread(service.get_task, auth.authenticate(dict(request.headers)), task_id))
 
     @app.post("/v1/tasks/{task_id}/cancel", tags=["tasks"])
     async def cancel_task(task_id: str, request: Request) -> dict[str, Any]:
@@ -339,7 +342,9 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
         offset. Reconnect with ``Last-Event-ID`` (or ``?offset=``) to continue without gaps
         or repeats."""
         start = _stream_offset(offset, request.headers.get("last-event-id"))
-        chunks = service.stream_output(auth.authenticate(dict(request.headers)), task_id, start)
+        chunks = await asyncio.to_thread(
+            service.stream_output, auth.authenticate(dict(request.headers)), task_id, start
+        )
         return StreamingResponse(
             _sse_stream(task_id, chunks),
             media_type="text/event-stream",

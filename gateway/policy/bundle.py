@@ -27,7 +27,7 @@ import jsonschema
 
 from gateway.errors import PolicyEngineError
 
-__all__ = ["SCHEMA_FILE", "PolicySource", "load_policy_dir"]
+__all__ = ["SCHEMA_FILE", "PolicySource", "ignores_context", "load_policy_dir"]
 
 #: The data schema, relative to the bundle root. OPA's bundle reader ignores it (only
 #: ``.rego``, ``data.json``/``data.yaml`` and ``.manifest`` files are bundle content).
@@ -53,6 +53,38 @@ class PolicySource:
     data: dict[str, Any]
     revision: str
     digest: str = ""
+
+
+# Where a module may name ``input`` without reading ``input.context``: ``input.x``,
+# ``input["x"]``, ``object.get(input, "x", d)`` and ``object.get(input, ["x", ...], d)``,
+# for any top-level key x other than context.
+_INPUT_WORD = re.compile(r"\binput\b")
+_KEY = r'(?!context\b)[A-Za-z_]'
+_SAFE_AFTER = re.compile(rf'\s*\.\s*{_KEY}|\s*\[\s*"{_KEY}')
+_SAFE_GET_AFTER = re.compile(rf'\s*,\s*(\[\s*)?"{_KEY}')
+_GET_BEFORE = re.compile(r"object\.get\(\s*$")
+
+
+def ignores_context(source: PolicySource) -> bool:
+    """True when no module can read ``input.context`` (the per-call part of the input:
+    transport, client address, request id, time), so a decision depends on the rest of
+    the input and the bundle only and may be cached.
+
+    Conservative and lexical: every occurrence of the word ``input`` (comments and strings
+    included) must select a top-level key other than ``context`` in one of the forms
+    ``input.k``, ``input["k"]``, ``object.get(input, "k" | ["k", ...], d)``; anything
+    else (``x := input``, ``input[k]``, ``walk(input, ...)``, an ``import input``) answers
+    False.
+    """
+    for _, text in source.modules:
+        for match in _INPUT_WORD.finditer(text):
+            after = text[match.end():match.end() + 80]
+            if _SAFE_AFTER.match(after):
+                continue
+            if _GET_BEFORE.search(text[max(0, match.start() - 40):match.start()]) and _SAFE_GET_AFTER.match(after):
+                continue
+            return False
+    return True
 
 
 def load_policy_dir(policy_dir: Path, *, include_tests: bool = False) -> PolicySource:

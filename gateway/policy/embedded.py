@@ -38,6 +38,7 @@ Every failure is a :class:`~gateway.errors.PolicyEngineError` (fail closed, code
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -48,8 +49,10 @@ import sys
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +65,8 @@ from regopy.rego_shared import (
 )
 
 from gateway.errors import PolicyEngineError
-from gateway.policy.bundle import PolicySource, load_policy_dir
+from gateway.metrics import POLICY_CACHE
+from gateway.policy.bundle import PolicySource, ignores_context, load_policy_dir
 from gateway.models import Decision, SandboxGrant
 from gateway.policy.frames import MAX_FRAME_BYTES, write_frame
 
@@ -162,6 +166,11 @@ class EmbeddedEngine:
         timeout_s: deadline of one evaluation, seconds, from the moment a worker has
             it; a worker that overruns it is killed. Waiting for a free worker has the
             same limit, so a call returns within twice this.
+        cache_entries: size of the decision cache (LRU), 0 for none. It is used only
+            when the bundle cannot read ``input.context`` (:func:`ignores_context`): a
+            decision is then a function of the rest of the input and this bundle, so
+            equal inputs reuse it (each use gets its own decision id). Errors are never
+            cached, and a reload starts a new engine with an empty cache.
 
     Raises:
         PolicyEngineError: the policy cannot be loaded, does not compile, or the first
@@ -177,9 +186,13 @@ class EmbeddedEngine:
         max_input_bytes: int = 64 * 1024,
         workers: int = 2,
         timeout_s: float = 0.25,
+        cache_entries: int = 0,
     ) -> None:
         self._source = policy if isinstance(policy, PolicySource) else load_policy_dir(Path(policy))
         self.revision = self._source.revision
+        self._cache_entries = cache_entries if ignores_context(self._source) else 0
+        self._cache: OrderedDict[bytes, Decision] = OrderedDict()
+        self._cache_lock = threading.Lock()
         self._max_input_bytes = max_input_bytes
         self._timeout_s = timeout_s
         self._argv = [sys.executable, "-m", "gateway.policy.worker", f"--parent={os.getpid()}"]
@@ -218,6 +231,31 @@ class EmbeddedEngine:
         """
         encoded = encode_input(policy_input, self._max_input_bytes)
         start = time.perf_counter()
+        key = self._cache_key(policy_input) if self._cache_entries else None
+        if key is not None:
+            with self._cache_lock:
+                cached = self._cache.get(key)
+                if cached is not None:
+                    self._cache.move_to_end(key)
+            POLICY_CACHE.labels("hit" if cached is not None else "miss").inc()
+            if cached is not None:
+                return replace(cached, decision_id=str(uuid.uuid4()),
+                               eval_ms=(time.perf_counter() - start) * 1000)
+        decision = self._evaluate(encoded, start)
+        if key is not None:
+            with self._cache_lock:
+                self._cache[key] = decision
+                if len(self._cache) > self._cache_entries:
+                    self._cache.popitem(last=False)
+        return decision
+
+    @staticmethod
+    def _cache_key(policy_input: Mapping[str, Any]) -> bytes:
+        """SHA-256 of the input without ``context``, keys sorted."""
+        rest = {k: v for k, v in policy_input.items() if k != "context"}
+        return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).digest()
+
+    def _evaluate(self, encoded: bytes, start: float) -> Decision:
         try:
             worker = self._idle.get(timeout=self._timeout_s)
         except queue.Empty:

@@ -249,9 +249,17 @@ class TaskManager:
         job = _Job(record, plan, ctx, principal)
         with self._cond:
             self._reserved -= 1
-            self._jobs[record.task_id] = job
-            self._queue.append(job)
-            self._cond.notify_all()
+            accepted = self._accepting
+            if accepted:
+                self._jobs[record.task_id] = job
+                self._queue.append(job)
+                self._cond.notify_all()
+        if not accepted:  # a drain began while the task was being stored: it never runs
+            try:
+                self._end_unstarted(job, "the gateway is shutting down")
+            finally:
+                with self._cond:
+                    self._forget_principal(principal.id)
 
     def _retry_after(self, ahead: int) -> int:
         """Seconds until about ``ahead`` queued tasks have started, at least 1."""
@@ -402,16 +410,18 @@ class TaskManager:
         then audit the end and report it to the metrics hook."""
         task_id = job.record.task_id
         completed_ns = time.time_ns()
+        if output is not None:
+            with output.flush_lock:  # from here on the flusher leaves this log alone
+                final = output.close(status.name, result.exit_code, result.limit_reason, result.error)
+        else:
+            final = _last_entries(status, result)
         stored = False
         for attempt in range(_FINISH_ATTEMPTS):
             try:
-                if output is not None:
-                    with output.flush_lock:
-                        final = output.close(status.name, result.exit_code, result.limit_reason, result.error)
-                        stored = self._store.finish(task_id, status, completed_ns, result, final)
-                        output.written()
-                else:
-                    stored = self._store.finish(task_id, status, completed_ns, result, _last_entries(status, result))
+                stored = self._store.finish(task_id, status, completed_ns, result, final)
+                if not stored and attempt > 0:  # the failed attempt may have committed after all
+                    record = self._store.get(task_id)
+                    stored = record is not None and record.completed_at_ns == completed_ns
                 break
             except Exception:
                 log.exception("could not record the end of task %s (attempt %d)", task_id, attempt + 1)

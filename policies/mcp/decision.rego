@@ -3,7 +3,7 @@
 # Every check adds a [rule_id, reason] pair to `violations`; the request is allowed
 # only when there are none AND a positive rule (`permitted`) matched, so a request the
 # policy does not understand is denied, never waved through. The decision object is
-# always defined, whatever the input.
+# always defined, whatever the request.
 #
 # Tunable values live in data, not here (see layers.rego for how global, tenant and
 # principal data combine). Every set in data is an object whose keys are the

@@ -309,3 +309,53 @@ def test_run_rego_tests_reports_failures(tmp_path: Path) -> None:
     assert results["data.mcp.test_ok"].passed
     assert not results["data.mcp.test_bad"].passed
     assert not results["data.mcp.test_error"].passed and results["data.mcp.test_error"].error
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("x := input.command.name", True),
+    ('x := input["command"]', True),
+    ('x := object.get(input, ["command", "args"], [])', True),
+    ('x := object.get(input, "command", {})', True),
+    ("x := input.context.time_ns", False),
+    ('x := input["context"]', False),
+    ('x := object.get(input, ["context", "time_ns"], 0)', False),
+    ("x := input", False),
+    ("x := input[k]", False),
+    ("x := walk(input)", False),
+    ("# the input", False),  # conservative: prose counts too
+])
+def test_ignores_context_is_conservative(tmp_path: Path, line: str, expected: bool) -> None:
+    from gateway.policy.bundle import ignores_context, load_policy_dir
+
+    source = load_policy_dir(write_policy(tmp_path, line + "\ndecision := {}"))
+    assert ignores_context(source) is expected
+    assert ignores_context(load_policy_dir(POLICY_DIR)) is True
+
+
+def test_decision_cache_reuses_decisions_only_when_context_is_unread(tmp_path: Path) -> None:
+    from gateway.metrics import POLICY_CACHE
+
+    hits = POLICY_CACHE.labels("hit")
+    engine = EmbeddedEngine(POLICY_DIR, cache_entries=8)
+    first = engine.evaluate(typical_input())
+    before = hits._value.get()
+    later = dict(typical_input(), context={"transport": "http", "client_addr": "x", "request_id": "r2", "time_ns": 2})
+    second = engine.evaluate(later)
+    assert hits._value.get() == before + 1
+    assert (second.allow, second.rule_ids, second.sandbox) == (first.allow, first.rule_ids, first.sandbox)
+    assert second.decision_id != first.decision_id
+    # A bundle that reads input.context is never cached: its decisions may differ per call.
+    timed = EmbeddedEngine(write_policy(tmp_path, CONTEXT_POLICY), cache_entries=8)
+    before = hits._value.get()
+    odd = timed.evaluate(dict(typical_input(), context={**typical_input()["context"], "time_ns": 1}))
+    even = timed.evaluate(dict(typical_input(), context={**typical_input()["context"], "time_ns": 2}))
+    assert (odd.allow, even.allow) == (True, False)
+    assert hits._value.get() == before
+
+
+CONTEXT_POLICY = f"""
+decision := {{"allow": true, "reasons": [], "rule_ids": ["command.odd"], "sandbox": {GOOD_SANDBOX}}} if {{
+    input.context.time_ns % 2 == 1
+}}
+decision := {{"allow": false, "reasons": ["even"], "rule_ids": ["command.even"], "sandbox": {GOOD_SANDBOX}}} if input.context.time_ns % 2 == 0
+"""
