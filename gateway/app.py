@@ -45,6 +45,7 @@ __all__ = ["StartupError", "build_service", "serve"]
 log = logging.getLogger("gateway")
 
 EXIT_STARTUP_FAILED = 3
+EXIT_STORE_LOST = 4  # the owner claim on a shared store was lost: restart me
 _SERVICE_THREADS = 64
 _EDGE_STOP_GRACE_S = 5.0  # after the drain: how long open calls and streams may go on
 
@@ -126,13 +127,21 @@ def _build(settings: Settings, isolation: Isolation) -> Runtime:
     return Runtime(service, tasks, store, sink, isolation, policy)
 
 
-async def _housekeeping(runtime: Runtime, settings: Settings) -> None:
-    """Forever: fail tasks of dead replicas (shared store) and apply retention."""
+async def _housekeeping(runtime: Runtime, settings: Settings, lost_store: asyncio.Event) -> None:
+    """Forever: fail tasks of dead replicas (shared store) and apply retention. When this
+    process's owner claim is lost (its lock session ended), other replicas may already be
+    failing its tasks: set ``lost_store`` so the process drains and exits non-zero, to be
+    restarted with a fresh claim, rather than keep running tasks nobody can see end."""
     shared = settings.tasks.store_dsn is not None
     interval = min(settings.tasks.sweep_interval_s, settings.tasks.orphan_check_interval_s if shared else 1e9)
     next_sweep = 0.0
     while True:
         try:
+            if shared and not await asyncio.to_thread(runtime.store.owner_alive):
+                log.error("lost the task store's owner lock (database restart or connection cut): "
+                          "other replicas may fail this process's tasks; shutting down to restart")
+                lost_store.set()
+                return
             if shared:
                 await asyncio.to_thread(runtime.tasks.fail_orphaned)
             if time.monotonic() >= next_sweep:
@@ -340,9 +349,11 @@ async def serve(settings: Settings) -> int:
     print(f"listening grpc={host}:{grpc_edge.port} http={host}:{http_port}", flush=True)
     log.info("gateway serving; policy revision %s", runtime.service.readiness()["policy"]["revision"])
 
-    housekeeping = asyncio.create_task(_housekeeping(runtime, settings))
+    lost_store = asyncio.Event()
+    housekeeping = asyncio.create_task(_housekeeping(runtime, settings, lost_store))
 
-    await stop.wait()
+    await asyncio.wait([asyncio.create_task(stop.wait()), asyncio.create_task(lost_store.wait())],
+                       return_when=asyncio.FIRST_COMPLETED)
     # Drain: new tasks are refused (503) and readiness fails while both edges keep serving,
     # so callers can still stream and poll the tasks that are finishing.
     grace = settings.tasks.shutdown_grace_s
@@ -350,6 +361,8 @@ async def serve(settings: Settings) -> int:
     await grpc_edge.health.enter_graceful_shutdown()
     await asyncio.to_thread(runtime.tasks.drain, grace)
     housekeeping.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await housekeeping
     web.should_exit = True
     await grpc_edge.stop(_EDGE_STOP_GRACE_S)
     await web_task
@@ -357,7 +370,7 @@ async def serve(settings: Settings) -> int:
     runtime.sink.close()
     runtime.policy.close()
     _close_isolation(runtime.isolation)
-    return 0
+    return EXIT_STORE_LOST if lost_store.is_set() else 0
 
 
 def configure_logging(level: str) -> None:

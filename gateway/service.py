@@ -270,7 +270,7 @@ class GatewayService:
         record = await asyncio.to_thread(self.get_task, principal, task_id, scope="tasks:cancel")
         if record.final:
             return record
-        done = self._tasks.cancel_local(task_id)
+        done = await asyncio.to_thread(self._tasks.cancel_local, task_id)
         if done is None:  # run by another replica (or it just ended): ask its owner
             await asyncio.to_thread(self._store.request_cancel, task_id)
         else:
@@ -365,12 +365,18 @@ class GatewayService:
         if "\x00" in path or len(path.encode()) > _MAX_PATH_BYTES:
             raise InvalidParameter(f"path must be at most {_MAX_PATH_BYTES} bytes without NUL",
                                    details={"field": "path"})
-        # Policy sees the path as given (relative = under /workspace), so a traversal
-        # attempt is a policy denial with its rule id in the audit trail.
+        # Policy sees the canonical sandbox path (/workspace/<rel>), so path roots apply to
+        # relative paths too; a path that leaves the workspace reaches policy as given, so
+        # the attempt is a denial with its rule id in the audit trail.
+        try:
+            rel = files.workspace_relative(path)
+            policy_path = f"{_SANDBOX_CWD}/{rel}" if rel else _SANDBOX_CWD
+        except FileDenied:
+            policy_path = path
         policy_input = {
             "principal": self._principal_input(principal),
             "action": action,
-            "file": {"path": path, "mode": mode},
+            "file": {"path": policy_path, "mode": mode},
             "context": self._context_input(ctx),
         }
         tool = action.replace(".", "_")  # file_read, file_write, file_delete

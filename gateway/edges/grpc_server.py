@@ -130,6 +130,9 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
             record = await self._service.cancel_task(principal, request.task_id)
         except GatewayError as exc:
             await _abort(context, exc)
+        except Exception:
+            log.exception("unhandled error in gRPC handler")
+            await _abort(context, InternalError("internal error"))
         return _status_response(record)
 
     async def ReadFile(self, request: mcp_pb2.ReadFileRequest, context: grpc.aio.ServicerContext) -> mcp_pb2.ReadFileResponse:

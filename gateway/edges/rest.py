@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -206,7 +207,7 @@ def _stream_offset(offset: int | None, last_event_id: str | None) -> int:
     """Where a stream starts: after the Last-Event-ID an EventSource sends on reconnect,
     else the ``offset`` query parameter, else 0."""
     if last_event_id is not None:
-        if not last_event_id.strip().isdigit():
+        if not re.fullmatch(r"[0-9]{1,19}", last_event_id.strip()):
             raise InvalidFormat("Last-Event-ID must be an entry offset (a non-negative integer)",
                                 details={"field": "Last-Event-ID"})
         return int(last_event_id) + 1

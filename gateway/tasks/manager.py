@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 #: The sandbox seam: ``sandbox.run`` in production; tests may pass another callable.
 SandboxRunner = Callable[..., sandbox.SandboxResult]
 
-_FINISH_ATTEMPTS = 5  # a final state that cannot be stored is retried (store outage)
+_FINISH_ATTEMPTS = 8  # a final state that cannot be stored is retried, over ~50 s (store outage)
 _MAX_RETRY_AFTER_S = 60
 
 
@@ -167,7 +167,8 @@ class TaskManager:
         self._running = 0
         self._accepting = True
         self._avg_task_s = 1.0  # EWMA of task run time, for Retry-After
-        self.output = OutputHub(store, task_settings.output_flush_ms, on_tick=self._poll_cancel_requests)
+        self.output = OutputHub(store, task_settings.output_flush_ms, on_tick=self._poll_cancel_requests,
+                                on_lost=self.cancel_local)
         self._workers = [
             threading.Thread(target=self._work, name=f"sandbox-{i}", daemon=True)
             for i in range(task_settings.max_concurrent)
@@ -337,14 +338,14 @@ class TaskManager:
         None when draining is done with the queue."""
         with self._cond:
             while True:
-                for job in self._queue:
+                for job in self._queue if self._accepting else ():
                     if self._running_by[job.principal.id] < self._running_quota:
                         self._queue.remove(job)
                         self._running += 1
                         self._running_by[job.principal.id] += 1
                         return job
                 if not self._accepting and not self._queue:
-                    return None
+                    return None  # draining: queued jobs are cancelled by drain, never started
                 self._cond.wait()
 
     def _work(self) -> None:
@@ -425,12 +426,13 @@ class TaskManager:
                 break
             except Exception:
                 log.exception("could not record the end of task %s (attempt %d)", task_id, attempt + 1)
-                time.sleep(0.2 * 2**attempt)
+                time.sleep(min(10.0, 0.2 * 2**attempt))
         if output is not None:
             self.output.forget(task_id)
         if not stored:
-            # Already final: another replica judged this process dead and failed the task.
-            log.warning("task %s was already final; its end here (%s) is not recorded", task_id, status.name)
+            # Already final (another replica judged this process dead and failed the task),
+            # or the store stayed down through every attempt (logged above).
+            log.warning("the end of task %s (%s) is not recorded", task_id, status.name)
             return
         self._audit_end(job, status, result)
         if self._on_task_end is not None:
@@ -472,7 +474,7 @@ class TaskManager:
         """Stop taking tasks, cancel queued ones, give running ones ``grace_s`` seconds to
         finish, cancel the rest, and wait until every task of this process is final."""
         with self._cond:
-            self._accepting = False
+            self._accepting = False  # from now on no worker starts a queued job
             queued = [job.record.task_id for job in self._queue]
             self._cond.notify_all()
         for task_id in queued:

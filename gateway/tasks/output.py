@@ -148,13 +148,19 @@ class OutputHub:
         store: where logs are written and read.
         flush_ms: how often pending output is written and readers woken, milliseconds.
         on_tick: called by the flusher thread about every 250 ms (the manager polls the
-            store for cancel requests there); must not raise.
+            store for cancel requests there).
+        on_lost: called with a task id whose log can no longer be written because the
+            store holds the task as final already (the manager stops its sandbox).
     """
 
-    def __init__(self, store: TaskStore, flush_ms: int, on_tick: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, store: TaskStore, flush_ms: int, on_tick: Callable[[], None] | None = None,
+        on_lost: Callable[[str], object] | None = None,
+    ) -> None:
         self._store = store
         self._flush_s = flush_ms / 1000
         self._on_tick = on_tick
+        self._on_lost = on_lost
         self._lock = threading.Lock()
         self._logs: dict[str, OutputLog] = {}
         self._waiters: dict[str, set[_Waiter]] = {}
@@ -237,30 +243,47 @@ class OutputHub:
         self._thread.join(timeout=10)
 
     def flush(self) -> None:
-        """Write every running task's pending entries to the store and wake their readers."""
+        """Write every running task's pending entries to the store and wake their readers.
+        A log whose write fails is retried next round (its entries stay numbered); one whose
+        task the store already holds as final (another replica failed it) is closed and
+        handed to ``on_lost``. One log's failure never holds up the others."""
         with self._lock:
             logs = [o for o in self._logs.values() if o.has_pending]
         for output in logs:
-            with output.flush_lock:
-                if output.closed:
-                    continue  # its last entries went into the store with its final state
-                chunks = output.take()
-                if chunks:
-                    self._store.append_output(output.task_id, chunks)
-                    output.written()
+            try:
+                with output.flush_lock:
+                    if output.closed:
+                        continue  # its last entries went into the store with its final state
+                    chunks = output.take()
+                    if chunks:
+                        self._store.append_output(output.task_id, chunks)
+                        output.written()
+            except Exception:
+                log.exception("writing live output of task %s failed", output.task_id)
+                self._check_lost(output)
             self.wake(output.task_id)
+
+    def _check_lost(self, output: OutputLog) -> None:
+        try:
+            record = self._store.get(output.task_id)
+        except Exception:
+            return  # the store is down: the next round retries
+        if record is None or record.final:
+            log.error("task %s is already final in the store (failed by another replica?): "
+                      "its sandbox is stopped and its further output dropped", output.task_id)
+            with output.flush_lock:
+                output.closed = True
+            if self._on_lost is not None:
+                self._on_lost(output.task_id)
 
     def _flusher(self) -> None:
         next_tick = time.monotonic()
         while not self._stop.wait(self._flush_s):
-            try:
-                self.flush()
-                if self._on_tick is not None and time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + 0.25
-                    self._on_tick()
-            except Exception:  # a store outage must not end the flusher; the next round retries
-                log.exception("writing live task output failed")
-        try:
             self.flush()
-        except Exception:
-            log.exception("writing live task output failed")
+            if self._on_tick is not None and time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + 0.25
+                try:
+                    self._on_tick()
+                except Exception:  # a store outage must not end the flusher; the next tick retries
+                    log.exception("polling cancel requests failed")
+        self.flush()

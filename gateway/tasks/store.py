@@ -109,6 +109,12 @@ class TaskStore(Protocol):
         """
         ...
 
+    def owner_alive(self) -> bool:
+        """True while this store's owner claim stands (never raises). False once it is
+        lost (PostgreSQL: the lock session ended): other replicas may fail this process's
+        tasks from then on, so the process must stop and be restarted."""
+        ...
+
     def fail_orphaned(self, owner: str, reason: str, now_ns: int) -> list[str]:
         """Mark FAILED (result error ``reason``, exit code -1, an EXIT_CODE entry ``-1``
         appended to the log) every unfinished task whose owner is neither ``owner`` nor
@@ -136,7 +142,8 @@ def open_store(settings: Settings) -> TaskStore:
         return SqliteTaskStore(settings.state_dir / "tasks.db")
     from gateway.tasks.postgres import PostgresTaskStore  # psycopg costs ~150 ms to import
 
-    return PostgresTaskStore(settings.tasks.store_dsn)
+    # Sandbox workers, the output flusher, housekeeping and service threads share the pool.
+    return PostgresTaskStore(settings.tasks.store_dsn, max_pool=settings.tasks.max_concurrent + 16)
 
 
 # -- shared by both backends: row codec, status sets, migration rule ---------------------
@@ -475,6 +482,10 @@ class SqliteTaskStore:
         """
         self._flock()
         self._owner = owner
+
+    def owner_alive(self) -> bool:
+        """True once claimed: the file lock lasts as long as this process."""
+        return self._owner is not None
 
     def fail_orphaned(self, owner: str, reason: str, now_ns: int) -> list[str]:
         """FAIL every unfinished task not owned by ``owner`` (the lock proves its owner

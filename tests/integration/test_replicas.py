@@ -92,3 +92,22 @@ def test_b_fails_the_tasks_of_a_dead_a(replicas: tuple[GatewayProcess, GatewayPr
         # B keeps serving new work.
         fresh = execute(on_b, "echo still here")
         assert wait_status(on_b, fresh, {"COMPLETED"})["result"]["stdout"] == "still here\n"
+
+
+def test_a_replica_that_loses_its_lock_session_stops(
+    replicas: tuple[GatewayProcess, GatewayProcess], postgres_dsn: str
+) -> None:
+    """A database restart or a cut connection ends the lock session: the other replicas may
+    now fail this replica's tasks, so it must drain and exit (status 4) to be restarted."""
+    import psycopg
+
+    a, b = replicas
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
+            (f"mcp-gateway owner %/{a.proc.pid}/%",),
+        ).fetchall()
+    assert killed == [(True,)]
+    assert a.proc.wait(timeout=30) == 4, a.stderr_path.read_text()
+    assert "lost the task store's owner lock" in a.stderr_path.read_text()
+    assert b.proc.poll() is None

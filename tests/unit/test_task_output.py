@@ -224,8 +224,7 @@ def test_a_failed_store_write_leaves_no_gap(store: SqliteTaskStore, make_hub: Ca
     output.add(2, b"second", False)
     flaky.fail_appends = 1
 
-    with pytest.raises(StorageError):
-        hub.flush()
+    hub.flush()  # the failure is logged, not raised: other logs must still be flushed
 
     assert _log(store) == []
     assert output.has_pending  # the numbered entries wait for the next flush
