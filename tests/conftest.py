@@ -252,3 +252,16 @@ def wait_final(call: Any, task_id: str, timeout_s: float = 60.0) -> dict[str, An
         if time.monotonic() > deadline:
             raise AssertionError(f"task {task_id} not final after {timeout_s}s: {status}")
         time.sleep(0.02)
+
+
+def wait_until(condition: Any, timeout_s: float = 3.0, what: str = "condition") -> Any:
+    """Poll ``condition()`` every 5 ms until it returns a truthy value (returned), or fail
+    after ``timeout_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout_s} s")
+        time.sleep(0.005)

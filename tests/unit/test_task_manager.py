@@ -33,6 +33,8 @@ from gateway.models import (
 from gateway.tasks import Isolation, SqliteTaskStore, TaskManager
 from gateway.tasks.workspaces import WorkspaceManager
 
+from tests.conftest import wait_until
+
 OWNER = "gw-test"
 ALICE = Principal("alice", "acme", roles=("user",), scopes=("tasks:execute",))
 BOB = Principal("bob", "acme", roles=("user",), scopes=("tasks:execute",))
@@ -40,18 +42,6 @@ CTX = RequestContext.for_call(transport="grpc", method="ExecuteCommand", peer="1
                               server_host="127.0.0.1", server_port=8081, request_bytes=0, user_agent="pytest")
 STEP_TIMEOUT_S = 3.0  # generous bound for one awaited step; passing runs take milliseconds
 RUNNER_GIVE_UP_S = 10.0  # a fake run nobody releases ends by itself: a broken test never hangs
-
-
-def _wait_until(condition: Callable[[], Any], timeout_s: float = STEP_TIMEOUT_S, what: str = "condition") -> Any:
-    """Poll ``condition`` until it returns a truthy value (returned), or fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s} s")
-        time.sleep(0.005)
 
 
 class FakeRunner:
@@ -161,11 +151,11 @@ class Harness:
         return record
 
     def wait_final(self, task_id: str, timeout_s: float = STEP_TIMEOUT_S) -> TaskRecord:
-        return _wait_until(lambda: (r := self.get(task_id)).final and r, timeout_s, f"final state of {task_id}")
+        return wait_until(lambda: (r := self.get(task_id)).final and r, timeout_s, f"final state of {task_id}")
 
     def wait_idle(self) -> None:
         """Every worker is done with its task (counters are given back after the final state)."""
-        _wait_until(lambda: self.manager.running == 0 and self.manager.queued == 0, what="an idle manager")
+        wait_until(lambda: self.manager.running == 0 and self.manager.queued == 0, what="an idle manager")
 
     def log(self, task_id: str) -> list[OutputChunk]:
         return self.sqlite.read_output(task_id, 0, 10_000)
@@ -566,7 +556,7 @@ def test_output_of_the_run_reaches_the_store_while_it_runs_and_with_its_end(harn
     h.runner.outputs["t"] = [(1, b"hello "), (2, b"oops\n"), (1, b"world\n")]
     task_id = h.submit("t")
 
-    live = _wait_until(lambda: len(h.log(task_id)) == 3 and h.log(task_id), what="live output in the store")
+    live = wait_until(lambda: len(h.log(task_id)) == 3 and h.log(task_id), what="live output in the store")
     assert h.get(task_id).status is TaskStatus.RUNNING
     h.runner.release("t")
     record = h.wait_final(task_id)

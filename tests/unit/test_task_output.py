@@ -20,23 +20,13 @@ from gateway.models import OutputChunk, OutputKind, TaskRecord, TaskStatus, Task
 from gateway.tasks.output import ENTRY_MAX_BYTES, OutputHub, OutputLog
 from gateway.tasks.store import SqliteTaskStore
 
+from tests.conftest import wait_until
+
 OWNER = "gw-test"
 TASK_ID = "task-" + "0" * 31 + "1"
 CAP_BYTES = 4096
 SLOW_FLUSH_MS = 5000  # the flusher stays out of the way; the test calls flush() itself
 STEP_TIMEOUT_S = 3.0  # generous bound for one awaited step; passing runs take milliseconds
-
-
-def _wait_until(condition: Callable[[], Any], timeout_s: float = STEP_TIMEOUT_S, what: str = "condition") -> Any:
-    """Poll ``condition`` until it returns a truthy value (returned), or fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s} s")
-        time.sleep(0.005)
 
 
 def _task(task_id: str = TASK_ID) -> TaskRecord:
@@ -292,7 +282,7 @@ def test_the_flusher_writes_pending_output_within_the_flush_interval(store: Sqli
 
     started = time.monotonic()
     output.add(1, b"hello", False)
-    chunks = _wait_until(lambda: _log(store), what="the entry in the store")
+    chunks = wait_until(lambda: _log(store), what="the entry in the store")
     elapsed_s = time.monotonic() - started
 
     assert _kinds_and_data(chunks) == [(OutputKind.STDOUT, b"hello")]
@@ -445,9 +435,9 @@ def test_a_reader_that_never_consumes_does_not_block_the_flusher(store: SqliteTa
             for n in range(20):
                 output.add(1 + n % 2, b"more %d" % n, False)
                 hub.flush()
-            _wait_until(lambda: len(_log(store)) == 21, what="the flusher's writes")
+            wait_until(lambda: len(_log(store)) == 21, what="the flusher's writes")
             output.add(1, b"by the flusher", False)
-            _wait_until(lambda: len(_log(store)) == 22, what="the flusher's writes")
+            wait_until(lambda: len(_log(store)) == 22, what="the flusher's writes")
         finally:
             await follower.aclose()
 
