@@ -65,7 +65,6 @@ from regopy.rego_shared import (
 )
 
 from gateway.errors import PolicyEngineError
-from gateway.metrics import POLICY_CACHE
 from gateway.policy.bundle import PolicySource, ignores_context, load_policy_dir
 from gateway.models import Decision, SandboxGrant
 from gateway.policy.frames import MAX_FRAME_BYTES, write_frame
@@ -193,6 +192,11 @@ class EmbeddedEngine:
         self._cache_entries = cache_entries if ignores_context(self._source) else 0
         self._cache: OrderedDict[bytes, Decision] = OrderedDict()
         self._cache_lock = threading.Lock()
+        # Imported here, not at module level: worker processes import this module too and
+        # need no metrics (prometheus-client costs each of them ~4 MB).
+        from gateway.metrics import POLICY_CACHE
+
+        self._cache_lookups = POLICY_CACHE
         self._max_input_bytes = max_input_bytes
         self._timeout_s = timeout_s
         self._argv = [sys.executable, "-m", "gateway.policy.worker", f"--parent={os.getpid()}"]
@@ -237,7 +241,7 @@ class EmbeddedEngine:
                 cached = self._cache.get(key)
                 if cached is not None:
                     self._cache.move_to_end(key)
-            POLICY_CACHE.labels("hit" if cached is not None else "miss").inc()
+            self._cache_lookups.labels("hit" if cached is not None else "miss").inc()
             if cached is not None:
                 return replace(cached, decision_id=str(uuid.uuid4()),
                                eval_ms=(time.perf_counter() - start) * 1000)
