@@ -237,6 +237,7 @@ def print_memory(label: str, pid: int) -> float:
 
 
 def report_errors(label: str, errors: list[str]) -> None:
+    """Print how many of a round's tasks failed (``errors``: one message each) and the first."""
     if errors:
         print(f"  {label}: {len(errors)} error(s), first: {errors[0]}")
 

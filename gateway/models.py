@@ -329,6 +329,15 @@ class TaskResult:
     execution_time_ms: int
     error: str | None = None
 
+    @classmethod
+    def not_run(cls, error: str | None, *, limit_reason: str | None = None) -> TaskResult:
+        """The result of a task whose command never ran or whose run was lost: exit code
+        -1, nothing captured or measured; ``error`` says why (None for a plain cancel)."""
+        return cls(
+            exit_code=-1, stdout="", stderr="", stdout_truncated=False, stderr_truncated=False,
+            limit_reason=limit_reason, resource_usage=ResourceUsage(), execution_time_ms=0, error=error,
+        )
+
 
 @dataclass(frozen=True)
 class TaskRecord:

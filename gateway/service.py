@@ -80,7 +80,6 @@ _NETWORK_ORDER = ("none", "loopback", "restricted", "host")
 _SANDBOX_CWD = "/workspace"
 _CANCEL_WAIT_S = 10.0  # CancelTask waits this long for the final state, seconds
 _MAX_OFFSET = 2**63 - 1
-_MAX_PATH_BYTES = 4096
 
 
 def new_task_id() -> str:
@@ -362,17 +361,16 @@ class GatewayService:
         _require_scope(principal, scope)
         count = self._audit.count_invocation(ctx.session_id)
         _check_workspace_id(workspace, "workspace")
-        if "\x00" in path or len(path.encode()) > _MAX_PATH_BYTES:
-            raise InvalidParameter(f"path must be at most {_MAX_PATH_BYTES} bytes without NUL",
-                                   details={"field": "path"})
         # Policy sees the canonical sandbox path (/workspace/<rel>), so path roots apply to
         # relative paths too; a path that leaves the workspace reaches policy as given, so
-        # the attempt is a denial with its rule id in the audit trail.
+        # the attempt is a denial with its rule id in the audit trail. (A NUL or an
+        # over-long path is refused before policy: InvalidParameter.)
+        refused: FileDenied | None = None
         try:
             rel = files.workspace_relative(path)
             policy_path = f"{_SANDBOX_CWD}/{rel}" if rel else _SANDBOX_CWD
-        except FileDenied:
-            policy_path = path
+        except FileDenied as exc:
+            rel, refused, policy_path = "", exc, path
         policy_input = {
             "principal": self._principal_input(principal),
             "action": action,
@@ -386,29 +384,17 @@ class GatewayService:
         try:
             decision = self._decide(policy_input)
         except PolicyEngineError as exc:
-            self._audit_file(ctx, principal, None, audit, error_code=exc.code, reason=exc.message)
+            self._audit.emit("file", ctx, principal, error_code=exc.code, **audit,
+                             **self._decision_fields(None, exc.message))
             raise
-        if not decision.allow:
-            denied = _denial(decision)
-            self._audit_file(ctx, principal, decision, audit, error_code=denied.code)
+        denied = None if decision.allow else _denial(decision)
+        self._audit.emit("file", ctx, principal, error_code=denied.code if denied else None, **audit,
+                         **self._decision_fields(decision, None))
+        if denied is not None:
             raise denied
-        self._audit_file(ctx, principal, decision, audit)
-        # Whatever policy allowed, the call acts strictly beneath the workspace.
-        return files.workspace_relative(path)
-
-    def _audit_file(
-        self, ctx: RequestContext, principal: Principal, decision: Decision | None, fields: dict[str, Any],
-        *, error_code: int | None = None, reason: str | None = None,
-    ) -> None:
-        outcome, rules, reasons = _decision_summary(decision, reason)
-        self._audit.emit(
-            "file", ctx, principal, decision=outcome, policy_rule=rules,
-            policy_reason=clip(reasons[0]) if reasons else None,
-            policy_revision=decision.revision if decision else self._policy.revision,
-            policy_engine=decision.engine if decision else self._policy.name,
-            decision_id=decision.decision_id if decision else None,
-            error_code=error_code, **fields,
-        )
+        if refused is not None:  # whatever policy allowed, the call acts strictly beneath the workspace
+            raise refused
+        return rel
 
     # -- steps ----------------------------------------------------------------
 
@@ -588,7 +574,6 @@ class GatewayService:
         error_code: int | None = None,
         reason: str | None = None,
     ) -> None:
-        outcome, rules, reasons = _decision_summary(decision, reason)
         self._audit.emit(
             "decision",
             ctx,
@@ -598,24 +583,26 @@ class GatewayService:
             command=redact_command(req.command, req.args),
             command_sha256=_sha256(req.command),
             args_sha256=args_sha256(req.args),
-            decision=outcome,
-            policy_rule=rules,
-            policy_reason=clip(reasons[0]) if reasons else None,
-            policy_revision=decision.revision if decision else self._policy.revision,
-            policy_engine=decision.engine if decision else self._policy.name,
-            decision_id=decision.decision_id if decision else None,
             request_bytes=ctx.request_bytes,
             tool_invoke_count=invoke_count,
             error_code=error_code,
+            **self._decision_fields(decision, reason),
         )
 
-
-def _decision_summary(decision: Decision | None, reason: str | None) -> tuple[str, str | None, list[str]]:
-    """(outcome, comma-joined rule ids, reasons) of a decision for its audit event;
-    no decision is an engine error."""
-    if decision is None:
-        return "error", None, [reason or "policy engine error"]
-    return "allow" if decision.allow else "deny", ",".join(decision.rule_ids) or None, list(decision.reasons)
+    def _decision_fields(self, decision: Decision | None, reason: str | None) -> dict[str, Any]:
+        """The audit fields of a decision (``decision``, ``policy_*``, ``decision_id``);
+        no decision means the engine failed with ``reason``."""
+        if decision is None:
+            return {"decision": "error", "policy_reason": clip(reason or "policy engine error"),
+                    "policy_revision": self._policy.revision, "policy_engine": self._policy.name}
+        return {
+            "decision": "allow" if decision.allow else "deny",
+            "policy_rule": ",".join(decision.rule_ids) or None,
+            "policy_reason": clip(decision.reasons[0]) if decision.reasons else None,
+            "policy_revision": decision.revision,
+            "policy_engine": decision.engine,
+            "decision_id": decision.decision_id,
+        }
 
 
 def _check_workspace_id(workspace: str, field: str) -> None:

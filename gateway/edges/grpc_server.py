@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -77,8 +77,13 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
     async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a worker thread (policy, store and audit calls block; the event
         loop keeps serving streams meanwhile), its GatewayError as the call's status."""
+        return await self._guard(context, asyncio.to_thread(fn, *args))
+
+    async def _guard(self, context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
+        """The result of ``call``; a GatewayError becomes the call's status, anything else
+        INTERNAL (5001) without its text."""
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await call
         except GatewayError as exc:
             await _abort(context, exc)
         except Exception:
@@ -126,13 +131,7 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
     ) -> mcp_pb2.TaskStatusResponse:
         """Cancel a task (idempotent); answers its state once final."""
         principal = self._auth.authenticate({})
-        try:
-            record = await self._service.cancel_task(principal, request.task_id)
-        except GatewayError as exc:
-            await _abort(context, exc)
-        except Exception:
-            log.exception("unhandled error in gRPC handler")
-            await _abort(context, InternalError("internal error"))
+        record = await self._guard(context, self._service.cancel_task(principal, request.task_id))
         return _status_response(record)
 
     async def ReadFile(self, request: mcp_pb2.ReadFileRequest, context: grpc.aio.ServicerContext) -> mcp_pb2.ReadFileResponse:

@@ -256,11 +256,7 @@ class TaskManager:
                 self._queue.append(job)
                 self._cond.notify_all()
         if not accepted:  # a drain began while the task was being stored: it never runs
-            try:
-                self._end_unstarted(job, "the gateway is shutting down")
-            finally:
-                with self._cond:
-                    self._forget_principal(principal.id)
+            self._drop_unstarted(job)
 
     def _retry_after(self, ahead: int) -> int:
         """Seconds until about ``ahead`` queued tasks have started, at least 1."""
@@ -294,13 +290,7 @@ class TaskManager:
                 self._queue.remove(job)
                 del self._jobs[task_id]
         if queued:
-            try:
-                self._end_unstarted(job, "cancelled before it started")
-            finally:
-                with self._cond:
-                    self._forget_principal(job.principal.id)
-                    self._cond.notify_all()
-                job.done.set()
+            self._drop_unstarted(job)
         return job.done
 
     def _poll_cancel_requests(self) -> None:
@@ -371,18 +361,18 @@ class TaskManager:
         try:
             if job.cancel.is_set() or not self._store.mark_running(task_id, started_ns):
                 # Cancelled (here or through another replica) before it started.
-                self._end_unstarted(job, "cancelled before it started")
+                self._end_unstarted(job)
                 return
         except Exception:
             log.exception("task %s could not be started", task_id)
-            self._end_unstarted(job, "internal error while starting the task", status=TaskStatus.FAILED)
+            self._end_unstarted(job, "internal error while starting the task")
             return
         output = self.output.open(task_id, self._sandbox.output_bytes)
         try:
             status, result = self._execute(job, output)
         except Exception:  # a worker must never die silently: record and log the failure
             log.exception("task %s failed inside the gateway", task_id)
-            status, result = TaskStatus.FAILED, _failed_result("internal error while running the task")
+            status, result = TaskStatus.FAILED, TaskResult.not_run("internal error while running the task")
         self._finish(job, output, status, result)
         duration_s = (time.time_ns() - started_ns) / 1e9
         self._avg_task_s = 0.9 * self._avg_task_s + 0.1 * duration_s
@@ -391,7 +381,7 @@ class TaskManager:
         try:
             lease = self._workspaces.acquire(job.record.tenant, job.record.workspace)
         except (OSError, ValueError, sandbox.SandboxError) as exc:
-            return TaskStatus.FAILED, _failed_result(f"workspace {job.record.workspace}: {exc}")
+            return TaskStatus.FAILED, TaskResult.not_run(f"workspace {job.record.workspace}: {exc}")
         try:
             spec = self._spec(job.plan, lease)
             outcome = self._runner(
@@ -399,7 +389,7 @@ class TaskManager:
                 cgroups=self._isolation.cgroups, on_output=output.add,
             )
         except sandbox.SandboxError as exc:
-            return TaskStatus.FAILED, _failed_result(str(exc))
+            return TaskStatus.FAILED, TaskResult.not_run(str(exc))
         finally:
             # run() returned only after every process of the run was reaped (and its cgroup
             # slot drained), so the lease's uid owns no process any more.
@@ -439,11 +429,23 @@ class TaskManager:
             started = job.record.created_at_ns
             self._on_task_end(job.record, status, (completed_ns - started) / 1e6)
 
-    def _end_unstarted(self, job: _Job, reason: str, status: TaskStatus = TaskStatus.CANCELLED) -> None:
-        result = _failed_result(reason)
-        if status is TaskStatus.CANCELLED:
-            result = TaskResult(**{**result.__dict__, "limit_reason": "cancelled", "error": None})
-        self._finish(job, None, status, result)
+    def _end_unstarted(self, job: _Job, error: str | None = None) -> None:
+        """Record a task that never ran: CANCELLED, or FAILED with ``error``."""
+        if error is None:
+            self._finish(job, None, TaskStatus.CANCELLED, TaskResult.not_run(None, limit_reason="cancelled"))
+        else:
+            self._finish(job, None, TaskStatus.FAILED, TaskResult.not_run(error))
+
+    def _drop_unstarted(self, job: _Job) -> None:
+        """Cancel a job no worker will run (taken out of the queue, or refused by a
+        drain): record it, give back its principal's place, wake waiters."""
+        try:
+            self._end_unstarted(job)
+        finally:
+            with self._cond:
+                self._forget_principal(job.principal.id)
+                self._cond.notify_all()
+            job.done.set()
 
     # -- housekeeping ---------------------------------------------------------------
 
@@ -558,13 +560,6 @@ def _last_entries(status: TaskStatus, result: TaskResult) -> list[OutputChunk]:
     """The log of a task that never ran: its ``task_end`` event and EXIT_CODE entry."""
     closing = OutputLog("", 0)
     return closing.close(status.name, result.exit_code, result.limit_reason, result.error)
-
-
-def _failed_result(error: str) -> TaskResult:
-    return TaskResult(
-        exit_code=-1, stdout="", stderr="", stdout_truncated=False, stderr_truncated=False,
-        limit_reason=None, resource_usage=ResourceUsage(), execution_time_ms=0, error=error,
-    )
 
 
 def _to_result(outcome: sandbox.SandboxResult) -> TaskResult:

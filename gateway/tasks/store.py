@@ -231,10 +231,7 @@ def result_json(result: TaskResult | None) -> str | None:
 
 def orphan_result_json(reason: str) -> str:
     """The result of a task failed because its owner died: exit code -1, error ``reason``."""
-    return json.dumps(asdict(TaskResult(
-        exit_code=-1, stdout="", stderr="", stdout_truncated=False, stderr_truncated=False,
-        limit_reason=None, resource_usage=ResourceUsage(), execution_time_ms=0, error=reason,
-    )))
+    return json.dumps(asdict(TaskResult.not_run(reason)))
 
 
 def chunk_params(task_id: str, chunk: OutputChunk) -> tuple[Any, ...]:

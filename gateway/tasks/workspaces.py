@@ -416,15 +416,10 @@ class WorkspaceManager:
             self._uids.release(run_as)
 
     def _create_idle(self, key: _Key) -> None:
-        """Make a workspace no task leases (caller holds its lock), owned by a pool uid
-        free now (the next lease prefers it), or by the gateway when none is free or there
-        is no pool. Raises OSError."""
-        owner = None
-        if self._uids is not None:
-            with contextlib.suppress(sandbox.SandboxSetupError):
-                owner = self._uids.acquire()
-                self._uids.release(owner)
-        sandbox.create_workspace(str(self.root / key[0]), key[1], owner)
+        """Make a workspace no task leases (caller holds its lock), owned by the gateway:
+        the first lease hands it to its uid. (Taking a pool uid here, even for a moment,
+        could leave a task starting at that instant without one.) Raises OSError."""
+        sandbox.create_workspace(str(self.root / key[0]), key[1], None)
 
     def _owner(self, entry: _Entry, fd: int) -> tuple[int, int] | None:
         """Whom files made through the files API belong to (caller holds the lock)."""

@@ -224,16 +224,18 @@ def test_workspace_root_opened_up_by_a_command_is_closed_again(manager):
     manager.release(lease)
 
 
-def test_open_dir_create_owns_the_new_workspace_by_a_free_uid(manager, pool, root):
+def test_open_dir_create_owns_the_new_workspace_by_the_gateway_until_leased(manager, pool, root):
+    # Taking a pool uid for an idle workspace, even for a moment, could starve a task
+    # starting at that instant; the first lease hands the tree to its own uid instead.
     running = manager.acquire("t", "running")
     with manager.open_dir("t", "fresh", create=True) as wdir:
-        assert wdir.owner is not None and wdir.owner != (running.run_as.uid, running.run_as.gid)
-        assert wdir.owner[0] in pool
+        assert wdir.owner == (os.geteuid(), os.getegid())
         files.write_file(wdir.fd, "f", b"x", mode=0, create_dirs=False, owner=wdir.owner)
     path = root / _tenant_dir("t") / "fresh"
     assert _owners(path) == {wdir.owner}
     lease = manager.acquire("t", "fresh")
-    assert (lease.run_as.uid, lease.run_as.gid) == wdir.owner  # no hand-over needed
+    assert lease.run_as.uid in pool and lease.run_as != running.run_as
+    assert _owners(path) == {(lease.run_as.uid, lease.run_as.gid)}
     manager.release(lease)
     manager.release(running)
 
