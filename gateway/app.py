@@ -19,26 +19,30 @@ import stat
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+from pydantic import ValidationError
 
 import sandbox
 from gateway.audit import AuditLog, FileSink
+from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.edges.grpc_server import GrpcEdge, create_grpc_server
-from gateway.edges.rest import create_app
+from gateway.edges.rest import PeerCertH11Protocol, create_app
 from gateway.errors import GatewayError, PolicyEngineError
 from gateway.policy import EmbeddedEngine, PolicySource, load_policy_dir
 from gateway.policy.active import ActivePolicy, check_bundle, check_source
 from gateway.policy.opa import OpaEngine
+from gateway.ratelimit import RateLimiter
 from gateway.service import GatewayService
 from gateway.tasks import Isolation, TaskManager, TaskStore, open_store
 from gateway.tasks.workspaces import WorkspaceManager
+from gateway.tls import TlsFiles
 
 __all__ = ["StartupError", "build_service", "serve"]
 
@@ -48,6 +52,7 @@ EXIT_STARTUP_FAILED = 3
 EXIT_STORE_LOST = 4  # the owner claim on a shared store was lost: restart me
 _SERVICE_THREADS = 64
 _EDGE_STOP_GRACE_S = 5.0  # after the drain: how long open calls and streams may go on
+_CONFIG_CHECK_S = 1.0  # how often the config file is checked for changes, seconds
 
 
 class StartupError(Exception):
@@ -64,6 +69,9 @@ class Runtime:
     sink: FileSink
     isolation: Isolation
     policy: ActivePolicy
+    authenticator: Authenticator
+    limiter: RateLimiter
+    tls: TlsFiles | None
 
 
 def build_service(settings: Settings) -> Runtime:
@@ -81,6 +89,7 @@ def build_service(settings: Settings) -> Runtime:
 
 
 def _build(settings: Settings, isolation: Isolation) -> Runtime:
+    authenticator, tls = _auth(settings)
     # Before the probe and any run: reaping each sandbox's pid 1 is how usage is measured.
     sandbox.set_child_subreaper()
     probe_uid = isolation.uids.acquire() if isolation.uids is not None else None
@@ -123,8 +132,77 @@ def _build(settings: Settings, isolation: Isolation) -> Runtime:
         tasks.fail_orphaned()
     except GatewayError as exc:
         raise StartupError(f"cannot recover tasks of a previous process: {exc.message}") from exc
-    service = GatewayService(settings, policy, store, tasks, audit, workspaces)
-    return Runtime(service, tasks, store, sink, isolation, policy)
+    limiter = RateLimiter(settings.rate_limits)
+    service = GatewayService(settings, policy, store, tasks, audit, workspaces, authenticator, limiter)
+    return Runtime(service, tasks, store, sink, isolation, policy, authenticator, limiter, tls)
+
+
+def _auth(settings: Settings) -> tuple[Authenticator, TlsFiles | None]:
+    """The authenticator (JWKS loaded) and the TLS files; StartupError when unusable or
+    when nothing could ever authenticate (no credentials configured and no dev mode)."""
+    if not (settings.auth.configured or settings.auth.dev_mode):
+        raise StartupError(
+            "no authentication configured: set auth.jwt, auth.api_keys or auth.client_certs "
+            "(see the README), or pass --dev for unauthenticated development use on loopback"
+        )
+    try:
+        tls = TlsFiles(settings.tls) if settings.tls.enabled else None
+    except ValueError as exc:
+        raise StartupError(str(exc)) from exc
+    authenticator = Authenticator(settings.auth, settings.tls)
+    try:
+        authenticator.load()
+    except ValueError as exc:
+        if settings.auth.jwt.jwks_file is not None:
+            raise StartupError(f"cannot load auth.jwt.jwks_file: {exc}") from exc
+        # An IdP that is down now may be up for the first token: refetched on demand.
+        log.error("auth: JWKS not available yet (tokens are refused until it is): %s", exc)
+    if settings.auth.dev_mode:
+        banner = (
+            "DEV MODE: calls without credentials run as the development principal "
+            "'anonymous' (tenant 'default', every scope). Never use this outside a developer machine."
+        )
+        print(f"mcp-gateway: WARNING: {banner}", file=sys.stderr, flush=True)
+        log.warning(banner)
+    log.info(
+        "auth: %d API keys, JWT %s, client certificates %s, TLS %s",
+        len(settings.auth.api_keys), "on" if settings.auth.jwt.enabled else "off",
+        "required" if settings.tls.client_ca_file else "off", "on" if tls else "off",
+    )
+    return authenticator, tls
+
+
+async def _watch_config(runtime: Runtime, config_file: Path, reload_settings: Callable[[], Settings],
+                        hangup: asyncio.Event) -> None:
+    """Forever: when ``config_file`` changes (checked every second; also on SIGHUP) re-read
+    the settings and apply the ``auth`` and ``rate_limits`` sections, so a removed or
+    revoked API key is refused from the next call on. Other sections need a restart. A
+    file that does not validate is logged and the running settings stay."""
+
+    def signature() -> tuple[int, int, int] | None:
+        try:
+            st = config_file.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    seen = signature()
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hangup.wait(), _CONFIG_CHECK_S)
+        current = signature()
+        if current == seen and not hangup.is_set():
+            continue
+        hangup.clear()
+        seen = current
+        try:
+            fresh = await asyncio.to_thread(reload_settings)
+        except (ValidationError, FileNotFoundError, OSError, ValueError) as exc:
+            log.error("config reload of %s failed; keeping the running settings: %s", config_file, exc)
+            continue
+        runtime.authenticator.update(fresh.auth)
+        runtime.limiter.update(fresh.rate_limits)
+        log.info("config reloaded from %s: %d API keys, rate limits updated", config_file, len(fresh.auth.api_keys))
 
 
 async def _housekeeping(runtime: Runtime, settings: Settings, lost_store: asyncio.Event) -> None:
@@ -310,8 +388,13 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(settings: Settings) -> int:
+async def serve(
+    settings: Settings, *, config_file: Path | None = None, reload_settings: Callable[[], Settings] | None = None
+) -> int:
     """Run the gateway until SIGTERM or SIGINT; returns the process exit status.
+
+    With ``config_file`` and ``reload_settings`` (which re-reads it with the same flags),
+    a change to the file or SIGHUP applies its ``auth`` and ``rate_limits`` sections.
 
     Raises:
         StartupError: when a part cannot be set up (see :func:`build_service`).
@@ -322,13 +405,17 @@ async def serve(settings: Settings) -> int:
     try:
         grpc_edge: GrpcEdge = create_grpc_server(
             runtime.service, settings.host, settings.grpc_port,
-            max_message_bytes=settings.limits.max_request_bytes,
+            max_message_bytes=settings.limits.max_request_bytes, tls=runtime.tls,
         )
     except RuntimeError as exc:
         raise StartupError(str(exc)) from exc
     app = create_app(runtime.service, settings.host, lambda: http_port, settings.limits.max_request_bytes)
-    web = _Uvicorn(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                  timeout_graceful_shutdown=int(_EDGE_STOP_GRACE_S)))
+    tls = runtime.tls
+    web = _Uvicorn(uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="off", http=PeerCertH11Protocol,
+        timeout_graceful_shutdown=int(_EDGE_STOP_GRACE_S),
+        ssl_context_factory=(lambda config, default: tls.ssl_context()) if tls is not None else None,
+    ))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -337,6 +424,8 @@ async def serve(settings: Settings) -> int:
     loop.set_default_executor(ThreadPoolExecutor(_SERVICE_THREADS, thread_name_prefix="service"))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    hangup = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, hangup.set)
 
     await grpc_edge.start()
     web_task = asyncio.create_task(web.serve(sockets=[http_sock]))
@@ -351,6 +440,10 @@ async def serve(settings: Settings) -> int:
 
     lost_store = asyncio.Event()
     housekeeping = asyncio.create_task(_housekeeping(runtime, settings, lost_store))
+    watcher = (
+        asyncio.create_task(_watch_config(runtime, config_file, reload_settings, hangup))
+        if config_file is not None and reload_settings is not None else None
+    )
 
     await asyncio.wait([asyncio.create_task(stop.wait()), asyncio.create_task(lost_store.wait())],
                        return_when=asyncio.FIRST_COMPLETED)
@@ -360,9 +453,11 @@ async def serve(settings: Settings) -> int:
     log.info("shutting down: running tasks may finish within %.0f s", grace)
     await grpc_edge.health.enter_graceful_shutdown()
     await asyncio.to_thread(runtime.tasks.drain, grace)
-    housekeeping.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await housekeeping
+    for background in (housekeeping, watcher):
+        if background is not None:
+            background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await background
     web.should_exit = True
     await grpc_edge.stop(_EDGE_STOP_GRACE_S)
     await web_task

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,7 +23,14 @@ from pydantic_settings import (
 )
 
 __all__ = [
+    "ApiKeyEntry",
     "AuditSettings",
+    "AuthSettings",
+    "ClientCertIdentity",
+    "JwtSettings",
+    "RateLimit",
+    "RateLimitSettings",
+    "TlsSettings",
     "FileSettings",
     "LimitSettings",
     "PolicySettings",
@@ -118,9 +126,6 @@ class TaskSettings(BaseModel):
         0, ge=0,
         description="Sandboxes one principal may run at once; its further tasks wait in the queue "
         "while other principals' tasks go ahead. 0 = max_concurrent.",
-    )
-    max_pending_per_principal: int = Field(
-        64, ge=1, description="Queued + running tasks one principal may have; beyond, 4290 + Retry-After."
     )
     store_dsn: str | None = Field(
         None,
@@ -259,6 +264,240 @@ class AuditSettings(BaseModel):
     )
 
 
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@:/+=-]{0,127}$"  # principal ids, tenants, roles
+
+
+def _known_scopes(scopes: list[str]) -> list[str]:
+    from gateway.models import SCOPES
+
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise ValueError(f"unknown scopes {unknown}; known: {list(SCOPES)}")
+    return scopes
+
+
+class _Binding(BaseModel):
+    """Who a credential stands for: the principal of the policy input."""
+
+    model_config = ConfigDict(extra="forbid")
+    principal: str = Field(pattern=_NAME, description="Principal id.")
+    tenant: str = Field(pattern=_NAME, description="Tenant the principal belongs to.")
+    roles: list[str] = Field(default_factory=lambda: ["user"], description="Role names ('admin' sees the whole tenant's tasks).")
+    scopes: list[str] = Field(description="Granted scopes (see gateway.models.SCOPES).")
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, scopes: list[str]) -> list[str]:
+        return _known_scopes(scopes)
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, roles: list[str]) -> list[str]:
+        bad = [r for r in roles if not re.fullmatch(_NAME, r)]
+        if bad:
+            raise ValueError(f"bad role names {bad}")
+        return roles
+
+
+class ApiKeyEntry(_Binding):
+    """One API key, stored only as its hash (``mcp-gateway apikey create`` prints the line).
+
+    Keys are ``mgw_`` + 43 base64url characters (256 random bits), so a plain SHA-256 is the
+    right hash: nothing can be guessed, and checking one costs a microsecond.
+    """
+
+    hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$", description="'sha256:' + hex SHA-256 of the whole key.")
+    name: str = Field("", max_length=128, description="Free text for operators (who holds the key).")
+    revoked: bool = Field(
+        False, description="Refuse the key (1001, reason revoked_api_key); deleting the entry refuses it too."
+    )
+    expires_at: int | None = Field(None, ge=0, description="Refuse the key after this time, unix seconds (1002).")
+
+
+class ClientCertIdentity(_Binding):
+    """Maps a verified client certificate to a principal: by its subject or by one SAN.
+
+    ``subject`` is the RFC 4514 string as ``cryptography`` prints it (most specific RDN first,
+    e.g. ``CN=ci-bot,O=acme``); ``san`` is ``dns:NAME``, ``uri:URI`` (SPIFFE ids) or
+    ``email:ADDR``. Exactly one of them is set.
+    """
+
+    subject: str | None = Field(None, description="RFC 4514 subject, e.g. 'CN=ci-bot,O=acme'.")
+    san: str | None = Field(None, pattern=r"^(dns|uri|email):.+", description="'dns:…', 'uri:…' or 'email:…'.")
+
+    @model_validator(mode="after")
+    def _one_match(self) -> ClientCertIdentity:
+        if (self.subject is None) == (self.san is None):
+            raise ValueError("a client certificate identity needs exactly one of 'subject' or 'san'")
+        return self
+
+
+class JwtSettings(BaseModel):
+    """JWT bearer tokens (RFC 7519), verified with PyJWT.
+
+    Asymmetric tokens (RS256, ES256, EdDSA) are checked against a JWKS (RFC 7517) file or
+    URL; HS256 only when ``hs256_secret`` is set. ``alg: none``, an algorithm outside
+    ``algorithms``, or a key of another type than the token's algorithm is refused.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    jwks_file: Path | None = Field(None, description="JWKS file; re-read when it changes.")
+    jwks_url: str | None = Field(None, pattern=r"^https?://", description="JWKS URL (an IdP's jwks_uri).")
+    hs256_secret: SecretStr | None = Field(None, description="Shared HS256 secret, at least 32 bytes.")
+    issuer: str | None = Field(None, description="Required 'iss'.")
+    audience: str | None = Field(None, description="Required 'aud' (one of the token's audiences).")
+    algorithms: list[Literal["RS256", "ES256", "EdDSA"]] = Field(
+        default_factory=lambda: ["RS256", "ES256", "EdDSA"], description="Asymmetric algorithms accepted."
+    )
+    leeway_s: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp / nbf / iat, seconds.")
+    jwks_cache_s: float = Field(300.0, ge=1, description="A fetched JWKS is refreshed after this long, seconds.")
+    jwks_min_refresh_s: float = Field(
+        10.0, ge=0,
+        description="An unknown 'kid' refetches the JWKS at most this often, seconds (so random kids "
+        "cannot make the gateway hammer the IdP).",
+    )
+    principal_claim: str = Field("sub", description="Claim holding the principal id.")
+    tenant_claim: str = Field("tenant", description="Claim holding the tenant (required in every token).")
+    roles_claim: str = Field("roles", description="Claim holding a list of roles (optional).")
+    scopes_claim: str = Field(
+        "scope", description="Claim holding scopes: a space-separated string (RFC 8693) or a list."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether bearer JWTs are accepted at all."""
+        return bool(self.jwks_file or self.jwks_url or self.hs256_secret)
+
+    @field_validator("hs256_secret")
+    @classmethod
+    def _long_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and len(secret.get_secret_value().encode()) < 32:
+            raise ValueError("auth.jwt.hs256_secret must be at least 32 bytes (RFC 7518 section 3.2)")
+        return secret
+
+    @model_validator(mode="after")
+    def _issuer_and_audience(self) -> JwtSettings:
+        if self.enabled and not (self.issuer and self.audience):
+            raise ValueError("auth.jwt needs 'issuer' and 'audience' when a JWKS or HS256 secret is set")
+        if self.jwks_file and self.jwks_url:
+            raise ValueError("auth.jwt: set jwks_file or jwks_url, not both")
+        return self
+
+
+class AuthSettings(BaseModel):
+    """Who may call (issue 6). Without any credential source configured the gateway only
+    starts in ``dev_mode`` on loopback."""
+
+    model_config = ConfigDict(extra="forbid")
+    dev_mode: bool = Field(
+        False,
+        description="A call without credentials is the development principal (tenant 'default', every "
+        "task and file scope). Loopback binds only; the gateway warns loudly at start. Presented "
+        "credentials are still verified.",
+    )
+    jwt: JwtSettings = Field(default_factory=JwtSettings)
+    api_keys: list[ApiKeyEntry] = Field(default_factory=list, description="API keys (hashes only).")
+    client_certs: list[ClientCertIdentity] = Field(
+        default_factory=list, description="mTLS: client certificate -> principal (needs tls.client_ca_file)."
+    )
+
+    @property
+    def configured(self) -> bool:
+        """Whether any credential can authenticate (JWT, API keys or client certificates)."""
+        return self.jwt.enabled or bool(self.api_keys) or bool(self.client_certs)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _unique_hashes(cls, keys: list[ApiKeyEntry]) -> list[ApiKeyEntry]:
+        hashes = [k.hash for k in keys]
+        if len(hashes) != len(set(hashes)):
+            raise ValueError("auth.api_keys lists the same key hash twice")
+        return keys
+
+
+class TlsSettings(BaseModel):
+    """TLS on both ports (gRPC and HTTPS) from PEM files, re-read when they change."""
+
+    model_config = ConfigDict(extra="forbid")
+    cert_file: Path | None = Field(None, description="Server certificate chain, PEM.")
+    key_file: Path | None = Field(None, description="Server private key, PEM (unencrypted).")
+    client_ca_file: Path | None = Field(
+        None,
+        description="CA bundle for client certificates (mTLS): gRPC requires a certificate from it in "
+        "the handshake; HTTPS asks for one and refuses API calls without it (401/1001); health and "
+        "metrics stay reachable for probes.",
+    )
+    reload_check_s: float = Field(
+        2.0, gt=0, description="How often the files are checked for changes, seconds."
+    )
+    terminated_upstream: bool = Field(
+        False,
+        description="TLS ends in front of the gateway (mesh sidecar, ingress): allow plaintext on a "
+        "non-loopback bind. Otherwise a non-loopback bind needs cert_file and key_file.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether both ports speak TLS."""
+        return self.cert_file is not None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls.cert_file and tls.key_file go together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("tls.client_ca_file (mTLS) needs tls.cert_file and tls.key_file")
+        return self
+
+
+class RateLimit(BaseModel):
+    """One set of limits: a token bucket for requests and a cap on concurrent tasks."""
+
+    model_config = ConfigDict(extra="forbid")
+    requests_per_s: float = Field(200.0, ge=0, description="Sustained requests per second; 0 = unlimited.")
+    burst: int = Field(400, ge=1, description="Bucket size: requests allowed at once after a quiet spell.")
+    concurrent_tasks: int = Field(64, ge=0, description="Queued + running tasks at once; 0 = unlimited.")
+
+
+class RateLimitOverride(BaseModel):
+    """Fields of :class:`RateLimit` to change for one tenant; unset fields keep the global value."""
+
+    model_config = ConfigDict(extra="forbid")
+    requests_per_s: float | None = Field(None, ge=0)
+    burst: int | None = Field(None, ge=1)
+    concurrent_tasks: int | None = Field(None, ge=0)
+
+
+class TenantRateLimits(BaseModel):
+    """One tenant's overrides: for each of its principals, and for the tenant as a whole."""
+
+    model_config = ConfigDict(extra="forbid")
+    principal: RateLimitOverride = Field(default_factory=RateLimitOverride)
+    tenant: RateLimitOverride = Field(default_factory=RateLimitOverride)
+
+
+class RateLimitSettings(BaseModel):
+    """Per-principal and per-tenant limits (per gateway process). Excess answers 4290 with
+    Retry-After and is audited (event_type ``rate_limit``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    principal: RateLimit = Field(default_factory=RateLimit)
+    tenant: RateLimit = Field(
+        default_factory=lambda: RateLimit(requests_per_s=1000.0, burst=2000, concurrent_tasks=256)
+    )
+    tenants: dict[str, TenantRateLimits] = Field(default_factory=dict, description="Overrides by tenant.")
+
+    def resolve(self, tenant: str) -> tuple[RateLimit, RateLimit]:
+        """The (per-principal, per-tenant) limits that apply in ``tenant``."""
+        override = self.tenants.get(tenant)
+        if override is None:
+            return self.principal, self.tenant
+        return (
+            self.principal.model_copy(update=override.principal.model_dump(exclude_none=True)),
+            self.tenant.model_copy(update=override.tenant.model_dump(exclude_none=True)),
+        )
+
+
 class Settings(BaseSettings):
     """All gateway settings. See the module docstring for the source precedence."""
 
@@ -281,18 +520,35 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
 
-    @field_validator("host")
-    @classmethod
-    def _loopback_only(cls, host: str) -> str:
-        # Until authentication lands every caller is the anonymous development
-        # principal, so anything but loopback would hand the sandbox to the network.
-        if not is_loopback_host(host):
+    @model_validator(mode="after")
+    def _safe_bind(self) -> Settings:
+        # Unauthenticated calls are the development principal: they may only come from
+        # this host. Credentials on the network need TLS (or a TLS terminator in front).
+        auth, tls = self.auth, self.tls
+        if auth.client_certs and tls.client_ca_file is None:
+            raise ValueError("auth.client_certs needs tls.client_ca_file")
+        if is_loopback_host(self.host):
+            return self  # without credentials configured nor dev mode every call is refused
+        if auth.dev_mode:
             raise ValueError(
-                f"refusing to bind {host!r}: without authentication configured the gateway "
+                f"refusing to bind {self.host!r} in dev mode: unauthenticated access is only "
+                "allowed on loopback (127.0.0.1, ::1 or localhost)"
+            )
+        if not auth.configured:
+            raise ValueError(
+                f"refusing to bind {self.host!r}: without authentication configured the gateway "
                 "only listens on loopback (127.0.0.1, ::1 or localhost)"
             )
-        return host
+        if not (tls.enabled or tls.terminated_upstream):
+            raise ValueError(
+                f"refusing to bind {self.host!r} without TLS: set tls.cert_file and tls.key_file "
+                "(or tls.terminated_upstream when a proxy in front terminates TLS)"
+            )
+        return self
 
     @property
     def workspace_root(self) -> Path:

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 __all__ = [
+    "AUTH_FAILURES",
     "CONTENT_TYPE",
+    "RATE_LIMITED",
     "POLICY_BUNDLE",
     "POLICY_CACHE",
     "POLICY_DECISIONS",
@@ -61,6 +63,18 @@ TASK_QUEUE_REJECTIONS = Counter(
     "mcp_task_rejections_total",
     "Tasks refused with 4290 before they were stored: queue full, or the principal's quota.",
     ["reason"],
+)
+
+AUTH_FAILURES = Counter(
+    "mcp_auth_failures_total",
+    "Calls refused by authentication or authorization, by scheme presented and reason "
+    "(a fixed set: expired, unknown_api_key, missing_scope, ...).",
+    ["scheme", "reason"],
+)
+RATE_LIMITED = Counter(
+    "mcp_rate_limited_total",
+    "Requests refused with 4290 by a rate limit: principal_requests or tenant_requests.",
+    ["limit"],
 )
 
 _active: tuple[str, str] | None = None

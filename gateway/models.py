@@ -21,7 +21,9 @@ __all__ = [
     "Principal",
     "RequestContext",
     "ResourceUsage",
+    "SCOPES",
     "SandboxGrant",
+    "TENANT_ADMIN_ROLE",
     "TaskRecord",
     "TaskResult",
     "TaskStatus",
@@ -91,6 +93,15 @@ class OutputChunk:
     timestamp_ms: int
 
 
+#: Every scope a principal can hold (issue 6): a call needs the one its operation names;
+#: a missing scope answers 1003.
+SCOPES: tuple[str, ...] = (
+    "tasks:execute", "tasks:read", "tasks:cancel", "files:read", "files:write", "policy:read", "policy:admin",
+)
+#: The role that lets a principal see every task of its own tenant (never another tenant's).
+TENANT_ADMIN_ROLE = "admin"
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: the ``principal`` of the policy input.
@@ -101,6 +112,9 @@ class Principal:
         roles: role names, e.g. ``("user",)``.
         scopes: granted scopes, e.g. ``("tasks:execute", "tasks:read")``.
         auth_scheme: how it was authenticated: ``none|basic|bearer|mtls|other``.
+        credential_sha256: hex SHA-256 of the credential presented (the bearer token or
+            API key as sent, or the client certificate's DER); None without one. It names
+            the credential in audit events without revealing it.
     """
 
     id: str
@@ -108,6 +122,12 @@ class Principal:
     roles: tuple[str, ...] = ()
     scopes: tuple[str, ...] = ()
     auth_scheme: str = "none"
+    credential_sha256: str | None = None
+
+    @property
+    def tenant_admin(self) -> bool:
+        """Whether the principal sees every task of its tenant (role ``admin``)."""
+        return TENANT_ADMIN_ROLE in self.roles
 
 
 @dataclass(frozen=True)

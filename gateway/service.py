@@ -1,5 +1,12 @@
 """The use cases every edge calls: validate, decide, audit, run, report.
 
+Every call starts with :meth:`GatewayService.authenticate` (credentials -> principal; a
+failure is audited as ``auth_failure`` and answers 1001/1002; then the principal's and its
+tenant's request rate limits, 4290 audited as ``rate_limit``) and the scope its operation
+needs (1003, audited as ``auth_failure`` with reason ``missing_scope``). A task is visible
+only to its principal and to its tenant's admins (role ``admin``); anyone else gets 6001,
+exactly as for an unknown id.
+
 ``ExecuteCommand`` is one straight sequence, and the order is the security argument:
 
 1. validate the request (sizes, NUL bytes, formats, server maxima) so policy only
@@ -33,6 +40,7 @@ from typing import Any
 
 from gateway import __version__, files
 from gateway.audit.log import AuditLog, args_sha256, clip, redact_command
+from gateway.auth import AuthFailure, Authenticator, Credentials
 from gateway.config import Settings
 from gateway.errors import (
     CommandDenied,
@@ -46,10 +54,11 @@ from gateway.errors import (
     PermissionDenied,
     PolicyDenied,
     PolicyEngineError,
+    RateLimited,
     ResourceDenied,
     SandboxSetupFailed,
 )
-from gateway.metrics import POLICY_DECISIONS, POLICY_EVAL_SECONDS, exposition
+from gateway.metrics import AUTH_FAILURES, POLICY_DECISIONS, POLICY_EVAL_SECONDS, RATE_LIMITED, exposition
 from gateway.models import (
     Decision,
     ExecuteRequest,
@@ -61,7 +70,8 @@ from gateway.models import (
     TaskStatus,
     TaskType,
 )
-from gateway.policy import PolicyEngine
+from gateway.policy.active import ActivePolicy
+from gateway.ratelimit import RateLimiter
 from gateway.tasks import TaskManager, TaskStore
 from gateway.tasks.workspaces import WORKSPACE_ID_PATTERN, WorkspaceManager
 
@@ -115,16 +125,20 @@ class GatewayService:
         tasks: the task manager.
         audit: the audit log.
         workspaces: the tenants' workspaces (the files API works inside them).
+        authenticator: verifies credentials (``auth`` settings).
+        limiter: request rate limits and task quotas (``rate_limits`` settings).
     """
 
     def __init__(
         self,
         settings: Settings,
-        policy: PolicyEngine,
+        policy: ActivePolicy,
         store: TaskStore,
         tasks: TaskManager,
         audit: AuditLog,
         workspaces: WorkspaceManager,
+        authenticator: Authenticator,
+        limiter: RateLimiter,
     ) -> None:
         self._settings = settings
         # The gateway's own files: never bound into a sandbox, whatever policy grants.
@@ -137,6 +151,8 @@ class GatewayService:
         self._tasks = tasks
         self._audit = audit
         self._workspaces = workspaces
+        self._auth = authenticator
+        self._limiter = limiter
         self._started = time.monotonic()
 
     # -- health ---------------------------------------------------------------
@@ -166,10 +182,81 @@ class GatewayService:
         """Prometheus text exposition of the process's metrics."""
         return exposition()
 
+    def policy_status(self, principal: Principal, ctx: RequestContext) -> dict[str, Any]:
+        """The policy engine, bundle revision and health (scope ``policy:read``):
+        ``{"engine", "revision", "healthy", "detail"}``.
+
+        Raises:
+            PermissionDenied (1003): the principal lacks ``policy:read``.
+        """
+        self._authorize(principal, ctx, "policy:read")
+        return self._policy_status()
+
+    def reload_policy(self, principal: Principal, ctx: RequestContext) -> dict[str, Any]:
+        """Reload ``policy_dir`` now (scope ``policy:admin``); answers ``{"result":
+        "applied"|"unchanged", ...policy_status}``.
+
+        Raises:
+            PermissionDenied (1003): the principal lacks ``policy:admin``.
+            PolicyEngineError (5003): the bundle was rejected (the active one stays), or
+                OPA loads the bundle itself.
+        """
+        self._authorize(principal, ctx, "policy:admin")
+        try:
+            result = self._policy.reload()
+        except PolicyEngineError as exc:
+            self._audit.emit("policy_reload", ctx, principal, error_code=exc.code, policy_reason=clip(exc.message),
+                             policy_revision=self._policy.revision, policy_engine=self._policy.name)
+            raise
+        self._audit.emit("policy_reload", ctx, principal, policy_reason=result,
+                         policy_revision=self._policy.revision, policy_engine=self._policy.name)
+        return {"result": result, **self._policy_status()}
+
     def _policy_status(self) -> dict[str, Any]:
         healthy, detail = self._policy.health()
         return {"engine": self._policy.name, "revision": self._policy.revision, "healthy": healthy,
                 "detail": detail}
+
+    # -- callers --------------------------------------------------------------
+
+    def authenticate(self, ctx: RequestContext, credentials: Credentials) -> Principal:
+        """The principal behind a call, after its request rate limits.
+
+        Raises:
+            Unauthenticated (1001) / TokenExpired (1002): bad credentials; audited as
+                ``auth_failure`` with the reason and the credential's SHA-256, never the
+                credential.
+            RateLimited (4290): the principal's or its tenant's request bucket is empty;
+                audited as ``rate_limit``.
+            AuditError (5001): the failure could not be audited.
+        """
+        try:
+            principal = self._auth.authenticate(credentials)
+        except AuthFailure as failure:
+            AUTH_FAILURES.labels(failure.scheme, failure.reason).inc()
+            self._audit.emit(
+                "auth_failure", ctx, None, principal="unauthenticated", tenant="unknown",
+                auth_scheme=failure.scheme, credential_sha256=failure.credential_sha256,
+                auth_reason=failure.reason, error_code=failure.error.code,
+            )
+            raise failure.error from None
+        try:
+            self._limiter.check(principal)
+        except RateLimited as exc:
+            limit = str(exc.details["limit"])
+            RATE_LIMITED.labels(limit).inc()
+            self._audit.emit("rate_limit", ctx, principal, rate_limit=limit, error_code=exc.code)
+            raise
+        return principal
+
+    def _authorize(self, principal: Principal, ctx: RequestContext, scope: str) -> None:
+        """PermissionDenied (1003), audited, unless ``principal`` holds ``scope``."""
+        if scope in principal.scopes:
+            return
+        AUTH_FAILURES.labels(principal.auth_scheme, "missing_scope").inc()
+        self._audit.emit("auth_failure", ctx, principal, auth_reason="missing_scope", error_code=1003)
+        raise PermissionDenied(f"missing scope {scope}", details={"scope": scope})
+
 
     # -- commands -------------------------------------------------------------
 
@@ -186,7 +273,7 @@ class GatewayService:
             AuditError (5001): the decision could not be audited (nothing runs).
             StorageError (5002): the task could not be stored.
         """
-        _require_scope(principal, "tasks:execute")
+        self._authorize(principal, ctx, "tasks:execute")
         count = self._audit.count_invocation(ctx.session_id)
         self._validate(req)
         workspace = req.metadata.get("workspace")
@@ -207,9 +294,11 @@ class GatewayService:
             # The request may still be refused after policy allowed it (paths outside the
             # grant, queue full): the decision event then carries that error instead.
             plan = self._plan(req, cwd, decision)
-            self._tasks.reserve(principal)
+            principal_quota, tenant_quota = self._limiter.task_quotas(principal)
+            self._tasks.reserve(principal, principal_quota=principal_quota, tenant_quota=tenant_quota)
         except GatewayError as exc:
-            self._audit_decision(ctx, principal, req, decision, count, error_code=exc.code)
+            limit = str(exc.details.get("limit", "queue")) if isinstance(exc, RateLimited) else None
+            self._audit_decision(ctx, principal, req, decision, count, error_code=exc.code, rate_limit=limit)
             raise
         task_id = new_task_id()
         try:
@@ -235,28 +324,32 @@ class GatewayService:
         self._tasks.submit(record, plan, ctx, principal)
         return record
 
-    def get_task(self, principal: Principal, task_id: str, *, scope: str = "tasks:read") -> TaskRecord:
-        """The caller's task ``task_id``.
+    def get_task(
+        self, principal: Principal, ctx: RequestContext, task_id: str, *, scope: str = "tasks:read"
+    ) -> TaskRecord:
+        """The caller's task ``task_id``: one the principal created, or any task of its
+        tenant for a tenant admin.
 
         Raises:
             PermissionDenied (1003): the principal lacks ``scope``.
             InvalidFormat (2003): ``task_id`` is not ``task-`` + 32 lowercase hex.
-            NotFound (6001): no such task in the caller's tenant (another tenant's
-                task answers exactly like an unknown id).
+            NotFound (6001): no such task visible to the caller (another tenant's or,
+                for a non-admin, another principal's task answers exactly like an
+                unknown id).
             StorageError (5002): the store failed.
         """
-        _require_scope(principal, scope)
+        self._authorize(principal, ctx, scope)
         if not TASK_ID_PATTERN.match(task_id):
             raise InvalidFormat(
                 "task_id must be 'task-' followed by 32 lowercase hex digits",
                 details={"field": "task_id"},
             )
         record = self._store.get(task_id)
-        if record is None or record.tenant != principal.tenant:
+        if record is None or not _visible(record, principal):
             raise NotFound(f"task {task_id} not found", details={"task_id": task_id})
         return record
 
-    async def cancel_task(self, principal: Principal, task_id: str) -> TaskRecord:
+    async def cancel_task(self, principal: Principal, ctx: RequestContext, task_id: str) -> TaskRecord:
         """Cancel the caller's task and return it once final (CANCELLED, or the state it
         reached first); a task already final is returned as it is, so cancel is idempotent.
         A task another replica runs is cancelled through the store; if it is not final
@@ -266,7 +359,7 @@ class GatewayService:
             PermissionDenied (1003): the principal lacks ``tasks:cancel``.
             InvalidFormat (2003) / NotFound (6001) / StorageError (5002): as ``get_task``.
         """
-        record = await asyncio.to_thread(self.get_task, principal, task_id, scope="tasks:cancel")
+        record = await asyncio.to_thread(self.get_task, principal, ctx, task_id, scope="tasks:cancel")
         if record.final:
             return record
         done = await asyncio.to_thread(self._tasks.cancel_local, task_id)
@@ -277,7 +370,9 @@ class GatewayService:
         final = await self._tasks.wait_final(task_id, _CANCEL_WAIT_S)
         return final if final is not None else record
 
-    def stream_output(self, principal: Principal, task_id: str, offset: int) -> AsyncIterator[OutputChunk]:
+    def stream_output(
+        self, principal: Principal, ctx: RequestContext, task_id: str, offset: int
+    ) -> AsyncIterator[OutputChunk]:
         """The caller's task output log from entry ``offset`` on, live, ending with the
         EXIT_CODE entry (see ``OutputChunk`` for the numbering).
 
@@ -288,7 +383,7 @@ class GatewayService:
         """
         if not 0 <= offset <= _MAX_OFFSET:
             raise InvalidParameter("offset must be between 0 and 2^63-1", details={"field": "offset"})
-        self.get_task(principal, task_id)
+        self.get_task(principal, ctx, task_id)
         return self._tasks.follow(task_id, offset)
 
     # -- files ----------------------------------------------------------------
@@ -358,7 +453,7 @@ class GatewayService:
     ) -> str:
         """Scope, validation, policy decision and its audit event for one file call;
         returns the workspace-relative path to act on."""
-        _require_scope(principal, scope)
+        self._authorize(principal, ctx, scope)
         count = self._audit.count_invocation(ctx.session_id)
         _check_workspace_id(workspace, "workspace")
         # Policy sees the canonical sandbox path (/workspace/<rel>), so path roots apply to
@@ -573,6 +668,7 @@ class GatewayService:
         task_id: str | None = None,
         error_code: int | None = None,
         reason: str | None = None,
+        rate_limit: str | None = None,
     ) -> None:
         self._audit.emit(
             "decision",
@@ -586,6 +682,7 @@ class GatewayService:
             request_bytes=ctx.request_bytes,
             tool_invoke_count=invoke_count,
             error_code=error_code,
+            rate_limit=rate_limit,
             **self._decision_fields(decision, reason),
         )
 
@@ -614,9 +711,9 @@ def _check_workspace_id(workspace: str, field: str) -> None:
         )
 
 
-def _require_scope(principal: Principal, scope: str) -> None:
-    if scope not in principal.scopes:
-        raise PermissionDenied(f"missing scope {scope}", details={"scope": scope})
+def _visible(record: TaskRecord, principal: Principal) -> bool:
+    """Tasks are the tenant's: its admins see them all, other principals their own."""
+    return record.tenant == principal.tenant and (record.principal_id == principal.id or principal.tenant_admin)
 
 
 def _no_nul(field: str, values: Any) -> None:

@@ -26,4 +26,6 @@ if [ "$(id -u)" -eq 0 ] && [ -z "${MCP_GATEWAY_SANDBOX__WORKSPACE_ROOT:-}" ] && 
   export MCP_GATEWAY_SANDBOX__WORKSPACE_ROOT=/var/lib/mcp-gateway/workspaces
   echo "quickstart: workspaces go to $MCP_GATEWAY_SANDBOX__WORKSPACE_ROOT ($PWD is not reachable by the sandbox uids or not root-owned all the way up)" >&2
 fi
-exec .venv/bin/mcp-gateway serve "$@"
+# --dev: no credentials needed, loopback only (the gateway refuses --dev on any other
+# address and says so at start). For tokens, API keys and TLS see the README.
+exec .venv/bin/mcp-gateway serve --dev "$@"

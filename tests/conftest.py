@@ -77,14 +77,15 @@ def _uid_range_env(state_dir: Path) -> dict[str, str]:
 
 
 def start_gateway(state_dir: Path, *extra_args: str, env: dict[str, str] | None = None,
-                  timeout_s: float = 30.0) -> GatewayProcess:
-    """Start ``mcp-gateway serve`` on free ports and wait for its ``listening`` line."""
+                  timeout_s: float = 30.0, dev: bool = True) -> GatewayProcess:
+    """Start ``mcp-gateway serve`` on free ports and wait for its ``listening`` line
+    (``--dev``, unauthenticated calls allowed, unless ``dev`` is False)."""
     env = {**_uid_range_env(state_dir), **(env or {})}
     state_dir.mkdir(parents=True, exist_ok=True)
     state_dir.parent.chmod(0o711)  # mkdtemp makes 0700; the sandbox uid must traverse it
     stderr_path = state_dir.parent / f"{state_dir.name}-gateway.stderr"
     cmd = [str(GATEWAY_BIN), "serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
-           "--state-dir", str(state_dir), *extra_args]
+           "--state-dir", str(state_dir), *(["--dev"] if dev else []), *extra_args]
     stderr = open(stderr_path, "w")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True,
                             env={**os.environ, **env}, cwd=str(REPO))

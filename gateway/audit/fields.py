@@ -53,15 +53,27 @@ FIELDS: tuple[Field, ...] = (
     Field("event_id", "string", "Unique event id (uuid4).", required=True),
     Field(
         "event_type", "string", "What happened.", required=True,
-        enum=("decision", "task_end", "file", "auth_failure"),
+        enum=("decision", "task_end", "file", "auth_failure", "rate_limit", "policy_reload"),
     ),
     Field("producer", "string", "Who wrote the event.", required=True, enum=("mcp-gateway",)),
     Field("transport", "string", "Edge the call came through.", required=True,
           enum=("grpc", "http", "https", "mcp", "stdio")),
-    Field("principal", "string", "Authenticated principal id."),
-    Field("tenant", "string", "Principal's tenant."),
-    Field("auth_scheme", "string", "How the caller authenticated.",
+    Field("principal", "string", "Authenticated principal id ('unauthenticated' when authentication failed).",
+          required=True),
+    Field("tenant", "string", "Principal's tenant ('unknown' when authentication failed).", required=True),
+    Field("auth_scheme", "string", "How the caller authenticated (or tried to).", required=True,
           enum=("none", "basic", "bearer", "mtls", "other")),
+    Field("credential_sha256", "string",
+          "SHA-256 (hex) of the credential presented: the bearer token or API key as sent (for an API "
+          "key, the hash in its config entry), or the client certificate's DER (its fingerprint).",
+          pattern=_HEX64),
+    Field("auth_reason", "string",
+          "auth_failure: why, e.g. expired, not_yet_valid, wrong_audience, wrong_issuer, unknown_kid, "
+          "alg_not_allowed, bad_signature, unknown_api_key, revoked_api_key, missing_credentials, "
+          "client_certificate_required, unmapped_client_certificate, missing_scope."),
+    Field("rate_limit", "string",
+          "Limit that refused the call (4290): principal_requests, tenant_requests, "
+          "principal_concurrent_tasks, tenant_concurrent_tasks or queue."),
     Field("task_id", "string", "Task the event belongs to.", pattern="^task-[0-9a-f]{32}$"),
     Field("tool_name", "string", "Tool invoked, e.g. 'execute_command'."),
     Field("command", "string", "Command line with secret-looking values redacted, at most 1024 chars."),

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.audit.fields import FIELD_NAMES
+from gateway.audit.fields import FIELD_NAMES, FIELDS
 from gateway.errors import InternalError
 from gateway.models import Principal, RequestContext
 
@@ -40,6 +40,7 @@ GENESIS_HASH = "0" * 64
 _MAX_COMMAND_CHARS = 1024
 _MAX_REASON_CHARS = 512
 _MAX_SESSIONS = 10_000
+_REQUIRED_BEFORE_CHAIN = frozenset(f.name for f in FIELDS if f.required) - {"seq", "prev_hash", "hash"}
 
 # key=value / key: value where the key names a secret; the value is replaced.
 _SECRET_KV = re.compile(
@@ -223,12 +224,15 @@ class AuditLog:
         event_type: str,
         ctx: RequestContext,
         principal: Principal | None,
+        /,
         **fields: Any,
     ) -> dict[str, Any]:
         """Write one event of ``event_type`` for a call described by ``ctx``.
 
-        ``fields`` are further audit keys (see gateway.audit.fields); None values are
-        dropped (absent = unknown).
+        ``principal`` fills ``principal``, ``tenant``, ``auth_scheme`` and
+        ``credential_sha256``; without one (a failed authentication) ``fields`` must carry
+        the first three. ``fields`` are further audit keys (see gateway.audit.fields); None
+        values are dropped (absent = unknown).
 
         Returns:
             the event as written (with seq and hashes).
@@ -252,10 +256,15 @@ class AuditLog:
         }
         if principal is not None:
             event.update(principal=principal.id, tenant=principal.tenant, auth_scheme=principal.auth_scheme)
+            if principal.credential_sha256 is not None:
+                event["credential_sha256"] = principal.credential_sha256
         event.update({k: v for k, v in fields.items() if v is not None})
         unknown = set(event) - FIELD_NAMES
         if unknown:
             raise AuditError(f"unknown audit fields: {sorted(unknown)}")
+        missing = _REQUIRED_BEFORE_CHAIN - set(event)
+        if missing:
+            raise AuditError(f"missing audit fields: {sorted(missing)}")
         with self._lock:
             event["seq"] = self._seq + 1
             event["prev_hash"] = self._prev_hash

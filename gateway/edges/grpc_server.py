@@ -1,7 +1,8 @@
 """gRPC edge: ``mcp.McpService`` (design section 3) over grpc.aio.
 
-Each handler decodes the protobuf request, calls the service layer and encodes the
-answer; no logic lives here. A :class:`GatewayError` becomes ``context.abort`` with the
+Each handler decodes the protobuf request, authenticates the caller (``authorization``
+metadata; over mTLS the client certificate the handshake verified), calls the service
+layer and encodes the answer; no logic lives here. A :class:`GatewayError` becomes ``context.abort`` with the
 status from ``gateway.errors.STATUS_TABLE`` and trailing metadata ``error-details`` =
 ``{"error":{"code":..,"message":..,"details":..}}`` (ASCII JSON). Server reflection and
 ``grpc.health.v1.Health`` are always on.
@@ -19,11 +20,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway.auth import DevelopmentAuthenticator
+from gateway.auth import Credentials
 from gateway.errors import GatewayError, InternalError, RateLimited, status_for
 from gateway.models import ExecuteRequest, OutputChunk, RequestContext, TaskRecord, rfc3339
 from gateway.proto import mcp_pb2, mcp_pb2_grpc
 from gateway.service import GatewayService
+from gateway.tls import TlsFiles
 
 __all__ = ["GrpcEdge", "McpServicer", "create_grpc_server"]
 
@@ -50,21 +52,29 @@ async def _abort(context: grpc.aio.ServicerContext, error: GatewayError) -> NoRe
 class McpServicer(mcp_pb2_grpc.McpServiceServicer):
     """Thin adapter from ``mcp.McpService`` to :class:`GatewayService`.
 
+    Every RPC but Health authenticates first: the ``authorization`` metadata and, over
+    mTLS, the client certificate the handshake verified.
+
     Args:
         service: the shared service layer.
         server_host: bind address, for audit events.
         server_port: a callable giving the bound gRPC port (known only after binding).
+        tls: whether the port speaks TLS.
     """
 
-    def __init__(self, service: GatewayService, server_host: str, server_port: Callable[[], int]) -> None:
+    def __init__(
+        self, service: GatewayService, server_host: str, server_port: Callable[[], int], *, tls: bool = False
+    ) -> None:
         self._service = service
-        self._auth = DevelopmentAuthenticator()
         self._host = server_host
         self._port = server_port
+        self._tls = tls
 
-    def _context(self, context: grpc.aio.ServicerContext, method: str, request: Any) -> RequestContext:
+    def _caller(
+        self, context: grpc.aio.ServicerContext, method: str, request: Any
+    ) -> tuple[RequestContext, Credentials]:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        return RequestContext.for_call(
+        ctx = RequestContext.for_call(
             transport="grpc",
             method=method,
             peer=context.peer() or "",
@@ -72,12 +82,27 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
             server_port=self._port(),
             request_bytes=request.ByteSize(),
             user_agent=metadata.get("user-agent"),
+            tls=self._tls,
         )
+        cert = None
+        if self._tls:
+            pem = (context.auth_context() or {}).get("x509_pem_cert")
+            cert = pem[0] if pem else None
+        return ctx, Credentials(authorization=metadata.get("authorization"), client_cert=cert, tls=self._tls)
 
-    async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in a worker thread (policy, store and audit calls block; the event
-        loop keeps serving streams meanwhile), its GatewayError as the call's status."""
-        return await self._guard(context, asyncio.to_thread(fn, *args))
+    async def _call(
+        self, context: grpc.aio.ServicerContext, method: str, request: Any, fn: Callable[..., T], *args: Any,
+        **kwargs: Any,
+    ) -> T:
+        """Authenticate the caller, then ``fn(principal, ctx, *args, **kwargs)``, both in one
+        worker thread (policy, store and audit calls block; the event loop keeps serving
+        streams meanwhile); a GatewayError becomes the call's status."""
+        ctx, credentials = self._caller(context, method, request)
+
+        def run() -> T:
+            return fn(self._service.authenticate(ctx, credentials), ctx, *args, **kwargs)
+
+        return await self._guard(context, asyncio.to_thread(run))
 
     async def _guard(self, context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
         """The result of ``call``; a GatewayError becomes the call's status, anything else
@@ -91,17 +116,17 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
             await _abort(context, InternalError("internal error"))
 
     async def Health(self, request: mcp_pb2.HealthRequest, context: grpc.aio.ServicerContext) -> mcp_pb2.HealthResponse:
-        """Liveness and version."""
-        info = await self._call(context, self._service.health)
+        """Liveness and version (no credentials needed, like grpc.health.v1)."""
+        info = self._service.health()
         return mcp_pb2.HealthResponse(status=info.status, version=info.version, uptime_seconds=info.uptime_s)
 
     async def ExecuteCommand(
         self, request: mcp_pb2.CommandRequest, context: grpc.aio.ServicerContext
     ) -> mcp_pb2.TaskCreatedResponse:
         """Decide on and queue a command."""
-        ctx = self._context(context, "ExecuteCommand", request)
-        principal = self._auth.authenticate({})
-        record = await self._call(context, self._service.execute_command, principal, ctx, _execute_request(request))
+        record = await self._call(
+            context, "ExecuteCommand", request, self._service.execute_command, _execute_request(request)
+        )
         return mcp_pb2.TaskCreatedResponse(
             task_id=record.task_id, status=record.status.value, created_at=rfc3339(record.created_at_ns)
         )
@@ -110,16 +135,16 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
         self, request: mcp_pb2.TaskStatusRequest, context: grpc.aio.ServicerContext
     ) -> mcp_pb2.TaskStatusResponse:
         """State and, once final, result of a task."""
-        principal = self._auth.authenticate({})
-        record = await self._call(context, self._service.get_task, principal, request.task_id)
+        record = await self._call(context, "GetTaskStatus", request, self._service.get_task, request.task_id)
         return _status_response(record)
 
     async def StreamTaskOutput(
         self, request: mcp_pb2.TaskStatusRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[mcp_pb2.TaskOutputChunk]:
         """The task's output log from ``request.offset``, live, ending with CHUNK_EXIT_CODE."""
-        principal = self._auth.authenticate({})
-        chunks = await self._call(context, self._service.stream_output, principal, request.task_id, request.offset)
+        chunks = await self._call(
+            context, "StreamTaskOutput", request, self._service.stream_output, request.task_id, request.offset
+        )
         try:
             async for chunk in chunks:
                 yield _chunk_message(request.task_id, chunk)
@@ -130,17 +155,19 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
         self, request: mcp_pb2.TaskStatusRequest, context: grpc.aio.ServicerContext
     ) -> mcp_pb2.TaskStatusResponse:
         """Cancel a task (idempotent); answers its state once final."""
-        principal = self._auth.authenticate({})
-        record = await self._guard(context, self._service.cancel_task(principal, request.task_id))
-        return _status_response(record)
+        ctx, credentials = self._caller(context, "CancelTask", request)
+
+        async def cancel() -> TaskRecord:
+            principal = await asyncio.to_thread(self._service.authenticate, ctx, credentials)
+            return await self._service.cancel_task(principal, ctx, request.task_id)
+
+        return _status_response(await self._guard(context, cancel()))
 
     async def ReadFile(self, request: mcp_pb2.ReadFileRequest, context: grpc.aio.ServicerContext) -> mcp_pb2.ReadFileResponse:
         """A file of the caller's workspace. Failures are gRPC errors with ``error-details``
         (the response's ``error`` field stays unset)."""
-        ctx = self._context(context, "ReadFile", request)
-        principal = self._auth.authenticate({})
         found = await self._call(
-            context, self._service.read_file, principal, ctx, request.workspace, request.path
+            context, "ReadFile", request, self._service.read_file, request.workspace, request.path
         )
         return mcp_pb2.ReadFileResponse(path=found.path, content=found.content, mime_type=found.mime_type)
 
@@ -148,13 +175,9 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
         self, request: mcp_pb2.WriteFileRequest, context: grpc.aio.ServicerContext
     ) -> mcp_pb2.WriteFileResponse:
         """Write a file of the caller's workspace (atomic replace)."""
-        ctx = self._context(context, "WriteFile", request)
-        principal = self._auth.authenticate({})
         written = await self._call(
-            context, lambda: self._service.write_file(
-                principal, ctx, request.workspace, request.path, request.content,
-                mode=request.mode, create_dirs=request.create_dirs,
-            )
+            context, "WriteFile", request, self._service.write_file, request.workspace, request.path,
+            request.content, mode=request.mode, create_dirs=request.create_dirs,
         )
         return mcp_pb2.WriteFileResponse(path=request.path, bytes_written=written)
 
@@ -162,12 +185,9 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
         self, request: mcp_pb2.DeleteFileRequest, context: grpc.aio.ServicerContext
     ) -> mcp_pb2.DeleteFileResponse:
         """Delete a file or (recursive) a directory of the caller's workspace."""
-        ctx = self._context(context, "DeleteFile", request)
-        principal = self._auth.authenticate({})
         await self._call(
-            context, lambda: self._service.delete_file(
-                principal, ctx, request.workspace, request.path, recursive=request.recursive
-            )
+            context, "DeleteFile", request, self._service.delete_file, request.workspace, request.path,
+            recursive=request.recursive,
         )
         return mcp_pb2.DeleteFileResponse(path=request.path, success=True)
 
@@ -262,15 +282,19 @@ class GrpcEdge:
         await self.server.stop(grace_s)
 
 
-def create_grpc_server(service: GatewayService, host: str, port: int, *, max_message_bytes: int) -> GrpcEdge:
-    """Build the grpc.aio server with McpService, health and reflection, bound to host:port.
+def create_grpc_server(
+    service: GatewayService, host: str, port: int, *, max_message_bytes: int, tls: TlsFiles | None = None
+) -> GrpcEdge:
+    """Build the grpc.aio server with McpService, health and reflection, bound to host:port
+    (TLS, and mTLS with a client CA, when ``tls`` is given).
 
     Raises:
         RuntimeError: when the address cannot be bound.
     """
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes)])
     bound: list[int] = []
-    mcp_pb2_grpc.add_McpServiceServicer_to_server(McpServicer(service, host, lambda: bound[0]), server)
+    servicer = McpServicer(service, host, lambda: bound[0], tls=tls is not None)
+    mcp_pb2_grpc.add_McpServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -279,7 +303,10 @@ def create_grpc_server(service: GatewayService, host: str, port: int, *, max_mes
     )
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound.append(server.add_insecure_port(address))
+        if tls is None:
+            bound.append(server.add_insecure_port(address))
+        else:
+            bound.append(server.add_secure_port(address, tls.grpc_credentials()))
     except RuntimeError as exc:
         raise RuntimeError(f"cannot bind gRPC on {address}: {exc}") from exc
     return GrpcEdge(server, bound[0], health_servicer)

@@ -1,8 +1,11 @@
 """REST edge (design section 4): FastAPI routes over the same service layer as gRPC.
 
-Every route is registered in :func:`create_app`; each handler decodes the body, calls
-the service (in a worker thread: policy, store and audit calls block) and encodes the
-answer. Errors are ``{"error":{"code","message","details"}}``
+Every route is registered in :func:`create_app`; each handler decodes the body,
+authenticates the caller and calls the service (both in a worker thread: credential
+checks, policy, store and audit calls block) and encodes the answer. Credentials are the
+``Authorization`` header and, over HTTPS with a client CA, the verified client
+certificate; health, readiness and metrics need none. 401 answers carry
+``WWW-Authenticate: Bearer`` (RFC 6750), 403 for a missing scope names the scope. Errors are ``{"error":{"code","message","details"}}``
 with the HTTP status from ``gateway.errors.STATUS_TABLE``; a body that is not JSON is
 400/2003, a JSON body of the wrong shape 422/2001-2002 (pydantic's report in details).
 """
@@ -15,34 +18,39 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway import __version__
-from gateway.auth import DevelopmentAuthenticator
+from gateway.auth import Credentials
 from gateway.errors import (
+    AuthError,
     GatewayError,
     InternalError,
     InvalidFormat,
     InvalidParameter,
     MissingParameter,
     NotFound,
+    PermissionDenied,
     RateLimited,
     status_for,
 )
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from gateway.models import ExecuteRequest, OutputChunk, RequestContext, TaskRecord, rfc3339
+from gateway.models import ExecuteRequest, OutputChunk, Principal, RequestContext, TaskRecord, rfc3339
 from gateway.service import GatewayService
 
-__all__ = ["CommandBody", "create_app"]
+__all__ = ["CommandBody", "PeerCertH11Protocol", "create_app"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+PEER_CERT_STATE_KEY = "mcp_tls_peer_cert"
 _SSE_KEEPALIVE_S = 15.0  # a comment line this often keeps idle streams open through proxies
 _SSE_EVENTS = {0: "stdout", 1: "stderr", 2: "exit", 3: "event"}
 
@@ -88,6 +96,20 @@ class TaskCreatedBody(BaseModel):
     task_id: str
     status: str
     created_at: str
+
+
+class PeerCertH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, handing every request of a TLS connection the client
+    certificate the handshake verified (DER bytes) as ``scope["state"]["mcp_tls_peer_cert"]``
+    (uvicorn copies the per-connection ``app_state`` into each request's scope)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Start the connection and note the verified client certificate, if any."""
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        cert = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if cert:
+            self.app_state = {**self.app_state, PEER_CERT_STATE_KEY: cert}
 
 
 def _network(body: SandboxConfigBody | None) -> str | None:
@@ -238,8 +260,15 @@ async def _read_capped(request: Request, cap: int) -> bytes:
 
 
 def _error_response(error: GatewayError, status: int | None = None) -> JSONResponse:
-    headers = {"Retry-After": str(error.retry_after_s)} if isinstance(error, RateLimited) else None
-    return JSONResponse(error.to_dict(), status_code=status or status_for(error).http, headers=headers)
+    headers: dict[str, str] = {}
+    if isinstance(error, RateLimited):
+        headers["Retry-After"] = str(error.retry_after_s)
+    elif isinstance(error, PermissionDenied):  # RFC 6750 section 3.1
+        headers["WWW-Authenticate"] = f'Bearer realm="mcp-gateway", error="insufficient_scope", scope="{error.details.get("scope", "")}"'
+    elif isinstance(error, AuthError):
+        presented = error.details.get("reason") not in ("missing_credentials", "client_certificate_required")
+        headers["WWW-Authenticate"] = 'Bearer realm="mcp-gateway"' + (', error="invalid_token"' if presented else "")
+    return JSONResponse(error.to_dict(), status_code=status or status_for(error).http, headers=headers or None)
 
 
 def _validation_error(exc: RequestValidationError) -> JSONResponse:
@@ -265,19 +294,34 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
         version=__version__,
         description="Policy-checked, sandboxed command execution for AI agents.",
     )
-    auth = DevelopmentAuthenticator()
 
-    def context(request: Request, method: str) -> RequestContext:
+    def caller(request: Request, method: str) -> tuple[RequestContext, Credentials]:
         client = request.client
-        return RequestContext.for_call(
-            transport="http",
+        tls = request.url.scheme == "https"
+        ctx = RequestContext.for_call(
+            transport="https" if tls else "http",
             method=method,
             peer=f"{client.host}:{client.port}" if client else "",
             server_host=server_host,
             server_port=server_port(),
             request_bytes=int(request.headers.get("content-length") or 0),
             user_agent=request.headers.get("user-agent"),
+            tls=tls,
         )
+        cert = request.scope.get("state", {}).get(PEER_CERT_STATE_KEY)
+        return ctx, Credentials(authorization=request.headers.get("authorization"), client_cert=cert, tls=tls)
+
+    async def call(request: Request, method: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Authenticate the caller, then ``fn(principal, ctx, *args, **kwargs)``, in one
+        worker thread (credential checks, policy, store and audit calls block)."""
+        ctx, credentials = caller(request, method)
+        return await asyncio.to_thread(
+            lambda: fn(service.authenticate(ctx, credentials), ctx, *args, **kwargs)
+        )
+
+    async def authenticated(request: Request, method: str) -> tuple[Principal, RequestContext]:
+        ctx, credentials = caller(request, method)
+        return await asyncio.to_thread(service.authenticate, ctx, credentials), ctx
 
     @app.middleware("http")
     async def body_limit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -312,25 +356,23 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
 
     @app.post("/v1/execute", response_model=TaskCreatedBody, status_code=202, tags=["tasks"])
     async def execute(body: CommandBody, request: Request) -> TaskCreatedBody:
-        """Ask policy, then run a command in the sandbox as a background task."""
-        ctx = context(request, "POST /v1/execute")
-        record = await asyncio.to_thread(
-            service.execute_command, auth.authenticate(dict(request.headers)), ctx, _execute_request(body)
-        )
+        """Ask policy, then run a command in the sandbox as a background task (scope ``tasks:execute``)."""
+        record = await call(request, "POST /v1/execute", service.execute_command, _execute_request(body))
         return TaskCreatedBody(
             task_id=record.task_id, status=record.status.name, created_at=rfc3339(record.created_at_ns)
         )
 
     @app.get("/v1/tasks/{task_id}", tags=["tasks"])
     async def get_task(task_id: str, request: Request) -> dict[str, Any]:
-        """State of a task and, once final, its result."""
-        return _task_json(await asyncio.to_thread(service.get_task, auth.authenticate(dict(request.headers)), task_id))
+        """State of a task and, once final, its result (scope ``tasks:read``)."""
+        return _task_json(await call(request, "GET /v1/tasks", service.get_task, task_id))
 
     @app.post("/v1/tasks/{task_id}/cancel", tags=["tasks"])
     async def cancel_task(task_id: str, request: Request) -> dict[str, Any]:
         """Cancel a task: its sandbox is killed, state CANCELLED; answers the task once
-        final. Idempotent: a finished task answers its final state."""
-        return _task_json(await service.cancel_task(auth.authenticate(dict(request.headers)), task_id))
+        final. Idempotent: a finished task answers its final state (scope ``tasks:cancel``)."""
+        principal, ctx = await authenticated(request, "POST /v1/tasks/cancel")
+        return _task_json(await service.cancel_task(principal, ctx, task_id))
 
     @app.get("/v1/tasks/{task_id}/stream", tags=["tasks"], response_class=StreamingResponse)
     async def stream_task(
@@ -341,11 +383,9 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
         """The task's output as Server-Sent Events (text/event-stream): one event per log
         entry (``stdout``, ``stderr``, ``event``, and last ``exit``), ``id`` = the entry's
         offset. Reconnect with ``Last-Event-ID`` (or ``?offset=``) to continue without gaps
-        or repeats."""
+        or repeats (scope ``tasks:read``)."""
         start = _stream_offset(offset, request.headers.get("last-event-id"))
-        chunks = await asyncio.to_thread(
-            service.stream_output, auth.authenticate(dict(request.headers)), task_id, start
-        )
+        chunks = await call(request, "GET /v1/tasks/stream", service.stream_output, task_id, start)
         return StreamingResponse(
             _sse_stream(task_id, chunks),
             media_type="text/event-stream",
@@ -356,11 +396,9 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
     async def read_file(
         path: str, request: Request, workspace: str = Query("", description="Workspace id in your tenant.")
     ) -> Response:
-        """The file's bytes (Content-Type guessed from the name; served as an attachment)."""
-        ctx = context(request, "GET /v1/files")
-        found = await asyncio.to_thread(
-            service.read_file, auth.authenticate(dict(request.headers)), ctx, workspace, path
-        )
+        """The file's bytes (Content-Type guessed from the name; served as an attachment;
+        scope ``files:read``)."""
+        found = await call(request, "GET /v1/files", service.read_file, workspace, path)
         return Response(
             found.content,
             media_type=found.mime_type,
@@ -379,9 +417,9 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
         mode: str | None = Query(None, description="Permission bits in octal, e.g. 0644 (default 0644)."),
         create_dirs: bool = Query(False, description="Create missing parent directories."),
     ) -> dict[str, Any]:
-        """Write the request body (raw bytes) to the file, atomically replacing it."""
-        ctx = context(request, "PUT /v1/files")
-        principal = auth.authenticate(dict(request.headers))
+        """Write the request body (raw bytes) to the file, atomically replacing it (scope
+        ``files:write``). The caller is authenticated before the body is read."""
+        principal, ctx = await authenticated(request, "PUT /v1/files")
         content = await _read_capped(request, max_body_bytes)
         written = await asyncio.to_thread(
             lambda: service.write_file(
@@ -397,13 +435,21 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
         workspace: str = Query("", description="Workspace id in your tenant."),
         recursive: bool = Query(False, description="Delete a directory and everything in it."),
     ) -> dict[str, Any]:
-        """Delete the file, or with ``recursive`` the directory tree (links are not followed)."""
-        ctx = context(request, "DELETE /v1/files")
-        principal = auth.authenticate(dict(request.headers))
-        await asyncio.to_thread(
-            lambda: service.delete_file(principal, ctx, workspace, path, recursive=recursive)
-        )
+        """Delete the file, or with ``recursive`` the directory tree (links are not
+        followed; scope ``files:write``)."""
+        await call(request, "DELETE /v1/files", service.delete_file, workspace, path, recursive=recursive)
         return {"path": path, "success": True}
+
+    @app.get("/v1/policy", tags=["policy"])
+    async def policy_status(request: Request) -> dict[str, Any]:
+        """Policy engine, bundle revision and health (scope ``policy:read``)."""
+        return await call(request, "GET /v1/policy", service.policy_status)
+
+    @app.post("/v1/policy/reload", tags=["policy"])
+    async def policy_reload(request: Request) -> dict[str, Any]:
+        """Reload the policy bundle from ``policy_dir`` now; a bundle that fails to load or
+        compile is refused (5003) and the active one stays (scope ``policy:admin``)."""
+        return await call(request, "POST /v1/policy/reload", service.reload_policy)
 
     @app.get("/health", tags=["health"])
     def health_route() -> dict[str, Any]:

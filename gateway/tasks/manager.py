@@ -1,10 +1,10 @@
 """Task lifecycle: admission, queue, run in the sandbox, live output, cancel, drain.
 
 Admission (:meth:`TaskManager.reserve`, before anything is stored or run): at most
-``tasks.max_concurrent + tasks.max_queued`` tasks pending in this process and at most
-``tasks.max_pending_per_principal`` per principal; beyond either the caller gets
-:class:`RateLimited` (4290) with a Retry-After estimated from the queue and the recent
-task durations.
+``tasks.max_concurrent + tasks.max_queued`` tasks pending in this process, and at most the
+caller's quotas (``rate_limits`` ``concurrent_tasks``, per principal and per tenant);
+beyond any of them the caller gets :class:`RateLimited` (4290) with a Retry-After
+estimated from the queue and the recent task durations.
 
 Scheduling: ``max_concurrent`` worker threads take the oldest queued task whose principal
 runs fewer than ``tasks.max_running_per_principal`` tasks, so one principal's burst waits
@@ -105,6 +105,11 @@ class _Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
 
+    @property
+    def running_key(self) -> tuple[str, str]:
+        """Whose running quota the job counts against: (tenant, principal id)."""
+        return self.principal.tenant, self.principal.id
+
 
 def status_for_result(result: sandbox.SandboxResult) -> TaskStatus:
     """Map a sandbox outcome to a final task state (design section 3)."""
@@ -162,8 +167,9 @@ class TaskManager:
         self._queue: deque[_Job] = deque()
         self._jobs: dict[str, _Job] = {}  # queued or running here
         self._reserved = 0  # admitted, not yet submitted or finished
-        self._pending_by: Counter[str] = Counter()  # principal -> reserved + queued + running
-        self._running_by: Counter[str] = Counter()
+        # reserved + queued + running, by (tenant, principal id) and by (tenant, None)
+        self._pending_by: Counter[tuple[str, str | None]] = Counter()
+        self._running_by: Counter[tuple[str, str]] = Counter()
         self._running = 0
         self._accepting = True
         self._avg_task_s = 1.0  # EWMA of task run time, for Retry-After
@@ -208,12 +214,13 @@ class TaskManager:
 
     # -- admission and submission -------------------------------------------------
 
-    def reserve(self, principal: Principal) -> None:
-        """Admit one task of ``principal`` (before it is stored).
+    def reserve(self, principal: Principal, *, principal_quota: int = 0, tenant_quota: int = 0) -> None:
+        """Admit one task of ``principal`` (before it is stored). A quota is the number of
+        tasks queued or running at once, for the principal and for its whole tenant; 0 = none.
 
         Raises:
-            RateLimited (4290): the queue is full, or the principal has
-                ``max_pending_per_principal`` tasks pending; ``retry_after_s`` estimated.
+            RateLimited (4290): the queue is full, or the principal or its tenant has its
+                quota of tasks pending; ``retry_after_s`` estimated.
             DependencyUnavailable (5003): the gateway is shutting down.
         """
         with self._cond:
@@ -225,25 +232,27 @@ class TaskManager:
                 raise RateLimited(
                     "task queue is full, retry later",
                     retry_after_s=self._retry_after(len(self._queue) + 1),
-                    details={"pending": pending, "capacity": self._capacity},
+                    details={"limit": "queue", "pending": pending, "capacity": self._capacity},
                 )
-            mine = self._pending_by[principal.id]
-            if mine >= self._settings.max_pending_per_principal:
-                TASK_QUEUE_REJECTIONS.labels("principal_quota").inc()
-                raise RateLimited(
-                    f"principal {principal.id} already has {mine} tasks queued or running "
-                    f"(quota {self._settings.max_pending_per_principal}), retry later",
-                    retry_after_s=self._retry_after(1),
-                    details={"pending": mine, "quota": self._settings.max_pending_per_principal},
-                )
+            for key, quota, who in (((principal.tenant, principal.id), principal_quota, "principal"),
+                                    ((principal.tenant, None), tenant_quota, "tenant")):
+                pending = self._pending_by[key]
+                if quota and pending >= quota:
+                    TASK_QUEUE_REJECTIONS.labels(f"{who}_quota").inc()
+                    raise RateLimited(
+                        f"the {who} already has {pending} tasks queued or running (quota {quota}), retry later",
+                        retry_after_s=self._retry_after(1),
+                        details={"limit": f"{who}_concurrent_tasks", "pending": pending, "quota": quota},
+                    )
             self._reserved += 1
-            self._pending_by[principal.id] += 1
+            self._pending_by[principal.tenant, principal.id] += 1
+            self._pending_by[principal.tenant, None] += 1
 
     def release(self, principal: Principal) -> None:
         """Give back an admission whose task was never submitted."""
         with self._cond:
             self._reserved -= 1
-            self._forget_principal(principal.id)
+            self._forget_principal(principal)
 
     def submit(self, record: TaskRecord, plan: ExecutionPlan, ctx: RequestContext, principal: Principal) -> None:
         """Queue a stored, admitted task for execution."""
@@ -263,10 +272,11 @@ class TaskManager:
         estimate = ahead * self._avg_task_s / self._settings.max_concurrent
         return max(1, min(_MAX_RETRY_AFTER_S, math.ceil(estimate)))
 
-    def _forget_principal(self, principal_id: str) -> None:
-        self._pending_by[principal_id] -= 1
-        if self._pending_by[principal_id] <= 0:
-            del self._pending_by[principal_id]
+    def _forget_principal(self, principal: Principal) -> None:
+        for key in ((principal.tenant, principal.id), (principal.tenant, None)):
+            self._pending_by[key] -= 1
+            if self._pending_by[key] <= 0:
+                del self._pending_by[key]
 
     # -- cancel -----------------------------------------------------------------
 
@@ -329,10 +339,10 @@ class TaskManager:
         with self._cond:
             while True:
                 for job in self._queue if self._accepting else ():
-                    if self._running_by[job.principal.id] < self._running_quota:
+                    if self._running_by[job.running_key] < self._running_quota:
                         self._queue.remove(job)
                         self._running += 1
-                        self._running_by[job.principal.id] += 1
+                        self._running_by[job.running_key] += 1
                         return job
                 if not self._accepting and not self._queue:
                     return None  # draining: queued jobs are cancelled by drain, never started
@@ -347,11 +357,11 @@ class TaskManager:
             finally:
                 with self._cond:
                     self._running -= 1
-                    self._running_by[job.principal.id] -= 1
-                    if self._running_by[job.principal.id] <= 0:
-                        del self._running_by[job.principal.id]
+                    self._running_by[job.running_key] -= 1
+                    if self._running_by[job.running_key] <= 0:
+                        del self._running_by[job.running_key]
                     self._jobs.pop(job.record.task_id, None)
-                    self._forget_principal(job.principal.id)
+                    self._forget_principal(job.principal)
                     self._cond.notify_all()
                 job.done.set()
 
@@ -443,7 +453,7 @@ class TaskManager:
             self._end_unstarted(job)
         finally:
             with self._cond:
-                self._forget_principal(job.principal.id)
+                self._forget_principal(job.principal)
                 self._cond.notify_all()
             job.done.set()
 

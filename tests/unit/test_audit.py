@@ -93,3 +93,14 @@ def test_redaction(args: list[str], expected: str) -> None:
 
 def test_redaction_truncates() -> None:
     assert len(redact_command("echo", ["x" * 5000])) == 1024
+
+
+def test_an_event_without_principal_must_name_who_failed(tmp_path: Path) -> None:
+    log = AuditLog(FileSink(tmp_path / "a.jsonl"))
+    with pytest.raises(AuditError, match="missing audit fields"):
+        log.emit("auth_failure", CTX, None, auth_reason="expired")
+
+    event = log.emit("auth_failure", CTX, None, principal="unauthenticated", tenant="unknown",
+                     auth_scheme="bearer", auth_reason="expired", credential_sha256="f" * 64, error_code=1002)
+    jsonschema.Draft202012Validator(json_schema()).validate(event)
+    assert event["seq"] == 1  # the refused event took no place in the chain

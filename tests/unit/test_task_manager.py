@@ -213,7 +213,7 @@ def test_reserve_beyond_queue_capacity_is_rate_limited(harness: Callable[..., Ha
 
     assert err.value.code == 4290
     assert err.value.retry_after_s >= 1
-    assert err.value.details == {"pending": 3, "capacity": 3}
+    assert err.value.details == {"limit": "queue", "pending": 3, "capacity": 3}
 
 
 def test_stored_tasks_count_against_capacity_until_they_end(harness: Callable[..., Harness]) -> None:
@@ -231,31 +231,46 @@ def test_stored_tasks_count_against_capacity_until_they_end(harness: Callable[..
 
 
 def test_the_per_principal_quota_is_rate_limited_naming_the_quota(harness: Callable[..., Harness]) -> None:
-    h = harness(max_concurrent=1, max_queued=10, max_pending_per_principal=2)
+    h = harness(max_concurrent=1, max_queued=10)
     h.submit("a1")
-    h.manager.reserve(ALICE)
+    h.manager.reserve(ALICE, principal_quota=2)
 
     with pytest.raises(RateLimited) as err:
-        h.manager.reserve(ALICE)
+        h.manager.reserve(ALICE, principal_quota=2)
 
     assert "quota 2" in err.value.message
     assert err.value.retry_after_s >= 1
-    assert err.value.details == {"pending": 2, "quota": 2}
-    h.manager.reserve(BOB)  # another principal is not affected
+    assert err.value.details == {"limit": "principal_concurrent_tasks", "pending": 2, "quota": 2}
+    h.manager.reserve(BOB, principal_quota=2)  # another principal is not affected
+
+
+def test_the_per_tenant_quota_counts_every_principal_of_the_tenant(harness: Callable[..., Harness]) -> None:
+    h = harness(max_concurrent=1, max_queued=10)
+    carol = Principal(id=ALICE.id, tenant="other", roles=("user",), scopes=ALICE.scopes)
+    h.manager.reserve(ALICE, tenant_quota=2)
+    h.manager.reserve(BOB, tenant_quota=2)
+
+    with pytest.raises(RateLimited) as err:
+        h.manager.reserve(BOB, tenant_quota=2)
+
+    assert err.value.details["limit"] == "tenant_concurrent_tasks"
+    h.manager.reserve(carol, principal_quota=1, tenant_quota=2)  # same id, other tenant: counted apart
+    h.manager.release(ALICE)
+    h.manager.reserve(BOB, tenant_quota=2)
 
 
 def test_release_gives_the_admission_back(harness: Callable[..., Harness]) -> None:
-    h = harness(max_concurrent=1, max_queued=1, max_pending_per_principal=1)
-    h.manager.reserve(ALICE)
-    h.manager.reserve(BOB)
+    h = harness(max_concurrent=1, max_queued=1)
+    h.manager.reserve(ALICE, principal_quota=1)
+    h.manager.reserve(BOB, principal_quota=1)
     with pytest.raises(RateLimited):
-        h.manager.reserve(BOB)
+        h.manager.reserve(BOB, principal_quota=1)
 
     h.manager.release(ALICE)
 
     with pytest.raises(RateLimited, match="quota 1"):
-        h.manager.reserve(BOB)  # the freed slot is not bob's to exceed his own quota
-    h.manager.reserve(ALICE)
+        h.manager.reserve(BOB, principal_quota=1)  # the freed slot is not bob's to exceed his own quota
+    h.manager.reserve(ALICE, principal_quota=1)
 
 
 # -- scheduling -------------------------------------------------------------------------
@@ -296,7 +311,7 @@ def test_runnable_tasks_start_in_fifo_order(harness: Callable[..., Harness]) -> 
 
 
 def test_counters_return_to_zero_and_the_full_capacity_is_usable_again(harness: Callable[..., Harness]) -> None:
-    h = harness(max_concurrent=2, max_queued=2, max_pending_per_principal=4)
+    h = harness(max_concurrent=2, max_queued=2)
     names = [f"t{n}" for n in range(4)]
     ids = [h.submit(name) for name in names]
     h.runner.wait_started("t0", "t1")

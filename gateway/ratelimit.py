@@ -1,0 +1,102 @@
+"""Request rate limits: a token bucket per principal and one per tenant (per process).
+
+A request takes one token from its principal's bucket and one from its tenant's; when
+either is empty nothing is taken and the caller gets :class:`RateLimited` (4290) with the
+seconds until a token is back as Retry-After. Buckets refill continuously at
+``requests_per_s`` up to ``burst`` (the classic token bucket, e.g. RFC 2697's committed
+burst). Limits come from ``rate_limits`` with per-tenant overrides, and a config reload
+applies new limits to existing buckets at once.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from gateway.config import RateLimit, RateLimitSettings
+from gateway.errors import RateLimited
+from gateway.models import Principal
+
+__all__ = ["RateLimiter"]
+
+_MAX_BUCKETS = 100_000  # idle buckets beyond this are forgotten (a forgotten bucket is full)
+
+
+class _Bucket:
+    __slots__ = ("tokens", "stamp")
+
+    def __init__(self, burst: int, now: float) -> None:
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def refill(self, limit: RateLimit, now: float) -> None:
+        self.tokens = min(float(limit.burst), self.tokens + (now - self.stamp) * limit.requests_per_s)
+        self.stamp = now
+
+
+class RateLimiter:
+    """Token buckets by principal ``(tenant, id)`` and by tenant. Thread-safe.
+
+    Args:
+        settings: the ``rate_limits`` section.
+        clock: monotonic seconds (tests pass their own).
+    """
+
+    def __init__(self, settings: RateLimitSettings, clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buckets: OrderedDict[tuple[str, str | None], _Bucket] = OrderedDict()
+
+    def update(self, settings: RateLimitSettings) -> None:
+        """Apply new limits (config reload); buckets keep their tokens, capped at the new burst."""
+        with self._lock:
+            self._settings = settings
+
+    def task_quotas(self, principal: Principal) -> tuple[int, int]:
+        """``(principal, tenant)`` caps on tasks queued or running at once; 0 = no cap."""
+        mine, tenant = self._settings.resolve(principal.tenant)
+        return mine.concurrent_tasks, tenant.concurrent_tasks
+
+    def check(self, principal: Principal) -> None:
+        """Take one request token for ``principal`` and its tenant.
+
+        Raises:
+            RateLimited (4290): a bucket is empty; ``retry_after_s`` is the whole seconds
+                until it has a token again, ``details.limit`` names it
+                (``principal_requests`` / ``tenant_requests``).
+        """
+        limits = self._settings.resolve(principal.tenant)
+        keys = ((principal.tenant, principal.id), (principal.tenant, None))
+        with self._lock:
+            now = self._clock()
+            buckets = []
+            for key, limit, name in zip(keys, limits, ("principal_requests", "tenant_requests"), strict=True):
+                if limit.requests_per_s <= 0:
+                    continue
+                bucket = self._bucket(key, limit, now)
+                if bucket.tokens < 1.0:
+                    wait = (1.0 - bucket.tokens) / limit.requests_per_s
+                    raise RateLimited(
+                        f"rate limit of {limit.requests_per_s:g} requests/s (burst {limit.burst}) "
+                        f"for this {name.split('_')[0]} exceeded",
+                        retry_after_s=max(1, math.ceil(wait)),
+                        details={"limit": name, "requests_per_s": limit.requests_per_s, "burst": limit.burst},
+                    )
+                buckets.append(bucket)
+            for bucket in buckets:
+                bucket.tokens -= 1.0
+
+    def _bucket(self, key: tuple[str, str | None], limit: RateLimit, now: float) -> _Bucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(limit.burst, now)
+            if len(self._buckets) > _MAX_BUCKETS:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+            bucket.refill(limit, now)
+        return bucket
