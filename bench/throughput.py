@@ -158,12 +158,17 @@ class Gateway:
         self._state = tempfile.TemporaryDirectory(prefix="throughput-gw-")
         os.chmod(self._state.name, 0o711)  # the sandbox uids must reach the workspaces inside
         env = dict(os.environ, MCP_GATEWAY_TASKS__MAX_CONCURRENT=str(max_concurrent),
-                   MCP_GATEWAY_TASKS__MAX_QUEUED="100000", MCP_GATEWAY_TASKS__MAX_PENDING_PER_PRINCIPAL="100000",
+                   MCP_GATEWAY_TASKS__MAX_QUEUED="100000",
+                   # the bench measures throughput, not the limits: one principal, no caps
+                   MCP_GATEWAY_RATE_LIMITS__PRINCIPAL__REQUESTS_PER_S="0",
+                   MCP_GATEWAY_RATE_LIMITS__TENANT__REQUESTS_PER_S="0",
+                   MCP_GATEWAY_RATE_LIMITS__PRINCIPAL__CONCURRENT_TASKS="0",
+                   MCP_GATEWAY_RATE_LIMITS__TENANT__CONCURRENT_TASKS="0",
                    MCP_GATEWAY_SANDBOX__UID=str(FIRST_UID), MCP_GATEWAY_SANDBOX__GID=str(FIRST_UID),
                    MCP_GATEWAY_SANDBOX__UID_COUNT=str(max_concurrent))
         self._proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "mcp-gateway"), "serve", "--http-port", "0", "--grpc-port", "0",
-             "--state-dir", self._state.name, "--log-level", "warning"],
+             "--state-dir", self._state.name, "--log-level", "warning", "--dev"],
             stdout=subprocess.PIPE, text=True, env=env,
         )
         assert self._proc.stdout is not None

@@ -17,18 +17,57 @@ import pytest
 from tests.conftest import GATEWAY_BIN, start_gateway, wait_final
 
 
-def run_serve(*args: str, timeout_s: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(GATEWAY_BIN), "serve", "--http-port", "0", "--grpc-port", "0", *args],
-                          capture_output=True, text=True, timeout=timeout_s, env={**os.environ, **(env or {})})
+def run_serve(*args: str, timeout_s: float = 60, env: dict[str, str] | None = None,
+              dev: bool = True) -> subprocess.CompletedProcess[str]:
+    cmd = [str(GATEWAY_BIN), "serve", "--http-port", "0", "--grpc-port", "0", *(["--dev"] if dev else []), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env={**os.environ, **(env or {})})
+
+
+_API_KEY_YAML = """auth:
+  api_keys:
+    - hash: "sha256:{digest}"
+      principal: ci
+      tenant: acme
+      scopes: [tasks:read]
+""".format(digest="0" * 64)
 
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="only a root gateway runs sandboxes on a uid range")
 
 
 def test_refuses_non_loopback_bind(tmp_path: Path) -> None:
+    out = run_serve("--host", "0.0.0.0", "--state-dir", str(tmp_path), dev=False)
+    assert out.returncode == 2
+    assert "refusing to bind '0.0.0.0'" in out.stderr and "without authentication configured" in out.stderr
+
+
+def test_dev_mode_is_refused_on_a_non_loopback_bind(tmp_path: Path) -> None:
     out = run_serve("--host", "0.0.0.0", "--state-dir", str(tmp_path))
     assert out.returncode == 2
-    assert "refusing to bind '0.0.0.0'" in out.stderr and "loopback" in out.stderr
+    assert "refusing to bind '0.0.0.0' in dev mode" in out.stderr and "loopback" in out.stderr
+
+
+def test_credentials_on_the_network_need_tls(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(_API_KEY_YAML)
+    out = run_serve("--host", "0.0.0.0", "--config", str(config), "--state-dir", str(tmp_path), dev=False)
+    assert out.returncode == 2
+    assert "refusing to bind '0.0.0.0' without TLS" in out.stderr
+
+
+def test_without_credentials_configured_nor_dev_mode_the_gateway_does_not_start(tmp_path: Path) -> None:
+    out = run_serve("--state-dir", str(tmp_path / "var"), dev=False)
+    assert out.returncode == 3, out.stderr
+    assert "no authentication configured" in out.stderr and "--dev" in out.stderr
+
+
+def test_dev_mode_says_so_loudly_at_start(state_root: Path) -> None:
+    gw = start_gateway(Path(tempfile.mkdtemp(dir=state_root)) / "var")
+    try:
+        stderr = gw.stderr_path.read_text()
+    finally:
+        gw.stop()
+    assert "WARNING: DEV MODE" in stderr and "anonymous" in stderr
 
 
 def test_refuses_to_start_without_bubblewrap(tmp_path: Path) -> None:
@@ -51,7 +90,7 @@ def test_refuses_to_start_with_a_broken_policy(tmp_path: Path) -> None:
 def test_environment_and_config_file_settings(tmp_path: Path) -> None:
     config = tmp_path / "gw.yaml"
     config.write_text("host: 10.0.0.1\n")
-    out = run_serve("--config", str(config), "--state-dir", str(tmp_path / "var"))
+    out = run_serve("--config", str(config), "--state-dir", str(tmp_path / "var"), dev=False)
     assert out.returncode == 2 and "refusing to bind '10.0.0.1'" in out.stderr
     env_out = subprocess.run([str(GATEWAY_BIN), "serve", "--state-dir", str(tmp_path / "var")],
                              capture_output=True, text=True, timeout=60,

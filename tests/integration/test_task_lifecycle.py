@@ -249,7 +249,7 @@ def test_principal_quotas(state_root: Path) -> None:
     gw = start_gateway(Path(tempfile.mkdtemp(prefix="quota-", dir=state_root)) / "var", env={
         "MCP_GATEWAY_TASKS__MAX_CONCURRENT": "2",
         "MCP_GATEWAY_TASKS__MAX_RUNNING_PER_PRINCIPAL": "1",
-        "MCP_GATEWAY_TASKS__MAX_PENDING_PER_PRINCIPAL": "2",
+        "MCP_GATEWAY_RATE_LIMITS__PRINCIPAL__CONCURRENT_TASKS": "2",
         "MCP_GATEWAY_TASKS__SHUTDOWN_GRACE_S": "1",
     })
     try:
