@@ -307,14 +307,22 @@ def test_grpc_without_client_certificate_fails_the_handshake(mtls: TlsGateway, p
 # -- 3. a client certificate from another CA -------------------------------------------
 
 
-def test_https_with_foreign_ca_certificate_fails_the_handshake(mtls: TlsGateway, pki: Pki) -> None:
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls1.2", "tls1.3"])
+def test_https_with_foreign_ca_certificate_fails_the_handshake(mtls: TlsGateway, pki: Pki,
+                                                               version: ssl.TLSVersion) -> None:
     before = len(auth_failures(mtls))
-    with rest(mtls, pki.ca, pki.foreign) as http:
-        # TLS 1.3: the client may finish its side of the handshake before the server checks
-        # the certificate, so the server's alert can surface on the first read instead.
-        with pytest.raises((httpx.ConnectError, httpx.ReadError, ssl.SSLError)) as err:
+    context = client_context(pki.ca, pki.foreign)
+    context.maximum_version = version
+    with httpx.Client(base_url=mtls.https, verify=context, timeout=30) as http:
+        # The server drops the connection in the handshake (asyncio's TLS closes without
+        # flushing its alert, so the client sees an EOF rather than "unknown ca"). Under TLS
+        # 1.2 that is inside the client's handshake: ConnectError. Under TLS 1.3 the client
+        # has finished its side before the server checks the certificate, so the drop shows
+        # on the first read: no HTTP response either way.
+        expected = httpx.ConnectError if version == ssl.TLSVersion.TLSv1_2 else (
+            httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)
+        with pytest.raises(expected):
             http.post("/v1/execute", json=ECHO)
-    assert "certificate" in str(err.value).lower() or "alert" in str(err.value).lower(), err.value
     assert len(auth_failures(mtls)) == before
     assert not [e for e in mtls.process.audit_events() if e.get("credential_sha256") == fingerprint(pki.foreign)]
 
