@@ -147,10 +147,13 @@ class Authenticator:
         if credentials.authorization is not None:
             return self._bearer(sources, credentials.authorization)
         if cert is not None:
+            parsed = None
             try:
-                return sources.client_certs.principal_for(parse_client_certificate(cert))
-            except Unauthenticated as exc:
-                raise AuthFailure(exc, "mtls", hashlib.sha256(cert).hexdigest()) from None
+                parsed = parse_client_certificate(cert)
+                return sources.client_certs.principal_for(parsed)
+            except Unauthenticated as exc:  # named by its fingerprint (DER), whether sent as PEM or DER
+                digest = parsed.sha256 if parsed is not None else hashlib.sha256(cert).hexdigest()
+                raise AuthFailure(exc, "mtls", digest) from None
         if sources.settings.dev_mode:
             return DEV_PRINCIPAL
         raise AuthFailure(

@@ -73,9 +73,13 @@ class TlsGateway:
         return host, int(port)
 
 
+def der(issued: Issued) -> bytes:
+    return issued.certificate.public_bytes(serialization.Encoding.DER)
+
+
 def fingerprint(issued: Issued) -> str:
     """Hex SHA-256 of the certificate's DER: what audit events name it by."""
-    return hashlib.sha256(issued.certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+    return hashlib.sha256(der(issued)).hexdigest()
 
 
 def gateway_dir(state_root: Path, prefix: str) -> Path:
@@ -215,6 +219,17 @@ def rest_execute_and_wait(http: httpx.Client, headers: dict[str, str] | None = N
     return task_id
 
 
+def grpc_health_ok(gw: TlsGateway, ca: CertificateAuthority, client: Issued | None = None) -> bool:
+    """Whether a fresh channel trusting only ``ca`` (presenting ``client``) completes a call
+    (Health needs no credentials); False when it fails with UNAVAILABLE (the handshake)."""
+    with grpc_stub(gw, ca, client) as stub:
+        try:
+            return stub.Health(mcp_pb2.HealthRequest(), timeout=5).status != ""
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE, err  # type: ignore[attr-defined]
+            return False
+
+
 def served_certificate(gw: TlsGateway) -> bytes:
     """DER of the certificate a new HTTPS connection is served (not verified: just looked at)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -225,10 +240,6 @@ def served_certificate(gw: TlsGateway) -> bytes:
             der = conn.getpeercert(binary_form=True)
     assert der is not None
     return der
-
-
-def der(issued: Issued) -> bytes:
-    return issued.certificate.public_bytes(serialization.Encoding.DER)
 
 
 # -- audit -------------------------------------------------------------------------
@@ -302,6 +313,9 @@ def test_grpc_without_client_certificate_fails_the_handshake(mtls: TlsGateway, p
         err = rpc_error(stub.ExecuteCommand, mcp_pb2.CommandRequest(**ECHO))
     assert err.code() == grpc.StatusCode.UNAVAILABLE, err  # type: ignore[attr-defined]
     assert not [e for e in mtls.process.audit_events()[before:] if e["event_type"] == "auth_failure"]
+    # Not even Health (which needs no credentials) gets through; with a certificate it does.
+    assert not grpc_health_ok(mtls, pki.ca)
+    assert grpc_health_ok(mtls, pki.ca, pki.ci_bot)
 
 
 # -- 3. a client certificate from another CA -------------------------------------------
@@ -333,6 +347,7 @@ def test_grpc_with_foreign_ca_certificate_fails_the_handshake(mtls: TlsGateway, 
         err = rpc_error(stub.ExecuteCommand, mcp_pb2.CommandRequest(**ECHO))
     assert err.code() == grpc.StatusCode.UNAVAILABLE, err  # type: ignore[attr-defined]
     assert len(auth_failures(mtls)) == before
+    assert not grpc_health_ok(mtls, pki.ca, pki.foreign)
 
 
 # -- 4. a certificate from the right CA that no identity maps ---------------------------
@@ -341,11 +356,11 @@ def test_grpc_with_foreign_ca_certificate_fails_the_handshake(mtls: TlsGateway, 
 def assert_unmapped_audited(gw: TlsGateway, before: int, client: Issued, transport: str) -> None:
     (event,) = auth_failures(gw)[before:]
     assert {k: event.get(k) for k in ("principal", "tenant", "auth_scheme", "auth_reason", "error_code",
-                                      "credential_sha256", "transport", "tls")} == {
+                                      "transport", "tls")} == {
         "principal": "unauthenticated", "tenant": "unknown", "auth_scheme": "mtls",
-        "auth_reason": "unmapped_client_certificate", "error_code": 1001,
-        "credential_sha256": fingerprint(client), "transport": transport, "tls": True,
+        "auth_reason": "unmapped_client_certificate", "error_code": 1001, "transport": transport, "tls": True,
     }
+    assert event.get("credential_sha256") == fingerprint(client)
 
 
 def test_unmapped_certificate_over_https_is_1001(mtls: TlsGateway, pki: Pki) -> None:
@@ -421,16 +436,6 @@ def rotation(pki: Pki, state_root: Path, tmp_path_factory: pytest.TempPathFactor
     stop(gw)
 
 
-def grpc_health_ok(gw: TlsGateway, ca: CertificateAuthority) -> bool:
-    """Whether a fresh channel trusting only ``ca`` completes a call (Health needs no credentials)."""
-    with grpc_stub(gw, ca) as stub:
-        try:
-            return stub.Health(mcp_pb2.HealthRequest(), timeout=5).status != ""
-        except grpc.RpcError as err:
-            assert err.code() == grpc.StatusCode.UNAVAILABLE, err  # type: ignore[attr-defined]
-            return False
-
-
 def test_rotated_certificate_is_served_without_a_restart(rotation: Rotation, pki: Pki) -> None:
     gw = rotation.gw
     assert served_certificate(gw) == der(pki.server)
@@ -468,37 +473,49 @@ def test_mismatched_certificate_and_key_keep_the_previous_certificate(rotation: 
 # -- 7. the README's grpcurl and curl commands, with certificates -----------------------------
 
 
-def test_grpcurl_with_client_certificate(mtls: TlsGateway, pki: Pki, grpcurl_binary: str | None) -> None:
+def readme_headers(gw: TlsGateway, with_key: bool, flag: str) -> list[str]:
+    """The README's ``-H "authorization: Bearer $TOKEN"`` (grpcurl ``-H``, curl ``-H``), or nothing."""
+    return [flag, f"authorization: Bearer {gw.api_key}"] if with_key else []
+
+
+@pytest.mark.grpcurl
+@pytest.mark.parametrize("with_key", [False, True], ids=["certificate", "certificate+api-key"])
+def test_grpcurl_with_client_certificate(mtls: TlsGateway, pki: Pki, grpcurl_binary: str | None,
+                                         with_key: bool) -> None:
     if grpcurl_binary is None:
         pytest.skip("grpcurl unavailable here (reason printed by the grpcurl_binary fixture)")
     out = subprocess.run(
         [grpcurl_binary, "-cacert", str(pki.ca.cert), "-cert", str(pki.ci_bot.cert), "-key", str(pki.ci_bot.key),
-         "-d", json.dumps(ECHO), mtls.addr, "mcp.McpService/ExecuteCommand"],
+         *readme_headers(mtls, with_key, "-H"), "-d", json.dumps(ECHO), mtls.addr, "mcp.McpService/ExecuteCommand"],
         capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 0, out.stderr
     task_id = json.loads(out.stdout)["task_id"]
     assert task_id.startswith("task-")
-    assert decision_event(mtls, task_id)["principal"] == "ci-bot"
-    # And without a client certificate grpcurl cannot even connect.
+    assert decision_event(mtls, task_id)["principal"] == (mtls.api_key_principal if with_key else "ci-bot")
+    # Without a client certificate grpcurl cannot even connect (it would retry for its
+    # whole -connect-timeout, so keep that short).
     refused = subprocess.run(
-        [grpcurl_binary, "-cacert", str(pki.ca.cert), "-d", json.dumps(ECHO), mtls.addr,
-         "mcp.McpService/ExecuteCommand"], capture_output=True, text=True, timeout=60,
+        [grpcurl_binary, "-connect-timeout", "1", "-cacert", str(pki.ca.cert), *readme_headers(mtls, with_key, "-H"),
+         "-d", json.dumps(ECHO), mtls.addr, "mcp.McpService/ExecuteCommand"], capture_output=True, text=True,
+        timeout=60,
     )
-    assert refused.returncode != 0
+    assert refused.returncode != 0 and "Failed to dial target host" in refused.stderr, refused.stderr
 
 
-def test_curl_with_client_certificate(mtls: TlsGateway, pki: Pki) -> None:
+@pytest.mark.parametrize("with_key", [False, True], ids=["certificate", "certificate+api-key"])
+def test_curl_with_client_certificate(mtls: TlsGateway, pki: Pki, with_key: bool) -> None:
     curl = shutil.which("curl")
     if curl is None:
         pytest.skip("curl is not on PATH")
     out = subprocess.run(
         [curl, "-sS", "--cacert", str(pki.ca.cert), "--cert", str(pki.ci_bot.cert), "--key", str(pki.ci_bot.key),
-         f"{mtls.https}/v1/execute", "-H", "content-type: application/json", "-d", json.dumps(ECHO),
-         "-w", "\n%{http_code}"],
+         f"{mtls.https}/v1/execute", *readme_headers(mtls, with_key, "-H"), "-H", "content-type: application/json",
+         "-d", json.dumps(ECHO), "-w", "\n%{http_code}"],
         capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 0, out.stderr
     body, status = out.stdout.rsplit("\n", 1)
     assert status == "202", out.stdout
-    assert decision_event(mtls, json.loads(body)["task_id"])["principal"] == "ci-bot"
+    task_id = json.loads(body)["task_id"]
+    assert decision_event(mtls, task_id)["principal"] == (mtls.api_key_principal if with_key else "ci-bot")
