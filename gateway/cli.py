@@ -295,7 +295,7 @@ def _token_jwks(args: argparse.Namespace) -> int:
 
 
 def _token_issue(args: argparse.Namespace) -> int:
-    from gateway.auth.tokens import issue_hs256_token, issue_token
+    from gateway.auth.tokens import issue_token
 
     scopes = _scopes(args.scopes)
     issuer = args.issuer or os.environ.get(_ISSUER_ENV)
@@ -313,7 +313,7 @@ def _token_issue(args: argparse.Namespace) -> int:
         if args.key is not None:
             token = issue_token(_read(args.key), **claims)
         else:
-            token = issue_hs256_token(_read(args.hs256_secret_file).rstrip(b"\r\n"), **claims)
+            token = issue_token(_read(args.hs256_secret_file).rstrip(b"\r\n"), hs256=True, **claims)
     except ValueError as exc:
         raise _UsageError(f"token issue: {exc}") from None
     print(token)

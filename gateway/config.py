@@ -22,6 +22,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from gateway.models import SCOPES, Principal
+
 __all__ = [
     "ApiKeyEntry",
     "AuditSettings",
@@ -268,8 +270,6 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9._@:/+=-]{0,127}$"  # principal ids, tenants, ro
 
 
 def _known_scopes(scopes: list[str]) -> list[str]:
-    from gateway.models import SCOPES
-
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown:
         raise ValueError(f"unknown scopes {unknown}; known: {list(SCOPES)}")
@@ -289,6 +289,11 @@ class _Binding(BaseModel):
     @classmethod
     def _scopes(cls, scopes: list[str]) -> list[str]:
         return _known_scopes(scopes)
+
+    def as_principal(self, auth_scheme: str, credential_sha256: str | None = None) -> Principal:
+        """The principal this binding names, authenticated by ``auth_scheme``."""
+        return Principal(id=self.principal, tenant=self.tenant, roles=tuple(self.roles), scopes=tuple(self.scopes),
+                         auth_scheme=auth_scheme, credential_sha256=credential_sha256)
 
     @field_validator("roles")
     @classmethod

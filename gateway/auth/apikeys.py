@@ -60,10 +60,4 @@ class ApiKeyRing:
             raise Unauthenticated("API key revoked", details={"reason": "revoked_api_key"})
         if entry.expires_at is not None and time.time() >= entry.expires_at:
             raise TokenExpired("API key expired", details={"reason": "expired"})
-        return Principal(
-            id=entry.principal,
-            tenant=entry.tenant,
-            roles=tuple(entry.roles),
-            scopes=tuple(entry.scopes),
-            auth_scheme="bearer",
-        )
+        return entry.as_principal("bearer")

@@ -92,11 +92,4 @@ class ClientCertMap:
                 "the client certificate is not mapped to a principal",
                 details={"reason": "unmapped_client_certificate"},
             )
-        return Principal(
-            id=identity.principal,
-            tenant=identity.tenant,
-            roles=tuple(identity.roles),
-            scopes=tuple(identity.scopes),
-            auth_scheme="mtls",
-            credential_sha256=cert.sha256,
-        )
+        return identity.as_principal("mtls", cert.sha256)

@@ -40,7 +40,6 @@ __all__ = [
     "DEFAULT_SCOPES",
     "HS256_MIN_SECRET_BYTES",
     "generate_signing_key",
-    "issue_hs256_token",
     "issue_token",
     "jwk_thumbprint",
     "public_jwk",
@@ -115,7 +114,7 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
 
 
 def issue_token(
-    private_pem: bytes,
+    key: bytes,
     *,
     subject: str,
     tenant: str,
@@ -127,56 +126,35 @@ def issue_token(
     not_before_s: int = 0,
     kid: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    hs256: bool = False,
 ) -> str:
-    """A compact JWS (RFC 7515) signed with the private key PEM; the algorithm follows from
-    the key type (RS256, ES256 or EdDSA).
+    """A compact JWS (RFC 7515) signed with ``key``: a private key PEM, the algorithm following
+    from the key type (RS256, ES256 or EdDSA); or with ``hs256`` the shared secret
+    (``auth.jwt.hs256_secret`` as UTF-8 bytes).
 
     Header: ``alg``, ``typ: JWT``, ``kid`` (default: the key's RFC 7638 thumbprint, as in
-    :func:`public_jwk`). Claims: ``sub``, ``tenant``, ``roles`` (list), ``scope`` (scopes
-    joined by single spaces, RFC 8693), ``iss``, ``aud``, ``iat`` = now, ``nbf`` = now +
-    ``not_before_s``, ``exp`` = now + ``ttl_s`` (unix seconds), ``jti`` (128 random bits,
-    base64url), then ``extra``. The claim names are the gateway's defaults
+    :func:`public_jwk`; none for HS256 unless given). Claims: ``sub``, ``tenant``, ``roles``
+    (list), ``scope`` (scopes joined by single spaces, RFC 8693), ``iss``, ``aud``, ``iat`` =
+    now, ``nbf`` = now + ``not_before_s``, ``exp`` = now + ``ttl_s`` (unix seconds), ``jti``
+    (128 random bits, base64url), then ``extra``. The claim names are the gateway's defaults
     (``auth.jwt.tenant_claim`` etc.); put other names in ``extra``.
 
     Raises:
-        ValueError: a bad key (see :func:`public_jwk`), empty subject / tenant / issuer /
-            audience, a scope that is not an RFC 6749 scope-token, ``ttl_s`` < 1,
-            ``not_before_s`` >= ``ttl_s`` (never valid), or ``extra`` naming one of the
-            claims above.
+        ValueError: a bad key (see :func:`public_jwk`), an HS256 secret shorter than
+            :data:`HS256_MIN_SECRET_BYTES`, empty subject / tenant / issuer / audience, a
+            scope that is not an RFC 6749 scope-token, ``ttl_s`` < 1, ``not_before_s`` >=
+            ``ttl_s`` (never valid), or ``extra`` naming one of the claims above.
     """
-    private, alg = _load(private_pem)
     claims = _claims(subject, tenant, issuer, audience, scopes, roles, ttl_s, not_before_s, extra)
+    if hs256:
+        if len(key) < HS256_MIN_SECRET_BYTES:
+            raise ValueError(
+                f"HS256 secret is {len(key)} bytes; at least {HS256_MIN_SECRET_BYTES} are needed (RFC 7518 section 3.2)"
+            )
+        return jwt.encode(claims, key, algorithm="HS256", headers={"kid": kid} if kid is not None else None)
+    private, alg = _load(key)
     header_kid = kid if kid is not None else jwk_thumbprint(_jwk(private, alg))
     return jwt.encode(claims, private, algorithm=alg, headers={"kid": header_kid})
-
-
-def issue_hs256_token(
-    secret: bytes,
-    *,
-    subject: str,
-    tenant: str,
-    issuer: str,
-    audience: str,
-    scopes: Sequence[str],
-    roles: Sequence[str] = (),
-    ttl_s: int = 3600,
-    not_before_s: int = 0,
-    kid: str | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> str:
-    """Like :func:`issue_token`, signed HS256 with a shared ``secret`` (``auth.jwt.hs256_secret``
-    as bytes, UTF-8). No ``kid`` header unless ``kid`` is given.
-
-    Raises:
-        ValueError: ``secret`` shorter than :data:`HS256_MIN_SECRET_BYTES`, or as
-            :func:`issue_token` for the claims.
-    """
-    if len(secret) < HS256_MIN_SECRET_BYTES:
-        raise ValueError(
-            f"HS256 secret is {len(secret)} bytes; at least {HS256_MIN_SECRET_BYTES} are needed (RFC 7518 section 3.2)"
-        )
-    claims = _claims(subject, tenant, issuer, audience, scopes, roles, ttl_s, not_before_s, extra)
-    return jwt.encode(claims, secret, algorithm="HS256", headers={"kid": kid} if kid is not None else None)
 
 
 def _claims(
