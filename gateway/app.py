@@ -149,7 +149,10 @@ def _auth(settings: Settings) -> tuple[Authenticator, TlsFiles | None]:
         tls = TlsFiles(settings.tls) if settings.tls.enabled else None
     except ValueError as exc:
         raise StartupError(str(exc)) from exc
-    authenticator = Authenticator(settings.auth, settings.tls)
+    try:
+        authenticator = Authenticator(settings.auth, settings.tls)
+    except ValueError as exc:
+        raise StartupError(f"bad auth settings: {exc}") from exc
     try:
         authenticator.load()
     except ValueError as exc:
@@ -197,10 +200,10 @@ async def _watch_config(runtime: Runtime, config_file: Path, reload_settings: Ca
         seen = current
         try:
             fresh = await asyncio.to_thread(reload_settings)
-        except (ValidationError, FileNotFoundError, OSError, ValueError) as exc:
+            runtime.authenticator.update(fresh.auth)
+        except (ValidationError, OSError, ValueError) as exc:
             log.error("config reload of %s failed; keeping the running settings: %s", config_file, exc)
             continue
-        runtime.authenticator.update(fresh.auth)
         runtime.limiter.update(fresh.rate_limits)
         log.info("config reloaded from %s: %d API keys, rate limits updated", config_file, len(fresh.auth.api_keys))
 
@@ -376,7 +379,9 @@ class _Uvicorn(uvicorn.Server):
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only for it, and
+    # without it a response written in two parts waits ~40 ms for the delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

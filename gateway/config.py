@@ -25,6 +25,7 @@ from pydantic_settings import (
 from gateway.models import SCOPES, Principal
 
 __all__ = [
+    "NAME_PATTERN",
     "ApiKeyEntry",
     "AuditSettings",
     "AuthSettings",
@@ -266,7 +267,8 @@ class AuditSettings(BaseModel):
     )
 
 
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@:/+=-]{0,127}$"  # principal ids, tenants, roles
+#: Principal ids, tenants and role names: 1-128 characters, no spaces or controls.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:/+=-]{0,127}$"
 
 
 def _known_scopes(scopes: list[str]) -> list[str]:
@@ -280,8 +282,8 @@ class _Binding(BaseModel):
     """Who a credential stands for: the principal of the policy input."""
 
     model_config = ConfigDict(extra="forbid")
-    principal: str = Field(pattern=_NAME, description="Principal id.")
-    tenant: str = Field(pattern=_NAME, description="Tenant the principal belongs to.")
+    principal: str = Field(pattern=NAME_PATTERN, description="Principal id.")
+    tenant: str = Field(pattern=NAME_PATTERN, description="Tenant the principal belongs to.")
     roles: list[str] = Field(default_factory=lambda: ["user"], description="Role names ('admin' sees the whole tenant's tasks).")
     scopes: list[str] = Field(description="Granted scopes (see gateway.models.SCOPES).")
 
@@ -298,7 +300,7 @@ class _Binding(BaseModel):
     @field_validator("roles")
     @classmethod
     def _roles(cls, roles: list[str]) -> list[str]:
-        bad = [r for r in roles if not re.fullmatch(_NAME, r)]
+        bad = [r for r in roles if not re.fullmatch(NAME_PATTERN, r)]
         if bad:
             raise ValueError(f"bad role names {bad}")
         return roles

@@ -99,6 +99,7 @@ class Authenticator:
     """
 
     def __init__(self, auth: AuthSettings, tls: TlsSettings) -> None:
+        """Raises ValueError when ``auth.jwt.hs256_secret`` is a PEM or SSH key."""
         self._require_client_cert = tls.client_ca_file is not None
         self._lock = threading.Lock()
         self._sources = _Sources(auth, JwtVerifier(auth.jwt) if auth.jwt.enabled else None)
@@ -121,7 +122,11 @@ class Authenticator:
         """Use a reloaded ``auth`` section from now on. The JWT verifier (and its JWKS
         cache) is kept when the ``jwt`` part did not change. ``dev_mode`` cannot change
         at run time (it decides what the gateway may bind); a change is ignored with a
-        warning."""
+        warning.
+
+        Raises:
+            ValueError: the new ``jwt`` section is unusable (the running one stays).
+        """
         with self._lock:
             old = self._sources
             if auth.dev_mode != old.settings.dev_mode:

@@ -27,7 +27,7 @@ import httpx
 import jwt
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
-from gateway.config import _NAME, JwtSettings
+from gateway.config import NAME_PATTERN, JwtSettings
 from gateway.errors import TokenExpired, Unauthenticated
 from gateway.models import Principal
 
@@ -44,7 +44,7 @@ JWKS_TIMEOUT_S = 5.0
 
 _FILE_CHECK_S = 1.0  # how often the JWKS file is stat()ed for changes, seconds
 _MAX_ITEMS = 64  # roles / scopes per token
-_NAME_RE = re.compile(_NAME)
+_NAME_RE = re.compile(NAME_PATTERN)
 _SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$")  # RFC 6749 section 3.3, capped at 128
 _ASYMMETRIC = frozenset({"RS256", "ES256", "EdDSA"})  # algorithms a JWKS key may serve
 
