@@ -363,6 +363,12 @@ class JwtSettings(BaseModel):
         description="An unknown 'kid' refetches the JWKS at most this often, seconds (so random kids "
         "cannot make the gateway hammer the IdP).",
     )
+    cache_entries: int = Field(
+        4096, ge=0,
+        description="Verified tokens kept (by SHA-256) so a client's next call with the same token "
+        "skips the signature check; each is used only while its exp / nbf hold and the JWKS it was "
+        "checked against is current. A config reload empties it. 0 = off.",
+    )
     principal_claim: str = Field("sub", description="Claim holding the principal id.")
     tenant_claim: str = Field("tenant", description="Claim holding the tenant (required in every token).")
     roles_claim: str = Field("roles", description="Claim holding a list of roles (optional).")

@@ -12,6 +12,7 @@ is never accepted, and header parameters that carry keys or key URLs (``jwk``, `
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -46,6 +47,7 @@ _FILE_CHECK_S = 1.0  # how often the JWKS file is stat()ed for changes, seconds
 _MAX_ITEMS = 64  # roles / scopes per token
 _NAME_RE = re.compile(NAME_PATTERN)
 _SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$")  # RFC 6749 section 3.3, capped at 128
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")  # RFC 7515 section 7.1
 _ASYMMETRIC = frozenset({"RS256", "ES256", "EdDSA"})  # algorithms a JWKS key may serve
 
 
@@ -175,6 +177,23 @@ def _fail(reason: str, message: str) -> Unauthenticated:
     return Unauthenticated(message, details={"reason": reason})
 
 
+def _header(token: str) -> dict[str, Any]:
+    """The JOSE header (RFC 7515 section 4) of a compact token, decoded once here; PyJWT's
+    ``get_unverified_header`` would parse and validate the whole token a second time.
+
+    Raises:
+        Unauthenticated (1001, ``malformed_token``): not base64url JSON object.
+    """
+    try:
+        header = json.loads(jwt.utils.base64url_decode(token[: token.index(".")]))
+    except (ValueError, TypeError, RecursionError):
+        raise _fail("malformed_token", "malformed bearer token") from None
+    # No JWS extension is understood, so a critical one must be refused (RFC 7515 4.1.11).
+    if not isinstance(header, dict) or "crit" in header or not isinstance(header.get("kid", ""), str):
+        raise _fail("malformed_token", "malformed bearer token")
+    return header
+
+
 class JwtVerifier:
     """Verifies bearer JWTs and maps them to a :class:`~gateway.models.Principal`.
 
@@ -193,6 +212,12 @@ class JwtVerifier:
     go on with the current set, except that threads needing a key the set lacks wait for the
     fetch in progress.
 
+    Verified tokens are remembered by SHA-256 (``cache_entries``, oldest out first): a
+    client's next call with the same token skips parsing and the signature check, as long as
+    its ``exp`` / ``nbf`` (with leeway) still hold and the key set it was checked against is
+    still the current one (the periodic JWKS check runs first, so a withdrawn key ends its
+    tokens within a second for a file, ``jwks_cache_s`` for a URL). Refusals are not cached.
+
     ``fetch(url, timeout_s) -> bytes`` gets the JWKS URL's body (default
     :func:`fetch_jwks_url`); it raises on any failure. The constructor does no I/O.
 
@@ -210,7 +235,7 @@ class JwtVerifier:
                 jwt.get_algorithm_by_name("HS256").prepare_key(self._secret)
             except jwt.InvalidKeyError as exc:
                 raise ValueError(f"auth.jwt.hs256_secret: {exc}") from None
-        jwks = settings.jwks_file is not None or settings.jwks_url is not None
+        self._jwks = jwks = settings.jwks_file is not None or settings.jwks_url is not None
         self._allowed = frozenset(settings.algorithms if jwks else ()) | ({"HS256"} if self._secret else set())
         self._lock = threading.Lock()  # held by the one thread reading / fetching the JWKS
         self._keys: _KeySet | None = None
@@ -218,6 +243,10 @@ class JwtVerifier:
         self._loaded_at = -math.inf  # monotonic time of the last successful fetch (URL)
         self._checked_at = -math.inf  # monotonic time of the last stat() (file)
         self._file_sig: tuple[int, int, int] | None = None  # of the last file read, good or bad
+        # Verified tokens by SHA-256: (principal, valid from, valid until (unix s), key set used).
+        self._cache_entries = settings.cache_entries
+        self._cache_lock = threading.Lock()
+        self._verified: dict[bytes, tuple[Principal, float, float, _KeySet | None]] = {}
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -292,11 +321,6 @@ class JwtVerifier:
         Raises:
             Unauthenticated: ``unknown_kid``, or ``jwks_unavailable`` (URL never fetched).
         """
-        if self._lock.acquire(blocking=False):  # periodic refresh; busy = someone else does it
-            try:
-                self._refresh_locked(forced=False)
-            finally:
-                self._lock.release()
         keys = self._keys
         key = keys.find(kid) if keys is not None else None
         if key is None:
@@ -329,12 +353,18 @@ class JwtVerifier:
                 ``wrong_audience``, ``wrong_issuer``, ``missing_claim``, ``bad_claim`` or
                 ``jwks_unavailable``. Messages never quote the token.
         """
-        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or token.count(".") != 2:
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not _COMPACT_JWS.fullmatch(token):
             raise _fail("malformed_token", "malformed bearer token")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise _fail("malformed_token", "malformed bearer token") from None
+        if self._jwks and self._lock.acquire(blocking=False):  # periodic refresh; busy = someone else does it
+            try:
+                self._refresh_locked(forced=False)
+            finally:
+                self._lock.release()
+        digest = hashlib.sha256(token.encode(errors="surrogateescape")).digest()
+        cached = self._cached(digest)
+        if cached is not None:
+            return cached
+        header = _header(token)
         alg = header.get("alg")
         if not isinstance(alg, str) or "b64" in header:  # RFC 7797 unencoded payloads: not for JWTs
             raise _fail("malformed_token", "malformed bearer token")
@@ -348,7 +378,33 @@ class JwtVerifier:
             if key.algorithm_name != alg:
                 raise _fail("key_alg_mismatch", "token algorithm does not match its key")
         claims = self._decode(token, key, alg)
-        return self._principal(claims)
+        principal = self._principal(claims)
+        self._remember(digest, principal, claims)
+        return principal
+
+    def _cached(self, digest: bytes) -> Principal | None:
+        """The principal of a token verified before, while its ``exp`` / ``nbf`` still hold and
+        the key set it was verified with is the current one; else None (verify again)."""
+        entry = self._verified.get(digest)
+        if entry is None:
+            return None
+        principal, not_before, expires, keys = entry
+        now = time.time()
+        if keys is not self._keys or now > expires or now < not_before:
+            with self._cache_lock:
+                self._verified.pop(digest, None)
+            return None
+        return principal
+
+    def _remember(self, digest: bytes, principal: Principal, claims: dict[str, Any]) -> None:
+        if self._cache_entries <= 0:
+            return
+        leeway = self._settings.leeway_s
+        not_before = max(claims.get("nbf", -math.inf), claims.get("iat", -math.inf)) - leeway
+        with self._cache_lock:
+            if len(self._verified) >= self._cache_entries:
+                del self._verified[next(iter(self._verified))]  # the oldest
+            self._verified[digest] = (principal, not_before, claims["exp"] + leeway, self._keys)
 
     def _decode(self, token: str, key: jwt.PyJWK | bytes, alg: str) -> dict[str, Any]:
         """Signature and registered claims (PyJWT), PyJWT's exceptions mapped to reasons."""

@@ -546,3 +546,56 @@ def test_default_fetch_over_http(
         set_response(status, body)
         with pytest.raises(ValueError, match=message):
             JwtVerifier(settings(jwks_url=url)).load()
+
+
+# -- verified-token cache ------------------------------------------------------------------
+
+
+def test_a_verified_token_is_reused_without_a_signature_check(
+    monkeypatch: pytest.MonkeyPatch, verifier: JwtVerifier, keys: dict[str, SigningKey]
+) -> None:
+    token = sign(keys["ES256"])
+    first = verifier.verify(token)
+    monkeypatch.setattr(verifier, "_decode", lambda *a: pytest.fail("signature checked again"))
+    assert verifier.verify(token) == first
+
+
+def test_a_cached_token_still_expires(jwks_path: Path, keys: dict[str, SigningKey]) -> None:
+    verifier = JwtVerifier(settings(jwks_path, leeway_s=0))
+    verifier.load()
+    token = sign(keys["RS256"], claims(exp=time.time() + 0.5))
+    assert verifier.verify(token).id == "alice"
+    time.sleep(0.6)
+    assert refused(verifier, token, TokenExpired) == "expired"
+
+
+def test_a_cached_token_of_a_withdrawn_key_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, keys: dict[str, SigningKey], new_rsa: SigningKey
+) -> None:
+    monkeypatch.setattr(jwt_module, "_FILE_CHECK_S", 0.0)
+    path = write_jwks(tmp_path / "jwks.json", keys["RS256"])
+    verifier = JwtVerifier(settings(path))
+    verifier.load()
+    token = sign(keys["RS256"])
+    assert verifier.verify(token).id == "alice"
+    write_jwks(path, new_rsa)
+    assert refused(verifier, token) == "unknown_kid"  # the periodic check runs before the cache
+
+
+def test_the_cache_can_be_off_and_is_bounded(
+    monkeypatch: pytest.MonkeyPatch, jwks_path: Path, keys: dict[str, SigningKey]
+) -> None:
+    off = JwtVerifier(settings(jwks_path, cache_entries=0))
+    off.load()
+    token = sign(keys["EdDSA"])
+    off.verify(token)
+    calls = []
+    monkeypatch.setattr(off, "_decode", lambda *a: calls.append(a) or claims())
+    off.verify(token)
+    assert len(calls) == 1
+
+    small = JwtVerifier(settings(jwks_path, cache_entries=2))
+    small.load()
+    for n in range(5):
+        small.verify(sign(keys["ES256"], claims(sub=f"user{n}")))
+    assert len(small._verified) == 2
