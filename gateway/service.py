@@ -257,7 +257,6 @@ class GatewayService:
         self._audit.emit("auth_failure", ctx, principal, auth_reason="missing_scope", error_code=1003)
         raise PermissionDenied(f"missing scope {scope}", details={"scope": scope})
 
-
     # -- commands -------------------------------------------------------------
 
     def execute_command(self, principal: Principal, ctx: RequestContext, req: ExecuteRequest) -> TaskRecord:

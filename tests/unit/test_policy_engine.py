@@ -15,6 +15,7 @@ import pytest
 
 from gateway.errors import PolicyEngineError
 from gateway.policy import EmbeddedEngine, PolicyEngine, run_rego_tests
+from tests.conftest import wait_until
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
 
@@ -271,7 +272,15 @@ def test_backtracking_regex_is_killed_at_the_deadline_and_the_worker_replaced(tm
     with pytest.raises(PolicyEngineError, match="timed out"):
         engine.evaluate({"s": "a" * 40 + "b"})  # ~2**40 steps in rego-cpp's backtracking regex
     assert time.perf_counter() - start < 0.2 + 0.5
-    assert engine.evaluate({"s": "ab"}).rule_ids == ("command.r",)  # a fresh worker answers
+
+    def fresh_worker_answers() -> bool:  # once the replacement has loaded the bundle
+        try:
+            return engine.evaluate({"s": "ab"}).rule_ids == ("command.r",)
+        except PolicyEngineError as exc:
+            assert "no policy worker free" in exc.message  # still starting, nothing else
+            return False
+
+    wait_until(fresh_worker_answers, timeout_s=10, what="replacement worker")
     assert engine.restarts == 1
     assert _worker_pids(engine).isdisjoint(before)
 
