@@ -140,7 +140,7 @@ def in_process(creds: BenchCredentials, calls: int, warmup: int) -> list[tuple[s
         path(f"JWT {alg}", plain, bearer(creds.token(alg)), "bench-jwt")
     path("JWT ES256, new token each call", plain, None, "bench-jwt")
     pem = creds.client.cert.read_bytes()
-    path("mTLS client certificate (PEM)", mtls, Credentials(client_cert=pem, tls=True), "bench-mtls")
+    path("mTLS client certificate (PEM)", mtls, Credentials(client_cert=pem), "bench-mtls")
 
     samples: dict[str, list[int]] = {name: [] for name in paths}
     for name, (authenticator, credential, principal) in paths.items():  # check, then warm up

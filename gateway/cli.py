@@ -360,5 +360,6 @@ def _apikey_create(args: argparse.Namespace) -> int:
     print("mcp-gateway: the key is shown only this once; the gateway keeps only its hash", file=sys.stderr)
     return 0
 
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -271,13 +271,6 @@ class AuditSettings(BaseModel):
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:/+=-]{0,127}$"
 
 
-def _known_scopes(scopes: list[str]) -> list[str]:
-    unknown = sorted(set(scopes) - set(SCOPES))
-    if unknown:
-        raise ValueError(f"unknown scopes {unknown}; known: {list(SCOPES)}")
-    return scopes
-
-
 class _Binding(BaseModel):
     """Who a credential stands for: the principal of the policy input."""
 
@@ -290,7 +283,10 @@ class _Binding(BaseModel):
     @field_validator("scopes")
     @classmethod
     def _scopes(cls, scopes: list[str]) -> list[str]:
-        return _known_scopes(scopes)
+        unknown = sorted(set(scopes) - set(SCOPES))
+        if unknown:
+            raise ValueError(f"unknown scopes {unknown}; known: {list(SCOPES)}")
+        return scopes
 
     def as_principal(self, auth_scheme: str, credential_sha256: str | None = None) -> Principal:
         """The principal this binding names, authenticated by ``auth_scheme``."""

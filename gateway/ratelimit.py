@@ -46,19 +46,24 @@ class RateLimiter:
     """
 
     def __init__(self, settings: RateLimitSettings, clock: Callable[[], float] = time.monotonic) -> None:
-        self._settings = settings
         self._clock = clock
         self._lock = threading.Lock()
+        self.update(settings)
         self._buckets: OrderedDict[tuple[str, str | None], _Bucket] = OrderedDict()
 
     def update(self, settings: RateLimitSettings) -> None:
         """Apply new limits (config reload); buckets keep their tokens, capped at the new burst."""
+        defaults = (settings.principal, settings.tenant)
+        overrides = {tenant: settings.resolve(tenant) for tenant in settings.tenants}
         with self._lock:
-            self._settings = settings
+            self._defaults, self._overrides = defaults, overrides
+
+    def _limits(self, tenant: str) -> tuple[RateLimit, RateLimit]:
+        return self._overrides.get(tenant, self._defaults)
 
     def task_quotas(self, principal: Principal) -> tuple[int, int]:
         """``(principal, tenant)`` caps on tasks queued or running at once; 0 = no cap."""
-        mine, tenant = self._settings.resolve(principal.tenant)
+        mine, tenant = self._limits(principal.tenant)
         return mine.concurrent_tasks, tenant.concurrent_tasks
 
     def check(self, principal: Principal) -> None:
@@ -69,7 +74,7 @@ class RateLimiter:
                 until it has a token again, ``details.limit`` names it
                 (``principal_requests`` / ``tenant_requests``).
         """
-        limits = self._settings.resolve(principal.tenant)
+        limits = self._limits(principal.tenant)
         keys = ((principal.tenant, principal.id), (principal.tenant, None))
         with self._lock:
             now = self._clock()

@@ -69,8 +69,11 @@ class TlsFiles:
         self._signature = _signature(self._paths)
         self._material = self._load()
         self._next_check = time.monotonic() + self._check_s
-        self._listener = self._base_context()
         self._generation = 0
+        # The listening context is the first generation's; each handshake moves to the
+        # current one.
+        self._listener = self._material.context
+        self._listener.sni_callback = self._switch  # type: ignore[assignment]
 
     @property
     def mutual(self) -> bool:
@@ -117,14 +120,8 @@ class TlsFiles:
 
     # -- HTTPS -------------------------------------------------------------------
 
-    def _base_context(self) -> ssl.SSLContext:
-        listener = self._load().context
-
-        def switch(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
-            ssl_object.context = self.current().context
-
-        listener.sni_callback = switch  # type: ignore[assignment]
-        return listener
+    def _switch(self, ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+        ssl_object.context = self.current().context
 
     def ssl_context(self) -> ssl.SSLContext:
         """The context the HTTPS listener is created with (it hands each connection to

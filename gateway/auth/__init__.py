@@ -18,7 +18,6 @@ SHA-256 of the credential for the audit trail; the credential itself goes nowher
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import threading
@@ -49,12 +48,10 @@ class Credentials:
     Attributes:
         authorization: the ``authorization`` header / metadata value, as sent.
         client_cert: the client certificate (PEM or DER) the TLS layer verified, if any.
-        tls: whether the call came over TLS.
     """
 
     authorization: str | None = None
     client_cert: bytes | None = None
-    tls: bool = False
 
 
 class AuthFailure(Exception):
@@ -188,12 +185,10 @@ class Authenticator:
             )
         try:
             if credential.startswith(API_KEY_PREFIX):
-                principal = sources.api_keys.verify(credential)
-            elif sources.jwt is not None:
-                principal = sources.jwt.verify(credential)
-            else:
+                return sources.api_keys.verify(credential, digest)
+            if sources.jwt is None:
                 raise Unauthenticated("bearer tokens (JWT) are not accepted by this gateway",
                                       details={"reason": "jwt_not_configured"})
+            return sources.jwt.verify(credential, digest)
         except (Unauthenticated, TokenExpired) as exc:
             raise AuthFailure(exc, "bearer", digest) from None
-        return dataclasses.replace(principal, credential_sha256=digest)

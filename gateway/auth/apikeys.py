@@ -38,13 +38,13 @@ class ApiKeyRing:
     :class:`gateway.auth.Authenticator`), so a removed or revoked key stops working at once."""
 
     def __init__(self, entries: Iterable[ApiKeyEntry]) -> None:
-        self._by_hash = {e.hash: e for e in entries}
+        # Each key's principal is built once; its credential_sha256 is the key's hash.
+        self._by_hash = {e.hash: (e, e.as_principal("bearer", e.hash.removeprefix("sha256:"))) for e in entries}
 
-    def __len__(self) -> int:
-        return len(self._by_hash)
-
-    def verify(self, key: str) -> Principal:
-        """The principal bound to ``key`` (auth_scheme ``bearer``).
+    def verify(self, key: str, digest: str | None = None) -> Principal:
+        """The principal bound to ``key`` (auth_scheme ``bearer``, ``credential_sha256`` the
+        key's hash); ``digest`` is the hex
+        SHA-256 of ``key`` when the caller has it already.
 
         Raises:
             Unauthenticated (1001): malformed or unknown key (details.reason
@@ -53,11 +53,12 @@ class ApiKeyRing:
         """
         if len(key) != _KEY_LENGTH or not key.startswith(API_KEY_PREFIX):
             raise Unauthenticated("malformed API key", details={"reason": "malformed_api_key"})
-        entry = self._by_hash.get(hash_api_key(key))
-        if entry is None:
+        found = self._by_hash.get("sha256:" + digest if digest is not None else hash_api_key(key))
+        if found is None:
             raise Unauthenticated("unknown API key", details={"reason": "unknown_api_key"})
+        entry, principal = found
         if entry.revoked:
             raise Unauthenticated("API key revoked", details={"reason": "revoked_api_key"})
         if entry.expires_at is not None and time.time() >= entry.expires_at:
             raise TokenExpired("API key expired", details={"reason": "expired"})
-        return entry.as_principal("bearer")
+        return principal

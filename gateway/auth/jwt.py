@@ -246,7 +246,7 @@ class JwtVerifier:
         # Verified tokens by SHA-256: (principal, valid from, valid until (unix s), key set used).
         self._cache_entries = settings.cache_entries
         self._cache_lock = threading.Lock()
-        self._verified: dict[bytes, tuple[Principal, float, float, _KeySet | None]] = {}
+        self._verified: dict[str, tuple[Principal, float, float, _KeySet | None]] = {}
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -337,8 +337,11 @@ class JwtVerifier:
 
     # -- tokens -------------------------------------------------------------------------
 
-    def verify(self, token: str) -> Principal:
-        """The principal a bearer token stands for (``auth_scheme`` ``bearer``). Thread-safe.
+    def verify(self, token: str, digest: str | None = None) -> Principal:
+        """The principal a bearer token stands for (``auth_scheme`` ``bearer``,
+        ``credential_sha256`` the token's SHA-256). Thread-safe.
+        ``digest`` is the hex SHA-256 of ``token`` when the caller has it already (the
+        verified-token cache's key).
 
         Checks, cheapest first: shape (three base64url segments, at most
         :data:`MAX_TOKEN_CHARS`), header ``alg`` allowed, key by ``kid`` and key algorithm =
@@ -360,7 +363,8 @@ class JwtVerifier:
                 self._refresh_locked(forced=False)
             finally:
                 self._lock.release()
-        digest = hashlib.sha256(token.encode(errors="surrogateescape")).digest()
+        if digest is None:
+            digest = hashlib.sha256(token.encode(errors="surrogateescape")).hexdigest()
         cached = self._cached(digest)
         if cached is not None:
             return cached
@@ -378,11 +382,11 @@ class JwtVerifier:
             if key.algorithm_name != alg:
                 raise _fail("key_alg_mismatch", "token algorithm does not match its key")
         claims = self._decode(token, key, alg)
-        principal = self._principal(claims)
+        principal = self._principal(claims, digest)
         self._remember(digest, principal, claims)
         return principal
 
-    def _cached(self, digest: bytes) -> Principal | None:
+    def _cached(self, digest: str) -> Principal | None:
         """The principal of a token verified before, while its ``exp`` / ``nbf`` still hold and
         the key set it was verified with is the current one; else None (verify again)."""
         entry = self._verified.get(digest)
@@ -396,7 +400,7 @@ class JwtVerifier:
             return None
         return principal
 
-    def _remember(self, digest: bytes, principal: Principal, claims: dict[str, Any]) -> None:
+    def _remember(self, digest: str, principal: Principal, claims: dict[str, Any]) -> None:
         if self._cache_entries <= 0:
             return
         leeway = self._settings.leeway_s
@@ -440,7 +444,7 @@ class JwtVerifier:
         except jwt.PyJWTError:  # DecodeError: payload not a JSON object, unsupported crit, ...
             raise _fail("malformed_token", "malformed bearer token") from None
 
-    def _principal(self, claims: dict[str, Any]) -> Principal:
+    def _principal(self, claims: dict[str, Any], digest: str) -> Principal:
         settings = self._settings
         ident = {}
         for name in (settings.principal_claim, settings.tenant_claim):
@@ -479,4 +483,5 @@ class JwtVerifier:
             roles=tuple(dict.fromkeys(roles)),
             scopes=tuple(dict.fromkeys(scopes)),
             auth_scheme="bearer",
+            credential_sha256=digest,
         )

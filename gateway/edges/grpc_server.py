@@ -88,7 +88,7 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
         if self._tls:
             pem = (context.auth_context() or {}).get("x509_pem_cert")
             cert = pem[0] if pem else None
-        return ctx, Credentials(authorization=metadata.get("authorization"), client_cert=cert, tls=self._tls)
+        return ctx, Credentials(authorization=metadata.get("authorization"), client_cert=cert)
 
     async def _call(
         self, context: grpc.aio.ServicerContext, method: str, request: Any, fn: Callable[..., T], *args: Any,

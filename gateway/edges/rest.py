@@ -5,9 +5,10 @@ authenticates the caller and calls the service (both in a worker thread: credent
 checks, policy, store and audit calls block) and encodes the answer. Credentials are the
 ``Authorization`` header and, over HTTPS with a client CA, the verified client
 certificate; health, readiness and metrics need none. 401 answers carry
-``WWW-Authenticate: Bearer`` (RFC 6750), 403 for a missing scope names the scope. Errors are ``{"error":{"code","message","details"}}``
-with the HTTP status from ``gateway.errors.STATUS_TABLE``; a body that is not JSON is
-400/2003, a JSON body of the wrong shape 422/2001-2002 (pydantic's report in details).
+``WWW-Authenticate: Bearer`` (RFC 6750), 403 for a missing scope names the scope.
+Errors are ``{"error":{"code","message","details"}}`` with the HTTP status from
+``gateway.errors.STATUS_TABLE``; a body that is not JSON is 400/2003, a JSON body of the
+wrong shape 422/2001-2002 (pydantic's report in details).
 """
 
 from __future__ import annotations
@@ -264,7 +265,8 @@ def _error_response(error: GatewayError, status: int | None = None) -> JSONRespo
     if isinstance(error, RateLimited):
         headers["Retry-After"] = str(error.retry_after_s)
     elif isinstance(error, PermissionDenied):  # RFC 6750 section 3.1
-        headers["WWW-Authenticate"] = f'Bearer realm="mcp-gateway", error="insufficient_scope", scope="{error.details.get("scope", "")}"'
+        scope = error.details.get("scope", "")
+        headers["WWW-Authenticate"] = f'Bearer realm="mcp-gateway", error="insufficient_scope", scope="{scope}"'
     elif isinstance(error, AuthError):
         presented = error.details.get("reason") not in ("missing_credentials", "client_certificate_required")
         headers["WWW-Authenticate"] = 'Bearer realm="mcp-gateway"' + (', error="invalid_token"' if presented else "")
@@ -309,7 +311,7 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
             tls=tls,
         )
         cert = request.scope.get("state", {}).get(PEER_CERT_STATE_KEY)
-        return ctx, Credentials(authorization=request.headers.get("authorization"), client_cert=cert, tls=tls)
+        return ctx, Credentials(authorization=request.headers.get("authorization"), client_cert=cert)
 
     async def call(request: Request, method: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Authenticate the caller, then ``fn(principal, ctx, *args, **kwargs)``, in one

@@ -111,6 +111,12 @@ class _Job:
         return self.principal.tenant, self.principal.id
 
 
+def _pending_keys(principal: Principal) -> tuple[tuple[str, str | None], tuple[str, str | None]]:
+    """Where a principal's pending tasks are counted: as its own, (tenant, id), and as its
+    tenant's, (tenant, None)."""
+    return (principal.tenant, principal.id), (principal.tenant, None)
+
+
 def status_for_result(result: sandbox.SandboxResult) -> TaskStatus:
     """Map a sandbox outcome to a final task state (design section 3)."""
     if result.setup_error is not None:
@@ -234,8 +240,8 @@ class TaskManager:
                     retry_after_s=self._retry_after(len(self._queue) + 1),
                     details={"limit": "queue", "pending": pending, "capacity": self._capacity},
                 )
-            for key, quota, who in (((principal.tenant, principal.id), principal_quota, "principal"),
-                                    ((principal.tenant, None), tenant_quota, "tenant")):
+            keys = _pending_keys(principal)
+            for key, quota, who in zip(keys, (principal_quota, tenant_quota), ("principal", "tenant"), strict=True):
                 pending = self._pending_by[key]
                 if quota and pending >= quota:
                     TASK_QUEUE_REJECTIONS.labels(f"{who}_quota").inc()
@@ -245,8 +251,7 @@ class TaskManager:
                         details={"limit": f"{who}_concurrent_tasks", "pending": pending, "quota": quota},
                     )
             self._reserved += 1
-            self._pending_by[principal.tenant, principal.id] += 1
-            self._pending_by[principal.tenant, None] += 1
+            self._pending_by.update(keys)
 
     def release(self, principal: Principal) -> None:
         """Give back an admission whose task was never submitted."""
@@ -273,7 +278,7 @@ class TaskManager:
         return max(1, min(_MAX_RETRY_AFTER_S, math.ceil(estimate)))
 
     def _forget_principal(self, principal: Principal) -> None:
-        for key in ((principal.tenant, principal.id), (principal.tenant, None)):
+        for key in _pending_keys(principal):
             self._pending_by[key] -= 1
             if self._pending_by[key] <= 0:
                 del self._pending_by[key]

@@ -115,23 +115,23 @@ def test_client_certificates_map_by_subject_or_san(tmp_path: Path) -> None:
     agent = ca.issue("whoever", uris=("spiffe://acme/agent",))
     stranger = ca.issue("stranger")
 
-    principal = auth.authenticate(Credentials(client_cert=bot.cert.read_bytes(), tls=True))
+    principal = auth.authenticate(Credentials(client_cert=bot.cert.read_bytes()))
     assert (principal.id, principal.auth_scheme) == ("ci-bot", "mtls")
     der = bot.certificate.public_bytes(serialization.Encoding.DER)
     assert principal.credential_sha256 == hashlib.sha256(der).hexdigest()
-    assert auth.authenticate(Credentials(client_cert=der, tls=True)).id == "ci-bot"  # DER as HTTPS hands it
-    assert auth.authenticate(Credentials(client_cert=agent.cert.read_bytes(), tls=True)).id == "agent"
-    failure = _failure(auth, Credentials(client_cert=stranger.cert.read_bytes(), tls=True))
+    assert auth.authenticate(Credentials(client_cert=der)).id == "ci-bot"  # DER as HTTPS hands it
+    assert auth.authenticate(Credentials(client_cert=agent.cert.read_bytes())).id == "agent"
+    failure = _failure(auth, Credentials(client_cert=stranger.cert.read_bytes()))
     assert (failure.reason, failure.scheme) == ("unmapped_client_certificate", "mtls")
     assert parse_client_certificate(agent.cert.read_bytes()).sans == ("uri:spiffe://acme/agent",)
 
 
 def test_with_a_client_ca_a_certificate_is_required_even_with_a_key(tmp_path: Path) -> None:
     auth, ca, key = _mtls(tmp_path)
-    failure = _failure(auth, Credentials(authorization=f"Bearer {key}", tls=True))
+    failure = _failure(auth, Credentials(authorization=f"Bearer {key}"))
     assert failure.reason == "client_certificate_required"
     bot = ca.issue("ci-bot", organization="acme")
-    both = auth.authenticate(Credentials(authorization=f"Bearer {key}", client_cert=bot.cert.read_bytes(), tls=True))
+    both = auth.authenticate(Credentials(authorization=f"Bearer {key}", client_cert=bot.cert.read_bytes()))
     assert (both.id, both.auth_scheme) == ("ci", "bearer")  # the bearer credential names the principal
 
 

@@ -80,6 +80,10 @@ def hs256(secret: bytes | str, payload: dict[str, Any] | None = None, **header: 
     return signing_input + "." + b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())
 
 
+def sha256_hex(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 def write_jwks(path: Path, *keys: SigningKey | dict[str, Any]) -> Path:
     """Replace ``path`` atomically with a JWKS of ``keys`` (SigningKeys or raw JWK dicts)."""
     doc = {"keys": [k.jwk if isinstance(k, SigningKey) else k for k in keys]}
@@ -149,10 +153,11 @@ class Fetcher:
 
 @pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])
 def test_valid_asymmetric_token(verifier: JwtVerifier, keys: dict[str, SigningKey], alg: str) -> None:
-    principal = verifier.verify(sign(keys[alg]))
+    token = sign(keys[alg])
+    principal = verifier.verify(token)
     assert principal == Principal(
         id="alice", tenant="acme", roles=("user", "admin"), scopes=("tasks:execute", "tasks:read"),
-        auth_scheme="bearer",
+        auth_scheme="bearer", credential_sha256=sha256_hex(token),
     )
 
 
@@ -160,7 +165,8 @@ def test_valid_hs256_token_without_jwks() -> None:
     verifier = JwtVerifier(settings(hs256_secret=SECRET))
     verifier.load()  # nothing to load
     token = jwt.encode(claims(sub="svc-1", tenant="t2", roles=DROP, scope=DROP), SECRET, algorithm="HS256")
-    assert verifier.verify(token) == Principal(id="svc-1", tenant="t2", auth_scheme="bearer")
+    assert verifier.verify(token) == Principal(id="svc-1", tenant="t2", auth_scheme="bearer",
+                                               credential_sha256=sha256_hex(token))
     assert verifier.verify(hs256(SECRET, kid="ignored")).id == "alice"
 
 
@@ -171,8 +177,9 @@ def test_configured_claim_names(jwks_path: Path, keys: dict[str, SigningKey]) ->
     payload = claims(
         sub=DROP, tenant=DROP, roles=DROP, email="bob@acme.test", org="acme", groups=["ops"], perms="files:read"
     )
-    principal = verifier.verify(sign(keys["ES256"], payload))
-    assert principal == Principal("bob@acme.test", "acme", ("ops",), ("files:read",), "bearer")
+    token = sign(keys["ES256"], payload)
+    principal = verifier.verify(token)
+    assert principal == Principal("bob@acme.test", "acme", ("ops",), ("files:read",), "bearer", sha256_hex(token))
 
 
 def test_scope_forms(verifier: JwtVerifier, keys: dict[str, SigningKey]) -> None:
