@@ -29,6 +29,7 @@ import uvicorn
 from pydantic import ValidationError
 
 import sandbox
+from gateway.admission import EdgeGate
 from gateway.audit import AuditLog, FileSink
 from gateway.auth import Authenticator
 from gateway.config import Settings
@@ -39,7 +40,7 @@ from gateway.policy import EmbeddedEngine, PolicySource, load_policy_dir
 from gateway.policy.active import ActivePolicy, check_bundle, check_source
 from gateway.policy.opa import OpaEngine
 from gateway.ratelimit import RateLimiter
-from gateway.service import GatewayService
+from gateway.service import READINESS_REFRESH_S, GatewayService
 from gateway.tasks import Isolation, TaskManager, TaskStore, open_store
 from gateway.tasks.workspaces import WorkspaceManager
 from gateway.tls import TlsFiles
@@ -233,6 +234,17 @@ async def _housekeeping(runtime: Runtime, settings: Settings, lost_store: asynci
         await asyncio.sleep(interval)
 
 
+async def _refresh_readiness(service: GatewayService) -> None:
+    """Forever: recompute the readiness answer every ``READINESS_REFRESH_S`` in a thread, so
+    probes read a fresh snapshot and never wait on the policy engine or the store."""
+    while True:
+        try:
+            await asyncio.to_thread(service.refresh_readiness)
+        except Exception:  # the next round retries; the probe keeps the last answer
+            log.exception("readiness check failed")
+        await asyncio.sleep(READINESS_REFRESH_S)
+
+
 def _policy(settings: Settings) -> ActivePolicy:
     """The configured engine with the bundle loaded and checked (one decision on a request
     it must deny), watching ``policy_dir`` when reloads are ours to do."""
@@ -407,14 +419,17 @@ async def serve(
     runtime = build_service(settings)
     http_sock = _bind(settings.host, settings.http_port)
     http_port = http_sock.getsockname()[1]
+    admission = settings.admission
     try:
         grpc_edge: GrpcEdge = create_grpc_server(
             runtime.service, settings.host, settings.grpc_port,
             max_message_bytes=settings.limits.max_request_bytes, tls=runtime.tls,
+            gate=EdgeGate("grpc", admission.grpc_in_flight, admission.max_wait_ms / 1000),
         )
     except RuntimeError as exc:
         raise StartupError(str(exc)) from exc
-    app = create_app(runtime.service, settings.host, lambda: http_port, settings.limits.max_request_bytes)
+    app = create_app(runtime.service, settings.host, lambda: http_port, settings.limits.max_request_bytes,
+                     gate=EdgeGate("http", admission.http_in_flight, admission.max_wait_ms / 1000))
     tls = runtime.tls
     web = _Uvicorn(uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="off", http=PeerCertH11Protocol,
@@ -445,6 +460,7 @@ async def serve(
 
     lost_store = asyncio.Event()
     housekeeping = asyncio.create_task(_housekeeping(runtime, settings, lost_store))
+    readiness = asyncio.create_task(_refresh_readiness(runtime.service))
     watcher = (
         asyncio.create_task(_watch_config(runtime, config_file, reload_settings, hangup))
         if config_file is not None and reload_settings is not None else None
@@ -458,7 +474,7 @@ async def serve(
     log.info("shutting down: running tasks may finish within %.0f s", grace)
     await grpc_edge.health.enter_graceful_shutdown()
     await asyncio.to_thread(runtime.tasks.drain, grace)
-    for background in (housekeeping, watcher):
+    for background in (housekeeping, watcher, readiness):
         if background is not None:
             background.cancel()
             with contextlib.suppress(asyncio.CancelledError):

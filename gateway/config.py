@@ -26,6 +26,7 @@ from gateway.models import SCOPES, Principal
 
 __all__ = [
     "NAME_PATTERN",
+    "AdmissionSettings",
     "ApiKeyEntry",
     "AuditSettings",
     "AuthSettings",
@@ -116,6 +117,11 @@ class SandboxSettings(BaseModel):
     tmp_size_bytes: int = Field(64 << 20, ge=1 << 20, description="Size of each of the sandbox /tmp and /dev/shm tmpfs, bytes.")
     file_size_bytes: int = Field(64 << 20, ge=1 << 20, description="RLIMIT_FSIZE, bytes.")
     open_files: int = Field(256, ge=16, description="RLIMIT_NOFILE.")
+    nice: int = Field(
+        10, ge=0, le=19,
+        description="Nice value of every sandboxed process (setpriority(2)): under CPU contention tasks "
+        "yield to the gateway, so admission, health and status answers stay fast. 0 = the gateway's own.",
+    )
 
 
 class TaskSettings(BaseModel):
@@ -507,6 +513,24 @@ class RateLimitSettings(BaseModel):
         )
 
 
+class AdmissionSettings(BaseModel):
+    """Admission control (``gateway.admission``): calls in flight per edge and per principal.
+    A call beyond a bound waits at most ``max_wait_ms`` for a slot, then answers 4290 with
+    Retry-After. Health, readiness and metrics are never bounded."""
+
+    model_config = ConfigDict(extra="forbid")
+    grpc_in_flight: int = Field(
+        8, ge=0, le=4096, description="gRPC calls in flight at once (a stream counts until it is set up); 0 = no bound."
+    )
+    http_in_flight: int = Field(8, ge=0, le=4096, description="REST calls in flight at once; 0 = no bound.")
+    principal_in_flight: int = Field(
+        6, ge=0, le=4096, description="Calls of one principal in flight at once, over both edges; 0 = no bound."
+    )
+    max_wait_ms: int = Field(
+        10, ge=0, le=10_000, description="How long a call may wait for an edge slot before 4290, milliseconds."
+    )
+
+
 class Settings(BaseSettings):
     """All gateway settings. See the module docstring for the source precedence."""
 
@@ -532,6 +556,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
 
     @model_validator(mode="after")
     def _safe_bind(self) -> Settings:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 __all__ = [
+    "ADMISSION_REFUSED",
+    "IN_FLIGHT",
     "AUTH_FAILURES",
     "CONTENT_TYPE",
     "RATE_LIMITED",
@@ -77,6 +79,14 @@ RATE_LIMITED = Counter(
     ["limit"],
 )
 
+ADMISSION_REFUSED = Counter(
+    "mcp_admission_refused_total",
+    "Calls refused with 4290 by admission control before any work: edge (grpc, http, any) and "
+    "bound (grpc_in_flight, http_in_flight, principal_in_flight).",
+    ["edge", "limit"],
+)
+IN_FLIGHT = Gauge("mcp_calls_in_flight", "Calls holding an admission slot of an edge now.", ["edge"])
+
 _active: tuple[str, str] | None = None
 
 
@@ -98,3 +108,13 @@ def set_active_bundle(engine: str, revision: str) -> None:
 def exposition() -> bytes:
     """The text exposition of every metric (Prometheus format 0.0.4)."""
     return generate_latest()
+
+
+AUDIT_EVENTS = Counter(
+    "mcp_audit_events_total",
+    "Audit events by sink (file) and result: written; failed (the sink refused the line and "
+    "nothing of it is kept: a decision that could not be audited is refused with 5001); or "
+    "dropped (a deferred task_end lost because 1000 already waited for the sink).",
+    ["sink", "result"],
+)
+__all__ += ["AUDIT_EVENTS"]

@@ -30,22 +30,25 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway import __version__, files
-from gateway.audit.log import AuditLog, args_sha256, clip, redact_command
+from gateway.admission import PrincipalSlots
+from gateway.audit.log import AuditError, AuditLog, args_sha256, clip, redact_command
 from gateway.auth import AuthFailure, Authenticator, Credentials
 from gateway.config import Settings
 from gateway.errors import (
     CommandDenied,
     FileDenied,
     GatewayError,
+    InternalError,
     InvalidFormat,
     InvalidParameter,
     MissingParameter,
@@ -77,6 +80,10 @@ from gateway.tasks.workspaces import WORKSPACE_ID_PATTERN, WorkspaceManager
 
 __all__ = ["FileContent", "GatewayService", "HealthInfo", "TASK_ID_PATTERN", "new_task_id"]
 
+log = logging.getLogger("gateway.service")
+
+T = TypeVar("T")
+READINESS_REFRESH_S = 0.5  # how often serve() refreshes the readiness probes answer, seconds
 TASK_ID_PATTERN = re.compile(r"^task-[0-9a-f]{32}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DENY_BY_CATEGORY: dict[str, type[PolicyDenied]] = {
@@ -153,6 +160,8 @@ class GatewayService:
         self._workspaces = workspaces
         self._auth = authenticator
         self._limiter = limiter
+        self._in_flight = PrincipalSlots(settings.admission.principal_in_flight)
+        self._readiness: dict[str, Any] | None = None
         self._started = time.monotonic()
 
     # -- health ---------------------------------------------------------------
@@ -162,14 +171,18 @@ class GatewayService:
         return HealthInfo("SERVING", __version__, int(time.monotonic() - self._started))
 
     def readiness(self) -> dict[str, Any]:
-        """Readiness details: policy engine and revision, task pool state, and the per-task
-        limits this host enforces (a request for any other is refused with 4001)."""
+        """Readiness details: policy engine and revision, audit sink health (not ready while
+        it cannot write: every audited call would fail with 5001), task pool state, and the
+        per-task limits this host enforces (a request for any other is refused with 4001)."""
         policy = self._policy_status()
+        audit = self._audit.health()
         draining = not self._tasks.accepting
         return {
-            "status": "ready" if policy["healthy"] and not draining else "not_ready",
+            "status": "ready" if policy["healthy"] and audit.healthy and not draining else "not_ready",
             "draining": draining,
             "policy": policy,
+            "audit": {"sink": audit.sink, "healthy": audit.healthy, "detail": audit.detail,
+                      "failing_since_ns": audit.failing_since_ns, "failed_events": audit.failed_events},
             "tasks": {"running": self._tasks.running, "queued": self._tasks.queued},
             "sandbox": {
                 "enforced_limits": sorted(self._tasks.enforced),
@@ -177,6 +190,22 @@ class GatewayService:
                 "uid_per_task": self._tasks.isolation.uids is not None,
             },
         }
+
+    def readiness_snapshot(self) -> dict[str, Any]:
+        """The last :meth:`readiness` answer that :meth:`refresh_readiness` computed (at most
+        ``READINESS_REFRESH_S`` old): what probes are served, without waiting on a policy
+        engine, a store or a lock that task work may hold."""
+        snapshot = self._readiness
+        if snapshot is None:
+            snapshot = self.refresh_readiness()
+        if not self._tasks.accepting and not snapshot["draining"]:  # a drain shows at once
+            snapshot = {**snapshot, "status": "not_ready", "draining": True}
+        return snapshot
+
+    def refresh_readiness(self) -> dict[str, Any]:
+        """Compute :meth:`readiness` now and keep it for :meth:`readiness_snapshot`."""
+        self._readiness = self.readiness()
+        return self._readiness
 
     def metrics(self) -> bytes:
         """Prometheus text exposition of the process's metrics."""
@@ -218,6 +247,28 @@ class GatewayService:
                 "detail": detail}
 
     # -- callers --------------------------------------------------------------
+
+    def call(self, ctx: RequestContext, credentials: Credentials, fn: Callable[..., T], /, *args: Any,
+             **kwargs: Any) -> T:
+        """``fn(principal, ctx, *args, **kwargs)`` for the caller behind ``credentials``,
+        holding one of the principal's in-flight slots (``admission.principal_in_flight``)
+        while it runs: how every edge makes a call.
+
+        Raises:
+            what :meth:`authenticate` raises; RateLimited (4290) when the principal has
+            its limit of calls in flight (audited as ``rate_limit``); what ``fn`` raises.
+        """
+        principal = self.authenticate(ctx, credentials)
+        key = (principal.tenant, principal.id)
+        try:
+            self._in_flight.enter(key)
+        except RateLimited as exc:
+            self._audit.emit("rate_limit", ctx, principal, rate_limit="principal_in_flight", error_code=exc.code)
+            raise
+        try:
+            return fn(principal, ctx, *args, **kwargs)
+        finally:
+            self._in_flight.leave(key)
 
     def authenticate(self, ctx: RequestContext, credentials: Credentials) -> Principal:
         """The principal behind a call, after its request rate limits.
@@ -270,7 +321,8 @@ class GatewayService:
             RateLimited (4290): the task queue or the principal's quota is full.
             PolicyEngineError (5003): the engine failed (nothing runs).
             AuditError (5001): the decision could not be audited (nothing runs).
-            StorageError (5002): the task could not be stored.
+            StorageError (5002): the task could not be stored (nothing runs; its ``allow``
+                decision is closed by a ``task_end`` FAILED event with 5002).
         """
         self._authorize(principal, ctx, "tasks:execute")
         count = self._audit.count_invocation(ctx.session_id)
@@ -302,6 +354,10 @@ class GatewayService:
         task_id = new_task_id()
         try:
             self._audit_decision(ctx, principal, req, decision, count, task_id=task_id)
+        except BaseException:
+            self._tasks.release(principal)
+            raise
+        try:
             record = TaskRecord(
                 task_id=task_id,
                 task_type=TaskType.COMMAND,
@@ -317,8 +373,9 @@ class GatewayService:
                 workspace=workspace or task_id,
             )
             self._store.create(record)
-        except BaseException:
+        except BaseException as exc:
             self._tasks.release(principal)
+            self._audit_not_run(ctx, principal, task_id, decision, exc)
             raise
         self._tasks.submit(record, plan, ctx, principal)
         return record
@@ -684,6 +741,22 @@ class GatewayService:
             rate_limit=rate_limit,
             **self._decision_fields(decision, reason),
         )
+
+    def _audit_not_run(
+        self, ctx: RequestContext, principal: Principal, task_id: str, decision: Decision, exc: BaseException
+    ) -> None:
+        """Close the trail of a task whose ``allow`` decision is audited but that failed
+        before it was queued (the store refused it): ``task_end`` FAILED with the failure's
+        code, deferred until the sink writes again when it fails now (a full disk fails the
+        store and the audit file alike). The caller raises the original error either way."""
+        try:
+            self._audit.emit(
+                "task_end", ctx, principal, defer=True, task_id=task_id, tool_name="execute_command",
+                decision_id=decision.decision_id, exit_code=-1, status=TaskStatus.FAILED.name,
+                error_code=exc.code if isinstance(exc, GatewayError) else InternalError.code,
+            )
+        except AuditError as exc:
+            log.warning("audit event for the end of task %s (never run) is not written yet: %s", task_id, exc)
 
     def _decision_fields(self, decision: Decision | None, reason: str | None) -> dict[str, Any]:
         """The audit fields of a decision (``decision``, ``policy_*``, ``decision_id``);

@@ -1,7 +1,7 @@
 /*
  * sandbox._spawn: start bwrap from a multi-threaded Python process without fork(2).
  *
- * spawn(argv, stdio, keep_fds, rlimits, cgroup_procs, new_netns, uid, gid, parent_pid) -> pid
+ * spawn(argv, stdio, keep_fds, rlimits, nice, cgroup_procs, new_netns, uid, gid, parent_pid) -> pid
  *
  * subprocess.Popen with a preexec_fn must fork(2): the kernel copies the page tables of the
  * whole gateway (70+ MB here), which cost 1-3 ms of system time per sandbox, and CPython
@@ -15,7 +15,8 @@
  *      no Python handler can run in the borrowed address space; then an empty mask.
  *   1. stdio: dup2 the three given fds onto 0, 1, 2.
  *   2. every other fd close-on-exec (close_range(2)), except keep_fds.
- *   3. rlimits: setrlimit(2) for each (resource, soft, hard), still privileged.
+ *   3. rlimits: setrlimit(2) for each (resource, soft, hard), still privileged; then the nice
+ *      value (setpriority(2)) when it is above 0.
  *   4. join the cgroup slot: write "0" to each cgroup.procs path.
  *   5. new_netns: unshare(CLONE_NEWNET).
  *   6. drop: setgroups(0) -> setresgid -> setresuid, when uid >= 0 (raw syscalls: glibc's
@@ -51,12 +52,12 @@
 #define CHILD_STACK (64 * 1024)
 
 enum step {
-    STEP_SIGNALS = 1, STEP_STDIO, STEP_FDS, STEP_RLIMIT, STEP_CGROUP, STEP_NETNS,
+    STEP_SIGNALS = 1, STEP_STDIO, STEP_FDS, STEP_RLIMIT, STEP_NICE, STEP_CGROUP, STEP_NETNS,
     STEP_SETGROUPS, STEP_SETGID, STEP_SETUID, STEP_PDEATHSIG, STEP_PARENT, STEP_EXEC,
 };
 
 static const char *step_names[] = {
-    "?", "signals", "stdio", "fds", "setrlimit", "cgroup join", "unshare(CLONE_NEWNET)",
+    "?", "signals", "stdio", "fds", "setrlimit", "setpriority", "cgroup join", "unshare(CLONE_NEWNET)",
     "setgroups", "setresgid", "setresuid", "PR_SET_PDEATHSIG", "parent died", "execve",
 };
 
@@ -69,6 +70,7 @@ struct child_args {
     int *rl_res;
     struct rlimit *rl;
     Py_ssize_t n_rl;
+    int nice;
     char **cgroups;
     Py_ssize_t n_cgroups;
     int new_netns;
@@ -111,6 +113,8 @@ static int child_main(void *arg) {
     for (i = 0; i < a->n_rl; i++)
         if (setrlimit(a->rl_res[i], &a->rl[i]) != 0)
             child_fail(a->err_fd, STEP_RLIMIT);
+    if (a->nice > 0 && setpriority(PRIO_PROCESS, 0, a->nice) != 0)
+        child_fail(a->err_fd, STEP_NICE);
 
     for (i = 0; i < a->n_cgroups; i++) {
         int fd = open(a->cgroups[i], O_WRONLY | O_CLOEXEC);
@@ -199,10 +203,11 @@ static int int_array(PyObject *seq, int **out, Py_ssize_t *n_out) {
 }
 
 PyDoc_STRVAR(spawn_doc,
-"spawn(argv, stdio, keep_fds, rlimits, cgroup_procs, new_netns, uid, gid, parent_pid) -> pid\n\n"
+"spawn(argv, stdio, keep_fds, rlimits, nice, cgroup_procs, new_netns, uid, gid, parent_pid) -> pid\n\n"
 "argv: list[bytes] (argv[0] an absolute path); stdio: (stdin, stdout, stderr) fds;\n"
 "keep_fds: fds the child keeps (all others are closed on exec); rlimits: ((resource, soft,\n"
-"hard), ...); cgroup_procs: list[bytes] of cgroup.procs paths to join; new_netns: bool;\n"
+"hard), ...); nice: nice value 0-19 (0: unchanged); cgroup_procs: list[bytes] of\n"
+"cgroup.procs paths to join; new_netns: bool;\n"
 "uid, gid: ids to drop to (-1: no drop); parent_pid: os.getpid(). Returns the child pid\n"
 "once it has exec'd. Raises OSError(errno, 'sandbox spawn failed at <step>') when a step\n"
 "failed (the child is reaped).");
@@ -210,7 +215,7 @@ PyDoc_STRVAR(spawn_doc,
 static PyObject *spawn(PyObject *self, PyObject *args) {
     PyObject *argv_obj, *stdio_obj, *keep_obj, *rl_obj, *cg_obj;
     PyObject *argv_alive = NULL, *cg_alive = NULL;
-    int new_netns;
+    int new_netns, nice;
     long uid, gid, parent_pid;
     struct child_args a;
     char *envp[1] = {NULL};
@@ -224,7 +229,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     ssize_t got;
     PyObject *result = NULL;
 
-    if (!PyArg_ParseTuple(args, "OOOOOplll:spawn", &argv_obj, &stdio_obj, &keep_obj, &rl_obj,
+    if (!PyArg_ParseTuple(args, "OOOOiOplll:spawn", &argv_obj, &stdio_obj, &keep_obj, &rl_obj, &nice,
                           &cg_obj, &new_netns, &uid, &gid, &parent_pid))
         return NULL;
     memset(&a, 0, sizeof a);
@@ -274,6 +279,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     }
     a.envp = envp;
     a.new_netns = new_netns;
+    a.nice = nice;
     a.uid = uid;
     a.gid = gid;
     a.parent_pid = (pid_t)parent_pid;

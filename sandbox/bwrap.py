@@ -148,6 +148,8 @@ def validate(spec: SandboxSpec) -> None:
             raise SandboxSetupError(f"limits.{name} must be > 0")
     if lim.output_bytes < 0:
         raise SandboxSetupError("limits.output_bytes must be >= 0")
+    if not 0 <= lim.nice <= 19:
+        raise SandboxSetupError("limits.nice must be between 0 and 19")
     if spec.run_as is not None and (spec.run_as.uid < 0 or spec.run_as.gid < 0):
         raise SandboxSetupError("run_as uid/gid must be >= 0")
 

@@ -19,7 +19,10 @@ system calls only):
    address space than they use). RLIMIT_NPROC only when ``limits.uid_process_cap`` is set:
    it counts every process of the host uid, which is a per-run limit only when the run has
    a uid of its own (``sandbox.identity``). In a user namespace it still holds: since Linux
-   5.14 the count is charged up the ucounts hierarchy.
+   5.14 the count is charged up the ucounts hierarchy. Then the nice value
+   (setpriority(2), ``limits.nice``) when above 0, so the run's processes yield the CPU to
+   the gateway that admits, audits and answers for them (nsjail's ``--nice_level`` does the
+   same); lowering it back needs CAP_SYS_NICE (or RLIMIT_NICE), which the sandbox lacks.
 4. join the run's cgroup slot: write "0" (this process) to each ``cgroup.procs`` path.
    Needs root (or a delegated hierarchy), so before the drop; everything bwrap starts
    inherits the cgroups, and no process of the run ever exists outside them.
@@ -66,6 +69,8 @@ def rlimits_for(limits: Limits, *, memory_in_cgroup: bool = False) -> tuple[tupl
         (resource.RLIMIT_FSIZE, limits.file_size_bytes, limits.file_size_bytes),
         (resource.RLIMIT_NOFILE, limits.open_files, limits.open_files),
         (resource.RLIMIT_CORE, 0, 0),
+        # No way back to a higher priority than the nice value set next (setpriority(2)).
+        (resource.RLIMIT_NICE, 0, 0),
     ]
     if limits.uid_process_cap is not None:
         table.append((resource.RLIMIT_NPROC, limits.uid_process_cap, limits.uid_process_cap))
@@ -78,6 +83,7 @@ class ChildSetup:
 
     rlimits: tuple[tuple[int, int, int], ...]
     cgroup_procs: tuple[str, ...] = ()
+    nice: int = 0
     new_netns: bool = False
     run_as: RunAs | None = None
 
@@ -104,6 +110,7 @@ def spawn(argv: list[str], stdio: tuple[int, int, int], keep_fds: list[int], set
         stdio,
         keep_fds,
         setup.rlimits,
+        setup.nice,
         [os.fsencode(p) for p in setup.cgroup_procs],
         setup.new_netns,
         uid,

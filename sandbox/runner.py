@@ -176,6 +176,7 @@ def run(
             cgroup_procs=slot.procs_files if slot is not None else (),
             new_netns=new_netns,
             run_as=run_as,
+            nice=spec.limits.nice,
         )
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()

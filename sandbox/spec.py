@@ -70,6 +70,9 @@ class Limits:
     # it is a per-run limit only when that uid is the run's own (sandbox.identity.UidPool),
     # and a shared host-protection cap otherwise.
     uid_process_cap: int | None = None
+    # Nice value of every process of the run (setpriority(2), 0-19; 0 = the gateway's own):
+    # under CPU contention the sandboxes yield to the gateway, which keeps answering.
+    nice: int = 0
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway.admission import EdgeGate
 from gateway.auth import Credentials
 from gateway.errors import GatewayError, InternalError, RateLimited, status_for
 from gateway.models import ExecuteRequest, OutputChunk, RequestContext, TaskRecord, rfc3339
@@ -60,12 +61,16 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
         server_host: bind address, for audit events.
         server_port: a callable giving the bound gRPC port (known only after binding).
         tls: whether the port speaks TLS.
+        gate: admission control for every RPC but Health (None = unbounded); a stream holds
+            its slot only while it is set up.
     """
 
     def __init__(
-        self, service: GatewayService, server_host: str, server_port: Callable[[], int], *, tls: bool = False
+        self, service: GatewayService, server_host: str, server_port: Callable[[], int], *, tls: bool = False,
+        gate: EdgeGate | None = None,
     ) -> None:
         self._service = service
+        self._gate = gate
         self._host = server_host
         self._port = server_port
         self._tls = tls
@@ -98,17 +103,18 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
         worker thread (policy, store and audit calls block; the event loop keeps serving
         streams meanwhile); a GatewayError becomes the call's status."""
         ctx, credentials = self._caller(context, method, request)
+        return await self._guard(
+            context, lambda: asyncio.to_thread(self._service.call, ctx, credentials, fn, *args, **kwargs)
+        )
 
-        def run() -> T:
-            return fn(self._service.authenticate(ctx, credentials), ctx, *args, **kwargs)
-
-        return await self._guard(context, asyncio.to_thread(run))
-
-    async def _guard(self, context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
-        """The result of ``call``; a GatewayError becomes the call's status, anything else
-        INTERNAL (5001) without its text."""
+    async def _guard(self, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
+        """The result of ``call()`` once it got an admission slot; a GatewayError becomes
+        the call's status, anything else INTERNAL (5001) without its text."""
         try:
-            return await call
+            if self._gate is None:
+                return await call()
+            async with self._gate.slot():
+                return await call()
         except GatewayError as exc:
             await _abort(context, exc)
         except Exception:
@@ -161,7 +167,7 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
             principal = await asyncio.to_thread(self._service.authenticate, ctx, credentials)
             return await self._service.cancel_task(principal, ctx, request.task_id)
 
-        return _status_response(await self._guard(context, cancel()))
+        return _status_response(await self._guard(context, cancel))
 
     async def ReadFile(self, request: mcp_pb2.ReadFileRequest, context: grpc.aio.ServicerContext) -> mcp_pb2.ReadFileResponse:
         """A file of the caller's workspace. Failures are gRPC errors with ``error-details``
@@ -283,7 +289,8 @@ class GrpcEdge:
 
 
 def create_grpc_server(
-    service: GatewayService, host: str, port: int, *, max_message_bytes: int, tls: TlsFiles | None = None
+    service: GatewayService, host: str, port: int, *, max_message_bytes: int, tls: TlsFiles | None = None,
+    gate: EdgeGate | None = None,
 ) -> GrpcEdge:
     """Build the grpc.aio server with McpService, health and reflection, bound to host:port
     (TLS, and mTLS with a client CA, when ``tls`` is given).
@@ -293,7 +300,7 @@ def create_grpc_server(
     """
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes)])
     bound: list[int] = []
-    servicer = McpServicer(service, host, lambda: bound[0], tls=tls is not None)
+    servicer = McpServicer(service, host, lambda: bound[0], tls=tls is not None, gate=gate)
     mcp_pb2_grpc.add_McpServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

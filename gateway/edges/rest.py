@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway import __version__
+from gateway.admission import EdgeGate
 from gateway.auth import Credentials
 from gateway.errors import (
     AuthError,
@@ -282,7 +283,50 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
     return _error_response(cls("request body does not match the schema", details={"errors": fields}), 422)
 
 
-def create_app(service: GatewayService, server_host: str, server_port: Callable[[], int], max_body_bytes: int) -> FastAPI:
+PROBE_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
+
+
+class AdmissionMiddleware:
+    """ASGI middleware in front of every route: a call takes a slot of the HTTP
+    :class:`~gateway.admission.EdgeGate` before any of its work (body parsing included) and
+    gives it back when its response starts, so a Server-Sent Events stream holds a slot
+    only while it is set up. A call that gets no slot answers 429/4290 with Retry-After at
+    once. :data:`PROBE_PATHS` never wait: a probe must answer under any load.
+    """
+
+    def __init__(self, app: Any, gate: EdgeGate) -> None:
+        self._app = app
+        self._gate = gate
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Serve one ASGI call (https://asgi.readthedocs.io/en/latest/specs/www.html)."""
+        if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
+            await self._app(scope, receive, send)
+            return
+        slot = self._gate.slot()
+        try:
+            await slot.__aenter__()
+        except RateLimited as exc:
+            await _error_response(exc)(scope, receive, send)
+            return
+        held = True
+
+        async def send_and_release(message: dict[str, Any]) -> None:
+            nonlocal held
+            if held and message["type"] == "http.response.start":
+                held = False
+                await slot.__aexit__(None, None, None)
+            await send(message)
+
+        try:
+            await self._app(scope, receive, send_and_release)
+        finally:
+            if held:
+                await slot.__aexit__(None, None, None)
+
+
+def create_app(service: GatewayService, server_host: str, server_port: Callable[[], int], max_body_bytes: int,
+               gate: EdgeGate | None = None) -> FastAPI:
     """The FastAPI application with every route of the REST edge.
 
     Args:
@@ -290,6 +334,7 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
         server_host: bind address, for audit events.
         server_port: a callable giving the bound HTTP port.
         max_body_bytes: larger request bodies are refused with 413/2001 before parsing.
+        gate: admission control for every route but the probes (None = unbounded).
     """
     app = FastAPI(
         title="MCP Security Gateway",
@@ -317,9 +362,7 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
         """Authenticate the caller, then ``fn(principal, ctx, *args, **kwargs)``, in one
         worker thread (credential checks, policy, store and audit calls block)."""
         ctx, credentials = caller(request, method)
-        return await asyncio.to_thread(
-            lambda: fn(service.authenticate(ctx, credentials), ctx, *args, **kwargs)
-        )
+        return await asyncio.to_thread(lambda: service.call(ctx, credentials, fn, *args, **kwargs))
 
     async def authenticated(request: Request, method: str) -> tuple[Principal, RequestContext]:
         ctx, credentials = caller(request, method)
@@ -454,26 +497,29 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
         return await call(request, "POST /v1/policy/reload", service.reload_policy)
 
     @app.get("/health", tags=["health"])
-    def health_route() -> dict[str, Any]:
+    async def health_route() -> dict[str, Any]:
         """Status, version and uptime (seconds)."""
         info = service.health()
         return {"status": info.status, "version": info.version, "uptime_seconds": info.uptime_s}
 
     @app.get("/health/live", tags=["health"])
-    def live() -> dict[str, str]:
+    async def live() -> dict[str, str]:
         """The process answers."""
         return {"status": "live"}
 
     @app.get("/health/ready", tags=["health"])
-    def ready() -> JSONResponse:
+    async def ready() -> JSONResponse:
         """Ready to take work: policy engine healthy (with the bundle revision), task pool
         state; 503 while the policy engine cannot decide (every request would be 5003)."""
-        body = service.readiness()
+        body = service.readiness_snapshot()
         return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
 
     @app.get("/metrics", tags=["health"])
-    def metrics() -> Response:
+    async def metrics() -> Response:
         """Prometheus text exposition."""
         return Response(service.metrics(), media_type=METRICS_CONTENT_TYPE)
+
+    if gate is not None:
+        app.add_middleware(AdmissionMiddleware, gate=gate)
 
     return app

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import sandbox
 from gateway.audit.log import AuditError, AuditLog
 from gateway.config import SandboxSettings, TaskSettings
-from gateway.errors import DependencyUnavailable, RateLimited
+from gateway.errors import DependencyUnavailable, RateLimited, StorageError
 from gateway.metrics import TASK_QUEUE_REJECTIONS, track_tasks
 from gateway.models import (
     ExecutionPlan,
@@ -421,7 +421,7 @@ class TaskManager:
                 final = output.close(status.name, result.exit_code, result.limit_reason, result.error)
         else:
             final = _last_entries(status, result)
-        stored = False
+        stored = store_down = False
         for attempt in range(_FINISH_ATTEMPTS):
             try:
                 stored = self._store.finish(task_id, status, completed_ns, result, final)
@@ -432,12 +432,16 @@ class TaskManager:
             except Exception:
                 log.exception("could not record the end of task %s (attempt %d)", task_id, attempt + 1)
                 time.sleep(min(10.0, 0.2 * 2**attempt))
+        else:
+            store_down = True
         if output is not None:
             self.output.forget(task_id)
         if not stored:
             # Already final (another replica judged this process dead and failed the task),
             # or the store stayed down through every attempt (logged above).
             log.warning("the end of task %s (%s) is not recorded", task_id, status.name)
+            if store_down:  # this process did end the task: the trail says so, and that it is not stored
+                self._audit_end(job, status, result, error_code=StorageError.code)
             return
         self._audit_end(job, status, result)
         if self._on_task_end is not None:
@@ -530,6 +534,7 @@ class TaskManager:
             address_space_bytes=max(s.address_space_bytes, plan.memory_bytes),
             file_size_bytes=s.file_size_bytes,
             open_files=s.open_files,
+            nice=s.nice,
             pids=plan.pids if pids_cgroup else None,
             cpu_cores=plan.cpu_cores,
             tmp_size_bytes=s.tmp_size_bytes,
@@ -549,12 +554,13 @@ class TaskManager:
             run_as=lease.run_as,
         )
 
-    def _audit_end(self, job: _Job, status: TaskStatus, result: TaskResult) -> None:
+    def _audit_end(self, job: _Job, status: TaskStatus, result: TaskResult, error_code: int | None = None) -> None:
         try:
             self._audit.emit(
                 "task_end",
                 job.ctx,
                 job.principal,
+                defer=True,
                 task_id=job.record.task_id,
                 tool_name="execute_command",
                 decision_id=job.record.decision_id,
@@ -565,10 +571,12 @@ class TaskManager:
                 max_memory_kb=result.resource_usage.max_memory_kb,
                 sandbox_violation=result.limit_reason,
                 response_bytes=len(result.stdout) + len(result.stderr),
+                error_code=error_code,
             )
-        except AuditError:
-            # The task already ran; its state is stored. Losing the event is logged loudly.
-            log.exception("audit event for the end of task %s was not written", job.record.task_id)
+        except AuditError as exc:
+            # The task already ran; its state is stored. The event waits for the sink (the
+            # sink's failure itself is logged at ERROR by the audit log).
+            log.warning("audit event for the end of task %s is not written yet: %s", job.record.task_id, exc)
 
 
 def _last_entries(status: TaskStatus, result: TaskResult) -> list[OutputChunk]:

@@ -31,6 +31,7 @@ from gateway.models import (
     TaskType,
 )
 from gateway.tasks import Isolation, SqliteTaskStore, TaskManager
+from gateway.tasks import manager as manager_module
 from gateway.tasks.workspaces import WorkspaceManager
 
 from tests.conftest import wait_until
@@ -561,6 +562,28 @@ def test_a_final_state_stored_on_a_retry_ends_the_log_with_one_exit_code(harness
     h.wait_final(task_id)
 
     _assert_ends_with_exit_code(h.log(task_id), 0, TaskStatus.COMPLETED)
+
+
+class _FinishAlwaysFails(_FinishFailsOnce):
+    """The store, with every ``finish`` failing (a full disk)."""
+
+    def __init__(self, store: SqliteTaskStore) -> None:
+        super().__init__(store)
+        self.failures = 10**9
+
+
+def test_a_task_whose_end_cannot_be_stored_still_ends_in_the_audit_trail(
+    harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(manager_module, "_FINISH_ATTEMPTS", 2)
+    h = harness(store=_FinishAlwaysFails)
+    h.runner.release("t")
+
+    task_id = h.submit("t")
+
+    (event,) = wait_until(lambda: h.task_end_events(task_id), what="the task_end event")
+    assert (event["status"], event["exit_code"], event["error_code"]) == ("COMPLETED", 0, 5002)
+    assert not h.get(task_id).final
 
 
 # -- output -----------------------------------------------------------------------------
