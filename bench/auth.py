@@ -1,13 +1,14 @@
 """What authentication adds to a request: in process, and end to end over a real gateway.
 
-    .venv/bin/python bench/auth.py [--quick]
+    .venv/bin/python bench/auth.py [--quick] [--smoke]
 
 Target (issue): the authentication step adds less than 0.3 ms median to a request, for
 API keys and JWTs.
 
 Part 1, in process: ``Authenticator.authenticate`` alone, timed per call with
-``time.perf_counter_ns`` over N calls per path (20,000; 3,000 with ``--quick``) after a
-warm-up, the paths interleaved in 10 chunks so machine drift hits all of them alike. Paths:
+``time.perf_counter_ns`` over N calls per path (20,000; 3,000 with ``--quick``, 100 with
+``--smoke``) after a warm-up, the paths interleaved in 10 chunks so machine drift hits all
+of them alike. Paths:
 dev mode without credentials (the baseline: the cheapest path), an API key, JWTs signed
 RS256 / ES256 / EdDSA (checked against a JWKS file) and HS256 (shared secret), the same
 ES256 JWT but a new token on every call (all signed before timing: what a token's first use
@@ -55,6 +56,7 @@ from pathlib import Path
 import grpc
 import httpx
 import yaml
+from common import parse_args
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -66,7 +68,7 @@ from gateway.config import ApiKeyEntry, AuthSettings, ClientCertIdentity, JwtSet
 from gateway.proto import mcp_pb2, mcp_pb2_grpc  # noqa: E402
 from tests.pki import CertificateAuthority  # noqa: E402
 
-FIRST_UID = 280_000  # the gateway's sandbox uid range when root: not one another bench or gateway holds
+FIRST_UID = 290_000  # the gateway's sandbox uid range when root: not one another bench or gateway holds
 ISSUER, AUDIENCE = "https://issuer.bench.example", "mcp-gateway-bench"
 SCOPES = ["tasks:execute", "tasks:read", "tasks:cancel", "files:read", "files:write"]
 TASK_ID = "task-" + "0" * 32
@@ -258,8 +260,8 @@ def main() -> None:
     """Run both parts and print their tables."""
     parser = argparse.ArgumentParser(description="what authentication adds to a request")
     parser.add_argument("--quick", action="store_true", help="fewer calls (3,000 in process, 300 requests)")
-    args = parser.parse_args()
-    calls, requests = (3000, 300) if args.quick else (20_000, 2000)
+    args = parse_args(parser, smoke={})
+    calls, requests = (100, 20) if args.smoke else (3000, 300) if args.quick else (20_000, 2000)
     passed, total = 0, 0
     with tempfile.TemporaryDirectory(prefix="auth-bench-") as tmp:
         creds = BenchCredentials(Path(tmp))

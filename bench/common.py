@@ -1,12 +1,59 @@
-"""Helpers shared by the benchmark scripts (run as ``python bench/<name>.py``)."""
+"""Helpers shared by the benchmark scripts (run as ``python bench/<name>.py``).
+
+Smoke mode, the one switch every script takes: ``--smoke`` on the command line, or
+``MCP_BENCH_SMOKE=1`` in the environment. It runs the script's whole code path (the same
+gateway, engines and tables) with a handful of iterations, so the test suite can check
+in seconds that the script still runs and prints its table
+(``tests/e2e/test_bench_smoke.py`` runs every ``bench/*.py`` that has a
+``__main__`` block as ``python bench/<name>.py --smoke`` and expects exit status 0). The
+numbers a smoke run prints mean nothing.
+
+How a script takes it: build its parser as usual, then parse with :func:`parse_args`,
+naming the smoke-mode value of each flag that sets an amount of work::
+
+    from common import parse_args
+
+    parser = argparse.ArgumentParser(description=...)
+    parser.add_argument("--runs", type=int, default=200)
+    args = parse_args(parser, smoke={"runs": 3})
+
+:func:`parse_args` adds ``--smoke`` itself (a script must not declare its own); in smoke
+mode the ``smoke`` values replace those flags' defaults (a flag given explicitly still
+wins) and ``args.smoke`` is True, which the script reads for any amount that has no flag.
+A smoke run should finish within about 30 s on a loaded 2-core machine.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-__all__ = ["throughput"]
+__all__ = ["SMOKE_ENV", "parse_args", "throughput"]
+
+#: The environment variable that turns smoke mode on ("1"), like ``--smoke``.
+SMOKE_ENV = "MCP_BENCH_SMOKE"
+
+
+def parse_args(parser: argparse.ArgumentParser, smoke: Mapping[str, Any],
+               argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``parser``'s arguments from ``argv`` (default: ``sys.argv[1:]``), with ``--smoke``
+    added. In smoke mode (``--smoke``, or ``MCP_BENCH_SMOKE=1``) the values in ``smoke``
+    (dest name -> value) are the defaults, and ``args.smoke`` is True."""
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"a handful of iterations, to check that it runs (also: {SMOKE_ENV}=1)")
+    args = parser.parse_args(argv)
+    if args.smoke or os.environ.get(SMOKE_ENV) == "1":
+        unknown = set(smoke) - set(vars(args))
+        if unknown:
+            raise ValueError(f"smoke values for flags the parser does not have: {sorted(unknown)}")
+        parser.set_defaults(**smoke)
+        args = parser.parse_args(argv)
+        args.smoke = True
+    return args
 
 
 def throughput(fn: Callable[[int], None], concurrency: int, seconds: float) -> float:

@@ -2,12 +2,14 @@
 
 Prints the median and p99 of each, in milliseconds, and the ratio of the medians:
 
-    .venv/bin/python bench/gateway_vs_sandbox.py [--runs 200]
+    .venv/bin/python bench/gateway_vs_sandbox.py [--runs 200] [--smoke]
 
 The gateway path is: ExecuteCommand (validate, policy, audit, store, queue) + sandbox run +
-polling GetTaskStatus until the task is final, measured at the client. The library path
-uses the same uid drop and limits the gateway uses. Numbers only: benchmarks inform,
-tests decide.
+polling GetTaskStatus until the task is final, measured at the client, on a real
+``mcp-gateway serve --dev`` (unauthenticated calls are the development principal's; rate
+limits off, the polling would hit them). The library path uses the same uid drop and
+limits the gateway uses, both in a uid range of this bench's own. Numbers only:
+benchmarks inform, tests decide.
 """
 
 from __future__ import annotations
@@ -22,15 +24,16 @@ import time
 from pathlib import Path
 
 import grpc
+from common import parse_args
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import sandbox  # noqa: E402
-from gateway.config import Settings  # noqa: E402
 from gateway.proto import mcp_pb2, mcp_pb2_grpc  # noqa: E402
 
 POLL_S = float(os.environ.get("BENCH_POLL_S", "0.002"))  # GetTaskStatus poll interval
+FIRST_UID = 260_000  # both paths: a range of its own, not the default one another gateway may hold
 FINAL = {mcp_pb2.TASK_COMPLETED, mcp_pb2.TASK_FAILED, mcp_pb2.TASK_CANCELLED, mcp_pb2.TASK_TIMED_OUT}
 
 
@@ -42,8 +45,7 @@ def percentile(values: list[float], pct: float) -> float:
 
 def bench_library(runs: int) -> list[float]:
     """Milliseconds per ``sandbox.run`` of /bin/true, workspace creation included."""
-    defaults = Settings().sandbox
-    run_as = sandbox.RunAs(defaults.uid, defaults.gid) if os.geteuid() == 0 else None
+    run_as = sandbox.RunAs(FIRST_UID, FIRST_UID) if os.geteuid() == 0 else None
     sandbox.set_child_subreaper()  # as the gateway does, so usage is measured the same way
     times = []
     with tempfile.TemporaryDirectory() as root:
@@ -66,14 +68,19 @@ def bench_gateway(runs: int) -> list[float]:
     """Milliseconds from ExecuteCommand to a final GetTaskStatus, for /bin/true."""
     with tempfile.TemporaryDirectory() as state:
         os.chmod(state, 0o711)  # the sandbox uid must reach the workspaces inside
+        env = dict(os.environ, MCP_GATEWAY_SANDBOX__UID=str(FIRST_UID), MCP_GATEWAY_SANDBOX__GID=str(FIRST_UID),
+                   MCP_GATEWAY_RATE_LIMITS__PRINCIPAL__REQUESTS_PER_S="0",
+                   MCP_GATEWAY_RATE_LIMITS__TENANT__REQUESTS_PER_S="0")
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "mcp-gateway"), "serve", "--http-port", "0", "--grpc-port", "0",
-             "--state-dir", state, "--log-level", "warning"],
-            stdout=subprocess.PIPE, text=True,
+             "--state-dir", state, "--log-level", "warning", "--dev"],
+            stdout=subprocess.PIPE, text=True, env=env,
         )
         try:
             assert proc.stdout is not None
             line = proc.stdout.readline()
+            if not line.startswith("listening "):
+                raise SystemExit(f"gateway did not start (exit {proc.wait(timeout=30)}): {line!r}")
             grpc_addr = dict(p.split("=", 1) for p in line.split()[1:])["grpc"]
             with grpc.insecure_channel(grpc_addr) as channel:
                 stub = mcp_pb2_grpc.McpServiceStub(channel)
@@ -101,7 +108,7 @@ def main() -> None:
     """Run both paths and print medians, p99s and the ratio."""
     parser = argparse.ArgumentParser(description="/bin/true: sandbox library vs gateway over gRPC")
     parser.add_argument("--runs", type=int, default=200)
-    runs = parser.parse_args().runs
+    runs = parse_args(parser, smoke={"runs": 3}).runs
     library = bench_library(runs)
     gateway = bench_gateway(runs)
     lib_med, gw_med = statistics.median(library), statistics.median(gateway)

@@ -45,6 +45,8 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common import parse_args  # bench/ is sys.path[0] when run as a script
+
 REPO = Path(__file__).resolve().parent.parent
 FIRST_UID = 280_000  # a uid range of its own, not the default one another gateway may hold
 REQUEST_TIMEOUT_S = 10.0
@@ -338,11 +340,8 @@ def main() -> None:
     parser.add_argument("--multiples", default="0.5,1,2", help="rates as multiples of the measured capacity")
     parser.add_argument("--capacity", type=float, default=0.0, help="skip the closed loop: capacity, answers/s")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    parser.add_argument("--smoke", action="store_true", help="a few seconds per phase: check that it runs")
-    args = parser.parse_args()
+    args = parse_args(parser, smoke={"seconds": 2.0})
     args.multiples = [float(m) for m in args.multiples.split(",")]
-    if args.smoke:
-        args.seconds = 2.0
     sys.exit(run(args))
 
 

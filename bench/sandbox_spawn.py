@@ -10,7 +10,7 @@ Prints, in one run:
   sandbox.run (target: >= 180/s on a 2-core machine).
 
 Numbers only, no asserts. Run as root (drops to a uid range like the gateway):
-    python bench/sandbox_spawn.py [--runs 300] [--concurrency 4] [--seconds 5]
+    python bench/sandbox_spawn.py [--runs 300] [--concurrency 4] [--seconds 5] [--smoke]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from common import throughput
+from common import parse_args, throughput
 from sandbox import CgroupPool, Limits, RunAs, SandboxSpec, SandboxUnavailable, UidPool, run, set_child_subreaper
 from sandbox.limits import ChildSetup, spawn
 from sandbox.mounts import create_workspace
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=5.0)
-    args = parser.parse_args()
+    args = parse_args(parser, smoke={"runs": 3, "seconds": 0.3})
     set_child_subreaper()
     root = os.geteuid() == 0
     uids = UidPool(FIRST_UID, FIRST_UID, args.concurrency) if root else None

@@ -7,7 +7,7 @@ Prints, for ``/bin/true``:
 - median / p99 / max of a shim spawn with no step, with ``unshare(CLONE_NEWNET)``, and with a
   cgroup join per hierarchy (cgroup v1 migrations take cgroup_threadgroup_rwsem for writing).
 
-Numbers only, no asserts. Run as root: ``python bench/spawn_steps.py [--runs 300]``.
+Numbers only, no asserts. Run as root: ``python bench/spawn_steps.py [--runs 300] [--smoke]``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
+
+from common import parse_args
 
 import gateway.app  # noqa: F401  (the gateway's imports: the parent is as large as the gateway)
 from sandbox import CgroupPool, RunAs, SandboxUnavailable
@@ -49,7 +51,7 @@ def main() -> None:
     """Print fork-versus-shim costs and per-step spawn latencies."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=300)
-    runs = parser.parse_args().runs
+    runs = parse_args(parser, smoke={"runs": 3}).runs
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
     def shim(setup: ChildSetup) -> Callable[[], None]:

@@ -1,7 +1,7 @@
 """Sandboxed ``echo hello`` tasks per second: the sandbox library vs the whole gateway (gRPC).
 
     .venv/bin/python bench/throughput.py [--tasks 400] [--concurrency 1,4,16]
-                                         [--memory-tasks 10000] [--skip-memory]
+                                         [--memory-tasks 10000] [--skip-memory] [--smoke]
 
 For each concurrency level c, ``--tasks`` tasks through each path (library first, then
 the gateway, so both see the same machine state); tasks/s = tasks / wall time:
@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+from common import parse_args
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -164,6 +165,8 @@ class Gateway:
                    MCP_GATEWAY_RATE_LIMITS__TENANT__REQUESTS_PER_S="0",
                    MCP_GATEWAY_RATE_LIMITS__PRINCIPAL__CONCURRENT_TASKS="0",
                    MCP_GATEWAY_RATE_LIMITS__TENANT__CONCURRENT_TASKS="0",
+                   # ... and no admission bound below the bench's own concurrency
+                   MCP_GATEWAY_ADMISSION__GRPC_IN_FLIGHT="0", MCP_GATEWAY_ADMISSION__PRINCIPAL_IN_FLIGHT="0",
                    MCP_GATEWAY_SANDBOX__UID=str(FIRST_UID), MCP_GATEWAY_SANDBOX__GID=str(FIRST_UID),
                    MCP_GATEWAY_SANDBOX__UID_COUNT=str(max_concurrent))
         self._proc = subprocess.Popen(
@@ -254,7 +257,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
     parser.add_argument("--memory-tasks", type=int, default=10_000)
     parser.add_argument("--skip-memory", action="store_true")
-    args = parser.parse_args()
+    args = parse_args(parser, smoke={"tasks": 4, "concurrency": "1,4", "memory_tasks": 4})
     levels = [int(c) for c in args.concurrency.split(",")]
     top = max(levels)
     library = Library(top)

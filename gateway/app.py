@@ -110,9 +110,10 @@ def _build(settings: Settings, isolation: Isolation) -> Runtime:
     state_dir = settings.state_dir
     try:
         # 0711: the sandbox uid may traverse to its workspace but not list the directory;
-        # the store and the audit file inside are 0600.
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
-        settings.workspace_root.mkdir(parents=True, exist_ok=True, mode=0o711)
+        # the store and the audit file inside are 0600 (the store sees to its own files).
+        _make_private_dir(state_dir)
+        _make_private_dir(settings.workspace_root)
+        _make_private_file(settings.audit_path)
         sink = FileSink(settings.audit_path, fsync=settings.audit.fsync)
         audit = AuditLog(sink)
     except (OSError, GatewayError) as exc:
@@ -333,6 +334,40 @@ def _isolation(settings: Settings) -> Isolation:
 def _close_isolation(isolation: Isolation) -> None:
     if isolation.cgroups is not None:
         isolation.cgroups.close()
+
+
+def _make_private_dir(path: Path) -> None:
+    """Make ``path`` (and missing parents) 0711, or take read and write away from group and
+    others on one that exists (its x bits stay: the way down to the workspaces), logging
+    the change. A shared directory (sticky, writable by others, like /tmp) is refused, not
+    chmod'ed. Raises StartupError, or OSError when it cannot be made or changed."""
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True, mode=0o711)
+    st = path.stat()
+    mode = stat.S_IMODE(st.st_mode)
+    if created:
+        os.chmod(path, 0o711)  # mkdir's mode is filtered by the umask
+    elif st.st_mode & stat.S_ISVTX and mode & stat.S_IWOTH:
+        raise StartupError(f"{path} is a shared directory (mode {mode:04o}); give the gateway one of its own")
+    elif mode & 0o066:
+        os.chmod(path, mode & ~0o066)
+        log.warning("%s was mode %04o, open to other local users; now %04o", path, mode, mode & ~0o066)
+
+
+def _make_private_file(path: Path) -> None:
+    """Make an existing ``path`` (an older gateway's audit file, say) 0600 when group or
+    others may use it, logging the change. Raises OSError when it cannot be changed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # O_NONBLOCK: never wait on a FIFO
+    except FileNotFoundError:
+        return
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            os.fchmod(fd, 0o600)
+            log.warning("%s was mode %04o, open to other local users; now 0600", path, mode)
+    finally:
+        os.close(fd)
 
 
 def _check_workspace_root(root: Path, uids: sandbox.UidPool | None) -> None:

@@ -52,8 +52,10 @@ FIELDS: tuple[Field, ...] = (
     Field("method", "string", "RPC or route, e.g. 'ExecuteCommand' or 'POST /v1/execute'.", required=True),
     Field("event_id", "string", "Unique event id (uuid4).", required=True),
     Field(
-        "event_type", "string", "What happened.", required=True,
-        enum=("decision", "task_end", "file", "auth_failure", "rate_limit", "policy_reload"),
+        "event_type", "string",
+        "What happened (invalid_request: an authenticated call refused before any decision because "
+        "its body does not decode, error_code 2003).", required=True,
+        enum=("decision", "task_end", "file", "auth_failure", "rate_limit", "policy_reload", "invalid_request"),
     ),
     Field("producer", "string", "Who wrote the event.", required=True, enum=("mcp-gateway",)),
     Field("transport", "string", "Edge the call came through.", required=True,
@@ -73,7 +75,7 @@ FIELDS: tuple[Field, ...] = (
           "client_certificate_required, unmapped_client_certificate, missing_scope."),
     Field("rate_limit", "string",
           "Limit that refused the call (4290): principal_requests, tenant_requests, "
-          "principal_concurrent_tasks, tenant_concurrent_tasks or queue."),
+          "principal_concurrent_tasks, tenant_concurrent_tasks, queue or principal_in_flight."),
     Field("task_id", "string", "Task the event belongs to.", pattern="^task-[0-9a-f]{32}$"),
     Field("tool_name", "string", "Tool invoked, e.g. 'execute_command'."),
     Field("command", "string", "Command line with secret-looking values redacted, at most 1024 chars."),

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
     from gateway.config import Settings
 
 __all__ = ["SqliteTaskStore", "TaskStore", "open_store"]
+
+log = logging.getLogger(__name__)
 
 
 class TaskStore(Protocol):
@@ -245,6 +249,48 @@ def chunk_from_row(row: Sequence[Any]) -> OutputChunk:
     return OutputChunk(offset=seq, kind=OutputKind(kind), data=bytes(data), timestamp_ms=ts_ms)
 
 
+#: Files SQLite keeps beside the database (``<db><suffix>``), and this store's lock.
+_SIDE_FILES = ("-wal", "-shm", "-journal", ".lock")
+
+
+def _make_private(path: Path) -> None:
+    """Create the database file ``path`` 0600 when missing, and make it and every side file
+    already there that group or others may use 0600 (an older gateway's, or a crash's, may
+    be 0644: every command, its arguments and its output, readable by any local user),
+    logging each one tightened.
+
+    SQLite creates ``-wal``, ``-shm`` and ``-journal`` with the database file's permission
+    bits, fchmod'ed past the umask (``robust_open`` in os_unix.c), so a 0600 database keeps
+    its new side files 0600; creating the file here first means it never exists with
+    SQLite's default 0644 (``SQLITE_DEFAULT_FILE_PERMISSIONS``), not even for a moment.
+    Raises OSError (the caller refuses to open the store: fail closed).
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        _tighten(fd, path)
+    finally:
+        os.close(fd)
+    for suffix in _SIDE_FILES:
+        side = path.with_name(path.name + suffix)
+        try:
+            # O_NOFOLLOW | O_NONBLOCK: chmod what is there, never a symlink's target, never
+            # wait on a FIFO.
+            fd = os.open(side, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            _tighten(fd, side)
+        finally:
+            os.close(fd)
+
+
+def _tighten(fd: int, path: Path) -> None:
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    if mode & 0o077:
+        os.fchmod(fd, 0o600)
+        log.warning("task store file %s was mode %04o, open to other local users; now 0600", path, mode)
+
+
 _SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     (1, (  # the first schema, as gateways before the output log created it
         """CREATE TABLE IF NOT EXISTS tasks (
@@ -294,10 +340,11 @@ class SqliteTaskStore:
     task of another owner is an orphan. Migrating the schema at open takes the same lock
     for its duration, so the schema never changes under a running gateway. Output rows
     reference their task (foreign keys on): appending to an unknown task or at an offset
-    already written raises StorageError.
+    already written raises StorageError. The database, its ``-wal``/``-shm`` and the lock
+    are 0600: other local users may read no command, argument or output (:func:`_make_private`).
 
     Raises:
-        StorageError: when the file cannot be opened or migrated (also: a newer schema, or
+        StorageError: when the file cannot be opened, made private or migrated (also: a newer schema, or
             a migration while another process holds the lock), or on any later failure.
     """
 
@@ -308,6 +355,7 @@ class SqliteTaskStore:
         self._owner: str | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _make_private(path)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"cannot open task store {path}: {exc}") from exc
