@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import GatewayProcess, start_gateway
+from tests.conftest import GatewayProcess, start_gateway, wait_until
 from tests.policy.cases import POLICY_DIR
 from tests.policy.opa_server import OpaServer, opa_binary_or_skip
 
@@ -151,7 +151,8 @@ def test_opa_killed_mid_run_denies_with_5003_and_resumes(workdir: Path, opa: Opa
             for _ in range(3):
                 down = _execute(http, "echo", "while down")
                 assert (down.status_code, down.json()["error"]["code"]) == (503, 5003), down.text
-            assert http.get("/health/ready").status_code == 503
+            # Probes read a readiness snapshot refreshed every 0.5 s (never waiting on OPA).
+            wait_until(lambda: http.get("/health/ready").status_code == 503, 3.0, "readiness 503 with OPA down")
             errors = [e for e in gw.audit_events() if e["event_type"] == "decision" and e["decision"] == "error"]
             assert len(errors) == 3 and all(e.get("task_id") is None for e in errors)
             assert all(e["error_code"] == 5003 for e in errors)
