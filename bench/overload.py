@@ -256,6 +256,7 @@ def wait_for_tasks(gw: Gateway, task_ids: list[str], timeout_s: float) -> dict[s
 
 
 def phase_row(label: str, offered: float, out: Outcomes) -> dict[str, Any]:
+    """One row of the table for a phase: rates per second, latency quantiles in ms, counts."""
     return {
         "phase": label,
         "offered_per_s": round(offered, 1),
@@ -275,6 +276,7 @@ def phase_row(label: str, offered: float, out: Outcomes) -> dict[str, Any]:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
+    """The rows of :func:`phase_row` as ``|``-separated lines, error kinds under their row."""
     columns = ("phase", "offered_per_s", "served_per_s", "shed_per_s", "errors", "timeouts",
                "admitted_p50_ms", "admitted_p99_ms", "shed_p99_ms", "health_p50_ms", "health_p99_ms",
                "grpc_health_p99_ms")
@@ -286,6 +288,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Start a gateway, measure capacity, drive each rate, check no task was lost; the exit
+    status (1 when a task was lost)."""
     gw = Gateway.start()
     try:
         with tempfile.TemporaryDirectory(prefix="overload-") as workdir:
@@ -335,6 +339,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main() -> None:
+    """Command line entry (see the module docstring for the flags)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each open-loop phase, seconds")
     parser.add_argument("--multiples", default="0.5,1,2", help="rates as multiples of the measured capacity")
