@@ -464,7 +464,8 @@ async def serve(
     except RuntimeError as exc:
         raise StartupError(str(exc)) from exc
     app = create_app(runtime.service, settings.host, lambda: http_port, settings.limits.max_request_bytes,
-                     gate=EdgeGate("http", admission.http_in_flight, admission.max_wait_ms / 1000))
+                     gate=EdgeGate("http", admission.http_in_flight, admission.max_wait_ms / 1000),
+                     settings=settings)
     tls = runtime.tls
     web = _Uvicorn(uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="off", http=PeerCertH11Protocol,

@@ -17,6 +17,7 @@ __all__ = [
     "IN_FLIGHT",
     "AUTH_FAILURES",
     "CONTENT_TYPE",
+    "GRPC_DECODE_ERRORS",
     "RATE_LIMITED",
     "POLICY_BUNDLE",
     "POLICY_CACHE",
@@ -86,6 +87,12 @@ ADMISSION_REFUSED = Counter(
     ["edge", "limit"],
 )
 IN_FLIGHT = Gauge("mcp_calls_in_flight", "Calls holding an admission slot of an edge now.", ["edge"])
+GRPC_DECODE_ERRORS = Counter(
+    "mcp_grpc_decode_errors_total",
+    "gRPC requests whose body does not decode as the RPC's request message (answered 2003), "
+    "by method (an mcp.McpService RPC name).",
+    ["method"],
+)
 
 _active: tuple[str, str] | None = None
 

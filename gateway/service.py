@@ -308,6 +308,19 @@ class GatewayService:
         self._audit.emit("auth_failure", ctx, principal, auth_reason="missing_scope", error_code=1003)
         raise PermissionDenied(f"missing scope {scope}", details={"scope": scope})
 
+    def refuse_malformed(self, principal: Principal, ctx: RequestContext, error: InvalidFormat) -> None:
+        """Refuse an authenticated call whose body does not decode (the edge found it), with
+        an ``invalid_request`` audit event (``error_code`` 2003, ``request_bytes`` as sent);
+        never returns.
+
+        Raises:
+            InvalidFormat (2003): ``error``, always, once audited.
+            AuditError (5001): the refusal could not be audited.
+        """
+        self._audit.emit("invalid_request", ctx, principal, error_code=error.code,
+                         request_bytes=ctx.request_bytes)
+        raise error
+
     # -- commands -------------------------------------------------------------
 
     def execute_command(self, principal: Principal, ctx: RequestContext, req: ExecuteRequest) -> TaskRecord:

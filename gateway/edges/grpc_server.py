@@ -6,23 +6,36 @@ layer and encodes the answer; no logic lives here. A :class:`GatewayError` becom
 status from ``gateway.errors.STATUS_TABLE`` and trailing metadata ``error-details`` =
 ``{"error":{"code":..,"message":..,"details":..}}`` (ASCII JSON). Server reflection and
 ``grpc.health.v1.Health`` are always on.
+
+The McpService method table is built here from the proto's service descriptor rather than by
+the generated ``add_McpServiceServicer_to_server``: grpc receives each request as bytes and
+the handler decodes it, because grpc's own deserializer answers a body that does not decode
+with UNKNOWN and a logged traceback per call (a cheap way to flood the log). Here such a body
+is INVALID_ARGUMENT 2003 (InvalidFormat), counted in ``mcp_grpc_decode_errors_total{method}``
+and logged at most once per ``_DECODE_LOG_INTERVAL_S`` with the number suppressed; the
+caller is authenticated first and the refusal audited (``invalid_request``) like any other,
+except for Health, which needs no credentials and so writes no audit event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.admission import EdgeGate
 from gateway.auth import Credentials
-from gateway.errors import GatewayError, InternalError, RateLimited, status_for
+from gateway.errors import GatewayError, InternalError, InvalidFormat, RateLimited, status_for
+from gateway.metrics import GRPC_DECODE_ERRORS
 from gateway.models import ExecuteRequest, OutputChunk, RequestContext, TaskRecord, rfc3339
 from gateway.proto import mcp_pb2, mcp_pb2_grpc
 from gateway.service import GatewayService
@@ -33,7 +46,10 @@ __all__ = ["GrpcEdge", "McpServicer", "create_grpc_server"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_SERVICE_NAME = mcp_pb2.DESCRIPTOR.services_by_name["McpService"].full_name
+_SERVICE = mcp_pb2.DESCRIPTOR.services_by_name["McpService"]
+_SERVICE_NAME = _SERVICE.full_name
+_NO_CREDENTIALS = frozenset({"Health"})  # RPCs that neither authenticate nor audit
+_DECODE_LOG_INTERVAL_S = 10.0  # at most one undecodable-request warning this often, seconds
 _NETWORK_NAMES = {
     mcp_pb2.NETWORK_NONE: "none",
     mcp_pb2.NETWORK_HOST: "host",
@@ -48,6 +64,30 @@ async def _abort(context: grpc.aio.ServicerContext, error: GatewayError) -> NoRe
         trailers += (("retry-after", str(error.retry_after_s)),)
     await context.abort(grpc.StatusCode[status.grpc], error.message, trailing_metadata=trailers)
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
+
+
+class _DecodeFailureLog:
+    """At most one WARNING per ``interval_s`` about request bodies that do not decode, saying
+    how many were not reported since the last one: garbage must not buy a log line per call
+    (``mcp_grpc_decode_errors_total`` counts every one)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._next_s = 0.0
+        self._suppressed = 0
+
+    def note(self, method: str, message_type: str, reason: str, peer: str) -> None:
+        now = time.monotonic()
+        if now < self._next_s:
+            self._suppressed += 1
+            return
+        log.warning(
+            "gRPC %s from %s: request body does not decode as %s (%s), refused with 2003%s", method, peer,
+            message_type, reason[:200],
+            f"; {self._suppressed} more not reported since the last report" if self._suppressed else "",
+        )
+        self._suppressed = 0
+        self._next_s = now + self._interval_s
 
 
 class McpServicer(mcp_pb2_grpc.McpServiceServicer):
@@ -74,6 +114,27 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
         self._host = server_host
         self._port = server_port
         self._tls = tls
+        self._decode_failures = _DecodeFailureLog(_DECODE_LOG_INTERVAL_S)
+
+    async def _decode(
+        self, context: grpc.aio.ServicerContext, method: str, request_cls: type[Message], raw: bytes
+    ) -> Message:
+        """``raw`` decoded as ``request_cls``. A body that does not decode (corrupt wire
+        format, truncation, over-long varints, nesting past upb's depth limit, invalid UTF-8
+        in a string field) is counted, logged (rate-limited), and refused with InvalidFormat
+        (2003) after authentication, which the service audits; Health refuses it at once."""
+        try:
+            return request_cls.FromString(raw)
+        except (DecodeError, RecursionError, ValueError) as exc:  # upb: DecodeError; pure Python: also these
+            reason = str(exc) or type(exc).__name__
+        message_type = request_cls.DESCRIPTOR.full_name
+        GRPC_DECODE_ERRORS.labels(method).inc()
+        self._decode_failures.note(method, message_type, reason, context.peer() or "")
+        error = InvalidFormat(f"request body is not a valid {message_type}", details={"message_type": message_type})
+        if method in _NO_CREDENTIALS:
+            await _abort(context, error)
+        await self._call(context, method, raw, self._service.refuse_malformed, error)
+        raise AssertionError("refuse_malformed returned")  # pragma: no cover - it always raises
 
     def _caller(
         self, context: grpc.aio.ServicerContext, method: str, request: Any
@@ -85,7 +146,7 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
             peer=context.peer() or "",
             server_host=self._host,
             server_port=self._port(),
-            request_bytes=request.ByteSize(),
+            request_bytes=len(request) if isinstance(request, bytes) else request.ByteSize(),
             user_agent=metadata.get("user-agent"),
             tls=self._tls,
         )
@@ -198,6 +259,48 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
         return mcp_pb2.DeleteFileResponse(path=request.path, success=True)
 
 
+def _method_handlers(servicer: McpServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """McpService's method table, one row per RPC of the proto's service descriptor (so it
+    cannot drift from the proto): grpc passes the request through as bytes (no request
+    deserializer) and :meth:`McpServicer._decode` decodes it before the RPC's method runs."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in _SERVICE.methods:
+        name = method.name
+        request_cls = message_factory.GetMessageClass(method.input_type)
+        serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
+        impl = getattr(servicer, name)
+        if method.client_streaming:  # pragma: no cover - the contract has none
+            raise TypeError(f"{_SERVICE_NAME}/{name}: client streaming is not supported")
+        if method.server_streaming:
+            handlers[name] = grpc.unary_stream_rpc_method_handler(
+                _streaming(servicer, name, request_cls, impl), response_serializer=serialize
+            )
+        else:
+            handlers[name] = grpc.unary_unary_rpc_method_handler(
+                _unary(servicer, name, request_cls, impl), response_serializer=serialize
+            )
+    return handlers
+
+
+def _unary(
+    servicer: McpServicer, name: str, request_cls: type[Message], impl: Callable[..., Awaitable[Message]]
+) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]:
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> Message:
+        return await impl(await servicer._decode(context, name, request_cls, raw), context)
+
+    return handle
+
+
+def _streaming(
+    servicer: McpServicer, name: str, request_cls: type[Message], impl: Callable[..., AsyncIterator[Message]]
+) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[Message]]:
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
+        async for response in impl(await servicer._decode(context, name, request_cls, raw), context):
+            yield response
+
+    return handle
+
+
 def _chunk_message(task_id: str, chunk: OutputChunk) -> mcp_pb2.TaskOutputChunk:
     return mcp_pb2.TaskOutputChunk(
         task_id=task_id, type=chunk.kind.value, data=chunk.data, timestamp_ms=chunk.timestamp_ms,
@@ -301,7 +404,9 @@ def create_grpc_server(
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes)])
     bound: list[int] = []
     servicer = McpServicer(service, host, lambda: bound[0], tls=tls is not None, gate=gate)
-    mcp_pb2_grpc.add_McpServiceServicer_to_server(servicer, server)
+    handlers = _method_handlers(servicer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(_SERVICE_NAME, handlers)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

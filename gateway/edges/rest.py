@@ -8,7 +8,13 @@ certificate; health, readiness and metrics need none. 401 answers carry
 ``WWW-Authenticate: Bearer`` (RFC 6750), 403 for a missing scope names the scope.
 Errors are ``{"error":{"code","message","details"}}`` with the HTTP status from
 ``gateway.errors.STATUS_TABLE``; a body that is not JSON is 400/2003, a JSON body of the
-wrong shape 422/2001-2002 (pydantic's report in details).
+wrong shape 422/2001-2002 (pydantic's report in details), a missing or malformed path or
+query parameter 400/2001-2002, a wrong method 405 with ``Allow``.
+
+The OpenAPI document (``/openapi.json``) is the contract generated clients are built
+from: each route declares the error classes it can answer (:func:`_contract`, through the
+same table), its success model and media type, the bearer security it needs, and the
+request shapes and bounds the service enforces.
 """
 
 from __future__ import annotations
@@ -19,33 +25,57 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from http import HTTPStatus
+from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway import __version__
 from gateway.admission import EdgeGate
 from gateway.auth import Credentials
+from gateway.config import Settings
 from gateway.errors import (
+    STATUS_TABLE,
     AuthError,
+    CommandDenied,
+    FileDenied,
     GatewayError,
     InternalError,
     InvalidFormat,
     InvalidParameter,
     MissingParameter,
+    NetworkDenied,
     NotFound,
     PermissionDenied,
+    PolicyEngineError,
     RateLimited,
+    ResourceDenied,
+    SandboxLimitExceeded,
+    SandboxSetupFailed,
+    StorageError,
+    TokenExpired,
+    Unauthenticated,
     status_for,
 )
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from gateway.models import ExecuteRequest, OutputChunk, Principal, RequestContext, TaskRecord, rfc3339
-from gateway.service import GatewayService
+from gateway.models import (
+    ExecuteRequest,
+    OutputChunk,
+    OutputKind,
+    Principal,
+    RequestContext,
+    TaskRecord,
+    TaskStatus,
+    TaskType,
+    rfc3339,
+)
+from gateway.service import TASK_ID_PATTERN, GatewayService
 
 __all__ = ["CommandBody", "PeerCertH11Protocol", "create_app"]
 
@@ -55,49 +85,214 @@ T = TypeVar("T")
 PEER_CERT_STATE_KEY = "mcp_tls_peer_cert"
 _SSE_KEEPALIVE_S = 15.0  # a comment line this often keeps idle streams open through proxies
 _SSE_EVENTS = {0: "stdout", 1: "stderr", 2: "exit", 3: "event"}
+_MAX_OFFSET = 2**63 - 1  # output log offsets are int64 (mcp.TaskOutputChunk.offset)
+# Documented patterns (ECMA-262, as JSON Schema reads them: "$" ends the string):
+#: workspace ids, as gateway.tasks.workspaces.WORKSPACE_ID_PATTERN checks them;
+_WORKSPACE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+#: the ``mode`` values :func:`_file_mode` and the service accept: empty, or octal up to 0o777.
+_FILE_MODE = re.compile(r"^(?:(?:0o)?0*[0-7]{1,3})?$")
+#: a command: not blank (no character but Python's str.isspace() ones, which ECMA-262's
+#: \s does not quite match) and no NUL byte; the service refuses either (2002 / 2001).
+_COMMAND = (r"^[^\u0000]*[^\u0000\t-\r\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029"
+            r"\u202f\u205f\u3000][^\u0000]*$")
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's ``integer`` includes numbers with a zero fraction (``5.0``)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# The body models are strict, as their JSON Schema reads: "5" or true is no number, 1 is no
+# boolean. JSON Schema's integer still takes 5.0, hence this type for integer fields.
+JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 
 class ResourceLimitsBody(BaseModel):
     """Mirrors ``mcp.ResourceLimits``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     cpu_limit: float = Field(0.0, ge=0, description="CPU share, cores.")
-    memory_limit: int = Field(0, ge=0, description="Memory, bytes.")
-    pids_limit: int = Field(0, ge=0, le=2**32 - 1, description="Processes.")
-    io_weight: int = Field(0, ge=0, le=2**32 - 1, description="IO weight.")
+    memory_limit: JsonInt = Field(0, ge=0, description="Memory, bytes.")
+    pids_limit: JsonInt = Field(0, ge=0, le=2**32 - 1, description="Processes.")
+    io_weight: JsonInt = Field(0, ge=0, le=2**32 - 1, description="IO weight; 4001 where the host has no io "
+                               "cgroup controller (GET /health/ready lists the enforced limits).")
+
+
+# String shapes the service refuses otherwise (documented only: the service checks them,
+# with the same codes over gRPC).
+Text = Annotated[str, Field(json_schema_extra={"pattern": "^[^\\u0000]*$"})]  # no NUL byte (2001)
+EnvName = Annotated[str, Field(json_schema_extra={"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"})]  # 2003
+SandboxPath = Annotated[str, Field(json_schema_extra={"pattern": "^/[^\\u0000]*$"},
+                                   description="An absolute path inside the sandbox.")]  # 2003
 
 
 class SandboxConfigBody(BaseModel):
     """Mirrors ``mcp.SandboxConfig``; it can only narrow what policy grants."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     enabled: bool = Field(True, description="Ignored: the sandbox cannot be disabled.")
-    network_access: str = Field("NETWORK_NONE", description="NETWORK_NONE | NETWORK_LOOPBACK | NETWORK_HOST | NETWORK_RESTRICTED.")
+    network_access: Literal["NETWORK_NONE", "NETWORK_LOOPBACK", "NETWORK_HOST", "NETWORK_RESTRICTED"] = Field(
+        "NETWORK_NONE", description="NETWORK_RESTRICTED (a host allow-list) cannot be enforced yet: 4001."
+    )
     resource_limits: ResourceLimitsBody = Field(default_factory=ResourceLimitsBody)
-    rw_paths: list[str] = Field(default_factory=list)
-    ro_paths: list[str] = Field(default_factory=list)
-    denied_paths: list[str] = Field(default_factory=list)
+    rw_paths: list[SandboxPath] = Field(default_factory=list)
+    ro_paths: list[SandboxPath] = Field(default_factory=list)
+    denied_paths: list[SandboxPath] = Field(default_factory=list)
 
 
 class CommandBody(BaseModel):
     """Body of ``POST /v1/execute``; mirrors ``mcp.CommandRequest``."""
 
-    model_config = ConfigDict(extra="forbid")
-    command: str = Field(description="Program name or absolute path.")
-    args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
-    cwd: str | None = Field(None, description="Working directory; relative to /workspace.")
-    timeout: int = Field(0, ge=0, le=2**32 - 1, description="Wall-clock limit, seconds; 0 = server default.")
-    metadata: dict[str, str] = Field(default_factory=dict)
+    model_config = ConfigDict(
+        extra="forbid", strict=True,
+        json_schema_extra={"examples": [{"command": "echo", "args": ["hello world"], "timeout": 30}]},
+    )
+    command: str = Field(description="Program name or absolute path; not blank, no NUL.",
+                         json_schema_extra={"pattern": _COMMAND})
+    args: list[Text] = Field(default_factory=list)
+    env: dict[EnvName, Text] = Field(default_factory=dict, json_schema_extra={"additionalProperties": False})
+    cwd: Text | None = Field(None, description="Working directory; relative to /workspace.")
+    timeout: JsonInt = Field(0, ge=0, le=2**32 - 1, description="Wall-clock limit, seconds; 0 = server default.")
+    metadata: dict[Text, Text] = Field(
+        default_factory=dict, description="Free-form labels; a 'workspace' entry names the task's workspace.",
+        json_schema_extra={"additionalProperties": False},
+    )
     sandbox_config: SandboxConfigBody | None = None
+
+
+TaskStatusName = Annotated[str, Field(json_schema_extra={"enum": [s.name for s in TaskStatus]},
+                                       description="Task state: the enum name without the TASK_ prefix.")]
+TaskId = Annotated[str, Field(json_schema_extra={"pattern": TASK_ID_PATTERN.pattern})]
 
 
 class TaskCreatedBody(BaseModel):
     """Answer of ``POST /v1/execute``."""
 
-    task_id: str
+    task_id: TaskId
+    status: TaskStatusName
+    created_at: str = Field(description="RFC 3339 UTC time.")
+
+
+class TaskInfoBody(BaseModel):
+    """``task_info`` of a task answer; mirrors ``mcp.TaskInfo``."""
+
+    task_id: TaskId
+    task_type: str = Field(json_schema_extra={"enum": [t.name for t in TaskType]})
+    status: TaskStatusName
+    created_at: str = Field(description="RFC 3339 UTC time.")
+    started_at: str | None = Field(description="RFC 3339 UTC time; null until the sandbox started.")
+    completed_at: str | None = Field(description="RFC 3339 UTC time; null until final.")
+    metadata: dict[str, str]
+
+
+class ResourceUsageBody(BaseModel):
+    """Measured use of a finished task; mirrors ``mcp.ResourceUsage``."""
+
+    cpu_time_ms: int = Field(description="User + system CPU time, milliseconds.")
+    max_memory_kb: int = Field(description="Peak resident set size, KiB.")
+    io_read_bytes: int = Field(description="Bytes read from block devices.")
+    io_write_bytes: int = Field(description="Bytes written to block devices.")
+
+
+class TaskResultBody(BaseModel):
+    """``result`` of a final task; mirrors ``mcp.ExecutionResult``."""
+
+    exit_code: int = Field(description="Exit status; 128+N when killed by signal N; -1 when it never ran.")
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    limit_reason: str | None = Field(description="Which limit ended the task (wall_timeout, cpu_time, ...).")
+    error: str | None = Field(description="Why the sandbox failed to start (FAILED tasks).")
+    resource_usage: ResourceUsageBody
+    execution_time_ms: int = Field(description="Wall time from spawn to reap, milliseconds.")
+
+
+class TaskBody(BaseModel):
+    """Answer of ``GET /v1/tasks/{task_id}`` and its cancel; mirrors ``mcp.TaskStatusResponse``."""
+
+    task_info: TaskInfoBody
+    result: TaskResultBody | None = Field(description="Null until the task is final.")
+
+
+class FileWrittenBody(BaseModel):
+    """Answer of ``PUT /v1/files/{path}``."""
+
+    path: str
+    bytes_written: int
+
+
+class FileDeletedBody(BaseModel):
+    """Answer of ``DELETE /v1/files/{path}``."""
+
+    path: str
+    success: bool
+
+
+class PolicyStatusBody(BaseModel):
+    """The active policy engine (``GET /v1/policy``, and part of readiness)."""
+
+    engine: str = Field(description="Engine name (regorus, opa).")
+    revision: str = Field(description="Active bundle revision.")
+    healthy: bool
+    detail: str = Field(description="Why the engine is unhealthy; empty when healthy.")
+
+
+class PolicyReloadBody(PolicyStatusBody):
+    """Answer of ``POST /v1/policy/reload``."""
+
+    result: str = Field(json_schema_extra={"enum": ["applied", "unchanged"]})
+
+
+class HealthBody(BaseModel):
+    """Answer of ``GET /health``."""
+
     status: str
-    created_at: str
+    version: str
+    uptime_seconds: int = Field(description="Seconds since the process started.")
+
+
+class LiveBody(BaseModel):
+    """Answer of ``GET /health/live``."""
+
+    status: str = Field(json_schema_extra={"enum": ["live"]})
+
+
+class ReadinessBody(BaseModel):
+    """Answer of ``GET /health/ready`` (200 ready, 503 not ready)."""
+
+    status: str = Field(json_schema_extra={"enum": ["ready", "not_ready"]})
+    draining: bool = Field(description="Shutting down: new tasks are refused.")
+    policy: PolicyStatusBody
+    audit: dict[str, Any] = Field(description="Audit sink health: sink, healthy, detail, failing_since_ns, ...")
+    tasks: dict[str, Any] = Field(description="Task pool: running, queued.")
+    sandbox: dict[str, Any] = Field(description="Limits this host enforces, cgroup version, uid per task.")
+
+
+class OutputEventBody(BaseModel):
+    """``data`` of one Server-Sent Event of ``GET /v1/tasks/{task_id}/stream`` (see
+    :func:`_sse_event`); an ``error`` event carries an :class:`ErrorBody` instead."""
+
+    task_id: TaskId
+    offset: int = Field(ge=0, description="The entry's number in the task's output log (also the event id).")
+    type: str = Field(json_schema_extra={"enum": [k.name for k in OutputKind]})
+    data: str = Field(description="The entry's bytes, base64.")
+    text: str = Field(description="The entry's bytes decoded as UTF-8 with replacement.")
+    timestamp_ms: int = Field(description="When the entry was written, unix milliseconds.")
+
+
+class ErrorInfo(BaseModel):
+    """The ``error`` member of every error answer (design section 4)."""
+
+    code: int = Field(description="Project error code (design section 5); never changes meaning.")
+    message: str = Field(description="One human sentence.")
+    details: dict[str, Any] = Field(description="Context (field, reasons, rule_ids, limits); may be empty.")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``{"error": {"code", "message", "details"}}``."""
+
+    error: ErrorInfo
 
 
 class PeerCertH11Protocol(H11Protocol):
@@ -117,8 +312,7 @@ class PeerCertH11Protocol(H11Protocol):
 def _network(body: SandboxConfigBody | None) -> str | None:
     if body is None:
         return None
-    name = body.network_access.upper()
-    return name.removeprefix("NETWORK_").lower()
+    return body.network_access.removeprefix("NETWORK_").lower()
 
 
 def _execute_request(body: CommandBody) -> ExecuteRequest:
@@ -238,14 +432,20 @@ def _stream_offset(offset: int | None, last_event_id: str | None) -> int:
     return offset or 0
 
 
-def _file_mode(text: str | None) -> int:
-    """``mode`` query parameter: permission bits in octal (``644``, ``0644``, ``0o644``)."""
+def _file_mode(text: str) -> int:
+    """``mode`` query parameter: permission bits in octal (``644``, ``0644``, ``0o644``);
+    empty or absent is 0 (the default). Not octal digits is 2003; above 0o777 the service
+    refuses (2001). The document's pattern, :data:`_FILE_MODE`, allows exactly what both accept."""
     if not text:
         return 0
-    try:
-        return int(text.removeprefix("0o"), 8)
-    except ValueError:
-        raise InvalidFormat("mode must be octal permission bits, e.g. 0644", details={"field": "mode"}) from None
+    if not re.fullmatch(r"(0o)?[0-7]+", text):
+        raise InvalidFormat("mode must be octal permission bits, e.g. 0644", details={"field": "mode"})
+    return int(text.removeprefix("0o"), 8)
+
+
+class _BodyTooLarge(InvalidParameter):
+    """A request body over ``limits.max_request_bytes``: 2001 like any bad parameter, which
+    this edge answers 413 (RFC 9110 section 15.5.14) instead of 400."""
 
 
 async def _read_capped(request: Request, cap: int) -> bytes:
@@ -256,13 +456,18 @@ async def _read_capped(request: Request, cap: int) -> bytes:
     async for part in request.stream():
         size += len(part)
         if size > cap:
-            raise InvalidParameter(f"request body larger than {cap} bytes", details={"max": cap})
+            raise _BodyTooLarge(f"request body larger than {cap} bytes", details={"max": cap})
         parts.append(part)
     return b"".join(parts)
 
 
-def _error_response(error: GatewayError, status: int | None = None) -> JSONResponse:
-    headers: dict[str, str] = {}
+def _error_response(error: GatewayError, status: int | None = None,
+                    headers: dict[str, str] | None = None) -> JSONResponse:
+    """``error`` as the JSON error body with its HTTP status (``status`` overrides the
+    table's) and the headers its class calls for, plus ``headers``."""
+    headers = dict(headers or {})
+    if status is None:
+        status = 413 if isinstance(error, _BodyTooLarge) else status_for(error).http
     if isinstance(error, RateLimited):
         headers["Retry-After"] = str(error.retry_after_s)
     elif isinstance(error, PermissionDenied):  # RFC 6750 section 3.1
@@ -271,16 +476,147 @@ def _error_response(error: GatewayError, status: int | None = None) -> JSONRespo
     elif isinstance(error, AuthError):
         presented = error.details.get("reason") not in ("missing_credentials", "client_certificate_required")
         headers["WWW-Authenticate"] = 'Bearer realm="mcp-gateway"' + (', error="invalid_token"' if presented else "")
-    return JSONResponse(error.to_dict(), status_code=status or status_for(error).http, headers=headers or None)
+    return JSONResponse(error.to_dict(), status_code=status, headers=headers or None)
 
 
 def _validation_error(exc: RequestValidationError) -> JSONResponse:
+    """What FastAPI could not decode (design section 5): a body that is not JSON is
+    400/2003; a JSON body of the wrong shape 422; a path or query parameter that is missing,
+    of the wrong type or out of range 400 (it is not a body schema error). 2002 when
+    something required is missing, else 2001; pydantic's report is in ``details.errors``."""
     problems = exc.errors()
     if any(p.get("type") == "json_invalid" for p in problems):
         return _error_response(InvalidFormat("request body is not valid JSON"))
     fields = [{"loc": [str(x) for x in p.get("loc", ())], "msg": str(p.get("msg", ""))} for p in problems[:20]]
     cls = MissingParameter if any(p.get("type") == "missing" for p in problems) else InvalidParameter
-    return _error_response(cls("request body does not match the schema", details={"errors": fields}), 422)
+    if all(tuple(p.get("loc", ()))[:1] == ("body",) for p in problems):
+        return _error_response(cls("request body does not match the schema", details={"errors": fields}), 422)
+    return _error_response(cls("request parameters do not match the schema", details={"errors": fields}))
+
+
+def _allowed_methods(app: FastAPI, scope: dict[str, Any]) -> str:
+    """The ``Allow`` header of a 405 (RFC 9110 section 15.5.6): the methods of every route
+    whose path matches (Starlette names only the first such route's)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if getattr(route, "methods", None) and route.matches(scope)[0] is not Match.NONE:
+            methods |= route.methods  # type: ignore[attr-defined]
+    return ", ".join(sorted(methods))
+
+
+# -- the OpenAPI contract -------------------------------------------------------------
+#
+# Each route declares the error classes it can answer; _contract turns them into OpenAPI
+# responses through STATUS_TABLE, so the document and the answers share one table.
+
+_BEARER = "bearer"
+_BEARER_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "An API key (mgw_...) or a JWT. Over HTTPS with a client CA, a verified client "
+    "certificate authenticates instead. In dev mode (loopback only) a call without credentials is "
+    "the development principal; presented credentials are still verified.",
+}
+#: What a call that reaches the service can answer whatever it does: bad credentials, a
+#: missing scope, the rate, in-flight and admission limits, an unexpected failure (also an
+#: audit event that could not be written).
+_CALL_ERRORS: tuple[type[GatewayError], ...] = (
+    Unauthenticated, TokenExpired, PermissionDenied, RateLimited, InternalError,
+)
+_POLICY_ERRORS = (CommandDenied, NetworkDenied, FileDenied, ResourceDenied, PolicyEngineError)
+_FILE_ERRORS = (InvalidParameter, MissingParameter, InvalidFormat, FileDenied, NotFound, PolicyEngineError)
+_TASK_ERRORS = (InvalidFormat, NotFound, StorageError)
+_HEADERS: dict[int, dict[str, dict[str, Any]]] = {
+    401: {"WWW-Authenticate": {"description": "Bearer challenge (RFC 6750 section 3).", "required": True,
+                               "schema": {"type": "string"}}},
+    403: {"WWW-Authenticate": {"description": "On 1003: the missing scope (RFC 6750 section 3.1).",
+                               "schema": {"type": "string"}}},
+    429: {"Retry-After": {"description": "Seconds to wait before retrying (4290).", "required": True,
+                          "schema": {"type": "integer", "minimum": 0}}},
+}
+
+
+def _contract(*raised: type[GatewayError], body_schema: bool = False, auth: bool = True,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Keyword arguments of a route decorator documenting what it can answer besides
+    success: one response per HTTP status of ``raised`` (by :data:`STATUS_TABLE`) naming the
+    codes it carries, with the :class:`ErrorBody` schema and its headers; always 413 (the
+    body limit) and 500; 422 when ``body_schema`` (a JSON body); with ``auth`` the bearer
+    security requirement. ``extra`` is merged into the operation (``openapi_extra``)."""
+    by_status: dict[int, list[type[GatewayError]]] = {413: [InvalidParameter], 500: [InternalError]}
+    if body_schema:
+        by_status[422] = [InvalidParameter, MissingParameter]
+    for cls in raised:
+        classes = by_status.setdefault(STATUS_TABLE[cls].http, [])
+        if cls not in classes:
+            classes.append(cls)
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status, classes in sorted(by_status.items()):
+        codes = ", ".join(f"{cls.code} {cls.__name__}" for cls in classes)
+        response: dict[str, Any] = {"model": ErrorBody, "description": f"{HTTPStatus(status).phrase}: {codes}."}
+        headers = _HEADERS.get(status)
+        if status == 429 and SandboxLimitExceeded in classes:  # 4003 (disk or quota full) has none
+            headers = {name: {**h, "required": False} for name, h in headers.items()} if headers else None
+        if headers:
+            response["headers"] = headers
+        responses[status] = response
+    operation = dict(extra or {})
+    if auth:
+        operation["security"] = [{_BEARER: []}]
+    return {"responses": responses, "openapi_extra": operation or None}
+
+
+#: One event of the task output stream (OpenAPI 3.2 ``itemSchema`` of text/event-stream).
+_SSE_ITEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": [*_SSE_EVENTS.values(), "error"]},
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "retry": {"type": "integer", "minimum": 0},
+        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": {
+            "anyOf": [OutputEventBody.model_json_schema(), {"$ref": "#/components/schemas/ErrorBody"}]}},
+    },
+}
+
+
+def _document_limits(schemas: dict[str, Any], settings: Settings) -> None:
+    """Write this server's request bounds (``limits.*``, ``sandbox.max_*``; the service
+    refuses more with 2001) into the body schemas: counts and numbers as keywords, byte
+    totals in the descriptions (JSON Schema counts characters, not UTF-8 bytes)."""
+    lim, box = settings.limits, settings.sandbox
+    command, sandbox_config = schemas["CommandBody"]["properties"], schemas["SandboxConfigBody"]["properties"]
+    command["timeout"]["maximum"] = min(command["timeout"]["maximum"], box.max_timeout_s)
+    command["args"]["maxItems"] = lim.max_args
+    command["env"]["maxProperties"] = lim.max_env
+    command["metadata"]["maxProperties"] = lim.max_metadata
+    schemas["ResourceLimitsBody"]["properties"]["cpu_limit"]["maximum"] = box.max_cpu_cores
+    for name in ("rw_paths", "ro_paths", "denied_paths"):
+        sandbox_config[name]["maxItems"] = lim.max_paths
+    for name, cap in (("command", lim.max_command_bytes), ("args", lim.max_args_bytes),
+                      ("env", lim.max_env_bytes), ("metadata", lim.max_metadata_bytes)):
+        described = command[name].get("description", "").rstrip(".")
+        command[name]["description"] = f"{described + '; ' if described else ''}at most {cap} bytes (UTF-8) in all."
+
+
+def _openapi_document(app: FastAPI, settings: Settings | None) -> dict[str, Any]:
+    """FastAPI's OpenAPI document of ``app`` (built once), with the bearer security scheme,
+    the request bounds of ``settings``, and without the 422 FastAPI adds to every route with
+    parameters: only a JSON body answers 422 here, and in :class:`ErrorBody`'s shape (see
+    :func:`_validation_error`)."""
+    if app.openapi_schema is None:
+        document = FastAPI.openapi(app)
+        if settings is not None:
+            _document_limits(document["components"]["schemas"], settings)
+        for operations in document["paths"].values():
+            for operation in operations.values():
+                framework = operation["responses"].get("422", {}).get("content", {}).get("application/json", {})
+                if framework.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                    del operation["responses"]["422"]
+        components = document.setdefault("components", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.get("schemas", {}).pop(name, None)
+        components.setdefault("securitySchemes", {})[_BEARER] = _BEARER_SCHEME
+    return app.openapi_schema  # type: ignore[return-value]
 
 
 PROBE_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
@@ -326,7 +662,7 @@ class AdmissionMiddleware:
 
 
 def create_app(service: GatewayService, server_host: str, server_port: Callable[[], int], max_body_bytes: int,
-               gate: EdgeGate | None = None) -> FastAPI:
+               gate: EdgeGate | None = None, settings: Settings | None = None) -> FastAPI:
     """The FastAPI application with every route of the REST edge.
 
     Args:
@@ -335,12 +671,15 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
         server_port: a callable giving the bound HTTP port.
         max_body_bytes: larger request bodies are refused with 413/2001 before parsing.
         gate: admission control for every route but the probes (None = unbounded).
+        settings: the server's settings, whose request bounds the OpenAPI document states
+            (None = the document states none).
     """
     app = FastAPI(
         title="MCP Security Gateway",
         version=__version__,
         description="Policy-checked, sandboxed command execution for AI agents.",
     )
+    app.openapi = lambda: _openapi_document(app, settings)  # type: ignore[method-assign]
 
     def caller(request: Request, method: str) -> tuple[RequestContext, Credentials]:
         client = request.client
@@ -372,9 +711,7 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
     async def body_limit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            return _error_response(
-                InvalidParameter(f"request body larger than {max_body_bytes} bytes"), 413
-            )
+            return _error_response(_BodyTooLarge(f"request body larger than {max_body_bytes} bytes"))
         return await call_next(request)
 
     @app.exception_handler(GatewayError)
@@ -388,18 +725,26 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Routing errors (unknown path, wrong method) in the project's error shape.
-        error: GatewayError = (
-            NotFound(f"no route {request.url.path}") if exc.status_code == 404
-            else InvalidParameter(str(exc.detail))
-        )
-        return _error_response(error, exc.status_code)
+        headers = dict(exc.headers or {})
+        error: GatewayError
+        if exc.status_code == 404:
+            error = NotFound(f"no route {request.url.path}")
+        elif exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(app, request.scope) or headers.get("Allow", "")
+            error = InvalidParameter(f"method {request.method} not allowed; allowed: {headers['Allow']}",
+                                     details={"allow": headers["Allow"]})
+        else:
+            error = InvalidParameter(str(exc.detail))
+        return _error_response(error, exc.status_code, headers)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error in REST handler", exc_info=exc)
         return _error_response(InternalError("internal error"))
 
-    @app.post("/v1/execute", response_model=TaskCreatedBody, status_code=202, tags=["tasks"])
+    @app.post("/v1/execute", response_model=TaskCreatedBody, status_code=202, tags=["tasks"],
+              **_contract(InvalidParameter, MissingParameter, InvalidFormat, *_CALL_ERRORS, *_POLICY_ERRORS,
+                          SandboxSetupFailed, StorageError, body_schema=True))
     async def execute(body: CommandBody, request: Request) -> TaskCreatedBody:
         """Ask policy, then run a command in the sandbox as a background task (scope ``tasks:execute``)."""
         record = await call(request, "POST /v1/execute", service.execute_command, _execute_request(body))
@@ -407,23 +752,32 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
             task_id=record.task_id, status=record.status.name, created_at=rfc3339(record.created_at_ns)
         )
 
-    @app.get("/v1/tasks/{task_id}", tags=["tasks"])
-    async def get_task(task_id: str, request: Request) -> dict[str, Any]:
+    task_id_param = Path(description="The task's id: task- and 32 lowercase hex digits.",
+                         json_schema_extra={"pattern": TASK_ID_PATTERN.pattern})
+
+    @app.get("/v1/tasks/{task_id}", response_model=TaskBody, tags=["tasks"],
+             **_contract(*_TASK_ERRORS, *_CALL_ERRORS))
+    async def get_task(request: Request, task_id: str = task_id_param) -> dict[str, Any]:
         """State of a task and, once final, its result (scope ``tasks:read``)."""
         return _task_json(await call(request, "GET /v1/tasks", service.get_task, task_id))
 
-    @app.post("/v1/tasks/{task_id}/cancel", tags=["tasks"])
-    async def cancel_task(task_id: str, request: Request) -> dict[str, Any]:
+    @app.post("/v1/tasks/{task_id}/cancel", response_model=TaskBody, tags=["tasks"],
+              **_contract(*_TASK_ERRORS, *_CALL_ERRORS))
+    async def cancel_task(request: Request, task_id: str = task_id_param) -> dict[str, Any]:
         """Cancel a task: its sandbox is killed, state CANCELLED; answers the task once
         final. Idempotent: a finished task answers its final state (scope ``tasks:cancel``)."""
         principal, ctx = await authenticated(request, "POST /v1/tasks/cancel")
         return _task_json(await service.cancel_task(principal, ctx, task_id))
 
-    @app.get("/v1/tasks/{task_id}/stream", tags=["tasks"], response_class=StreamingResponse)
+    @app.get("/v1/tasks/{task_id}/stream", tags=["tasks"], response_class=StreamingResponse,
+             **_contract(InvalidParameter, *_TASK_ERRORS, *_CALL_ERRORS, extra={"responses": {"200": {
+                 "description": "Server-Sent Events until the task's exit event (or an error event).",
+                 "content": {"text/event-stream": {"itemSchema": _SSE_ITEM_SCHEMA}}}}}))
     async def stream_task(
-        task_id: str,
         request: Request,
-        offset: int | None = Query(None, ge=0, description="First log entry to send (entries are numbered from 0)."),
+        task_id: str = task_id_param,
+        offset: int | None = Query(None, ge=0, le=_MAX_OFFSET,
+                                   description="First log entry to send (entries are numbered from 0)."),
     ) -> StreamingResponse:
         """The task's output as Server-Sent Events (text/event-stream): one event per log
         entry (``stdout``, ``stderr``, ``event``, and last ``exit``), ``id`` = the entry's
@@ -437,10 +791,18 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @app.get("/v1/files/{path:path}", tags=["files"], response_class=Response)
-    async def read_file(
-        path: str, request: Request, workspace: str = Query("", description="Workspace id in your tenant.")
-    ) -> Response:
+    path_param = Path(description="Path in the workspace: relative, or absolute under /workspace.",
+                      examples=["notes.txt"])
+    workspace_param = Query(description="Workspace id in your tenant.", examples=["build-1"],
+                            json_schema_extra={"pattern": _WORKSPACE_ID})
+
+    @app.get("/v1/files/{path:path}", tags=["files"], response_class=Response,
+             **_contract(*_FILE_ERRORS, *_CALL_ERRORS, extra={"responses": {"200": {
+                 "description": "The file's bytes; Content-Type guessed from the name, else "
+                 "application/octet-stream.",
+                 "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                             "*/*": {"schema": {"type": "string", "format": "binary"}}}}}}))
+    async def read_file(request: Request, path: str = path_param, workspace: str = workspace_param) -> Response:
         """The file's bytes (Content-Type guessed from the name; served as an attachment;
         scope ``files:read``)."""
         found = await call(request, "GET /v1/files", service.read_file, workspace, path)
@@ -454,12 +816,17 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
             },
         )
 
-    @app.put("/v1/files/{path:path}", tags=["files"])
+    @app.put("/v1/files/{path:path}", response_model=FileWrittenBody, tags=["files"],
+             **_contract(*_FILE_ERRORS, SandboxLimitExceeded, *_CALL_ERRORS, extra={"requestBody": {
+                 "description": "The file's new content, raw bytes.",
+                 "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}))
     async def write_file(
-        path: str,
         request: Request,
-        workspace: str = Query("", description="Workspace id in your tenant; created when new."),
-        mode: str | None = Query(None, description="Permission bits in octal, e.g. 0644 (default 0644)."),
+        path: str = path_param,
+        workspace: str = Query(description="Workspace id in your tenant; created when new.", examples=["build-1"],
+                               json_schema_extra={"pattern": _WORKSPACE_ID}),
+        mode: str = Query("", description="Permission bits in octal, e.g. 0644 (default 0644).",
+                          json_schema_extra={"pattern": _FILE_MODE.pattern}),
         create_dirs: bool = Query(False, description="Create missing parent directories."),
     ) -> dict[str, Any]:
         """Write the request body (raw bytes) to the file, atomically replacing it (scope
@@ -473,11 +840,12 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
         )
         return {"path": path, "bytes_written": written}
 
-    @app.delete("/v1/files/{path:path}", tags=["files"])
+    @app.delete("/v1/files/{path:path}", response_model=FileDeletedBody, tags=["files"],
+                **_contract(*_FILE_ERRORS, *_CALL_ERRORS))
     async def delete_file(
-        path: str,
         request: Request,
-        workspace: str = Query("", description="Workspace id in your tenant."),
+        path: str = path_param,
+        workspace: str = workspace_param,
         recursive: bool = Query(False, description="Delete a directory and everything in it."),
     ) -> dict[str, Any]:
         """Delete the file, or with ``recursive`` the directory tree (links are not
@@ -485,36 +853,42 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
         await call(request, "DELETE /v1/files", service.delete_file, workspace, path, recursive=recursive)
         return {"path": path, "success": True}
 
-    @app.get("/v1/policy", tags=["policy"])
+    @app.get("/v1/policy", response_model=PolicyStatusBody, tags=["policy"], **_contract(*_CALL_ERRORS))
     async def policy_status(request: Request) -> dict[str, Any]:
         """Policy engine, bundle revision and health (scope ``policy:read``)."""
         return await call(request, "GET /v1/policy", service.policy_status)
 
-    @app.post("/v1/policy/reload", tags=["policy"])
+    @app.post("/v1/policy/reload", response_model=PolicyReloadBody, tags=["policy"],
+              **_contract(*_CALL_ERRORS, PolicyEngineError))
     async def policy_reload(request: Request) -> dict[str, Any]:
         """Reload the policy bundle from ``policy_dir`` now; a bundle that fails to load or
         compile is refused (5003) and the active one stays (scope ``policy:admin``)."""
         return await call(request, "POST /v1/policy/reload", service.reload_policy)
 
-    @app.get("/health", tags=["health"])
+    @app.get("/health", response_model=HealthBody, tags=["health"], **_contract(auth=False))
     async def health_route() -> dict[str, Any]:
         """Status, version and uptime (seconds)."""
         info = service.health()
         return {"status": info.status, "version": info.version, "uptime_seconds": info.uptime_s}
 
-    @app.get("/health/live", tags=["health"])
+    @app.get("/health/live", response_model=LiveBody, tags=["health"], **_contract(auth=False))
     async def live() -> dict[str, str]:
         """The process answers."""
         return {"status": "live"}
 
-    @app.get("/health/ready", tags=["health"])
+    @app.get("/health/ready", response_model=ReadinessBody, tags=["health"], **_contract(
+        auth=False, extra={"responses": {"503": {"description": "Not ready: the same body, status not_ready.",
+                                                 "content": {"application/json": {"schema": {
+                                                     "$ref": "#/components/schemas/ReadinessBody"}}}}}}))
     async def ready() -> JSONResponse:
         """Ready to take work: policy engine healthy (with the bundle revision), task pool
         state; 503 while the policy engine cannot decide (every request would be 5003)."""
         body = service.readiness_snapshot()
         return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
 
-    @app.get("/metrics", tags=["health"])
+    @app.get("/metrics", tags=["health"], response_class=Response, **_contract(auth=False, extra={"responses": {
+        "200": {"description": "Prometheus text exposition format 0.0.4 / 1.0.0.",
+                "content": {"text/plain": {"schema": {"type": "string"}}}}}}))
     async def metrics() -> Response:
         """Prometheus text exposition."""
         return Response(service.metrics(), media_type=METRICS_CONTENT_TYPE)

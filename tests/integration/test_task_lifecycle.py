@@ -161,7 +161,7 @@ def test_stream_errors(http: httpx.Client, stub: mcp_pb2_grpc.McpServiceStub) ->
     response = http.get(f"/v1/tasks/{unknown}/stream")
     assert response.status_code == 404 and response.json()["error"]["code"] == 6001
     assert http.get("/v1/tasks/nope/stream").json()["error"]["code"] == 2003
-    assert http.get(f"/v1/tasks/{unknown}/stream?offset=-1").status_code == 422
+    assert http.get(f"/v1/tasks/{unknown}/stream?offset=-1").status_code == 400  # a query parameter: not 422
     response = http.get(f"/v1/tasks/{unknown}/stream", headers={"Last-Event-ID": "x"})
     assert response.status_code == 400 and response.json()["error"]["code"] == 2003
     with pytest.raises(grpc.RpcError) as err:
