@@ -30,11 +30,12 @@ from pydantic import ValidationError
 
 import sandbox
 from gateway.admission import EdgeGate
-from gateway.audit import AuditLog, FileSink
+from gateway.audit import AuditLog, AuditSink, FileSink, StdoutSink, WebhookSink
+from gateway.audit.signing import CheckpointSigner, create_signing_key, load_signing_key
 from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.edges.grpc_server import GrpcEdge, create_grpc_server
-from gateway.edges.rest import PeerCertH11Protocol, create_app
+from gateway.edges.rest import GatewayH11Protocol, create_app
 from gateway.errors import GatewayError, PolicyEngineError
 from gateway.policy import EmbeddedEngine, PolicySource, load_policy_dir
 from gateway.policy.active import ActivePolicy, check_bundle, check_source
@@ -67,7 +68,7 @@ class Runtime:
     service: GatewayService
     tasks: TaskManager
     store: TaskStore
-    sink: FileSink
+    audit: AuditLog
     isolation: Isolation
     policy: ActivePolicy
     authenticator: Authenticator
@@ -114,8 +115,7 @@ def _build(settings: Settings, isolation: Isolation) -> Runtime:
         _make_private_dir(state_dir)
         _make_private_dir(settings.workspace_root)
         _make_private_file(settings.audit_path)
-        sink = FileSink(settings.audit_path, fsync=settings.audit.fsync)
-        audit = AuditLog(sink)
+        audit = _audit_log(settings)
     except (OSError, GatewayError) as exc:
         raise StartupError(f"cannot open state in {state_dir}: {exc}") from exc
     _check_workspace_root(settings.workspace_root, isolation.uids)
@@ -136,7 +136,7 @@ def _build(settings: Settings, isolation: Isolation) -> Runtime:
         raise StartupError(f"cannot recover tasks of a previous process: {exc.message}") from exc
     limiter = RateLimiter(settings.rate_limits)
     service = GatewayService(settings, policy, store, tasks, audit, workspaces, authenticator, limiter)
-    return Runtime(service, tasks, store, sink, isolation, policy, authenticator, limiter, tls)
+    return Runtime(service, tasks, store, audit, isolation, policy, authenticator, limiter, tls)
 
 
 def _auth(settings: Settings) -> tuple[Authenticator, TlsFiles | None]:
@@ -354,6 +354,61 @@ def _make_private_dir(path: Path) -> None:
         log.warning("%s was mode %04o, open to other local users; now %04o", path, mode, mode & ~0o066)
 
 
+def _audit_log(settings: Settings) -> AuditLog:
+    """The audit log with the sinks ``settings.audit`` names and the checkpoint signer.
+
+    Raises:
+        StartupError: the signing key or the webhook secret is missing or unsuitable.
+        OSError / AuditError: the audit file cannot be opened or continued.
+    """
+    a = settings.audit
+    record = FileSink(settings.audit_path, fsync=a.fsync, fsync_interval_s=a.fsync_interval_s,
+                      max_bytes=a.rotate_bytes, max_age_s=a.rotate_age_s, retention_files=a.retention_files)
+    copies: list[AuditSink] = []
+    if a.stdout:
+        copies.append(StdoutSink())
+    if a.webhook is not None:
+        w = a.webhook
+        secret = None
+        if w.secret_file is not None:
+            try:
+                secret = w.secret_file.read_bytes().rstrip(b"\r\n")
+            except OSError as exc:
+                raise StartupError(f"cannot read audit.webhook.secret_file {w.secret_file}: {exc.strerror}") from exc
+        copies.append(WebhookSink(
+            w.url, secret=secret, batch_events=w.batch_events, batch_delay_s=w.batch_delay_s,
+            queue_events=w.queue_events, spool=w.spool_path, timeout_s=w.timeout_s,
+            backoff_initial_s=w.backoff_initial_s, backoff_max_s=w.backoff_max_s, on_full=w.on_full,
+            block_timeout_s=w.block_timeout_s,
+        ))
+    return AuditLog(record, copies, signer=_audit_signer(settings), checkpoint_events=a.checkpoint_events,
+                    checkpoint_interval_s=a.checkpoint_interval_s, server_host=settings.host)
+
+
+def _audit_signer(settings: Settings) -> CheckpointSigner:
+    """The checkpoint signer: the configured key, or the default one, made at first start.
+
+    Raises:
+        StartupError: a configured key is missing, unreadable, not Ed25519, or not 0600.
+    """
+    path = settings.audit_signing_key
+    try:
+        return CheckpointSigner.of(load_signing_key(path))
+    except FileNotFoundError:
+        if settings.audit.signing_key is not None:
+            raise StartupError(f"audit.signing_key {path} does not exist; create it with "
+                               f"'mcp-gateway audit keygen --key {path}'") from None
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"cannot use the audit signing key: {exc}") from exc
+    try:
+        signer = CheckpointSigner.of(create_signing_key(path))
+    except OSError as exc:
+        raise StartupError(f"cannot create the audit signing key {path}: {exc.strerror or exc}") from exc
+    log.warning("created the audit signing key %s (key id %s); 'mcp-gateway audit pubkey --key %s' prints the "
+                "public key that 'mcp-gateway audit verify --public-key' needs", path, signer.key_id, path)
+    return signer
+
+
 def _make_private_file(path: Path) -> None:
     """Make an existing ``path`` (an older gateway's audit file, say) 0600 when group or
     others may use it, logging the change. Raises OSError when it cannot be changed."""
@@ -468,7 +523,7 @@ async def serve(
                      settings=settings)
     tls = runtime.tls
     web = _Uvicorn(uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="off", http=PeerCertH11Protocol,
+        app, log_level="warning", access_log=False, lifespan="off", http=GatewayH11Protocol,
         timeout_graceful_shutdown=int(_EDGE_STOP_GRACE_S),
         ssl_context_factory=(lambda config, default: tls.ssl_context()) if tls is not None else None,
     ))
@@ -519,7 +574,7 @@ async def serve(
     await grpc_edge.stop(_EDGE_STOP_GRACE_S)
     await web_task
     runtime.store.close()
-    runtime.sink.close()
+    await asyncio.to_thread(runtime.audit.close)  # the shutdown checkpoint; a webhook delivers what waits
     runtime.policy.close()
     _close_isolation(runtime.isolation)
     return EXIT_STORE_LOST if lost_store.is_set() else 0

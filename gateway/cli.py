@@ -11,6 +11,9 @@ says what to fix), 4 when a shared task store's owner lock was lost.
 ``mcp-gateway policy eval --input FILE``, ``policy test`` and ``policy check``: see
 :mod:`gateway.policy.cli`.
 
+``mcp-gateway audit keygen``, ``audit pubkey`` and ``audit verify [--public-key K] [--json]
+FILE...``: see :mod:`gateway.audit.cli`.
+
 Credentials for development and operators (:mod:`gateway.auth.tokens`, :mod:`gateway.auth.apikeys`):
 
 * ``mcp-gateway token keygen [--alg RS256|ES256|EdDSA] --key PATH [--jwks PATH]``: a new
@@ -78,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     ch = psub.add_parser("check", help="load, validate and compile the bundle; print its revision")
     ch.add_argument("--policy-dir", type=Path, default=None, help="bundle directory (default: shipped policies/)")
     _add_credential_commands(sub)
+    from gateway.audit.cli import add_audit_commands
+
+    add_audit_commands(sub)
     return parser
 
 
@@ -92,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_policy_command(args)
     if args.command in ("token", "apikey"):
         return _credential_command(args)
+    if args.command == "audit":
+        from gateway.audit.cli import run_audit_command
+
+        return run_audit_command(args)
     return 2  # pragma: no cover - argparse enforces a known sub-command
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "AdmissionSettings",
     "ApiKeyEntry",
     "AuditSettings",
+    "WebhookSettings",
     "AuthSettings",
     "ClientCertIdentity",
     "JwtSettings",
@@ -261,16 +262,66 @@ class PolicySettings(BaseModel):
         return self
 
 
-class AuditSettings(BaseModel):
-    """The audit trail (design section 8)."""
+class WebhookSettings(BaseModel):
+    """An HTTP collector that receives every audit line (``gateway.audit.sinks.WebhookSink``)."""
 
-    path: Path | None = Field(None, description="JSON-lines file; default <state_dir>/audit.jsonl.")
-    fsync: bool = Field(
-        False,
-        description="fsync after every event (survives power loss; costs ~ms per event). "
-        "Without it each line is written to the kernel before the request proceeds, "
-        "so a gateway crash loses nothing.",
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(pattern=r"^https?://", description="Collector URL; lines are POSTed as application/x-ndjson.")
+    secret_file: Path | None = Field(
+        None, description="File whose bytes (trailing line breaks dropped) key the X-MCP-Audit-Signature HMAC-SHA256.",
     )
+    batch_events: int = Field(100, ge=1, le=10_000, description="Lines per POST, at most.")
+    batch_delay_s: float = Field(0.05, ge=0, le=10, description="How long a batch waits for more lines, seconds.")
+    queue_events: int = Field(10_000, ge=1, le=1_000_000, description="Lines waiting for delivery, at most.")
+    spool_path: Path | None = Field(
+        None, description="Spool file: queued lines survive a restart (default: memory only).",
+    )
+    timeout_s: float = Field(5.0, gt=0, le=300, description="Per POST, seconds.")
+    backoff_initial_s: float = Field(0.5, gt=0, le=60, description="First retry delay, seconds (doubles).")
+    backoff_max_s: float = Field(30.0, gt=0, le=3600, description="Longest retry delay, seconds.")
+    on_full: Literal["block", "fail"] = Field(
+        "block",
+        description="When the queue is full: block callers up to block_timeout_s, or fail them at once (5001).",
+    )
+    block_timeout_s: float = Field(2.0, ge=0, le=60, description="The 'block' deadline, seconds; then 5001.")
+
+
+class AuditSettings(BaseModel):
+    """The audit trail (design sections 8 and 11)."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: Path | None = Field(None, description="JSON-lines file; default <state_dir>/audit.jsonl.")
+    fsync: Literal["always", "interval", "never"] = Field(
+        "interval",
+        description="always: fsync each event before the call proceeds (nothing acknowledged is lost, even "
+        "to power loss; ~ms per event). interval: fsync within fsync_interval_s (power loss loses at most "
+        "that). never: the kernel's writeback (power loss loses up to ~30 s). A gateway crash loses "
+        "nothing under any policy: each line is in the kernel before the call proceeds.",
+    )
+    fsync_interval_s: float = Field(1.0, gt=0, le=60, description="The 'interval' policy's bound, seconds.")
+    rotate_bytes: int = Field(64 * 1024 * 1024, ge=0, description="Rotate the file at this size, bytes (0 = never).")
+    rotate_age_s: float = Field(86400.0, ge=0, description="Rotate when its first event is this old, seconds (0 = never).")
+    retention_files: int = Field(0, ge=0, description="Rotated files kept, newest first (0 = all).")
+    signing_key: Path | None = Field(
+        None,
+        description="Ed25519 private key (PKCS#8 PEM, mode 0600) that signs checkpoints; default "
+        "<state_dir>/audit-signing.key, created at first start. A key named here must exist "
+        "(mcp-gateway audit keygen).",
+    )
+    checkpoint_events: int = Field(1000, ge=1, le=1_000_000, description="A signed checkpoint follows at most this many events.")
+    checkpoint_interval_s: float = Field(
+        60.0, gt=0, le=86400, description="And at most this long after an event, seconds.",
+    )
+    stdout: bool = Field(False, description="Also write every line to standard output (container log pipelines).")
+    webhook: WebhookSettings | None = Field(None, description="Also deliver every line to an HTTP collector.")
+
+    @field_validator("fsync", mode="before")
+    @classmethod
+    def _fsync_bool(cls, value: Any) -> Any:
+        """``fsync: true|false`` of earlier versions means always / never."""
+        if isinstance(value, bool):
+            return "always" if value else "never"
+        return value
 
 
 #: Principal ids, tenants and role names: 1-128 characters, no spaces or controls.
@@ -594,6 +645,11 @@ class Settings(BaseSettings):
     def audit_path(self) -> Path:
         """Where audit events go: ``audit.path`` or ``<state_dir>/audit.jsonl``."""
         return self.audit.path or self.state_dir / "audit.jsonl"
+
+    @property
+    def audit_signing_key(self) -> Path:
+        """The checkpoint signing key: ``audit.signing_key`` or ``<state_dir>/audit-signing.key``."""
+        return self.audit.signing_key or self.state_dir / "audit-signing.key"
 
     @classmethod
     def settings_customise_sources(

@@ -119,9 +119,20 @@ def exposition() -> bytes:
 
 AUDIT_EVENTS = Counter(
     "mcp_audit_events_total",
-    "Audit events by sink (file) and result: written; failed (the sink refused the line and "
+    "Audit events by sink (file, stdout, webhook) and result: written; failed (the sink refused the line and "
     "nothing of it is kept: a decision that could not be audited is refused with 5001); or "
     "dropped (a deferred task_end lost because 1000 already waited for the sink).",
     ["sink", "result"],
 )
-__all__ += ["AUDIT_EVENTS"]
+AUDIT_QUEUE_DEPTH = Gauge(
+    "mcp_audit_queue_depth",
+    "Audit events waiting in a queued sink (webhook) for delivery.",
+    ["sink"],
+)
+AUDIT_WRITE_SECONDS = Histogram(
+    "mcp_audit_write_seconds",
+    "Time to chain an audit event and hand it to every sink (the record file, copies, queues), "
+    "seconds, including any wait for room in a full queue.",
+    buckets=(0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0),
+)
+__all__ += ["AUDIT_EVENTS", "AUDIT_QUEUE_DEPTH", "AUDIT_WRITE_SECONDS"]

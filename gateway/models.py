@@ -7,12 +7,14 @@ into these at the boundary and back, so nothing inside depends on a wire format.
 from __future__ import annotations
 
 import enum
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 __all__ = [
     "Decision",
+    "addressed_host",
     "ExecutionPlan",
     "OutputChunk",
     "OutputKind",
@@ -139,9 +141,11 @@ class RequestContext:
         method: the RPC or route, e.g. ``ExecuteCommand`` or ``POST /v1/execute``.
         client_addr: peer address as ``host:port`` (empty when unknown).
         request_id: a fresh uuid4 hex per call.
-        session_id: caller session for audit correlation (the peer address until
-            authentication provides a better one).
-        server_host: address the gateway listens on.
+        session_id: the caller's session for audit counters and correlation: the session
+            id it sent (``mcp-session-id`` or ``x-session-id``), else ``conn-`` and an id of
+            its connection.
+        server_host: the host the client addressed (HTTP ``Host``, gRPC ``:authority``,
+            without the port), else the address the gateway listens on.
         server_port: port the call arrived on.
         tls: whether the connection was TLS.
         request_bytes: size of the request as received, bytes (0 when unknown).
@@ -171,22 +175,54 @@ class RequestContext:
         request_bytes: int,
         user_agent: str | None,
         tls: bool = False,
+        connection_id: str = "",
+        session_header: str | None = None,
+        authority: str | None = None,
     ) -> RequestContext:
-        """The context of one call: a fresh ``request_id``; the peer address doubles as
-        ``session_id`` until authentication provides sessions; the user agent (cut to 256
-        characters) stands for ``client_process``."""
+        """The context of one call, with a fresh ``request_id``.
+
+        Args:
+            peer: the client's address, ``host:port``.
+            server_host: the listen address, the fallback of ``server_host``.
+            connection_id: an id of the connection, unique in this gateway (the fallback of
+                ``session_id``; the peer address when empty).
+            session_header: the ``mcp-session-id`` / ``x-session-id`` value the caller sent;
+                ignored unless 1-128 visible ASCII characters (the MCP spec's session id).
+            authority: the HTTP ``Host`` header or gRPC ``:authority``.
+            user_agent: stands for ``client_process`` (cut to 256 characters).
+        """
+        if session_header is not None and _SESSION_ID.fullmatch(session_header):
+            session_id = session_header
+        else:
+            session_id = f"conn-{connection_id or peer or 'unknown'}"
         return cls(
             transport=transport,
             method=method,
             client_addr=peer,
             request_id=uuid.uuid4().hex,
-            session_id=peer or "unknown",
-            server_host=server_host,
+            session_id=session_id,
+            server_host=addressed_host(authority) or server_host,
             server_port=server_port,
             tls=tls,
             request_bytes=request_bytes,
             client_process=(user_agent or "unknown")[:256],
         )
+
+
+_SESSION_ID = re.compile(r"[\x21-\x7e]{1,128}")
+_AUTHORITY = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[^:\[\]]*))(?::\d*)?")
+
+
+def addressed_host(authority: str | None) -> str | None:
+    """The host of an HTTP ``Host`` header or gRPC ``:authority`` (RFC 9110 section 7.2):
+    lower-cased, without the port or IPv6 brackets, at most 255 characters, anything but
+    visible ASCII replaced by ``?``; None when absent or empty."""
+    if not authority:
+        return None
+    match = _AUTHORITY.fullmatch(authority.strip())
+    host = (match.group("v6") or match.group("name")) if match else authority
+    host = "".join(c if "\x21" <= c <= "\x7e" else "?" for c in host.lower()[:255])
+    return host or None
 
 
 @dataclass(frozen=True)
@@ -337,6 +373,8 @@ class TaskResult:
         resource_usage: measured usage.
         execution_time_ms: wall time from spawn to reap, milliseconds.
         error: why the sandbox failed to start (FAILED tasks), else None.
+        output_bytes: the captured output of both streams as the command wrote it, bytes
+            (before decoding; what the audit event's ``response_bytes`` counts).
     """
 
     exit_code: int
@@ -348,6 +386,7 @@ class TaskResult:
     resource_usage: ResourceUsage
     execution_time_ms: int
     error: str | None = None
+    output_bytes: int = 0
 
     @classmethod
     def not_run(cls, error: str | None, *, limit_reason: str | None = None) -> TaskResult:

@@ -338,7 +338,7 @@ class GatewayService:
                 decision is closed by a ``task_end`` FAILED event with 5002).
         """
         self._authorize(principal, ctx, "tasks:execute")
-        count = self._audit.count_invocation(ctx.session_id)
+        count = self._audit.count_call(ctx, principal)
         self._validate(req)
         workspace = req.metadata.get("workspace")
         if workspace is not None:
@@ -404,7 +404,9 @@ class GatewayService:
             InvalidFormat (2003): ``task_id`` is not ``task-`` + 32 lowercase hex.
             NotFound (6001): no such task visible to the caller (another tenant's or,
                 for a non-admin, another principal's task answers exactly like an
-                unknown id).
+                unknown id); audited as ``not_found``, with ``cross_tenant`` when the
+                task is another tenant's.
+            AuditError (5001): that event could not be written.
             StorageError (5002): the store failed.
         """
         self._authorize(principal, ctx, scope)
@@ -415,6 +417,10 @@ class GatewayService:
             )
         record = self._store.get(task_id)
         if record is None or not _visible(record, principal):
+            # The caller learns nothing; the trail records whether it named another
+            # tenant's task (cross-tenant probing).
+            self._audit.emit("not_found", ctx, principal, task_id=task_id, error_code=NotFound.code,
+                             cross_tenant=record is not None and record.tenant != principal.tenant)
             raise NotFound(f"task {task_id} not found", details={"task_id": task_id})
         return record
 
@@ -523,7 +529,7 @@ class GatewayService:
         """Scope, validation, policy decision and its audit event for one file call;
         returns the workspace-relative path to act on."""
         self._authorize(principal, ctx, scope)
-        count = self._audit.count_invocation(ctx.session_id)
+        count = self._audit.count_call(ctx, principal, file=True)
         _check_workspace_id(workspace, "workspace")
         # Policy sees the canonical sandbox path (/workspace/<rel>), so path roots apply to
         # relative paths too; a path that leaves the workspace reaches policy as given, so
@@ -544,7 +550,7 @@ class GatewayService:
         tool = action.replace(".", "_")  # file_read, file_write, file_delete
         audit = {"tool_name": tool, "workspace": workspace, "file_path": clip(path, 1024) or ".",
                  "request_bytes": request_bytes if request_bytes is not None else ctx.request_bytes,
-                 "tool_invoke_count": count}
+                 "file_access_count": count}
         try:
             decision = self._decide(policy_input)
         except PolicyEngineError as exc:
@@ -765,7 +771,7 @@ class GatewayService:
         try:
             self._audit.emit(
                 "task_end", ctx, principal, defer=True, task_id=task_id, tool_name="execute_command",
-                decision_id=decision.decision_id, exit_code=-1, status=TaskStatus.FAILED.name,
+                decision_id=decision.decision_id, status=TaskStatus.FAILED.name,
                 error_code=exc.code if isinstance(exc, GatewayError) else InternalError.code,
             )
         except AuditError as exc:

@@ -1,9 +1,13 @@
 """The ``mcp_audit_v1`` field table: the one declaration of the audit line (design section 8).
 
-The JSON Schema (``docs/schema/mcp_audit_v1.json``), the event builder's key check and,
-later, the Falco plugin's ``mcp.<key>`` field table are all derived from :data:`FIELDS`.
-Integer fields are JSON integers, absent means unknown, and no field ever holds a secret
-in clear (commands are redacted, arguments only hashed).
+Derived from :data:`FIELDS` by ``scripts/gen_audit.py`` (a test fails when a copy is stale):
+the JSON Schema ``docs/schema/mcp_audit_v1.json``, the Falco plugin's field table
+``falco/pkg/mcpaudit/fields_gen.go`` (each key extracted as ``mcp.<key>``), and the field list
+of ``docs/audit.md``. The event builder checks its keys against :data:`FIELD_NAMES`.
+
+Integer fields are non-negative JSON integers (Falco extracts them as uint64), absent means
+unknown, and no field ever holds a secret in clear (commands are redacted, arguments only
+hashed).
 """
 
 from __future__ import annotations
@@ -44,9 +48,13 @@ _HEX64 = "^[0-9a-f]{64}$"
 FIELDS: tuple[Field, ...] = (
     Field("schema_version", "string", "Audit schema version.", required=True, enum=("1",)),
     Field("timestamp", "integer", "When the event happened, unix nanoseconds.", required=True, minimum=0),
-    Field("session_id", "string", "Caller session (connection) identifier.", required=True),
+    Field("session_id", "string",
+          "Caller session: the mcp-session-id or x-session-id header (gRPC metadata) the caller sent, "
+          "else 'conn-' and an id of the connection.", required=True),
     Field("client_process", "string", "Caller's client software (user agent), or 'unknown'.", required=True),
-    Field("server_host", "string", "Address the gateway listens on.", required=True),
+    Field("server_host", "string",
+          "Host the client addressed (HTTP Host, gRPC :authority, without the port), else the listen address.",
+          required=True),
     Field("server_port", "integer", "Port the call arrived on.", required=True, minimum=0),
     Field("tls", "boolean", "Whether the connection was TLS.", required=True),
     Field("method", "string", "RPC or route, e.g. 'ExecuteCommand' or 'POST /v1/execute'.", required=True),
@@ -54,12 +62,15 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "event_type", "string",
         "What happened (invalid_request: an authenticated call refused before any decision because "
-        "its body does not decode, error_code 2003).", required=True,
-        enum=("decision", "task_end", "file", "auth_failure", "rate_limit", "policy_reload", "invalid_request"),
+        "its body does not decode, error_code 2003; not_found: a call named a task the caller cannot "
+        "see, answered 6001; checkpoint: a signature over the chain head; audit_outage: written when "
+        "a failing audit sink writes again, naming it and the calls refused meanwhile).", required=True,
+        enum=("decision", "task_end", "file", "auth_failure", "rate_limit", "policy_reload", "invalid_request",
+              "not_found", "checkpoint", "audit_outage"),
     ),
     Field("producer", "string", "Who wrote the event.", required=True, enum=("mcp-gateway",)),
-    Field("transport", "string", "Edge the call came through.", required=True,
-          enum=("grpc", "http", "https", "mcp", "stdio")),
+    Field("transport", "string", "Edge the call came through ('internal' for the gateway's own events).",
+          required=True, enum=("grpc", "http", "https", "mcp", "stdio", "internal")),
     Field("principal", "string", "Authenticated principal id ('unauthenticated' when authentication failed).",
           required=True),
     Field("tenant", "string", "Principal's tenant ('unknown' when authentication failed).", required=True),
@@ -89,8 +100,15 @@ FIELDS: tuple[Field, ...] = (
     Field("decision_id", "string", "Id of the policy decision."),
     Field("request_bytes", "integer", "Size of the request, bytes.", minimum=0),
     Field("response_bytes", "integer", "Size of the response, bytes.", minimum=0),
-    Field("tool_invoke_count", "integer", "Calls in this session so far, including this one.", minimum=1),
-    Field("exit_code", "integer", "Command exit status (128+N for signal N, -1 if it never ran)."),
+    Field("tool_invoke_count", "integer", "Tool calls (executions) in this session so far, including this one.",
+          minimum=1),
+    Field("file_access_count", "integer", "File calls in this session so far, including this one.", minimum=1),
+    Field("session_request_bytes", "integer", "Request bytes of this session so far, this call included.",
+          minimum=0),
+    Field("session_response_bytes", "integer",
+          "Response bytes (task output) of this session so far, this event included.", minimum=0),
+    Field("exit_code", "integer", "Command exit status (128+N for signal N); absent when it never ran.",
+          minimum=0),
     Field("status", "string", "Final task status.",
           enum=("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")),
     Field("duration_ms", "integer", "Task wall time, milliseconds.", minimum=0),
@@ -101,6 +119,23 @@ FIELDS: tuple[Field, ...] = (
     Field("workspace", "string", "Workspace id (in the tenant) a task or file call used."),
     Field("file_path", "string", "File call: the workspace-relative path, at most 1024 chars."),
     Field("error_code", "integer", "Project error code (design section 5) when the call failed.", minimum=1000),
+    Field("cross_tenant", "boolean",
+          "The call named a task or workspace of another tenant (answered 6001, exactly like an unknown id)."),
+    Field("audit_sink", "string", "audit_outage event: the sink that failed.", enum=("file", "stdout", "webhook")),
+    Field("failed_events", "integer", "audit_outage event: events refused (their calls failed with 5001).",
+          minimum=0),
+    Field("outage_ms", "integer", "audit_outage event: how long the sink failed, milliseconds.", minimum=0),
+    Field("trace_id", "string", "W3C trace id of the call's trace (32 hex digits).", pattern="^[0-9a-f]{32}$"),
+    Field("checkpoint", "string",
+          "checkpoint event: why it was written (start, count, interval, rotation, shutdown).",
+          enum=("start", "count", "interval", "rotation", "shutdown")),
+    Field("key_id", "string", "checkpoint event: SHA-256 (hex) of the raw Ed25519 public key that signed it.",
+          pattern=_HEX64),
+    Field("checkpoint_events", "integer",
+          "checkpoint event: the most events the gateway writes before its next checkpoint.", minimum=1),
+    Field("signature", "string",
+          "checkpoint event: Ed25519 signature (hex) of its canonical JSON without 'hash' and 'signature'; "
+          "it covers prev_hash, the chain head.", pattern="^[0-9a-f]{128}$"),
     Field("seq", "integer", "Position in the hash chain, from 1.", required=True, minimum=1),
     Field("prev_hash", "string", "hash of the previous event (64 zeros for the first).", required=True,
           pattern=_HEX64),

@@ -1,11 +1,12 @@
-"""The audit log: builds ``mcp_audit_v1`` events, chains them, hands them to a sink.
+"""The audit log: builds ``mcp_audit_v1`` events, chains them, signs checkpoints, hands
+each line to every sink (design section 11).
 
-Every event gets ``seq``, ``prev_hash`` and ``hash`` where
-``hash = sha256(canonical_json(event without "hash"))`` and canonical JSON is
-``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=True)``; so
-deleting, reordering or editing a line breaks the chain (:func:`verify_chain`).
-A sink failure raises :class:`AuditError` (callers treat it as fail-closed); nothing of the
-failed line is kept and the chain does not advance past it (design section 11).
+Every event is chained (:mod:`gateway.audit.chain`). Every ``checkpoint_events`` events,
+every ``checkpoint_interval_s`` seconds with events since the last, before a rotation, at
+start and at shutdown, a ``checkpoint`` event signs the chain head with the gateway's
+Ed25519 key (:mod:`gateway.audit.signing`). A sink failure raises :class:`AuditError`
+(callers fail closed with 5001); nothing of the failed line is kept and the chain does not
+advance past it.
 """
 
 from __future__ import annotations
@@ -14,44 +15,48 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from gateway import __version__
+from gateway.audit.chain import GENESIS_HASH, canonical_json, event_hash, verify_chain
 from gateway.audit.fields import FIELD_NAMES, FIELDS
+from gateway.audit.sessions import SessionCounters
+from gateway.audit.signing import CheckpointSigner, signed_bytes
+from gateway.audit.sinks import AuditSink, FileSink, WebhookSink
 from gateway.errors import InternalError
-from gateway.metrics import AUDIT_EVENTS
+from gateway.metrics import AUDIT_EVENTS, AUDIT_WRITE_SECONDS
 from gateway.models import Principal, RequestContext
 
 __all__ = [
     "GENESIS_HASH",
     "AuditError",
     "AuditLog",
-    "AuditSink",
-    "FileSink",
     "SinkHealth",
     "args_sha256",
+    "clip",
     "redact_command",
     "verify_chain",
 ]
 
 log = logging.getLogger("gateway.audit")
 
-GENESIS_HASH = "0" * 64
 _ERROR_LOG_INTERVAL_S = 10.0  # a failing sink is logged at ERROR at most this often, seconds
 _PROBE_INTERVAL_S = 1.0  # a failing sink is probed for recovery at most this often, seconds
+_TICK_S = 0.1  # the maintenance thread's period, seconds
 _MAX_COMMAND_CHARS = 1024
 _MAX_REASON_CHARS = 512
-_MAX_SESSIONS = 10_000
 _MAX_DEFERRED = 1000  # deferred events kept in memory while the sink fails
+_CHAIN_FIELDS_BYTES = 230  # ',"hash":"<64>","prev_hash":"<64>","seq":N' and a checkpoint's margin
 _REQUIRED_BEFORE_CHAIN = frozenset(f.name for f in FIELDS if f.required) - {"seq", "prev_hash", "hash"}
+#: Who writes the gateway's own events (checkpoints): no caller, no connection.
+_INTERNAL = {"principal": "mcp-gateway", "tenant": "system", "auth_scheme": "none"}
 
 # key=value / key: value where the key names a secret; the value is replaced.
 _SECRET_KV = re.compile(
@@ -69,201 +74,10 @@ class AuditError(InternalError):
     """The audit sink could not record an event (5001). The action is refused."""
 
 
-class AuditSink(Protocol):
-    """Where chained audit lines go.
-
-    ``write`` receives one complete JSON object with no newline and must either
-    persist it whole or raise ``OSError`` leaving nothing of it behind; ``last_event``
-    returns the newest stored event (to continue the chain after a restart) or None;
-    ``probe`` checks, without writing an event, that a line of ``size_bytes`` could be
-    written now (how a failing sink finds out that it has recovered while no call
-    comes), raising ``OSError`` when it could not.
-    """
-
-    name: str
-
-    def write(self, line: str) -> None:
-        """Persist one line. Raises OSError on failure, with nothing of the line stored."""
-        ...
-
-    def last_event(self) -> dict[str, Any] | None:
-        """The newest stored event, or None when empty."""
-        ...
-
-    def probe(self, size_bytes: int) -> None:
-        """Raise OSError unless ``size_bytes`` could be written now."""
-        ...
-
-
-class FileSink:
-    """Appends JSON lines to a file opened ``O_APPEND``; a line is whole or absent.
-
-    The sink is the file's only writer (the gateway owns its state directory) and keeps
-    the offset just past its last whole line. A write that fails once part of the line
-    is in the file (write(2) returns a short count when the disk fills mid-line, and
-    the rest then fails with ENOSPC; EIO; a failed fsync) is undone with ftruncate(2)
-    back to that offset, so the file always ends with a newline: ``O_APPEND`` puts every
-    write at the end, so the next line starts on a line of its own. An undo that itself
-    fails is retried before the next write, which fails while it cannot be done. A file
-    found at open ending without a newline (torn by a crash or power loss mid-write) is
-    cut back to its last whole line, logged at ERROR: that line was never acknowledged,
-    and the chain continues from the last whole event.
-
-    Args:
-        path: the audit file; its directory is created (mode 0700) when missing.
-        fsync: call ``fsync`` after every event (see ``AuditSettings.fsync``).
-
-    Raises:
-        OSError: at construction, when the file cannot be opened or repaired.
-    """
-
-    name = "file"
-
-    def __init__(self, path: Path, *, fsync: bool = False) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._path = path
-        self._fsync = fsync
-        self._probe_path = path.with_name(f".{path.name}.probe")
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            self._end = _cut_torn_tail(self._fd, path)
-        except OSError:
-            os.close(self._fd)
-            raise
-        self._torn = False  # bytes past self._end left by an undo that failed
-
-    def write(self, line: str) -> None:
-        """Append ``line`` + newline, whole or not at all; raises OSError on failure."""
-        data = (line + "\n").encode("ascii")
-        if self._torn:
-            self._undo()
-        try:
-            view = memoryview(data)
-            while view:
-                # A short count is not an error yet (a signal, a page that still had
-                # room): write the rest; a full disk then fails with ENOSPC.
-                view = view[os.write(self._fd, view):]
-            if self._fsync:
-                os.fsync(self._fd)
-        except OSError:
-            self._torn = True
-            with contextlib.suppress(OSError):  # retried before the next write
-                self._undo()
-            raise
-        self._end += len(data)
-
-    def _undo(self) -> None:
-        """Cut the file back to its last whole line (never extend it: a file someone
-        else shortened stays as it is)."""
-        if os.fstat(self._fd).st_size > self._end:
-            os.ftruncate(self._fd, self._end)
-        self._torn = False
-
-    def probe(self, size_bytes: int) -> None:
-        """Write ``size_bytes`` to a sibling file (``.<name>.probe``) and remove it; raises
-        OSError when they do not fit (or the torn tail of a failed write cannot be undone).
-        The audit file itself is not touched, so a tailer never sees probe bytes."""
-        if self._torn:
-            self._undo()
-        os.fstat(self._fd)  # EBADF once closed
-        fd = os.open(self._probe_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(b"\n" * size_bytes)
-            while view:
-                view = view[os.write(fd, view):]
-            if self._fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(self._probe_path)
-
-    def last_event(self) -> dict[str, Any] | None:
-        """Parse the last line of the file, or None for an empty file.
-
-        Raises:
-            AuditError: when the last line is not a JSON object (an edited file: the
-                chain cannot be continued safely).
-        """
-        with open(self._path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            if size == 0:
-                return None
-            chunk = min(size, 64 * 1024)
-            fh.seek(size - chunk)
-            tail = fh.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
-        try:
-            event = json.loads(tail)
-        except ValueError as exc:
-            raise AuditError(f"audit file {self._path} ends with a malformed line") from exc
-        if not isinstance(event, dict):
-            raise AuditError(f"audit file {self._path} ends with a non-object line")
-        return event
-
-    def close(self) -> None:
-        """Close the file descriptor."""
-        os.close(self._fd)
-
-
-def _cut_torn_tail(fd: int, path: Path) -> int:
-    """Truncate the file open as ``fd`` after its last newline; returns its size then.
-
-    Only a write cut short by a crash or power loss leaves a file ending mid-line (a
-    failing write is undone while the process lives); that line was never acknowledged.
-    """
-    size = keep = os.fstat(fd).st_size
-    if size == 0:
-        return 0
-    with open(path, "rb") as fh:
-        while keep > 0:
-            start = max(0, keep - 64 * 1024)
-            fh.seek(start)
-            chunk = fh.read(keep - start)
-            if keep == size and chunk.endswith(b"\n"):
-                return size
-            newline = chunk.rfind(b"\n")
-            if newline >= 0:
-                keep = start + newline + 1
-                break
-            keep = start
-    os.ftruncate(fd, keep)
-    log.error(
-        "audit file %s ended with %d bytes of a torn line (a write cut short by a crash or "
-        "power loss); cut back to its last whole line at byte %d, the chain continues from it",
-        path, size - keep, keep,
-    )
-    return keep
-
-
-def canonical_json(event: dict[str, Any]) -> str:
-    """Sorted-key, compact, ASCII JSON: the form that is hashed and written."""
-    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def _event_hash(event: dict[str, Any]) -> str:
-    body = {k: v for k, v in event.items() if k != "hash"}
-    return hashlib.sha256(canonical_json(body).encode("ascii")).hexdigest()
-
-
-def verify_chain(events: Iterable[dict[str, Any]]) -> int:
-    """Check ``seq``/``prev_hash``/``hash`` across consecutive events.
-
-    Returns:
-        the number of events checked.
-
-    Raises:
-        ValueError: naming the first ``seq`` whose link or hash is wrong.
-    """
-    prev_hash, prev_seq, count = None, None, 0
-    for event in events:
-        if event.get("hash") != _event_hash(event):
-            raise ValueError(f"event seq={event.get('seq')} has a wrong hash")
-        if prev_hash is not None and (event["prev_hash"] != prev_hash or event["seq"] != prev_seq + 1):
-            raise ValueError(f"event seq={event.get('seq')} does not follow seq={prev_seq}")
-        prev_hash, prev_seq = event["hash"], event["seq"]
-        count += 1
-    return count
+class _SinkFailed(Exception):
+    def __init__(self, sink: AuditSink, error: OSError) -> None:
+        super().__init__(str(error))
+        self.sink, self.error = sink, error
 
 
 def redact_command(command: str, args: Sequence[str]) -> str:
@@ -303,7 +117,7 @@ class SinkHealth:
     """Whether the audit sink takes events (readiness reports it).
 
     Attributes:
-        sink: the sink's name (``file``).
+        sink: the failing sink's name (``file``, ``stdout``, ``webhook``); ``file`` when healthy.
         healthy: the last write (or recovery probe) succeeded.
         detail: why it is failing (the OS error text), "" when healthy.
         failing_since_ns: when the first failure of this outage happened, unix
@@ -322,6 +136,7 @@ class SinkHealth:
 
 @dataclass(frozen=True)
 class _Outage:
+    sink: str
     since_ns: int
     detail: str
     failed_events: int
@@ -329,42 +144,86 @@ class _Outage:
 
 
 class AuditLog:
-    """Builds, chains and writes audit events. Thread-safe.
+    """Builds, chains, signs and writes audit events. Thread-safe.
 
-    The chain advances only past events the sink wrote. A failing sink is counted in
-    ``mcp_audit_events_total{result="failed"}``, logged at ERROR at most every 10 s (with
-    the number of failures not logged since), and reported unhealthy by :meth:`health`
-    until a write succeeds: the next event's, or a probe that :meth:`health` makes at
-    most once a second while no event comes. Events of actions already done (``defer``)
-    wait in memory for the sink to recover instead of being lost.
+    ``record`` is the file the chain lives in: its newest event continues the chain, and
+    it rotates. ``copies`` receive every line too, in order: a direct one (stdout) is
+    written after the record, and a line it refuses is taken back from the record; a
+    queued one (webhook) has its place reserved before the record is written, so the
+    line is in every sink or in none.
+
+    The chain advances only past events every sink took. A failing sink is counted in
+    ``mcp_audit_events_total{sink,result="failed"}``, logged at ERROR at most every 10 s
+    (with the number of failures not logged since), and reported unhealthy by
+    :meth:`health` until a write succeeds: the next event's, or a probe that :meth:`health`
+    makes at most once a second while no event comes. Events of actions already done
+    (``defer``) wait in memory for the sink to recover instead of being lost.
 
     Args:
-        sink: where lines go; its newest event continues the chain.
+        record: the audit file.
+        copies: further sinks (stdout, webhook).
+        signer: signs checkpoints (None: no checkpoints; the chain alone).
+        checkpoint_events: a checkpoint follows at most this many events.
+        checkpoint_interval_s: and at most this long after an event, seconds.
+        server_host: the listen address, for the gateway's own events.
 
     Raises:
-        AuditError: at construction, when the sink's last event cannot be read.
+        AuditError: at construction, when the record's last event cannot be read or the
+            start checkpoint cannot be written.
     """
 
-    def __init__(self, sink: AuditSink) -> None:
-        self._sink = sink
+    def __init__(
+        self,
+        record: FileSink,
+        copies: Sequence[AuditSink] = (),
+        *,
+        signer: CheckpointSigner | None = None,
+        checkpoint_events: int = 1000,
+        checkpoint_interval_s: float = 60.0,
+        server_host: str = "127.0.0.1",
+    ) -> None:
+        self._record = record
+        self._queued = [c for c in copies if c.queued]
+        self._direct = [c for c in copies if not c.queued]
+        self._sinks: list[AuditSink] = [record, *copies]
         self._lock = threading.Lock()
-        last = sink.last_event()
+        try:
+            last = record.last_event()
+        except (OSError, ValueError) as exc:
+            raise AuditError(str(exc)) from exc
         self._seq: int = int(last["seq"]) if last else 0
         self._prev_hash: str = str(last["hash"]) if last else GENESIS_HASH
-        self._invocations: OrderedDict[str, int] = OrderedDict()
-        self._written = AUDIT_EVENTS.labels(sink.name, "written")
-        self._failed = AUDIT_EVENTS.labels(sink.name, "failed")
+        self.sessions = SessionCounters()
+        self._written = {s.name: AUDIT_EVENTS.labels(s.name, "written") for s in self._sinks}
+        self._failed = {s.name: AUDIT_EVENTS.labels(s.name, "failed") for s in self._sinks}
+        self._dropped = AUDIT_EVENTS.labels(record.name, "dropped")
         # Replaced whole (never mutated) under self._lock, so health() reads it without.
         self._outage: _Outage | None = None
+        self._ended_outage: _Outage | None = None  # recovered, not yet in the trail
         self._next_error_log = 0.0
         self._unlogged_failures = 0
         self._next_probe = 0.0
         self._deferred: deque[dict[str, Any]] = deque()
-        self._dropped = AUDIT_EVENTS.labels(sink.name, "dropped")
+        self._signer = signer
+        self._checkpoint_events = checkpoint_events
+        self._checkpoint_interval_s = checkpoint_interval_s
+        self._server_host = server_host
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if signer is not None:
+            with self._lock:
+                self._checkpoint("start")
+        if signer is not None or any(s.queued for s in copies) or record.needs_tick:
+            self._thread = threading.Thread(target=self._maintain, name="audit-maintenance", daemon=True)
+            self._thread.start()
+
+    # -- health ----------------------------------------------------------------
 
     def health(self) -> SinkHealth:
-        """The sink's health; while it is failing, first probe it (at most once a second,
-        and only when no write holds the log: this never waits on a writer)."""
+        """The sinks' health; while one is failing, first probe them (at most once a
+        second, and only when no write holds the log: this never waits on a writer)."""
         if self._outage is not None and time.monotonic() >= self._next_probe and self._lock.acquire(blocking=False):
             try:
                 self._probe()
@@ -372,37 +231,86 @@ class AuditLog:
                 self._lock.release()
         outage, deferred = self._outage, len(self._deferred)
         if outage is None:
-            return SinkHealth(self._sink.name, True, deferred_events=deferred)
-        return SinkHealth(self._sink.name, False, outage.detail, outage.since_ns, outage.failed_events, deferred)
+            return SinkHealth(self._record.name, True, deferred_events=deferred)
+        return SinkHealth(outage.sink, False, outage.detail, outage.since_ns, outage.failed_events, deferred)
 
     def _probe(self) -> None:
-        """With self._lock held: probe a failing sink for room for its largest failed event."""
+        """With self._lock held: probe the sinks for room for the largest failed event."""
         outage = self._outage
         if outage is None or time.monotonic() < self._next_probe:
             return
         self._next_probe = time.monotonic() + _PROBE_INTERVAL_S
-        try:
-            self._sink.probe(outage.line_bytes)
-        except OSError as exc:
-            self._outage = _Outage(outage.since_ns, exc.strerror or str(exc), outage.failed_events, outage.line_bytes)
-            return
+        for sink in self._sinks:
+            try:
+                sink.probe(outage.line_bytes)
+            except OSError as exc:
+                self._outage = _Outage(sink.name, outage.since_ns, exc.strerror or str(exc), outage.failed_events,
+                                       outage.line_bytes)
+                return
         self._recovered("a probe write")
+        self._record_outage()
         with contextlib.suppress(AuditError):  # counted and logged by _write
             self._write_deferred()
 
+    # -- writing ---------------------------------------------------------------
+
     def _append(self, event: dict[str, Any], *, retry: bool = False) -> None:
-        """With self._lock held: chain ``event`` onto the last written one and write it;
-        AuditError, and the chain stays where it is, when the sink fails (a ``retry`` of a
-        deferred event is not counted as failed again)."""
+        """With self._lock held: chain ``event`` onto the last written one and write it
+        (rotating the record first when due); AuditError, and the chain stays where it is,
+        when a sink fails (a ``retry`` of a deferred event is not counted as failed again)."""
+        if self._record.rotation_due(len(canonical_json(event)) + _CHAIN_FIELDS_BYTES):
+            self._rotate()
+        self._chain_and_write(event, retry=retry)
+        self._since_checkpoint += 1
+        self._record_outage()
+        if self._signer is not None and self._since_checkpoint >= self._checkpoint_events:
+            with contextlib.suppress(AuditError):  # counted and logged; tried again after the next event
+                self._checkpoint("count")
+
+    def _chain_and_write(self, event: dict[str, Any], *, retry: bool = False) -> None:
         event["seq"] = self._seq + 1
         event["prev_hash"] = self._prev_hash
-        event["hash"] = _event_hash(event)
+        if event["event_type"] == "checkpoint":
+            assert self._signer is not None
+            event["signature"] = self._signer.sign(signed_bytes(event))
+        event["hash"] = event_hash(event)
         self._write(canonical_json(event), retry=retry)
         self._seq, self._prev_hash = event["seq"], event["hash"]
 
+    def _checkpoint(self, reason: str) -> None:
+        """With self._lock held: write a ``checkpoint`` event signing the chain head.
+
+        Raises:
+            AuditError: a sink refused it.
+        """
+        assert self._signer is not None
+        event = self._base("checkpoint", None, method="checkpoint")
+        event.update(_INTERNAL, checkpoint=reason, key_id=self._signer.key_id,
+                     checkpoint_events=self._checkpoint_events)
+        self._chain_and_write(event)
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+
+    def _rotate(self) -> None:
+        """With self._lock held: close the record with a checkpoint and rotate it. A
+        rename that fails is logged and the record stays as it is (it is tried again at the
+        next event).
+
+        Raises:
+            AuditError: the checkpoint could not be written.
+        """
+        if self._signer is not None:
+            self._checkpoint("rotation")
+        try:
+            rotated = self._record.rotate(self._seq)
+        except OSError as exc:
+            log.error("audit file %s cannot be rotated (%s); it keeps growing", self._record.path, exc)
+            return
+        log.info("audit file rotated to %s at seq %d", rotated, self._seq)
+
     def _write_deferred(self) -> None:
         """With self._lock held: write the deferred events, oldest first (AuditError at the
-        first the sink refuses; it and the rest stay)."""
+        first a sink refuses; it and the rest stay)."""
         while self._deferred:
             self._append(self._deferred[0], retry=True)
             self._deferred.popleft()
@@ -410,30 +318,75 @@ class AuditLog:
     def _defer(self, event: dict[str, Any]) -> None:
         if len(self._deferred) >= _MAX_DEFERRED:
             self._dropped.inc()
-            log.error("audit sink '%s': %d events already wait for it, this %s event is lost",
-                      self._sink.name, len(self._deferred), event["event_type"])
+            log.error("audit sinks: %d events already wait for them, this %s event is lost",
+                      len(self._deferred), event["event_type"])
             return
+        for key in ("seq", "prev_hash", "hash", "signature"):
+            event.pop(key, None)
         self._deferred.append(event)
 
     def _write(self, line: str, *, retry: bool = False) -> None:
-        """With self._lock held: hand ``line`` to the sink, counting and logging the outcome."""
+        """With self._lock held: hand ``line`` to every sink, counting and logging the outcome.
+
+        Raises:
+            AuditError: a sink refused it; no sink keeps it.
+        """
+        started = time.perf_counter()
         try:
-            self._sink.write(line)
-        except OSError as exc:
+            self._deliver(line)
+        except _SinkFailed as failure:
+            exc = failure.error
             if not retry:
-                self._failed.inc()
-            self._note_failure(exc, len(line) + 1, counted=not retry)
-            raise AuditError(f"audit sink '{self._sink.name}' failed: {exc.strerror or exc}") from exc
-        self._written.inc()
+                self._failed[failure.sink.name].inc()
+            self._note_failure(failure.sink, exc, len(line) + 1, counted=not retry)
+            raise AuditError(f"audit sink '{failure.sink.name}' failed: {exc.strerror or exc}") from exc
+        finally:
+            AUDIT_WRITE_SECONDS.observe(time.perf_counter() - started)
+        for sink in self._sinks:
+            self._written[sink.name].inc()
         if self._outage is not None:
             self._recovered("an event")
 
-    def _note_failure(self, exc: OSError, line_bytes: int, *, counted: bool) -> None:
+    def _deliver(self, line: str) -> None:
+        """Reserve room in the queued sinks, write the record, then the direct copies, then
+        queue: the line ends in every sink or in none.
+
+        Raises:
+            _SinkFailed: naming the sink that refused the line.
+        """
+        reserved: list[WebhookSink] = []
+        try:
+            for queued in self._queued:
+                try:
+                    queued.reserve()  # type: ignore[attr-defined]
+                except OSError as exc:
+                    raise _SinkFailed(queued, exc) from exc
+                reserved.append(queued)  # type: ignore[arg-type]
+            try:
+                self._record.write(line)
+            except OSError as exc:
+                raise _SinkFailed(self._record, exc) from exc
+            for direct in self._direct:
+                try:
+                    direct.write(line)
+                except OSError as exc:
+                    with contextlib.suppress(OSError):  # a failed retract is redone before the next write
+                        self._record.retract()
+                    raise _SinkFailed(direct, exc) from exc
+        except _SinkFailed:
+            for queued in reserved:
+                queued.release()
+            raise
+        for queued in reserved:
+            queued.write(line)
+
+    def _note_failure(self, sink: AuditSink, exc: OSError, line_bytes: int, *, counted: bool) -> None:
         prev = self._outage
         detail = exc.strerror or str(exc)
         self._outage = (
-            _Outage(time.time_ns(), detail, int(counted), line_bytes) if prev is None
-            else _Outage(prev.since_ns, detail, prev.failed_events + counted, max(prev.line_bytes, line_bytes))
+            _Outage(sink.name, time.time_ns(), detail, int(counted), line_bytes) if prev is None
+            else _Outage(sink.name, prev.since_ns, detail, prev.failed_events + counted,
+                         max(prev.line_bytes, line_bytes))
         )
         now = time.monotonic()
         if now < self._next_error_log:
@@ -444,33 +397,116 @@ class AuditLog:
         log.error(
             "audit sink '%s' cannot write events (%s): every call that must be audited is refused "
             "with 5001 and readiness fails until a write succeeds%s",
-            self._sink.name, exc, f" ({unlogged} more failures since the last such message)" if unlogged else "",
+            sink.name, exc, f" ({unlogged} more failures since the last such message)" if unlogged else "",
         )
 
     def _refused_unwritten(self) -> None:
-        """With self._lock held, the sink failing: count an event refused without a write."""
-        self._failed.inc()
+        """With self._lock held, a sink failing: count an event refused without a write."""
         outage = self._outage
+        self._failed[outage.sink if outage else self._record.name].inc()
         if outage is not None:
-            self._outage = _Outage(outage.since_ns, outage.detail, outage.failed_events + 1, outage.line_bytes)
+            self._outage = _Outage(outage.sink, outage.since_ns, outage.detail, outage.failed_events + 1,
+                                   outage.line_bytes)
 
     def _recovered(self, by: str) -> None:
+        """With self._lock held: the failing sink writes again; the outage is logged now and
+        recorded in the trail by the next :meth:`_record_outage`."""
         outage = self._outage
         assert outage is not None
         self._outage = None
+        self._ended_outage = outage
         log.warning(
             "audit sink '%s' writes again (%s succeeded) after %d failed events over %.1f s",
-            self._sink.name, by, outage.failed_events, (time.time_ns() - outage.since_ns) / 1e9,
+            outage.sink, by, outage.failed_events, (time.time_ns() - outage.since_ns) / 1e9,
         )
 
-    def count_invocation(self, session_id: str) -> int:
-        """Increment and return the session's cumulative call count (``tool_invoke_count``)."""
+    def _record_outage(self) -> None:
+        """With self._lock held: write the ``audit_outage`` event of the outage that just
+        ended (once; a sink failing again meanwhile keeps it for the next recovery)."""
+        outage = self._ended_outage
+        if outage is None:
+            return
+        event = self._base("audit_outage", None, method="audit")
+        event.update(_INTERNAL, audit_sink=outage.sink, failed_events=outage.failed_events,
+                     outage_ms=max(0, (time.time_ns() - outage.since_ns) // 1_000_000), error_code=5001,
+                     policy_reason=clip(outage.detail))
+        try:
+            self._chain_and_write(event)
+        except AuditError:
+            return  # the sink failed again: the next recovery writes it
+        self._ended_outage = None
+
+    # -- periodic work and shutdown ---------------------------------------------
+
+    def _maintain(self) -> None:
+        """The maintenance thread: interval checkpoints and the sinks' periodic work."""
+        while not self._stop.wait(_TICK_S):
+            now = time.monotonic()
+            work: list[Callable[[], None]] = []
+            with self._lock:
+                if (self._signer is not None and self._since_checkpoint and self._outage is None
+                        and now - self._last_checkpoint >= self._checkpoint_interval_s):
+                    with contextlib.suppress(AuditError):  # counted and logged by _write
+                        self._checkpoint("interval")
+                for sink in self._sinks:
+                    job = sink.tick(now)
+                    if job is not None:
+                        work.append(job)
+            for job in work:  # outside the lock: an fsync never holds up a caller
+                job()
+
+    def close(self) -> None:
+        """Write the shutdown checkpoint, stop the maintenance thread, flush and close every
+        sink (a webhook delivers what waits, for up to its close timeout)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
         with self._lock:
-            count = self._invocations.pop(session_id, 0) + 1
-            self._invocations[session_id] = count
-            if len(self._invocations) > _MAX_SESSIONS:
-                self._invocations.popitem(last=False)
-            return count
+            if self._signer is not None:
+                try:
+                    self._checkpoint("shutdown")
+                except AuditError as exc:
+                    log.error("audit: the shutdown checkpoint could not be written (%s); verify will report "
+                              "the events after the last checkpoint as an unsigned tail", exc)
+            for sink in reversed(self._sinks):
+                try:
+                    sink.close()
+                except OSError as exc:
+                    log.error("audit sink '%s' did not close cleanly: %s", sink.name, exc)
+
+    # -- events ----------------------------------------------------------------
+
+    def count_call(self, ctx: RequestContext, principal: Principal, *, file: bool = False) -> int:
+        """Count one tool call (``file``: a file call) of the caller's session.
+
+        Returns:
+            the session's ``tool_invoke_count`` (or ``file_access_count``), this call included.
+        """
+        return self.sessions.count_call(principal.id, ctx.session_id, file=file)
+
+    def _base(self, event_type: str, ctx: RequestContext | None, *, method: str = "") -> dict[str, Any]:
+        """The keys every event has; ``ctx`` None for the gateway's own events."""
+        if ctx is None:
+            return {
+                "schema_version": "1", "timestamp": time.time_ns(), "session_id": "gateway",
+                "client_process": f"mcp-gateway/{__version__}", "server_host": self._server_host,
+                "server_port": 0, "tls": False, "method": method, "event_id": str(uuid.uuid4()),
+                "event_type": event_type, "producer": "mcp-gateway", "transport": "internal",
+            }
+        return {
+            "schema_version": "1",
+            "timestamp": time.time_ns(),
+            "session_id": ctx.session_id,
+            "client_process": ctx.client_process,
+            "server_host": ctx.server_host,
+            "server_port": ctx.server_port,
+            "tls": ctx.tls,
+            "method": ctx.method,
+            "event_id": str(uuid.uuid4()),
+            "event_type": event_type,
+            "producer": "mcp-gateway",
+            "transport": ctx.transport,
+        }
 
     def emit(
         self,
@@ -487,10 +523,11 @@ class AuditLog:
         ``principal`` fills ``principal``, ``tenant``, ``auth_scheme`` and
         ``credential_sha256``; without one (a failed authentication) ``fields`` must carry
         the first three. ``fields`` are further audit keys (see gateway.audit.fields); None
-        values are dropped (absent = unknown).
+        values are dropped (absent = unknown). An event with ``request_bytes`` or
+        ``response_bytes`` adds them to its session's totals and carries those.
 
         ``defer`` is for an event whose action is done and waits on nothing (a task's end):
-        when the sink fails, the event is kept in memory (up to 1000, then counted as
+        when a sink fails, the event is kept in memory (up to 1000, then counted as
         ``dropped``) and written, with its own timestamp, before the next event once the
         sink writes again; AuditError is raised all the same. Events deferred earlier are
         always written before this one, so while any wait every ``emit`` fails.
@@ -499,22 +536,9 @@ class AuditLog:
             the event as written (with seq and hashes).
 
         Raises:
-            AuditError: when the sink fails or an unknown key is passed.
+            AuditError: when a sink fails or an unknown key is passed.
         """
-        event: dict[str, Any] = {
-            "schema_version": "1",
-            "timestamp": time.time_ns(),
-            "session_id": ctx.session_id,
-            "client_process": ctx.client_process,
-            "server_host": ctx.server_host,
-            "server_port": ctx.server_port,
-            "tls": ctx.tls,
-            "method": ctx.method,
-            "event_id": str(uuid.uuid4()),
-            "event_type": event_type,
-            "producer": "mcp-gateway",
-            "transport": ctx.transport,
-        }
+        event = self._base(event_type, ctx)
         if principal is not None:
             event.update(principal=principal.id, tenant=principal.tenant, auth_scheme=principal.auth_scheme)
             if principal.credential_sha256 is not None:
@@ -526,6 +550,11 @@ class AuditLog:
         missing = _REQUIRED_BEFORE_CHAIN - set(event)
         if missing:
             raise AuditError(f"missing audit fields: {sorted(missing)}")
+        if "request_bytes" in event or "response_bytes" in event:
+            event["session_request_bytes"], event["session_response_bytes"] = self.sessions.add_bytes(
+                event.get("principal", ""), ctx.session_id, event.get("request_bytes", 0),
+                event.get("response_bytes", 0),
+            )
         with self._lock:
             try:
                 try:

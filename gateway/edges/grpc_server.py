@@ -20,7 +20,9 @@ except for Health, which needs no credentials and so writes no audit event.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -115,6 +117,9 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
         self._port = server_port
         self._tls = tls
         self._decode_failures = _DecodeFailureLog(_DECODE_LOG_INTERVAL_S)
+        # grpcio shows a servicer no connection object: a connection is named by its peer
+        # address, salted per process so the id says nothing of the address.
+        self._connection_salt = os.urandom(16)
 
     async def _decode(
         self, context: grpc.aio.ServicerContext, method: str, request_cls: type[Message], raw: bytes
@@ -140,15 +145,20 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
         self, context: grpc.aio.ServicerContext, method: str, request: Any
     ) -> tuple[RequestContext, Credentials]:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        peer = context.peer() or ""
         ctx = RequestContext.for_call(
             transport="grpc",
             method=method,
-            peer=context.peer() or "",
+            peer=peer,
             server_host=self._host,
             server_port=self._port(),
             request_bytes=len(request) if isinstance(request, bytes) else request.ByteSize(),
             user_agent=metadata.get("user-agent"),
             tls=self._tls,
+            connection_id=hashlib.sha256(self._connection_salt + peer.encode()).hexdigest()[:32],
+            session_header=metadata.get("mcp-session-id") or metadata.get("x-session-id"),
+            # grpcio hands a Python servicer neither :authority nor the TLS server name
+            # (only the method and metadata), so events name the listen address.
         )
         cert = None
         if self._tls:

@@ -24,7 +24,8 @@ import base64
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 from http import HTTPStatus
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -77,12 +78,13 @@ from gateway.models import (
 )
 from gateway.service import TASK_ID_PATTERN, GatewayService
 
-__all__ = ["CommandBody", "PeerCertH11Protocol", "create_app"]
+__all__ = ["CommandBody", "GatewayH11Protocol", "create_app"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PEER_CERT_STATE_KEY = "mcp_tls_peer_cert"
+CONNECTION_STATE_KEY = "mcp_connection_id"
 _SSE_KEEPALIVE_S = 15.0  # a comment line this often keeps idle streams open through proxies
 _SSE_EVENTS = {0: "stdout", 1: "stderr", 2: "exit", 3: "event"}
 _MAX_OFFSET = 2**63 - 1  # output log offsets are int64 (mcp.TaskOutputChunk.offset)
@@ -295,18 +297,22 @@ class ErrorBody(BaseModel):
     error: ErrorInfo
 
 
-class PeerCertH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, handing every request of a TLS connection the client
-    certificate the handshake verified (DER bytes) as ``scope["state"]["mcp_tls_peer_cert"]``
-    (uvicorn copies the per-connection ``app_state`` into each request's scope)."""
+class GatewayH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, handing every request of a connection an id of that
+    connection (``scope["state"]["mcp_connection_id"]``, 32 hex digits: the session of a
+    caller that names none) and, over TLS, the client certificate the handshake verified
+    (DER bytes, ``scope["state"]["mcp_tls_peer_cert"]``). uvicorn copies the per-connection
+    ``app_state`` into each request's scope."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Start the connection and note the verified client certificate, if any."""
+        """Start the connection, give it an id and note the verified client certificate."""
         super().connection_made(transport)
+        state = {**self.app_state, CONNECTION_STATE_KEY: uuid.uuid4().hex}
         ssl_object = transport.get_extra_info("ssl_object")
         cert = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if cert:
-            self.app_state = {**self.app_state, PEER_CERT_STATE_KEY: cert}
+            state[PEER_CERT_STATE_KEY] = cert
+        self.app_state = state
 
 
 def _network(body: SandboxConfigBody | None) -> str | None:
@@ -661,6 +667,28 @@ class AdmissionMiddleware:
                 await slot.__aexit__(None, None, None)
 
 
+class BodyLimitMiddleware:
+    """ASGI middleware refusing, before any route runs, a request whose ``Content-Length``
+    is over ``max_body_bytes`` or not a decimal number: 413/2001. (A chunked body has no
+    length; :func:`_read_capped` caps it while it is read.) Pure ASGI rather than
+    ``@app.middleware``, which runs every call, probes included, through extra tasks and
+    memory streams."""
+
+    def __init__(self, app: Any, max_body_bytes: int) -> None:
+        self._app = app
+        self._max = max_body_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Serve one ASGI call (https://asgi.readthedocs.io/en/latest/specs/www.html)."""
+        if scope["type"] == "http":
+            length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+            if length is not None and (not length.isdigit() or int(length) > self._max):
+                error = _BodyTooLarge(f"request body larger than {self._max} bytes", details={"max": self._max})
+                await _error_response(error)(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+
 def create_app(service: GatewayService, server_host: str, server_port: Callable[[], int], max_body_bytes: int,
                gate: EdgeGate | None = None, settings: Settings | None = None) -> FastAPI:
     """The FastAPI application with every route of the REST edge.
@@ -684,18 +712,22 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
     def caller(request: Request, method: str) -> tuple[RequestContext, Credentials]:
         client = request.client
         tls = request.url.scheme == "https"
+        state = request.scope.get("state", {})
+        headers = request.headers
         ctx = RequestContext.for_call(
             transport="https" if tls else "http",
             method=method,
             peer=f"{client.host}:{client.port}" if client else "",
             server_host=server_host,
             server_port=server_port(),
-            request_bytes=int(request.headers.get("content-length") or 0),
-            user_agent=request.headers.get("user-agent"),
+            request_bytes=int(headers.get("content-length") or 0),
+            user_agent=headers.get("user-agent"),
             tls=tls,
+            connection_id=state.get(CONNECTION_STATE_KEY, ""),
+            session_header=headers.get("mcp-session-id") or headers.get("x-session-id"),
+            authority=headers.get("host"),
         )
-        cert = request.scope.get("state", {}).get(PEER_CERT_STATE_KEY)
-        return ctx, Credentials(authorization=request.headers.get("authorization"), client_cert=cert)
+        return ctx, Credentials(authorization=headers.get("authorization"), client_cert=state.get(PEER_CERT_STATE_KEY))
 
     async def call(request: Request, method: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Authenticate the caller, then ``fn(principal, ctx, *args, **kwargs)``, in one
@@ -706,13 +738,6 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
     async def authenticated(request: Request, method: str) -> tuple[Principal, RequestContext]:
         ctx, credentials = caller(request, method)
         return await asyncio.to_thread(service.authenticate, ctx, credentials), ctx
-
-    @app.middleware("http")
-    async def body_limit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            return _error_response(_BodyTooLarge(f"request body larger than {max_body_bytes} bytes"))
-        return await call_next(request)
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
@@ -893,7 +918,8 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
         """Prometheus text exposition."""
         return Response(service.metrics(), media_type=METRICS_CONTENT_TYPE)
 
-    if gate is not None:
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
+    if gate is not None:  # outermost: a shed call costs nothing more
         app.add_middleware(AdmissionMiddleware, gate=gate)
 
     return app

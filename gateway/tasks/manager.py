@@ -564,13 +564,13 @@ class TaskManager:
                 task_id=job.record.task_id,
                 tool_name="execute_command",
                 decision_id=job.record.decision_id,
-                exit_code=result.exit_code,
+                exit_code=result.exit_code if result.exit_code >= 0 else None,  # absent: never ran
                 status=status.name,
                 duration_ms=result.execution_time_ms,
                 cpu_time_ms=result.resource_usage.cpu_time_ms,
                 max_memory_kb=result.resource_usage.max_memory_kb,
                 sandbox_violation=result.limit_reason,
-                response_bytes=len(result.stdout) + len(result.stderr),
+                response_bytes=result.output_bytes,
                 error_code=error_code,
             )
         except AuditError as exc:
@@ -602,4 +602,5 @@ def _to_result(outcome: sandbox.SandboxResult) -> TaskResult:
         ),
         execution_time_ms=round(outcome.duration_ms),
         error=outcome.setup_error,
+        output_bytes=len(outcome.stdout) + len(outcome.stderr),
     )

@@ -31,6 +31,8 @@ _MAIN_BLOCK = re.compile(r"""^if __name__ == ["']__main__["']:""", re.MULTILINE)
 
 #: Lines each script's output must contain (regular expressions, matched per line).
 TABLES: dict[str, tuple[str, ...]] = {
+    "audit.py": (r"^fsync +\| p50 ms \| p99 ms", r"^interval +\| +[\d.]+ \| +[\d.]+ \|",
+                 r"^audit step per request \(interval, median\): [\d.]+ ms"),
     "auth.py": (r"^path +\| median µs \| +p99 µs", r"^gRPC +\| JWT RS256 +\| +[\d.]+ \|",
                 r"^summary: \d+/\d+ targets met"),
     "gateway_vs_sandbox.py": (r"^sandbox library +median +[\d.]+ ms", r"^gateway \(gRPC\) +median +[\d.]+ ms",

@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import os
+import time
 import types
 from pathlib import Path
 
@@ -14,8 +15,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gateway.audit import log as audit_log
-from gateway.audit.fields import FIELDS, json_schema
-from gateway.audit.log import AuditError, AuditLog, FileSink, args_sha256, redact_command, verify_chain
+from gateway.audit.fields import json_schema
+from gateway.audit.chain import verify_chain
+from gateway.audit.log import AuditError, AuditLog, args_sha256, redact_command
+from gateway.audit.sinks import FileSink
 from gateway.models import Principal, RequestContext
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,13 +27,6 @@ CTX = RequestContext(
     session_id="ipv4:127.0.0.1:5000", server_host="127.0.0.1", server_port=8081, client_process="grpcurl/1.9.3",
 )
 ALICE = Principal(id="alice", tenant="t1", roles=("user",), scopes=("tasks:execute",), auth_scheme="none")
-
-
-def test_schema_file_is_derived_from_field_table() -> None:
-    on_disk = json.loads((REPO / "docs" / "schema" / "mcp_audit_v1.json").read_text())
-    assert on_disk == json_schema(), "run: python scripts/gen_schema.py"
-    jsonschema.Draft202012Validator.check_schema(on_disk)
-    assert len({f.name for f in FIELDS}) == len(FIELDS)
 
 
 def test_events_validate_and_chain(tmp_path: Path) -> None:
@@ -168,7 +164,7 @@ def disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FullDisk:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(audit_log, "time", types.SimpleNamespace(monotonic=fake.monotonic, time_ns=fake.time_ns))
+    monkeypatch.setattr(audit_log, "time", types.SimpleNamespace(monotonic=fake.monotonic, time_ns=fake.time_ns, perf_counter=time.perf_counter))
     return fake
 
 
@@ -191,9 +187,12 @@ def test_a_write_cut_short_by_a_full_disk_leaves_the_last_whole_line_and_the_cha
     disk.room = 10**9
     second = log.emit("decision", CTX, ALICE, decision="deny")
     events = _whole_lines(path)
-    assert [e["seq"] for e in events] == [1, 2]  # the refused event took no place in the chain
+    assert [e["seq"] for e in events] == [1, 2, 3]  # the refused event took no place in the chain
     assert second["prev_hash"] == first["hash"]
-    assert verify_chain(events) == 2
+    outage = events[2]  # and the trail says a call was refused, by which sink, for how long
+    assert (outage["event_type"], outage["audit_sink"], outage["failed_events"], outage["error_code"]) == (
+        "audit_outage", "file", 1, 5001)
+    assert verify_chain(events) == 3
 
 
 def test_a_failed_fsync_takes_the_line_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,7 +208,7 @@ def test_a_failed_fsync_takes_the_line_back(tmp_path: Path, monkeypatch: pytest.
         log.emit("decision", CTX, ALICE, decision="allow")
     monkeypatch.undo()
     log.emit("decision", CTX, ALICE, decision="deny")
-    assert verify_chain(_whole_lines(path)) == 2
+    assert verify_chain(_whole_lines(path)) == 3  # allow, deny, the outage
 
 
 def test_an_undo_that_fails_is_done_before_the_next_line(
@@ -232,7 +231,9 @@ def test_an_undo_that_fails_is_done_before_the_next_line(
         log.emit("decision", CTX, ALICE, decision="allow")
     monkeypatch.setattr(os, "ftruncate", real_ftruncate)
     log.emit("decision", CTX, ALICE, decision="deny")
-    assert verify_chain(_whole_lines(path)) == 2
+    events = _whole_lines(path)
+    assert verify_chain(events) == 3
+    assert (events[-1]["event_type"], events[-1]["failed_events"]) == ("audit_outage", 2)
 
 
 def test_health_fails_with_the_sink_and_recovers_by_probe_or_write(
@@ -265,7 +266,8 @@ def test_health_fails_with_the_sink_and_recovers_by_probe_or_write(
     assert log.health().healthy
     assert "after 6 failed events" in caplog.records[-1].getMessage()
     assert not list(tmp_path.glob(".*probe*"))  # the probe file is removed
-    assert path.read_bytes() == b""  # and never touched the trail
+    [outage] = _whole_lines(path)  # the probe never touched the trail: only the outage's record is there
+    assert (outage["event_type"], outage["failed_events"], outage["outage_ms"]) == ("audit_outage", 6, 0)
 
     disk.room = 0
     with pytest.raises(AuditError):
@@ -273,7 +275,10 @@ def test_health_fails_with_the_sink_and_recovers_by_probe_or_write(
     disk.room = 10**9
     log.emit("decision", CTX, ALICE, decision="deny")  # a real write recovers it too
     assert log.health().healthy
-    assert verify_chain(_whole_lines(path)) == 1
+    events = _whole_lines(path)
+    assert [(e["event_type"], e.get("failed_events")) for e in events] == [
+        ("audit_outage", 6), ("decision", None), ("audit_outage", 1)]
+    assert verify_chain(events) == 3
 
 
 def test_health_never_waits_for_a_writer(tmp_path: Path, disk: FullDisk, clock: Clock) -> None:
@@ -334,5 +339,5 @@ def test_a_deferred_event_is_written_first_once_the_sink_recovers(
     log.emit("decision", CTX, ALICE, decision="deny")
     events = _whole_lines(path)
     assert [(e["event_type"], e.get("error_code")) for e in events] == [
-        ("decision", None), ("task_end", 5002), ("decision", None)]
-    assert verify_chain(events) == 3
+        ("decision", None), ("audit_outage", 5001), ("task_end", 5002), ("decision", None)]
+    assert verify_chain(events) == 4
