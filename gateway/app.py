@@ -35,7 +35,7 @@ from gateway.audit.signing import CheckpointSigner, create_signing_key, load_sig
 from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.edges.grpc_server import GrpcEdge, create_grpc_server
-from gateway.edges.rest import GatewayH11Protocol, create_app
+from gateway.edges.rest import GatewayHttpProtocol, create_app
 from gateway.errors import GatewayError, PolicyEngineError
 from gateway.policy import EmbeddedEngine, PolicySource, load_policy_dir
 from gateway.policy.active import ActivePolicy, check_bundle, check_source
@@ -523,7 +523,7 @@ async def serve(
                      settings=settings)
     tls = runtime.tls
     web = _Uvicorn(uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="off", http=GatewayH11Protocol,
+        app, log_level="warning", access_log=False, lifespan="off", http=GatewayHttpProtocol,
         timeout_graceful_shutdown=int(_EDGE_STOP_GRACE_S),
         ssl_context_factory=(lambda config, default: tls.ssl_context()) if tls is not None else None,
     ))

@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import sandbox
-from gateway.audit.log import AuditError, AuditLog
+from gateway.audit.log import AuditError, AuditLog, redact_command
 from gateway.config import SandboxSettings, TaskSettings
 from gateway.errors import DependencyUnavailable, RateLimited, StorageError
 from gateway.metrics import TASK_QUEUE_REJECTIONS, track_tasks
@@ -563,6 +563,7 @@ class TaskManager:
                 defer=True,
                 task_id=job.record.task_id,
                 tool_name="execute_command",
+                command=redact_command(job.record.command, job.record.args),
                 decision_id=job.record.decision_id,
                 exit_code=result.exit_code if result.exit_code >= 0 else None,  # absent: never ran
                 status=status.name,

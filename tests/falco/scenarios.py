@@ -1,0 +1,395 @@
+"""The Falco scenarios, produced by driving a real gateway, and the alerts each must raise.
+
+Each scenario starts ``mcp-gateway serve`` (TLS on or off, API keys of two tenants), makes
+real calls over REST (httpx) and gRPC (grpcio), stops the gateway and keeps its audit trail.
+While driving, it notes which event of the trail must raise which rule (an
+:class:`Expected`): the driver's intent, written down independently of the rules' conditions,
+so a rule that fires too often, too rarely or on the wrong event is caught.
+
+- ``s1_unapproved_endpoint``: TLS; REST calls with a ``Host`` the allow-list does not name
+  (and one that it does); gRPC names the listen address (grpcio gives a servicer no
+  ``:authority``), which is approved.
+- ``s2_plaintext``: no TLS; REST and gRPC calls from loopback.
+- ``s3_large_response``: TLS; one task writes 10485761 bytes (fires), one exactly 10485760
+  (must not).
+- ``s4_many_calls``: TLS; 120 executions in one session (``mcp-session-id``) over REST:
+  calls 101 to 120 fire.
+- ``gateway``: TLS; a command policy denies, a wall-clock limit, a bad API key, another
+  tenant's task probed, a policy reload, and an audit webhook in ``fail`` mode that goes
+  down and comes back (the ``audit_outage`` event).
+- ``stdio`` (derived, must not fire): the events of S2, S3 and S4 as a stdio session would
+  carry them (``transport: stdio``, no TLS, an unapproved host): no network rule fires.
+  The gateway has no stdio edge yet (issue 19), so its lines are rewritten, not recorded.
+
+``python -m tests.falco.scenarios`` records every scenario anew into
+``falco/testdata/scenarios/`` (``NAME.jsonl``, the trail; ``NAME.alerts.json``, the expected
+alerts with rule, priority and output fields); ``tests/falco/test_rules.py`` evaluates the
+rules on them with a real Falco filter engine, and records them again to check that they are
+what the gateway writes today.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import yaml
+
+from gateway.audit.chain import GENESIS_HASH, canonical_json, event_hash
+from gateway.auth.apikeys import hash_api_key, new_api_key
+from gateway.proto import mcp_pb2, mcp_pb2_grpc
+from tests.conftest import GatewayProcess, start_gateway, wait_until
+from tests.falco.rules import REPO, Rules, load, output_fields
+from tests.pki import CertificateAuthority, Issued
+
+__all__ = ["FIXTURES", "SCENARIOS", "Expected", "Recording", "expected_alerts", "record_all"]
+
+FIXTURES = REPO / "falco" / "testdata" / "scenarios"
+ALL_SCOPES = ["tasks:execute", "tasks:read", "tasks:cancel", "files:read", "files:write", "policy:read",
+              "policy:admin"]
+UNLIMITED = {"requests_per_s": 0, "burst": 100_000, "concurrent_tasks": 0}
+UNAPPROVED_HOST = "mcp.attacker.example"
+TEN_MIB = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Expected:
+    """An alert the driver means to raise: ``rule`` on the one event whose keys equal
+    ``match`` (a subset of the event's keys)."""
+
+    rule: str
+    match: dict[str, Any]
+
+
+@dataclass
+class Recording:
+    """A scenario's trail (audit lines in order) and the alerts it must raise."""
+
+    name: str
+    lines: list[str]
+    expected: list[Expected] = field(default_factory=list)
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines]
+
+
+# -- gateways ---------------------------------------------------------------------
+
+
+@dataclass
+class _Env:
+    """What every scenario gets: a directory for gateway state and the test PKI."""
+
+    root: Path
+    ca: CertificateAuthority
+    server: Issued
+
+
+@dataclass
+class _Gateway:
+    process: GatewayProcess
+    keys: dict[str, str]  # principal -> API key
+    tls: bool
+    env: _Env
+
+    @property
+    def base_url(self) -> str:
+        url = self.process.http_url
+        return url.replace("http://", "https://") if self.tls else url
+
+    def rest(self, principal: str = "alice", **headers: str) -> httpx.Client:
+        verify: Any = _client_context(self.env.ca) if self.tls else True
+        return httpx.Client(base_url=self.base_url, verify=verify, timeout=60,
+                            headers={"authorization": f"Bearer {self.keys[principal]}", **headers})
+
+    @contextmanager
+    def grpc(self) -> Iterator[mcp_pb2_grpc.McpServiceStub]:
+        if self.tls:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self.env.ca.cert.read_bytes())
+            channel = grpc.secure_channel(self.process.grpc_addr, credentials,
+                                          options=[("grpc.ssl_target_name_override", "localhost")])
+        else:
+            channel = grpc.insecure_channel(self.process.grpc_addr)
+        with channel:
+            yield mcp_pb2_grpc.McpServiceStub(channel)
+
+    def metadata(self, principal: str = "alice") -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.keys[principal]}")]
+
+
+def _client_context(ca: CertificateAuthority) -> Any:
+    import ssl
+
+    return ssl.create_default_context(cafile=str(ca.cert))
+
+
+@contextmanager
+def _gateway(env: _Env, name: str, *, tls: bool, extra: dict[str, Any] | None = None) -> Iterator[_Gateway]:
+    """A non-dev gateway with API keys for alice (tenant acme, every scope) and mallory
+    (tenant globex), rate limits out of the way, TLS on both ports when ``tls``."""
+    keys = {"alice": new_api_key(), "mallory": new_api_key()}
+    config: dict[str, Any] = {
+        "auth": {"api_keys": [
+            {"hash": hash_api_key(keys["alice"]), "principal": "alice", "tenant": "acme", "scopes": ALL_SCOPES},
+            {"hash": hash_api_key(keys["mallory"]), "principal": "mallory", "tenant": "globex",
+             "scopes": ALL_SCOPES},
+        ]},
+        "rate_limits": {"principal": UNLIMITED, "tenant": UNLIMITED},
+        **(extra or {}),
+    }
+    if tls:
+        config["tls"] = {"cert_file": str(env.server.cert), "key_file": str(env.server.key)}
+    state = Path(tempfile.mkdtemp(prefix=f"falco-{name}-", dir=env.root))
+    (state / "gw.yaml").write_text(yaml.safe_dump(config))
+    process = start_gateway(state / "var", "--config", str(state / "gw.yaml"), dev=False)
+    try:
+        yield _Gateway(process, keys, tls, env)
+    finally:
+        code = process.stop()
+        assert code == 0, f"gateway exited {code}:\n{process.stderr_path.read_text()}"
+
+
+def _trail(gw: _Gateway) -> list[str]:
+    """Every line of the gateway's trail, rotated files first (names sort in order)."""
+    files = sorted(p for p in gw.process.state_dir.glob("audit*.jsonl") if p.name != "audit.jsonl")
+    files.append(gw.process.audit_path)
+    return [line for path in files for line in path.read_text().splitlines()]
+
+
+def _execute(client: httpx.Client, command: str, *args: str, timeout: int = 30, wait: bool = True,
+             **headers: str) -> str:
+    """Run a command over REST; returns the task id (after it ended when ``wait``)."""
+    answer = client.post("/v1/execute", json={"command": command, "args": list(args), "timeout": timeout},
+                         headers=headers)
+    assert answer.status_code == 202, answer.text
+    task_id: str = answer.json()["task_id"]
+    if wait:
+        _wait_task(client, task_id)
+    return task_id
+
+
+def _wait_task(client: httpx.Client, task_id: str) -> dict[str, Any]:
+    def final() -> dict[str, Any] | None:
+        info = client.get(f"/v1/tasks/{task_id}").json()
+        return info if info["task_info"]["status"] in {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"} else None
+
+    result: dict[str, Any] = wait_until(final, timeout_s=60, what=f"end of {task_id}")
+    return result
+
+
+def _grpc_execute(gw: _Gateway, command: str, *args: str) -> str:
+    with gw.grpc() as stub:
+        created = stub.ExecuteCommand(mcp_pb2.CommandRequest(command=command, args=list(args)), timeout=30,
+                                      metadata=gw.metadata())
+
+        def final() -> bool:
+            status = stub.GetTaskStatus(mcp_pb2.TaskStatusRequest(task_id=created.task_id), timeout=30,
+                                        metadata=gw.metadata())
+            return status.task_info.status >= mcp_pb2.TASK_COMPLETED
+
+        wait_until(final, timeout_s=60, what="gRPC task end")
+    return created.task_id
+
+
+# -- the scenarios ------------------------------------------------------------------
+
+
+def _decision(rule: str, task_id: str) -> Expected:
+    return Expected(rule, {"event_type": "decision", "task_id": task_id})
+
+
+def s1_unapproved_endpoint(env: _Env) -> Recording:
+    with _gateway(env, "s1", tls=True) as gw:
+        with gw.rest() as client:
+            bad = [_execute(client, "echo", "s1", host=UNAPPROVED_HOST),
+                   _execute(client, "ls", "/workspace", host=f"{UNAPPROVED_HOST}:8443")]
+            _execute(client, "echo", "approved", host="localhost:8080")
+        _grpc_execute(gw, "echo", "grpc")
+    return Recording("s1_unapproved_endpoint", _trail(gw),
+                     [_decision("MCP Unapproved Endpoint Access", t) for t in bad])
+
+
+def s2_plaintext(env: _Env) -> Recording:
+    with _gateway(env, "s2", tls=False) as gw:
+        with gw.rest() as client:
+            rest = _execute(client, "echo", "s2")
+        grpc_task = _grpc_execute(gw, "echo", "s2-grpc")
+    return Recording("s2_plaintext", _trail(gw),
+                     [_decision("MCP Insecure TLS", t) for t in (rest, grpc_task)])
+
+
+def s3_large_response(env: _Env) -> Recording:
+    output = {"sandbox": {"output_bytes": 16 * 1024 * 1024}}
+    with _gateway(env, "s3", tls=True, extra=output) as gw, gw.rest() as client:
+        over = _execute(client, "head", "-c", str(TEN_MIB + 1), "/dev/zero")
+        _execute(client, "head", "-c", str(TEN_MIB), "/dev/zero")
+    return Recording("s3_large_response", _trail(gw),
+                     [Expected("MCP Excessive Data Transfer", {"event_type": "task_end", "task_id": over})])
+
+
+def s4_many_calls(env: _Env) -> Recording:
+    with _gateway(env, "s4", tls=True) as gw, gw.rest(**{"mcp-session-id": "agent-loop-4"}) as client:
+        tasks = [_execute(client, "true", wait=False) for _ in range(120)]
+        for task_id in tasks:
+            _wait_task(client, task_id)
+    return Recording("s4_many_calls", _trail(gw),
+                     [_decision("MCP Excessive Tool Invocations", t) for t in tasks[100:]])
+
+
+class _Collector(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+        pass
+
+
+def _collector(port: int) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", port), _Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def gateway_events(env: _Env) -> Recording:
+    collector = _collector(0)
+    port = collector.server_address[1]
+    webhook = {"audit": {"webhook": {"url": f"http://127.0.0.1:{port}/audit", "on_full": "fail",
+                                     "queue_events": 6, "backoff_initial_s": 0.1, "backoff_max_s": 0.2}}}
+    expected: list[Expected] = []
+    try:
+        with _gateway(env, "gateway", tls=True, extra=webhook) as gw, gw.rest() as alice:
+            denied = alice.post("/v1/execute", json={"command": "sudo", "args": ["id"]})
+            assert denied.status_code == 403 and denied.json()["error"]["code"] == 3001, denied.text
+            expected.append(Expected("MCP Command Denied by Policy", {"event_type": "decision", "decision": "deny"}))
+
+            slow = _execute(alice, "sleep", "5", timeout=1)
+            assert _wait_task(alice, slow)["task_info"]["status"] == "TIMED_OUT"
+            expected.append(Expected("MCP Sandbox Limit Hit", {"event_type": "task_end", "task_id": slow}))
+
+            bogus = alice.get(f"/v1/tasks/{slow}", headers={"authorization": "Bearer mgw_" + "A" * 43})
+            assert bogus.status_code == 401, bogus.text
+            expected.append(Expected("MCP Authentication Failure", {"event_type": "auth_failure"}))
+
+            with gw.rest("mallory") as mallory:
+                assert mallory.get(f"/v1/tasks/{slow}").status_code == 404
+            expected.append(Expected("MCP Cross-Tenant Probe", {"event_type": "not_found", "task_id": slow}))
+
+            assert alice.post("/v1/policy/reload").status_code == 200
+            expected.append(Expected("MCP Policy Reload", {"event_type": "policy_reload"}))
+
+            # The collector goes away: the webhook queue fills and calls are refused (5001)...
+            collector.shutdown()
+            collector.server_close()
+            refused = 0
+            for _ in range(60):
+                answer = alice.post("/v1/execute", json={"command": "true"})
+                if answer.status_code == 500 and answer.json()["error"]["code"] == 5001:
+                    refused += 1
+                    break
+                time.sleep(0.05)
+            assert refused, "the webhook queue never filled"
+            # ...and once it is back, the trail records the outage.
+            collector = _collector(port)
+            wait_until(lambda: alice.post("/v1/execute", json={"command": "true"}).status_code == 202
+                       and any('"audit_outage"' in line for line in _trail(gw)),
+                       timeout_s=30, what="audit_outage event")
+            expected.append(Expected("MCP Audit Sink Failure", {"event_type": "audit_outage"}))
+    finally:
+        collector.shutdown()
+        collector.server_close()
+    return Recording("gateway", _trail(gw), expected)
+
+
+def stdio_sessions(recordings: dict[str, Recording]) -> Recording:
+    """The calls of S2, S3 and S4 as a stdio session carries them: no TLS, a host name no
+    allow-list names, ``transport: stdio``. Checkpoints are left out (their signatures
+    would no longer verify) and the lines are chained anew."""
+    lines, prev = [], GENESIS_HASH
+    for name in ("s2_plaintext", "s3_large_response", "s4_many_calls"):
+        for event in recordings[name].events():
+            if event["transport"] == "internal":
+                continue
+            event.update(transport="stdio", tls=False, server_host="agent-workstation", server_port=0,
+                         session_id="stdio-" + name, seq=len(lines) + 1, prev_hash=prev)
+            event["hash"] = prev = event_hash(event)
+            lines.append(canonical_json(event))
+    return Recording("stdio", lines, [])
+
+
+SCENARIOS: dict[str, Callable[[_Env], Recording]] = {
+    "s1_unapproved_endpoint": s1_unapproved_endpoint,
+    "s2_plaintext": s2_plaintext,
+    "s3_large_response": s3_large_response,
+    "s4_many_calls": s4_many_calls,
+    "gateway": gateway_events,
+}
+
+
+def record_all(root: Path, only: tuple[str, ...] = ()) -> dict[str, Recording]:
+    """Drive every scenario (or those named in ``only``) against real gateways whose state
+    lives under ``root`` (made traversable by the sandbox uids, as workspaces need); the
+    derived ``stdio`` one is added when its three sources were recorded."""
+    root.chmod(0o711)
+    pki = root / "pki"
+    ca = CertificateAuthority(pki, "falco-scenarios-ca")
+    env = _Env(root, ca, ca.issue("localhost", server=True, dns=("localhost",), ips=("127.0.0.1",)))
+    recordings = {name: drive(env) for name, drive in SCENARIOS.items() if not only or name in only}
+    if {"s2_plaintext", "s3_large_response", "s4_many_calls"} <= set(recordings):
+        recordings["stdio"] = stdio_sessions(recordings)
+    return recordings
+
+
+# -- expected alerts ----------------------------------------------------------------
+
+
+def expected_alerts(recording: Recording, rules: Rules) -> list[dict[str, Any]]:
+    """The alerts ``recording`` must raise: for each :class:`Expected`, the one event it
+    matches, as ``{"seq", "rule", "priority", "output_fields"}`` (output fields are the
+    rule's ``%mcp.*`` fields with the event's values, None when absent), sorted by seq and
+    rule.
+
+    Raises:
+        AssertionError: an expectation that matches no event or more than one.
+    """
+    events = recording.events()
+    by_name = {rule.name: rule for rule in rules.expanded()}
+    alerts = []
+    for want in recording.expected:
+        hits = [e for e in events if all(e.get(k) == v for k, v in want.match.items())]
+        assert len(hits) == 1, f"{recording.name}: {want} matches {len(hits)} events"
+        rule = by_name[want.rule]
+        alerts.append({
+            "seq": hits[0]["seq"],
+            "rule": rule.name,
+            "priority": rule.priority,
+            "output_fields": {f: hits[0].get(f.removeprefix("mcp.")) for f in output_fields(rule.output)},
+        })
+    return sorted(alerts, key=lambda a: (a["seq"], a["rule"]))
+
+
+def write_fixture(recording: Recording, rules: Rules, into: Path = FIXTURES) -> None:
+    """Write ``NAME.jsonl`` and ``NAME.alerts.json`` for ``recording`` under ``into``."""
+    into.mkdir(parents=True, exist_ok=True)
+    (into / f"{recording.name}.jsonl").write_text("".join(line + "\n" for line in recording.lines))
+    alerts = expected_alerts(recording, rules)
+    (into / f"{recording.name}.alerts.json").write_text(json.dumps(alerts, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    rules = load()
+    for rec in record_all(Path(tempfile.mkdtemp(prefix="falco-scenarios-", dir="/tmp")), tuple(sys.argv[1:])).values():
+        write_fixture(rec, rules)
+        print(f"wrote {rec.name}: {len(rec.lines)} lines, {len(rec.expected)} alerts")
