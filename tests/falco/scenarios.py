@@ -31,14 +31,13 @@ what the gateway writes today.
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ import yaml
 from gateway.audit.chain import GENESIS_HASH, canonical_json, event_hash
 from gateway.auth.apikeys import hash_api_key, new_api_key
 from gateway.proto import mcp_pb2, mcp_pb2_grpc
+from tests.collector import Collector
 from tests.conftest import GatewayProcess, start_gateway, wait_until
 from tests.falco.rules import REPO, Rules, load, output_fields
 from tests.pki import CertificateAuthority, Issued
@@ -109,7 +109,7 @@ class _Gateway:
         return url.replace("http://", "https://") if self.tls else url
 
     def rest(self, principal: str = "alice", **headers: str) -> httpx.Client:
-        verify: Any = _client_context(self.env.ca) if self.tls else True
+        verify: Any = ssl.create_default_context(cafile=str(self.env.ca.cert)) if self.tls else True
         return httpx.Client(base_url=self.base_url, verify=verify, timeout=60,
                             headers={"authorization": f"Bearer {self.keys[principal]}", **headers})
 
@@ -126,12 +126,6 @@ class _Gateway:
 
     def metadata(self, principal: str = "alice") -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {self.keys[principal]}")]
-
-
-def _client_context(ca: CertificateAuthority) -> Any:
-    import ssl
-
-    return ssl.create_default_context(cafile=str(ca.cert))
 
 
 @contextmanager
@@ -247,26 +241,9 @@ def s4_many_calls(env: _Env) -> Recording:
                      [_decision("MCP Excessive Tool Invocations", t) for t in tasks[100:]])
 
 
-class _Collector(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        self.rfile.read(int(self.headers["content-length"]))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
-        pass
-
-
-def _collector(port: int) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", port), _Collector)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def gateway_events(env: _Env) -> Recording:
-    collector = _collector(0)
-    port = collector.server_address[1]
-    webhook = {"audit": {"webhook": {"url": f"http://127.0.0.1:{port}/audit", "on_full": "fail",
+    collector = Collector()
+    webhook = {"audit": {"webhook": {"url": collector.url, "on_full": "fail",
                                      "queue_events": 6, "backoff_initial_s": 0.1, "backoff_max_s": 0.2}}}
     expected: list[Expected] = []
     try:
@@ -291,8 +268,7 @@ def gateway_events(env: _Env) -> Recording:
             expected.append(Expected("MCP Policy Reload", {"event_type": "policy_reload"}))
 
             # The collector goes away: the webhook queue fills and calls are refused (5001)...
-            collector.shutdown()
-            collector.server_close()
+            collector.down()
             refused = 0
             for _ in range(60):
                 answer = alice.post("/v1/execute", json={"command": "true"})
@@ -302,14 +278,15 @@ def gateway_events(env: _Env) -> Recording:
                 time.sleep(0.05)
             assert refused, "the webhook queue never filled"
             # ...and once it is back, the trail records the outage.
-            collector = _collector(port)
-            wait_until(lambda: alice.post("/v1/execute", json={"command": "true"}).status_code == 202
-                       and any('"audit_outage"' in line for line in _trail(gw)),
-                       timeout_s=30, what="audit_outage event")
+            collector.up()
+            deadline = time.monotonic() + 30
+            while not any('"audit_outage"' in line for line in _trail(gw)):
+                assert time.monotonic() < deadline, "no audit_outage event within 30 s of the collector's return"
+                alice.post("/v1/execute", json={"command": "true"})  # refused until the queue drains
+                time.sleep(0.2)
             expected.append(Expected("MCP Audit Sink Failure", {"event_type": "audit_outage"}))
     finally:
-        collector.shutdown()
-        collector.server_close()
+        collector.down()
     return Recording("gateway", _trail(gw), expected)
 
 

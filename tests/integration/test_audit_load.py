@@ -17,15 +17,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.collector import Collector
 from tests.conftest import GATEWAY_BIN, REPO, wait_until
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -35,34 +33,17 @@ RATE_PER_S = 100
 SECONDS = 120
 
 
-class _Collector(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        body = self.rfile.read(int(self.headers["content-length"]))
-        with self.server.lock:  # type: ignore[attr-defined]
-            self.server.received.extend(body.decode().splitlines())  # type: ignore[attr-defined]
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
-        pass
-
-
 @pytest.fixture
-def collector() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
-    server.received = []  # type: ignore[attr-defined]
-    server.lock = threading.Lock()  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def collector() -> Iterator[Collector]:
+    collector = Collector()
+    yield collector
+    collector.down()
 
 
-def test_100_requests_per_s_for_2_minutes_lose_no_event(collector: ThreadingHTTPServer, tmp_path: Path) -> None:
+def test_100_requests_per_s_for_2_minutes_lose_no_event(collector: Collector, tmp_path: Path) -> None:
     if shutil.which("go") is None and not (overload.TOOLS_BIN / "vegeta").exists():
         pytest.skip("no Go toolchain to build vegeta (the open-loop load generator)")
-    url = f"http://127.0.0.1:{collector.server_address[1]}/audit"
-    gw = overload.Gateway.start({"MCP_GATEWAY_AUDIT__WEBHOOK__URL": url})
+    gw = overload.Gateway.start({"MCP_GATEWAY_AUDIT__WEBHOOK__URL": collector.url})
     try:
         load = overload.Load(gw, Path(tempfile.mkdtemp(dir=tmp_path)))
         load.prepare()
@@ -105,8 +86,7 @@ def test_100_requests_per_s_for_2_minutes_lose_no_event(collector: ThreadingHTTP
                                  *map(str, files)], capture_output=True, text=True, timeout=120)
         assert json.loads(verify.stdout)["status"] == "intact", verify.stdout + verify.stderr
 
-        received: list[str] = collector.received  # type: ignore[attr-defined]
-        wait_until(lambda: len(received) >= len(lines), timeout_s=30, what="webhook delivery")
-        assert received == lines, "the collector got every line, once, in order"
+        wait_until(lambda: len(collector.received) >= len(lines), timeout_s=30, what="webhook delivery")
+        assert collector.received == lines, "the collector got every line, once, in order"
     finally:
         gw.state.cleanup()

@@ -12,7 +12,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import yaml
 from gateway.audit.fields import json_schema
 from gateway.auth.apikeys import hash_api_key, new_api_key
 from gateway.proto import mcp_pb2, mcp_pb2_grpc
+from tests.collector import Collector
 from tests.conftest import GATEWAY_BIN, GatewayProcess, start_gateway, wait_final, wait_until
 
 SCOPES = ["tasks:execute", "tasks:read", "tasks:cancel", "files:read", "files:write"]
@@ -163,41 +163,18 @@ def test_kill_9_under_load_leaves_whole_lines_and_at_most_an_unsigned_tail(
     assert out.returncode == 0 and report["unsigned_tail"] == 0, out.stdout
 
 
-class _Collector(BaseHTTPRequestHandler):
-    received: list[str]
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        body = self.rfile.read(int(self.headers["content-length"]))
-        self.server.received.extend(body.decode().splitlines())  # type: ignore[attr-defined]
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
-        pass
-
-
-def _collector(port: int, received: list[str]) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", port), _Collector)
-    server.received = received  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def test_a_webhook_down_for_30_s_gets_every_event_afterwards_in_order(state_root: Path) -> None:
-    received: list[str] = []
-    server = _collector(0, received)
-    port = server.server_address[1]
+    collector = Collector()
     state = Path(tempfile.mkdtemp(prefix="audit-webhook-", dir=state_root))
     config = state / "gw.yaml"
     config.write_text(yaml.safe_dump({"audit": {"webhook": {
-        "url": f"http://127.0.0.1:{port}/audit", "backoff_initial_s": 0.2, "backoff_max_s": 2.0}}}))
+        "url": collector.url, "backoff_initial_s": 0.2, "backoff_max_s": 2.0}}}))
     gw = start_gateway(state / "var", "--config", str(config))
     try:
         with httpx.Client(base_url=gw.http_url, timeout=30) as client:
             client.post("/v1/execute", json={"command": "echo", "args": ["before"]})
-            wait_until(lambda: len(received) >= 2, timeout_s=10, what="first delivery")
-            server.shutdown()
-            server.server_close()  # down: connections are refused
+            wait_until(lambda: len(collector.received) >= 2, timeout_s=10, what="first delivery")
+            collector.down()
             down_until = time.monotonic() + 30
             calls = 0
             while time.monotonic() < down_until:
@@ -206,15 +183,14 @@ def test_a_webhook_down_for_30_s_gets_every_event_afterwards_in_order(state_root
                 time.sleep(0.5)
             waiting = client.get("/metrics").text
             assert 'mcp_audit_queue_depth{sink="webhook"}' in waiting
-            server = _collector(port, received)
-            wait_until(lambda: len(received) >= len(gw.audit_events()), timeout_s=30, what="redelivery")
+            collector.up()
+            wait_until(lambda: len(collector.received) >= len(gw.audit_events()), timeout_s=30, what="redelivery")
     finally:
         assert gw.stop() == 0
-        server.shutdown()
-        server.server_close()
+        collector.down()
     lines = gw.audit_path.read_text().splitlines()
     assert calls >= 50
-    assert received == lines, "every event, once, in order"
+    assert collector.received == lines, "every event, once, in order"
 
 
 def test_the_stdout_copy_is_the_file(state_root: Path) -> None:
