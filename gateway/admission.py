@@ -30,7 +30,7 @@ import threading
 import time
 
 from gateway.errors import RateLimited
-from gateway.metrics import ADMISSION_REFUSED, IN_FLIGHT
+from gateway.observability.metrics import ADMISSION_REFUSED, IN_FLIGHT
 
 __all__ = ["EdgeGate", "PrincipalSlots"]
 

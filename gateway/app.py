@@ -37,6 +37,7 @@ from gateway.config import Settings
 from gateway.edges.grpc_server import GrpcEdge, create_grpc_server
 from gateway.edges.rest import GatewayHttpProtocol, create_app
 from gateway.errors import GatewayError, PolicyEngineError
+from gateway.observability.metrics import STORE_LOCK_HELD
 from gateway.policy import EmbeddedEngine, PolicySource, load_policy_dir
 from gateway.policy.active import ActivePolicy, check_bundle, check_source
 from gateway.policy.opa import OpaEngine
@@ -218,9 +219,11 @@ async def _housekeeping(runtime: Runtime, settings: Settings, lost_store: asynci
     shared = settings.tasks.store_dsn is not None
     interval = min(settings.tasks.sweep_interval_s, settings.tasks.orphan_check_interval_s if shared else 1e9)
     next_sweep = 0.0
+    STORE_LOCK_HELD.set(1)
     while True:
         try:
             if shared and not await asyncio.to_thread(runtime.store.owner_alive):
+                STORE_LOCK_HELD.set(0)
                 log.error("lost the task store's owner lock (database restart or connection cut): "
                           "other replicas may fail this process's tasks; shutting down to restart")
                 lost_store.set()

@@ -61,7 +61,18 @@ from gateway.errors import (
     ResourceDenied,
     SandboxSetupFailed,
 )
-from gateway.metrics import AUTH_FAILURES, POLICY_DECISIONS, POLICY_EVAL_SECONDS, RATE_LIMITED, exposition
+from gateway.observability.metrics import (
+    AUTH_FAILURES,
+    ERRORS,
+    POLICY_DECISIONS,
+    POLICY_ENGINE_UP,
+    POLICY_EVAL_SECONDS,
+    RATE_LIMITED,
+    READY,
+    REQUEST_SECONDS,
+    REQUESTS,
+    exposition,
+)
 from gateway.models import (
     Decision,
     ExecuteRequest,
@@ -203,13 +214,17 @@ class GatewayService:
         return snapshot
 
     def refresh_readiness(self) -> dict[str, Any]:
-        """Compute :meth:`readiness` now and keep it for :meth:`readiness_snapshot`."""
-        self._readiness = self.readiness()
-        return self._readiness
+        """Compute :meth:`readiness` now and keep it for :meth:`readiness_snapshot` (and
+        in the ``mcp_gateway_ready`` and ``mcp_policy_engine_up`` gauges)."""
+        self._readiness = snapshot = self.readiness()
+        READY.set(snapshot["status"] == "ready")
+        POLICY_ENGINE_UP.labels(snapshot["policy"]["engine"]).set(snapshot["policy"]["healthy"])
+        return snapshot
 
-    def metrics(self) -> bytes:
-        """Prometheus text exposition of the process's metrics."""
-        return exposition()
+    def metrics(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The process's metrics as ``(body, content type)``: OpenMetrics when ``accept``
+        (the scraper's Accept header) asks for it, else the Prometheus text format."""
+        return exposition(accept)
 
     def policy_status(self, principal: Principal, ctx: RequestContext) -> dict[str, Any]:
         """The policy engine, bundle revision and health (scope ``policy:read``):
@@ -258,17 +273,28 @@ class GatewayService:
             what :meth:`authenticate` raises; RateLimited (4290) when the principal has
             its limit of calls in flight (audited as ``rate_limit``); what ``fn`` raises.
         """
-        principal = self.authenticate(ctx, credentials)
-        key = (principal.tenant, principal.id)
+        start = time.perf_counter()
+        status = "ok"
         try:
-            self._in_flight.enter(key)
-        except RateLimited as exc:
-            self._audit.emit("rate_limit", ctx, principal, rate_limit="principal_in_flight", error_code=exc.code)
+            principal = self.authenticate(ctx, credentials)
+            key = (principal.tenant, principal.id)
+            try:
+                self._in_flight.enter(key)
+            except RateLimited as exc:
+                self._audit.emit("rate_limit", ctx, principal, rate_limit="principal_in_flight", error_code=exc.code)
+                raise
+            try:
+                return fn(principal, ctx, *args, **kwargs)
+            finally:
+                self._in_flight.leave(key)
+        except Exception as exc:
+            known = isinstance(exc, GatewayError)
+            status = str(exc.code if known else InternalError.code)
+            ERRORS.labels(type(exc).__name__ if known else InternalError.__name__, status).inc()
             raise
-        try:
-            return fn(principal, ctx, *args, **kwargs)
         finally:
-            self._in_flight.leave(key)
+            REQUESTS.labels(ctx.transport, ctx.method, status).inc()
+            REQUEST_SECONDS.labels(ctx.transport, ctx.method).observe(time.perf_counter() - start)
 
     def authenticate(self, ctx: RequestContext, credentials: Credentials) -> Principal:
         """The principal behind a call, after its request rate limits.

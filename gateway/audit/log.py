@@ -31,7 +31,7 @@ from gateway.audit.sessions import SessionCounters
 from gateway.audit.signing import CheckpointSigner, signed_bytes
 from gateway.audit.sinks import AuditSink, FileSink, WebhookSink
 from gateway.errors import InternalError
-from gateway.metrics import AUDIT_EVENTS, AUDIT_WRITE_SECONDS
+from gateway.observability.metrics import AUDIT_EVENTS, AUDIT_WRITE_SECONDS
 from gateway.models import Principal, RequestContext
 
 __all__ = [

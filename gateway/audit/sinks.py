@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
-from gateway.metrics import AUDIT_QUEUE_DEPTH
+from gateway.observability.metrics import AUDIT_QUEUE_DEPTH
 
 __all__ = ["AuditSink", "FileSink", "FsyncPolicy", "StdoutSink", "WebhookSink", "rotated_name"]
 

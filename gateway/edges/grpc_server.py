@@ -37,7 +37,7 @@ from grpc_reflection.v1alpha import reflection
 from gateway.admission import EdgeGate
 from gateway.auth import Credentials
 from gateway.errors import GatewayError, InternalError, InvalidFormat, RateLimited, status_for
-from gateway.metrics import GRPC_DECODE_ERRORS
+from gateway.observability.metrics import GRPC_DECODE_ERRORS
 from gateway.models import ExecuteRequest, OutputChunk, RequestContext, TaskRecord, rfc3339
 from gateway.proto import mcp_pb2, mcp_pb2_grpc
 from gateway.service import GatewayService

@@ -64,7 +64,6 @@ from gateway.errors import (
     Unauthenticated,
     status_for,
 )
-from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.models import (
     ExecuteRequest,
     OutputChunk,
@@ -914,11 +913,14 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
         return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
 
     @app.get("/metrics", tags=["health"], response_class=Response, **_contract(auth=False, extra={"responses": {
-        "200": {"description": "Prometheus text exposition format 0.0.4 / 1.0.0.",
-                "content": {"text/plain": {"schema": {"type": "string"}}}}}}))
-    async def metrics() -> Response:
-        """Prometheus text exposition."""
-        return Response(service.metrics(), media_type=METRICS_CONTENT_TYPE)
+        "200": {"description": "Prometheus text format 0.0.4, or OpenMetrics 1.0.0 (with trace-id exemplars) "
+                               "when the Accept header names application/openmetrics-text.",
+                "content": {"text/plain": {"schema": {"type": "string"}},
+                            "application/openmetrics-text": {"schema": {"type": "string"}}}}}}))
+    async def metrics(request: Request) -> Response:
+        """Prometheus text exposition, or OpenMetrics when asked for."""
+        body, content_type = service.metrics(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     if gate is not None:  # outermost: a shed call costs nothing more

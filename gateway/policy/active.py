@@ -30,7 +30,7 @@ from typing import Any
 import watchfiles
 
 from gateway.errors import PolicyEngineError
-from gateway.metrics import POLICY_RELOADS, set_active_bundle
+from gateway.observability.metrics import POLICY_RELOADS, set_active_bundle
 from gateway.models import Decision
 from gateway.policy.bundle import PolicySource, load_policy_dir
 from gateway.policy.embedded import EmbeddedEngine

@@ -194,7 +194,7 @@ class EmbeddedEngine:
         self._cache_lock = threading.Lock()
         # Imported here, not at module level: worker processes import this module too and
         # need no metrics (prometheus-client costs each of them ~4 MB).
-        from gateway.metrics import POLICY_CACHE
+        from gateway.observability.metrics import POLICY_CACHE
 
         self._cache_lookups = POLICY_CACHE
         self._max_input_bytes = max_input_bytes

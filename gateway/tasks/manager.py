@@ -40,7 +40,15 @@ import sandbox
 from gateway.audit.log import AuditError, AuditLog, redact_command
 from gateway.config import SandboxSettings, TaskSettings
 from gateway.errors import DependencyUnavailable, RateLimited, StorageError
-from gateway.metrics import TASK_QUEUE_REJECTIONS, track_tasks
+from gateway.observability.metrics import (
+    SANDBOX_LIMIT_HITS,
+    SANDBOX_RUN_SECONDS,
+    TASK_QUEUE_REJECTIONS,
+    TASK_QUEUE_WAIT_SECONDS,
+    TASK_SECONDS,
+    limit_kind,
+    track_tasks,
+)
 from gateway.models import (
     ExecutionPlan,
     OutputChunk,
@@ -139,8 +147,6 @@ class TaskManager:
         isolation: cgroup slots (and the uid pool, also used by ``workspaces``).
         owner: this process's instance id, written into every task it creates.
         runner: the sandbox seam, ``sandbox.run`` by default.
-        on_task_end: called with (record, status, duration_ms) after a task is final
-            (metrics hook); must not raise.
     """
 
     def __init__(
@@ -153,7 +159,6 @@ class TaskManager:
         isolation: Isolation,
         owner: str,
         runner: SandboxRunner = sandbox.run,
-        on_task_end: Callable[[TaskRecord, TaskStatus, float], None] | None = None,
     ) -> None:
         self._store = store
         self._audit = audit
@@ -168,7 +173,6 @@ class TaskManager:
         self._isolation = isolation
         self.owner = owner
         self._runner = runner
-        self._on_task_end = on_task_end
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()
         self._jobs: dict[str, _Job] = {}  # queued or running here
@@ -187,7 +191,7 @@ class TaskManager:
         ]
         for worker in self._workers:
             worker.start()
-        track_tasks(lambda: self.running, lambda: self.queued)
+        track_tasks(lambda: self.running, lambda: self.queued, task_settings.max_concurrent, task_settings.max_queued)
 
     # -- state ------------------------------------------------------------------
 
@@ -373,6 +377,7 @@ class TaskManager:
     def _run_job(self, job: _Job) -> None:
         task_id = job.record.task_id
         started_ns = time.time_ns()
+        TASK_QUEUE_WAIT_SECONDS.observe(max(0, started_ns - job.record.created_at_ns) / 1e9)
         try:
             if job.cancel.is_set() or not self._store.mark_running(task_id, started_ns):
                 # Cancelled (here or through another replica) before it started.
@@ -444,9 +449,12 @@ class TaskManager:
                 self._audit_end(job, status, result, error_code=StorageError.code)
             return
         self._audit_end(job, status, result)
-        if self._on_task_end is not None:
-            started = job.record.created_at_ns
-            self._on_task_end(job.record, status, (completed_ns - started) / 1e6)
+        TASK_SECONDS.labels(job.record.task_type.name, status.name).observe(
+            (completed_ns - job.record.created_at_ns) / 1e9)
+        if result.exit_code >= 0 or result.execution_time_ms:  # the sandbox ran
+            SANDBOX_RUN_SECONDS.labels(status.name).observe(result.execution_time_ms / 1000)
+        if result.limit_reason and result.limit_reason != "cancelled":
+            SANDBOX_LIMIT_HITS.labels(limit_kind(result.limit_reason)).inc()
 
     def _end_unstarted(self, job: _Job, error: str | None = None) -> None:
         """Record a task that never ran: CANCELLED, or FAILED with ``error``."""
