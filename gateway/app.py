@@ -168,7 +168,8 @@ def _auth(settings: Settings) -> tuple[Authenticator, TlsFiles | None]:
             "DEV MODE: calls without credentials run as the development principal "
             "'anonymous' (tenant 'default', every scope). Never use this outside a developer machine."
         )
-        print(f"mcp-gateway: WARNING: {banner}", file=sys.stderr, flush=True)
+        if settings.log_format == "text":  # loud on a terminal, whatever the log level
+            print(f"mcp-gateway: WARNING: {banner}", file=sys.stderr, flush=True)
         log.warning(banner)
     log.info(
         "auth: %d API keys, JWT %s, client certificates %s, TLS %s",
@@ -581,12 +582,3 @@ async def serve(
     runtime.policy.close()
     _close_isolation(runtime.isolation)
     return EXIT_STORE_LOST if lost_store.is_set() else 0
-
-
-def configure_logging(level: str) -> None:
-    """Plain ``time level logger message`` lines on stderr."""
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )

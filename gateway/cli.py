@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--policy-dir", type=Path, help="Rego policy bundle directory (default: shipped policies/)")
     serve.add_argument("--config", type=Path, help="YAML settings file (also MCP_GATEWAY_CONFIG)")
     serve.add_argument("--log-level", help="debug|info|warning|error")
+    serve.add_argument("--log-format", choices=("json", "text"),
+                       help="json: one JSON object per line (production); text: for a terminal (default)")
     serve.add_argument(
         "--dev", action="store_true", default=None,
         help="development mode: calls without credentials are the 'anonymous' principal (loopback only)",
@@ -106,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.app import StartupError, configure_logging, serve
+    from gateway.app import StartupError, serve
     from gateway.config import Settings, load_settings
+    from gateway.observability.logs import configure_logging
+    from gateway.observability.tracing import configure_tracing
 
     config = args.config or (Path(os.environ["MCP_GATEWAY_CONFIG"]) if os.environ.get("MCP_GATEWAY_CONFIG") else None)
 
@@ -120,6 +124,7 @@ def _serve(args: argparse.Namespace) -> int:
             state_dir=args.state_dir,
             policy_dir=args.policy_dir,
             log_level=args.log_level,
+            log_format=args.log_format,
             auth={"dev_mode": True} if args.dev else None,
         )
 
@@ -128,7 +133,12 @@ def _serve(args: argparse.Namespace) -> int:
     except (ValidationError, FileNotFoundError) as exc:
         print(f"mcp-gateway: invalid settings: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        configure_tracing()
+    except ValueError as exc:
+        print(f"mcp-gateway: invalid tracing settings: {exc}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(serve(settings, config_file=config, reload_settings=load))
     except StartupError as exc:

@@ -598,6 +598,10 @@ class Settings(BaseSettings):
     state_dir: Path = Field(Path("var"), description="SQLite store, workspaces and audit.jsonl live here.")
     policy_dir: Path = Field(default_factory=default_policy_dir, description="Rego policy bundle directory.")
     log_level: str = Field("info", description="debug|info|warning|error.")
+    log_format: Literal["json", "text"] = Field(
+        "text", description="json: one JSON object per line with request, trace and principal ids (production); "
+        "text: for a terminal.",
+    )
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     tasks: TaskSettings = Field(default_factory=TaskSettings)
     files: FileSettings = Field(default_factory=FileSettings)

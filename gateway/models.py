@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -150,6 +151,8 @@ class RequestContext:
         tls: whether the connection was TLS.
         request_bytes: size of the request as received, bytes (0 when unknown).
         client_process: the caller's client software (its user agent), or ``unknown``.
+        trace_context: the W3C Trace Context the caller sent (``traceparent``,
+            ``tracestate``: HTTP headers or gRPC metadata), to continue its trace.
     """
 
     transport: str
@@ -162,6 +165,7 @@ class RequestContext:
     tls: bool = False
     request_bytes: int = 0
     client_process: str = "unknown"
+    trace_context: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def for_call(
@@ -178,6 +182,7 @@ class RequestContext:
         connection_id: str = "",
         session_header: str | None = None,
         authority: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> RequestContext:
         """The context of one call, with a fresh ``request_id``.
 
@@ -190,6 +195,8 @@ class RequestContext:
                 ignored unless 1-128 visible ASCII characters (the MCP spec's session id).
             authority: the HTTP ``Host`` header or gRPC ``:authority``.
             user_agent: stands for ``client_process`` (cut to 256 characters).
+            headers: the call's headers or metadata (lowercase names), for the W3C
+                ``traceparent`` and ``tracestate`` (each kept when at most 512 characters).
         """
         if session_header is not None and _SESSION_ID.fullmatch(session_header):
             session_id = session_header
@@ -206,10 +213,13 @@ class RequestContext:
             tls=tls,
             request_bytes=request_bytes,
             client_process=(user_agent or "unknown")[:256],
+            trace_context=tuple((k, headers[k]) for k in _TRACE_HEADERS
+                                if headers is not None and k in headers and len(headers[k]) <= 512),
         )
 
 
 _SESSION_ID = re.compile(r"[\x21-\x7e]{1,128}")
+_TRACE_HEADERS = ("traceparent", "tracestate")  # W3C Trace Context
 _AUTHORITY = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[^:\[\]]*))(?::\d*)?")
 
 

@@ -39,6 +39,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from opentelemetry import trace
+
 from gateway import __version__, files
 from gateway.admission import PrincipalSlots
 from gateway.audit.log import AuditError, AuditLog, args_sha256, clip, redact_command
@@ -60,6 +62,7 @@ from gateway.errors import (
     RateLimited,
     ResourceDenied,
     SandboxSetupFailed,
+    status_for,
 )
 from gateway.observability.metrics import (
     AUTH_FAILURES,
@@ -72,7 +75,10 @@ from gateway.observability.metrics import (
     REQUEST_SECONDS,
     REQUESTS,
     exposition,
+    observe,
 )
+from gateway.observability.logs import bind_call
+from gateway.observability.tracing import call_span, set_error, span
 from gateway.models import (
     Decision,
     ExecuteRequest,
@@ -275,26 +281,37 @@ class GatewayService:
         """
         start = time.perf_counter()
         status = "ok"
-        try:
-            principal = self.authenticate(ctx, credentials)
-            key = (principal.tenant, principal.id)
+        with call_span(ctx.transport, ctx.method, ctx.client_addr, dict(ctx.trace_context)) as current:
             try:
-                self._in_flight.enter(key)
-            except RateLimited as exc:
-                self._audit.emit("rate_limit", ctx, principal, rate_limit="principal_in_flight", error_code=exc.code)
+                with span("authenticate"):
+                    principal = self.authenticate(ctx, credentials)
+                current.set_attributes({"mcp.principal": principal.id, "mcp.tenant": principal.tenant})
+                key = (principal.tenant, principal.id)
+                try:
+                    self._in_flight.enter(key)
+                except RateLimited as exc:
+                    self._audit.emit("rate_limit", ctx, principal, rate_limit="principal_in_flight",
+                                     error_code=exc.code)
+                    raise
+                try:
+                    with bind_call(ctx.request_id, principal.id, principal.tenant):
+                        return fn(principal, ctx, *args, **kwargs)
+                finally:
+                    self._in_flight.leave(key)
+            except Exception as exc:
+                known = isinstance(exc, GatewayError)
+                code = exc.code if known else InternalError.code
+                status = str(code)
+                ERRORS.labels(type(exc).__name__ if known else InternalError.__name__, status).inc()
+                # The server span fails only on what the gateway failed at (a 5xx answer);
+                # a refusal (4xx) is the call's outcome, kept as mcp.error_code.
+                current.set_attribute("mcp.error_code", code)
+                if not known or status_for(exc).http >= 500:
+                    set_error(current, code, str(exc) if known else "internal error")
                 raise
-            try:
-                return fn(principal, ctx, *args, **kwargs)
             finally:
-                self._in_flight.leave(key)
-        except Exception as exc:
-            known = isinstance(exc, GatewayError)
-            status = str(exc.code if known else InternalError.code)
-            ERRORS.labels(type(exc).__name__ if known else InternalError.__name__, status).inc()
-            raise
-        finally:
-            REQUESTS.labels(ctx.transport, ctx.method, status).inc()
-            REQUEST_SECONDS.labels(ctx.transport, ctx.method).observe(time.perf_counter() - start)
+                REQUESTS.labels(ctx.transport, ctx.method, status).inc()
+                observe(REQUEST_SECONDS.labels(ctx.transport, ctx.method), time.perf_counter() - start)
 
     def authenticate(self, ctx: RequestContext, credentials: Credentials) -> Principal:
         """The principal behind a call, after its request rate limits.
@@ -411,11 +428,13 @@ class GatewayService:
                 owner=self._tasks.owner,
                 workspace=workspace or task_id,
             )
-            self._store.create(record)
+            with span("store.create", mcp__task_id=task_id):
+                self._store.create(record)
         except BaseException as exc:
             self._tasks.release(principal)
             self._audit_not_run(ctx, principal, task_id, decision, exc)
             raise
+        trace.get_current_span().set_attribute("mcp.task_id", task_id)
         self._tasks.submit(record, plan, ctx, principal)
         return record
 
@@ -599,14 +618,21 @@ class GatewayService:
         any engine failure (the caller audits it and nothing runs)."""
         engine = self._policy.name
         start = time.perf_counter()
-        try:
-            decision = self._policy.evaluate(policy_input)
-        except PolicyEngineError:
-            POLICY_DECISIONS.labels(engine, "error").inc()
-            raise
-        finally:
-            POLICY_EVAL_SECONDS.labels(engine).observe(time.perf_counter() - start)
-        POLICY_DECISIONS.labels(engine, "allow" if decision.allow else "deny").inc()
+        with span("policy.evaluate", mcp__policy_engine=engine, mcp__action=policy_input.get("action")) as current:
+            try:
+                decision = self._policy.evaluate(policy_input)
+            except PolicyEngineError as exc:
+                POLICY_DECISIONS.labels(engine, "error").inc()
+                current.set_attribute("mcp.decision", "error")
+                set_error(current, exc.code, exc.message)
+                raise
+            finally:
+                observe(POLICY_EVAL_SECONDS.labels(engine), time.perf_counter() - start)
+            outcome = "allow" if decision.allow else "deny"
+            current.set_attributes({"mcp.decision": outcome, "mcp.policy_revision": decision.revision,
+                                    "mcp.policy_rule": ",".join(decision.rule_ids)})
+        POLICY_DECISIONS.labels(engine, outcome).inc()
+        trace.get_current_span().set_attribute("mcp.decision", outcome)
         return decision
 
     def _validate(self, req: ExecuteRequest) -> None:

@@ -32,6 +32,7 @@ from gateway.audit.signing import CheckpointSigner, signed_bytes
 from gateway.audit.sinks import AuditSink, FileSink, WebhookSink
 from gateway.errors import InternalError
 from gateway.observability.metrics import AUDIT_EVENTS, AUDIT_WRITE_SECONDS
+from gateway.observability.tracing import current_trace_id, span
 from gateway.models import Principal, RequestContext
 
 __all__ = [
@@ -538,7 +539,15 @@ class AuditLog:
         Raises:
             AuditError: when a sink fails or an unknown key is passed.
         """
+        with span("audit.write", mcp__event_type=event_type):
+            return self._emit(event_type, ctx, principal, defer, fields)
+
+    def _emit(self, event_type: str, ctx: RequestContext, principal: Principal | None, defer: bool,
+              fields: dict[str, Any]) -> dict[str, Any]:
         event = self._base(event_type, ctx)
+        trace_id = current_trace_id()
+        if trace_id is not None:
+            event["trace_id"] = trace_id
         if principal is not None:
             event.update(principal=principal.id, tenant=principal.tenant, auth_scheme=principal.auth_scheme)
             if principal.credential_sha256 is not None:

@@ -157,6 +157,7 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
             tls=self._tls,
             connection_id=hashlib.sha256(self._connection_salt + peer.encode()).hexdigest()[:32],
             session_header=metadata.get("mcp-session-id") or metadata.get("x-session-id"),
+            headers=metadata,
             # grpcio hands a Python servicer neither :authority nor the TLS server name
             # (only the method and metadata), so events name the listen address.
         )

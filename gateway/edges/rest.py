@@ -707,6 +707,10 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
         title="MCP Security Gateway",
         version=__version__,
         description="Policy-checked, sandboxed command execution for AI agents.",
+        # The service layer makes one span per call on every edge (gateway.observability);
+        # FastAPI's own spans, metrics and log export would make a second, REST-only set.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False,
+                   "auto_configure": False},
     )
     app.openapi = lambda: _openapi_document(app, settings)  # type: ignore[method-assign]
 
@@ -727,6 +731,7 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
             connection_id=state.get(CONNECTION_STATE_KEY, ""),
             session_header=headers.get("mcp-session-id") or headers.get("x-session-id"),
             authority=headers.get("host"),
+            headers=headers,
         )
         return ctx, Credentials(authorization=headers.get("authorization"), client_cert=state.get(PEER_CERT_STATE_KEY))
 

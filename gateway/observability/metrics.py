@@ -20,6 +20,7 @@ import platform
 import re
 from collections.abc import Callable
 
+from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
@@ -59,6 +60,8 @@ __all__ = [
     "TASK_SECONDS",
     "TASK_SLOTS",
     "exposition",
+    "limit_kind",
+    "observe",
     "set_active_bundle",
     "track_tasks",
 ]
@@ -250,6 +253,16 @@ AUDIT_WRITE_SECONDS = Histogram(
 
 _LIMIT_KINDS = LABEL_VALUES["kind"]
 _active: tuple[str, str] | None = None
+
+
+def observe(histogram: Histogram, value: float) -> None:
+    """``histogram.observe(value)``, with the current trace id as its exemplar when a span
+    is recording (shown to scrapers that negotiate OpenMetrics)."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid and context.trace_flags.sampled:
+        histogram.observe(value, exemplar={"trace_id": format(context.trace_id, "032x")})
+    else:
+        histogram.observe(value)
 
 
 def limit_kind(reason: str) -> str:

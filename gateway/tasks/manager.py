@@ -36,10 +36,12 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from opentelemetry import context as otel_context
+
 import sandbox
 from gateway.audit.log import AuditError, AuditLog, redact_command
 from gateway.config import SandboxSettings, TaskSettings
-from gateway.errors import DependencyUnavailable, RateLimited, StorageError
+from gateway.errors import DependencyUnavailable, RateLimited, SandboxSetupFailed, StorageError
 from gateway.observability.metrics import (
     SANDBOX_LIMIT_HITS,
     SANDBOX_RUN_SECONDS,
@@ -59,6 +61,8 @@ from gateway.models import (
     TaskResult,
     TaskStatus,
 )
+from gateway.observability.logs import bind_call
+from gateway.observability.tracing import set_error, span, tracer
 from gateway.tasks.output import OutputHub, OutputLog
 from gateway.tasks.store import TaskStore
 from gateway.tasks.workspaces import WorkspaceLease, WorkspaceManager
@@ -110,6 +114,8 @@ class _Job:
     plan: ExecutionPlan
     ctx: RequestContext
     principal: Principal
+    # the submitting call's trace context: the task's spans are children of its span
+    trace_context: otel_context.Context = field(default_factory=otel_context.get_current)
     cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -375,18 +381,34 @@ class TaskManager:
                 job.done.set()
 
     def _run_job(self, job: _Job) -> None:
-        task_id = job.record.task_id
+        """Run a dequeued job to its end, its logs and spans tied to the call that made it:
+        ``task.queue`` (creation to start) and ``sandbox.run``, children of the call's span."""
         started_ns = time.time_ns()
         TASK_QUEUE_WAIT_SECONDS.observe(max(0, started_ns - job.record.created_at_ns) / 1e9)
+        tracer().start_span("task.queue", context=job.trace_context, start_time=job.record.created_at_ns,
+                            attributes={"mcp.task_id": job.record.task_id}).end(end_time=started_ns)
+        with bind_call(job.ctx.request_id, job.principal.id, job.principal.tenant), \
+                span("sandbox.run", job.trace_context, mcp__task_id=job.record.task_id) as current:
+            ended = self._start_and_run(job, started_ns)
+            if ended is not None:
+                status, result = ended
+                current.set_attributes({"mcp.status": status.name, "mcp.exit_code": result.exit_code})
+                if status is TaskStatus.FAILED:
+                    set_error(current, SandboxSetupFailed.code, result.error or "the task failed")
+
+    def _start_and_run(self, job: _Job, started_ns: int) -> tuple[TaskStatus, TaskResult] | None:
+        """Mark the job running, run its sandbox and finish it; None when it never started
+        (cancelled first, or the store refused)."""
+        task_id = job.record.task_id
         try:
             if job.cancel.is_set() or not self._store.mark_running(task_id, started_ns):
                 # Cancelled (here or through another replica) before it started.
                 self._end_unstarted(job)
-                return
+                return None
         except Exception:
             log.exception("task %s could not be started", task_id)
             self._end_unstarted(job, "internal error while starting the task")
-            return
+            return None
         output = self.output.open(task_id, self._sandbox.output_bytes)
         try:
             status, result = self._execute(job, output)
@@ -396,6 +418,7 @@ class TaskManager:
         self._finish(job, output, status, result)
         duration_s = (time.time_ns() - started_ns) / 1e9
         self._avg_task_s = 0.9 * self._avg_task_s + 0.1 * duration_s
+        return status, result
 
     def _execute(self, job: _Job, output: OutputLog) -> tuple[TaskStatus, TaskResult]:
         try:
@@ -449,6 +472,8 @@ class TaskManager:
                 self._audit_end(job, status, result, error_code=StorageError.code)
             return
         self._audit_end(job, status, result)
+        log.info("task %s ended %s (exit %d, %d ms%s)", task_id, status.name, result.exit_code,
+                 result.execution_time_ms, f", limit {result.limit_reason}" if result.limit_reason else "")
         TASK_SECONDS.labels(job.record.task_type.name, status.name).observe(
             (completed_ns - job.record.created_at_ns) / 1e9)
         if result.exit_code >= 0 or result.execution_time_ms:  # the sandbox ran

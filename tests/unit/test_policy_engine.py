@@ -342,7 +342,7 @@ def test_ignores_context_is_conservative(tmp_path: Path, line: str, expected: bo
 
 
 def test_decision_cache_reuses_decisions_only_when_context_is_unread(tmp_path: Path) -> None:
-    from gateway.metrics import POLICY_CACHE
+    from gateway.observability.metrics import POLICY_CACHE
 
     hits = POLICY_CACHE.labels("hit")
     engine = EmbeddedEngine(POLICY_DIR, cache_entries=8)

@@ -1,0 +1,126 @@
+"""OpenTelemetry traces: one span per call, children for its stages, W3C context in and out.
+
+Off by default. The standard ``OTEL_*`` environment variables configure it
+(https://opentelemetry.io/docs/specs/otel/configuration/sdk-environment-variables/):
+``OTEL_TRACES_EXPORTER=otlp`` (or ``console``) turns it on, ``OTEL_EXPORTER_OTLP_ENDPOINT``
+/ ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` say where spans go (OTLP over gRPC),
+``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG`` sample (``parentbased_traceidratio``
+with ``0.01`` keeps 1 % of new traces and follows a caller's decision),
+``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` name the service, ``OTEL_BSP_*`` tune
+the batch processor, ``OTEL_SDK_DISABLED=true`` turns it off whatever else is set. Tracing
+only adds spans: it configures no logging and changes no other output.
+
+Span names and attributes follow the semantic conventions: a gRPC call is
+``mcp.McpService/<Method>`` (``rpc.system``, ``rpc.service``, ``rpc.method``), a REST call
+``<METHOD> <route>`` (``http.request.method``, ``http.route``, ``url.scheme``), both SERVER
+spans with ``network.peer.address``; the gateway adds ``mcp.*`` attributes (task id,
+decision, exit code, error code, principal, tenant). Children: ``authenticate``,
+``policy.evaluate``, ``store.create``, ``audit.write``, and for a command task
+``task.queue`` (the wait for a sandbox slot) and ``sandbox.run``, which start after the
+call has answered and are parented to its span.
+
+A caller's ``traceparent`` (HTTP header or gRPC metadata, W3C Trace Context) continues its
+trace; the trace id goes into every audit event (``trace_id``), every log line and the
+request-duration histogram's exemplars.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+__all__ = ["call_span", "configure_tracing", "current_trace_id", "set_error", "span", "tracer"]
+
+log = logging.getLogger(__name__)
+
+_TRACER_NAME = "mcp-gateway"
+
+
+def tracer() -> trace.Tracer:
+    """The gateway's tracer (a no-op one while tracing is off)."""
+    return trace.get_tracer(_TRACER_NAME)
+
+
+def configure_tracing(environ: Mapping[str, str] | None = None) -> bool:
+    """Install an SDK tracer provider when the environment asks for one (see the module
+    docstring); returns whether tracing is on.
+
+    Raises:
+        ValueError: an ``OTEL_TRACES_EXPORTER`` this gateway cannot export to.
+    """
+    env = os.environ if environ is None else environ
+    exporters = [e.strip() for e in env.get("OTEL_TRACES_EXPORTER", "none").split(",") if e.strip()]
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true" or exporters in ([], ["none"]):
+        return False
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+    provider = TracerProvider(resource=Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "mcp-gateway")}))
+    for name in exporters:
+        exporter: SpanExporter
+        if name == "otlp":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            exporter = OTLPSpanExporter()
+        elif name == "console":
+            exporter = ConsoleSpanExporter()
+        else:
+            raise ValueError(f"OTEL_TRACES_EXPORTER={name!r}: this gateway exports with otlp or console")
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    log.info("tracing on: exporters %s, sampler %s", ",".join(exporters), provider.sampler.get_description())
+    return True
+
+
+def current_trace_id() -> str | None:
+    """The current span's trace id (32 lowercase hex digits), or None outside a trace."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
+@contextmanager
+def call_span(transport: str, method: str, peer: str, carrier: Mapping[str, str]) -> Iterator[Span]:
+    """The SERVER span of one call, continuing the trace of ``carrier``'s ``traceparent``
+    (HTTP headers or gRPC metadata, lowercase keys), current within the block. An exception
+    leaving the block does not mark it: the caller decides what is a failure of the call
+    (:func:`set_error`) and what is its answer (a refusal)."""
+    parent = propagate.extract(carrier) if carrier else None
+    if transport == "grpc":
+        name = f"mcp.McpService/{method}"
+        attributes: dict[str, Any] = {"rpc.system": "grpc", "rpc.service": "mcp.McpService", "rpc.method": method}
+    else:
+        verb, _, route = method.partition(" ")
+        name = method
+        attributes = {"http.request.method": verb, "http.route": route,
+                      "url.scheme": "https" if transport == "https" else "http"}
+    host, _, port = peer.rpartition(":")
+    if host:
+        attributes["network.peer.address"] = host.strip("[]")
+        if port.isdigit():
+            attributes["network.peer.port"] = int(port)
+    with tracer().start_as_current_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes,
+                                        record_exception=False, set_status_on_exception=False) as current:
+        yield current
+
+
+@contextmanager
+def span(name: str, parent: otel_context.Context | None = None, **attributes: Any) -> Iterator[Span]:
+    """A child span of the current one (or of ``parent``), current within the block; None
+    attributes are left out. An exception leaving the block marks it as an error."""
+    attrs = {k.replace("__", "."): v for k, v in attributes.items() if v is not None}
+    with tracer().start_as_current_span(name, context=parent, attributes=attrs) as current:
+        yield current
+
+
+def set_error(current: Span, code: int, message: str) -> None:
+    """Mark ``current`` as failed with the project error ``code``."""
+    current.set_attribute("mcp.error_code", code)
+    current.set_status(Status(StatusCode.ERROR, message))
