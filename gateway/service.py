@@ -66,6 +66,7 @@ from gateway.errors import (
 )
 from gateway.observability.metrics import (
     AUTH_FAILURES,
+    CROSS_TENANT_PROBES,
     ERRORS,
     POLICY_DECISIONS,
     POLICY_ENGINE_UP,
@@ -76,6 +77,7 @@ from gateway.observability.metrics import (
     REQUESTS,
     exposition,
     observe,
+    start_series,
 )
 from gateway.observability.logs import bind_call
 from gateway.observability.tracing import call_span, set_error, span
@@ -179,6 +181,7 @@ class GatewayService:
         self._limiter = limiter
         self._in_flight = PrincipalSlots(settings.admission.principal_in_flight)
         self._readiness: dict[str, Any] | None = None
+        start_series(policy.name)
         self._started = time.monotonic()
 
     # -- health ---------------------------------------------------------------
@@ -464,8 +467,11 @@ class GatewayService:
         if record is None or not _visible(record, principal):
             # The caller learns nothing; the trail records whether it named another
             # tenant's task (cross-tenant probing).
+            cross_tenant = record is not None and record.tenant != principal.tenant
+            if cross_tenant:
+                CROSS_TENANT_PROBES.inc()
             self._audit.emit("not_found", ctx, principal, task_id=task_id, error_code=NotFound.code,
-                             cross_tenant=record is not None and record.tenant != principal.tenant)
+                             cross_tenant=cross_tenant)
             raise NotFound(f"task {task_id} not found", details={"task_id": task_id})
         return record
 

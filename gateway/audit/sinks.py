@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
-from gateway.observability.metrics import AUDIT_QUEUE_DEPTH
+from gateway.observability.metrics import AUDIT_QUEUE_CAPACITY, AUDIT_QUEUE_DEPTH
 
 __all__ = ["AuditSink", "FileSink", "FsyncPolicy", "StdoutSink", "WebhookSink", "rotated_name"]
 
@@ -489,6 +489,7 @@ class WebhookSink:
             self._queue.extend(self._spool.pending())
         self._depth = AUDIT_QUEUE_DEPTH.labels(self.name)
         self._depth.set(len(self._queue))
+        AUDIT_QUEUE_CAPACITY.labels(self.name).set(queue_events)
         self._client = httpx.Client(timeout=timeout_s, transport=transport)
         self._failing_since: float | None = None
         self._worker = threading.Thread(target=self._run, name="audit-webhook", daemon=True)

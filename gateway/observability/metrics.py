@@ -31,11 +31,13 @@ __all__ = [
     "ACTIVE_TASKS",
     "ADMISSION_REFUSED",
     "AUDIT_EVENTS",
+    "AUDIT_QUEUE_CAPACITY",
     "AUDIT_QUEUE_DEPTH",
     "AUDIT_WRITE_SECONDS",
     "AUTH_FAILURES",
     "BUILD_INFO",
     "CONTENT_TYPE",
+    "CROSS_TENANT_PROBES",
     "ERRORS",
     "GRPC_DECODE_ERRORS",
     "IN_FLIGHT",
@@ -63,6 +65,7 @@ __all__ = [
     "limit_kind",
     "observe",
     "set_active_bundle",
+    "start_series",
     "track_tasks",
 ]
 
@@ -211,6 +214,12 @@ SANDBOX_LIMIT_HITS = Counter(
 TASK_SLOTS = Gauge("mcp_task_slots", "Sandboxes this process runs at once at most (tasks.max_concurrent).")
 TASK_QUEUE_CAPACITY = Gauge("mcp_task_queue_capacity", "Tasks this process queues at most (tasks.max_queued).")
 
+CROSS_TENANT_PROBES = Counter(
+    "mcp_cross_tenant_probes_total",
+    "Calls that named a task of another tenant (answered 6001 like an unknown id; the audit "
+    "event has cross_tenant: true and names the caller).",
+)
+
 # -- health ---------------------------------------------------------------------------
 
 READY = Gauge("mcp_gateway_ready", "1 while the gateway answers /health/ready with 200 (refreshed every 0.5 s).")
@@ -244,6 +253,12 @@ AUDIT_QUEUE_DEPTH = Gauge(
     "Audit events waiting in a queued sink (webhook) for delivery.",
     ["sink"],
 )
+AUDIT_QUEUE_CAPACITY = Gauge(
+    "mcp_audit_queue_capacity",
+    "Audit events a queued sink (webhook) holds at most (audit.webhook.queue_events); past it "
+    "calls block or fail (5001).",
+    ["sink"],
+)
 AUDIT_WRITE_SECONDS = Histogram(
     "mcp_audit_write_seconds",
     "Time to chain an audit event and hand it to every sink (the record file, copies, queues), "
@@ -253,6 +268,22 @@ AUDIT_WRITE_SECONDS = Histogram(
 
 _LIMIT_KINDS = LABEL_VALUES["kind"]
 _active: tuple[str, str] | None = None
+
+
+def start_series(engine: str) -> None:
+    """Create at 0 the series of counters whose label values are known up front, so that
+    the first event after a start shows in ``rate()``/``increase()`` (Prometheus takes a
+    series' first sample as its start)."""
+    for outcome in ("allow", "deny", "error"):
+        POLICY_DECISIONS.labels(engine, outcome)
+    for result in ("applied", "rejected", "unchanged"):
+        POLICY_RELOADS.labels(result)
+    for kind in _LIMIT_KINDS:
+        SANDBOX_LIMIT_HITS.labels(kind)
+    for limit in ("principal_requests", "tenant_requests"):
+        RATE_LIMITED.labels(limit)
+    for reason in ("queue_full", "principal_quota", "tenant_quota"):
+        TASK_QUEUE_REJECTIONS.labels(reason)
 
 
 def observe(histogram: Histogram, value: float) -> None:

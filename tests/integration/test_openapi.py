@@ -135,9 +135,11 @@ def test_media_types_are_the_served_ones(document: dict[str, Any], client: httpx
     def content(path: str, method: str = "get", status: str = "200") -> set[str]:
         return set(document["paths"][path][method]["responses"][status]["content"])
 
-    assert content("/metrics") == {"text/plain"}
+    assert content("/metrics") == {"text/plain", "application/openmetrics-text"}
     metrics = client.get("/metrics")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+    metrics = client.get("/metrics", headers={"accept": "application/openmetrics-text"})
+    assert metrics.headers["content-type"].startswith("application/openmetrics-text")
     assert "application/octet-stream" in content("/v1/files/{path}")
     assert document["paths"]["/v1/files/{path}"]["put"]["requestBody"]["content"].keys() == {
         "application/octet-stream"}

@@ -52,3 +52,11 @@ def test_openmetrics_is_served_when_asked_for() -> None:
 def test_an_unknown_limit_reason_is_other() -> None:
     assert metrics.limit_kind("oom") == "oom"
     assert metrics.limit_kind("something new") == "other"
+
+
+def test_the_docs_table_is_current() -> None:
+    from gateway.observability.docs import render
+    from tests.conftest import REPO
+
+    for path, text in render(REPO).items():
+        assert path.read_text() == text, f"{path} is stale: run .venv/bin/python scripts/gen_observability.py"

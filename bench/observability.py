@@ -1,0 +1,151 @@
+"""What tracing costs: the latency of an ``echo`` task with tracing off, on at sampling 1.0,
+and on at 0.01, in one run.
+
+    .venv/bin/python bench/observability.py [--runs 300] [--smoke]
+
+Three real ``mcp-gateway serve --dev`` processes run side by side (each in a uid range of
+its own): one without ``OTEL_*``, two with ``OTEL_TRACES_EXPORTER=otlp`` and
+``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` at 1.0 and 0.01, exporting with the real
+OTLP/gRPC exporter (batch processor, its defaults) to a receiver in this process that counts
+the spans. Each round sends one task to each gateway in turn (ExecuteCommand of ``echo``,
+then GetTaskStatus every 2 ms until final, timed at the client), so drift in the machine's
+load falls on all three alike. Printed: median and p99 ms per variant, the medians' ratio to
+tracing off, and the spans received. Target (issue 15): at most 5 % added at 1.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+from common import parse_args
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gateway.proto import mcp_pb2, mcp_pb2_grpc  # noqa: E402
+
+FIRST_UID = 290_000  # ranges of this bench's own, 1000 apart
+POLL_S = 0.002
+FINAL = {mcp_pb2.TASK_COMPLETED, mcp_pb2.TASK_FAILED, mcp_pb2.TASK_CANCELLED, mcp_pb2.TASK_TIMED_OUT}
+VARIANTS = {"tracing off": None, "tracing on, sampling 1.0": "1.0", "tracing on, sampling 0.01": "0.01"}
+
+
+class SpanCounter(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP/gRPC receiver that counts the spans it is sent."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+        self._lock = threading.Lock()
+
+    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - the OTLP service's name
+        with self._lock:
+            self.spans += sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+
+
+def start_gateway(index: int, ratio: str | None, otlp_port: int, state: str) -> tuple[subprocess.Popen[str], str]:
+    """A gateway with tracing at ``ratio`` (None: off); returns it and its gRPC address."""
+    uid = str(FIRST_UID + 1000 * index)
+    env = dict(os.environ, MCP_GATEWAY_SANDBOX__UID=uid, MCP_GATEWAY_SANDBOX__GID=uid,
+               MCP_GATEWAY_RATE_LIMITS__PRINCIPAL__REQUESTS_PER_S="0",
+               MCP_GATEWAY_RATE_LIMITS__TENANT__REQUESTS_PER_S="0")
+    if ratio is not None:
+        env.update(OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{otlp_port}",
+                   OTEL_EXPORTER_OTLP_INSECURE="true", OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+                   OTEL_TRACES_SAMPLER_ARG=ratio)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mcp-gateway"), "serve", "--http-port", "0", "--grpc-port", "0",
+         "--state-dir", state, "--log-level", "warning", "--dev"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("listening "):
+        raise SystemExit(f"gateway did not start (exit {proc.wait(timeout=30)}): {line!r}")
+    return proc, dict(p.split("=", 1) for p in line.split()[1:])["grpc"]
+
+
+def one_task(stub: mcp_pb2_grpc.McpServiceStub) -> float:
+    """Milliseconds from ExecuteCommand of ``echo`` to a final GetTaskStatus."""
+    start = time.perf_counter()
+    created = stub.ExecuteCommand(mcp_pb2.CommandRequest(command="echo", args=["hi"], timeout=30))
+    while True:
+        status = stub.GetTaskStatus(mcp_pb2.TaskStatusRequest(task_id=created.task_id))
+        if status.task_info.status in FINAL:
+            break
+        time.sleep(POLL_S)
+    assert status.task_info.status == mcp_pb2.TASK_COMPLETED, mcp_pb2.TaskStatus.Name(status.task_info.status)
+    return (time.perf_counter() - start) * 1e3
+
+
+def main() -> None:
+    """Run the three variants round-robin and print the table."""
+    parser = argparse.ArgumentParser(description="echo task latency with tracing off / on (1.0) / on (0.01)")
+    parser.add_argument("--runs", type=int, default=300, help="tasks per variant")
+    runs = parse_args(parser, smoke={"runs": 3}).runs
+    counter = SpanCounter()
+    receiver = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(counter, receiver)
+    otlp_port = receiver.add_insecure_port("127.0.0.1:0")
+    receiver.start()
+    procs, channels, stubs = [], [], {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-otel-") as root:
+            os.chmod(root, 0o711)
+            for i, (name, ratio) in enumerate(VARIANTS.items()):
+                proc, addr = start_gateway(i, ratio, otlp_port, os.path.join(root, str(i)))
+                procs.append(proc)
+                channel = grpc.insecure_channel(addr)
+                channels.append(channel)
+                stubs[name] = mcp_pb2_grpc.McpServiceStub(channel)
+            for stub in stubs.values():  # warm up: policy workers, the store, the first sandboxes
+                for _ in range(min(runs, 10)):
+                    one_task(stub)
+            times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+            for _ in range(runs):
+                for name, stub in stubs.items():
+                    times[name].append(one_task(stub))
+            for proc in procs:  # a clean stop flushes the batch processors
+                proc.terminate()
+                proc.wait(timeout=30)
+    finally:
+        for channel in channels:
+            channel.close()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        receiver.stop(0)
+    base = statistics.median(times["tracing off"])
+    print(f"echo tasks per variant: {runs} (ExecuteCommand + GetTaskStatus polling, gRPC)")
+    print(f"{'variant':28} | median ms | p99 ms | median vs off")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:28} | {median:9.2f} | {percentile(values, 99):6.2f} | {median / base:12.3f}x")
+    added = statistics.median(times["tracing on, sampling 1.0"]) / base - 1
+    print(f"spans received: {counter.spans}")
+    print(f"added at sampling 1.0: {added * 100:+.1f} % (target at most +5 %): {'met' if added <= 0.05 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
