@@ -284,7 +284,8 @@ class GatewayService:
         """
         start = time.perf_counter()
         status = "ok"
-        with call_span(ctx.transport, ctx.method, ctx.client_addr, dict(ctx.trace_context)) as current:
+        with call_span(ctx.transport, ctx.method, ctx.client_addr, dict(ctx.trace_context)) as current, \
+                bind_call(ctx.request_id):
             try:
                 with span("authenticate"):
                     principal = self.authenticate(ctx, credentials)
@@ -309,7 +310,7 @@ class GatewayService:
                 # The server span fails only on what the gateway failed at (a 5xx answer);
                 # a refusal (4xx) is the call's outcome, kept as mcp.error_code.
                 current.set_attribute("mcp.error_code", code)
-                if not known or status_for(exc).http >= 500:
+                if not (isinstance(exc, GatewayError) and status_for(exc).http < 500):
                     set_error(current, code, str(exc) if known else "internal error")
                 raise
             finally:

@@ -30,6 +30,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.debian import apt_install
+
 _SUPERUSER = "gw"
 _START_TIMEOUT_S = 30.0
 
@@ -106,31 +108,12 @@ def _find_bindir() -> Path | None:
 
 
 def _apt_install() -> Path:
-    """Install Debian's ``postgresql`` (root + apt-get only) and return its bin dir, or skip."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("PostgreSQL tests need initdb (on PATH or /usr/lib/postgresql/*/bin); none found, and "
-                    "installing the 'postgresql' package needs root and apt-get")
-    # The package's postinst creates and starts a 'main' cluster through invoke-rc.d; a
-    # policy-rc.d answering 101 ("action forbidden", invoke-rc.d(8)) keeps it from running.
-    policy = Path("/usr/sbin/policy-rc.d")
-    own_policy = not policy.exists()
-    if own_policy:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"]
-    try:
-        out = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-        if out.returncode != 0:  # a fresh machine may have no package lists yet
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-            out = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-    finally:
-        if own_policy:
-            policy.unlink()
+    """Install Debian's ``postgresql`` and return its bin dir, or skip."""
+    failure = apt_install("postgresql")
     bindir = _find_bindir()
-    if out.returncode != 0 or bindir is None:
-        pytest.skip(f"PostgreSQL tests: 'apt-get install postgresql' failed (exit {out.returncode}): "
-                    f"{(out.stderr or out.stdout).strip()[-500:]}")
+    if failure is not None or bindir is None:
+        pytest.skip(f"PostgreSQL tests need initdb (on PATH or /usr/lib/postgresql/*/bin): "
+                    f"{failure or 'not found after installing postgresql'}")
     return bindir
 
 

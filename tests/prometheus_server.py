@@ -12,7 +12,6 @@ files and dashboards live, and the names a PromQL expression reads.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -26,6 +25,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.debian import apt_install
 import yaml
 
 _START_TIMEOUT_S = 30.0
@@ -88,30 +89,11 @@ def prometheus_binaries() -> PrometheusBinaries:
 
 
 def _apt_install() -> PrometheusBinaries:
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("Prometheus tests need promtool and prometheus (on PATH or /usr/bin); none found, and "
-                    "installing Debian's 'prometheus' package needs root and apt-get")
-    # The package's postinst starts the service through invoke-rc.d; a policy-rc.d answering 101
-    # ("action forbidden", invoke-rc.d(8)) keeps a machine-wide server from running.
-    policy = Path("/usr/sbin/policy-rc.d")
-    own_policy = not policy.exists()
-    if own_policy:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"]
-    try:
-        out = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-        if out.returncode != 0:  # a fresh machine may have no package lists yet
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-            out = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-    finally:
-        if own_policy:
-            policy.unlink()
+    failure = apt_install("prometheus")
     found = _find()
-    if out.returncode != 0 or found is None:
-        pytest.skip(f"Prometheus tests: 'apt-get install prometheus' failed (exit {out.returncode}): "
-                    f"{(out.stderr or out.stdout).strip()[-500:]}")
+    if failure is not None or found is None:
+        pytest.skip(f"Prometheus tests need promtool and prometheus (on PATH or /usr/bin): "
+                    f"{failure or 'not found after installing prometheus'}")
     return found
 
 

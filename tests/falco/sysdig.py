@@ -25,6 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tests.debian import apt_install
+
 __all__ = ["SysdigError", "build_bridge", "ensure_sysdig", "match"]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +41,6 @@ INIT_CONFIG = '{"follow":false}'
 CFLAGS = ["-std=c11", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", "-fvisibility=hidden"]
 
 RUN_TIMEOUT_S = 60
-APT_TIMEOUT_S = 900
 _FIELD_RE = re.compile(r"^[A-Za-z0-9_.]+(\[[^\]%\s]+\])?$")
 
 _checked: str | None | bool = False  # False: not checked yet
@@ -59,25 +60,6 @@ def _run(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> 
                           stdin=subprocess.DEVNULL)
 
 
-def _apt_install() -> str | None:
-    """apt-get install the packages; None on success, else what went wrong."""
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends",
-               "-o", "DPkg::Lock::Timeout=120", *APT_PACKAGES]
-    try:
-        out = _run(install, APT_TIMEOUT_S, env)
-        if out.returncode != 0:
-            # package lists may be missing or stale: refresh them once, then retry
-            upd = _run(["apt-get", "update", "-q", "-o", "DPkg::Lock::Timeout=120"], APT_TIMEOUT_S, env)
-            out = _run(install, APT_TIMEOUT_S, env) if upd.returncode == 0 else upd
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{' '.join(install)}: {exc}"
-    if out.returncode != 0:
-        tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-5:])
-        return f"{' '.join(install)} failed (exit {out.returncode}): {tail}"
-    return None
-
-
 def _check() -> str | None:
     if shutil.which("gcc") is None:
         return "gcc is missing: it builds the sysdig bridge"
@@ -86,9 +68,7 @@ def _check() -> str | None:
         if not shutil.which("apt-get") or not Path("/etc/debian_version").exists():
             return ("sysdig 0.29.3 and libfalcosecurity0-dev are Debian 12 packages; this is not a Debian "
                     "machine with apt-get")
-        if os.geteuid() != 0:
-            return f"sysdig is not installed and only root may apt-get install {' '.join(APT_PACKAGES)}"
-        failure = _apt_install()
+        failure = apt_install(*APT_PACKAGES)
         if failure is not None:
             return failure
         installed = True
