@@ -149,7 +149,8 @@ def test_kill_9_under_load_leaves_whole_lines_and_at_most_an_unsigned_tail(
     files = trail(state)
     assert len(files) >= 2, "the load crossed a rotation"
     for path in files:
-        assert Path(path).read_bytes().endswith(b"\n")
+        data = Path(path).read_bytes()
+        assert data == b"" or data.endswith(b"\n"), path  # empty: killed right after a rotation
     key = public_key(state, tmp_path / "k.pub")
     out = audit_cli("verify", "--json", "--public-key", str(key), *files)
     report = json.loads(out.stdout)
