@@ -46,6 +46,7 @@ def sel(metric: str, *matchers: str) -> str:
 
 
 def rate(metric: str, *matchers: str, window: str = RATE) -> str:
+    """PromQL ``rate()`` of ``metric`` on this dashboard's instance, over ``window``."""
     return f"rate({sel(metric, *matchers)}[{window}])"
 
 
@@ -75,6 +76,7 @@ def _targets(queries: list[tuple[str, str]], instant: bool = False) -> list[dict
 def timeseries(title: str, description: str, queries: list[tuple[str, str]], unit: str = "short", *,
                stack: bool = False, thresholds: list[tuple[str, float | None]] | None = None,
                minimum: float | None = 0) -> Panel:
+    """A timeseries panel: ``queries`` are (PromQL, legend) pairs, ``unit`` a Grafana unit."""
     custom: dict[str, Any] = {
         "drawStyle": "line", "lineInterpolation": "linear", "lineWidth": 1, "fillOpacity": 10,
         "gradientMode": "none", "showPoints": "never", "pointSize": 4, "spanNulls": False,
@@ -99,6 +101,7 @@ def timeseries(title: str, description: str, queries: list[tuple[str, str]], uni
 def stat(title: str, description: str, queries: list[tuple[str, str]], unit: str = "short", *,
          thresholds: list[tuple[str, float | None]] | None = None, text_mode: str = "auto",
          mappings: list[dict[str, Any]] | None = None, decimals: int | None = None) -> Panel:
+    """A stat panel of instant ``queries`` (PromQL, legend), coloured by ``thresholds``."""
     defaults: dict[str, Any] = {
         "unit": unit, "color": {"mode": "thresholds"}, "mappings": mappings or [],
         "thresholds": _thresholds(thresholds or [("green", None)]),
@@ -195,6 +198,7 @@ class Dashboard:
 
 
 def overview() -> Dashboard:
+    """Traffic, errors, latency, saturation, SLO budgets."""
     d = Dashboard("mcp-gateway-overview", "MCP gateway / Overview",
                   "Traffic, errors, latency, saturation and the SLO error budgets of the MCP security gateway.")
     calls = rate("mcp_api_requests_total")
@@ -275,6 +279,7 @@ def overview() -> Dashboard:
 
 
 def performance() -> Dashboard:
+    """Stage latencies from the histograms, policy and sandbox times, queues, the process."""
     d = Dashboard("mcp-gateway-performance", "MCP gateway / Performance",
                   "Latency of each stage of a call and a task (from the histograms), queues and the process.")
     d.row("Calls")
@@ -331,6 +336,7 @@ def performance() -> Dashboard:
 
 
 def security() -> Dashboard:
+    """Denials, limit hits, auth failures, rate limiting, cross-tenant probes, audit health, revision."""
     d = Dashboard("mcp-gateway-security", "MCP gateway / Security",
                   "Policy denials, sandbox limits, authentication failures, rate limiting and audit health.")
     d.row("Policy")
@@ -411,6 +417,7 @@ def render() -> dict[Path, str]:
 
 
 def main(argv: list[str]) -> int:
+    """Write the dashboards (``--check``: exit 1 when a committed one differs instead)."""
     stale = []
     for path, content in render().items():
         if path.exists() and path.read_text() == content:
