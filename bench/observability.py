@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +63,32 @@ class SpanCounter(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
+class _HttpReceiver(BaseHTTPRequestHandler):
+    """OTLP/HTTP (``POST /v1/traces``, protobuf) into the same counter."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        request = trace_service_pb2.ExportTraceServiceRequest.FromString(
+            self.rfile.read(int(self.headers["content-length"])))
+        self.server.counter.Export(request, None)  # type: ignore[attr-defined]
+        body = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+        pass
+
+
 def percentile(values: list[float], pct: float) -> float:
     """Nearest-rank percentile of ``values``."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
 
 
-def start_gateway(index: int, ratio: str | None, otlp_port: int, state: str) -> tuple[subprocess.Popen[str], str]:
+def start_gateway(index: int, ratio: str | None, otlp_port: int, state: str,
+                  protocol: str = "grpc") -> tuple[subprocess.Popen[str], str]:
     """A gateway with tracing at ``ratio`` (None: off); returns it and its gRPC address."""
     uid = str(FIRST_UID + 1000 * index)
     env = dict(os.environ, MCP_GATEWAY_SANDBOX__UID=uid, MCP_GATEWAY_SANDBOX__GID=uid,
@@ -76,7 +96,8 @@ def start_gateway(index: int, ratio: str | None, otlp_port: int, state: str) -> 
                MCP_GATEWAY_RATE_LIMITS__TENANT__REQUESTS_PER_S="0")
     if ratio is not None:
         env.update(OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{otlp_port}",
-                   OTEL_EXPORTER_OTLP_INSECURE="true", OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+                   OTEL_EXPORTER_OTLP_INSECURE="true", OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
+                   OTEL_TRACES_SAMPLER="parentbased_traceidratio",
                    OTEL_TRACES_SAMPLER_ARG=ratio)
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mcp-gateway"), "serve", "--http-port", "0", "--grpc-port", "0",
@@ -115,18 +136,25 @@ def main() -> None:
     """Run the variants round-robin and print the table."""
     parser = argparse.ArgumentParser(description="echo task latency with tracing off / on (1.0) / on (0.01)")
     parser.add_argument("--runs", type=int, default=300, help="tasks per variant")
-    runs = parse_args(parser, smoke={"runs": 3}).runs
+    parser.add_argument("--protocol", choices=("grpc", "http/protobuf"), default="grpc",
+                        help="OTEL_EXPORTER_OTLP_PROTOCOL of the traced gateways")
+    args = parse_args(parser, smoke={"runs": 3})
+    runs = args.runs
     counter = SpanCounter()
     receiver = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(counter, receiver)
-    otlp_port = receiver.add_insecure_port("127.0.0.1:0")
+    grpc_port = receiver.add_insecure_port("127.0.0.1:0")
     receiver.start()
+    http_receiver = ThreadingHTTPServer(("127.0.0.1", 0), _HttpReceiver)
+    http_receiver.counter = counter  # type: ignore[attr-defined]
+    threading.Thread(target=http_receiver.serve_forever, daemon=True).start()
+    otlp_port = grpc_port if args.protocol == "grpc" else http_receiver.server_address[1]
     procs, channels, stubs = [], [], {}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-otel-") as root:
             os.chmod(root, 0o711)
             for i, (name, ratio) in enumerate(VARIANTS.items()):
-                proc, addr = start_gateway(i, ratio, otlp_port, os.path.join(root, str(i)))
+                proc, addr = start_gateway(i, ratio, otlp_port, os.path.join(root, str(i)), args.protocol)
                 procs.append(proc)
                 channel = grpc.insecure_channel(addr)
                 channels.append(channel)
@@ -155,6 +183,8 @@ def main() -> None:
             if proc.stdout is not None:
                 proc.stdout.close()
         receiver.stop(0)
+        http_receiver.shutdown()
+        http_receiver.server_close()
     print(f"echo tasks per variant and wait: {runs} (gRPC ExecuteCommand, then the output stream's exit "
           "entry, or GetTaskStatus every 2 ms)")
     print(f"{'variant':28} | {'wait':6} | median ms | p99 ms | median vs off")

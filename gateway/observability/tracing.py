@@ -3,7 +3,8 @@
 Off by default. The standard ``OTEL_*`` environment variables configure it
 (https://opentelemetry.io/docs/specs/otel/configuration/sdk-environment-variables/):
 ``OTEL_TRACES_EXPORTER=otlp`` (or ``console``) turns it on, ``OTEL_EXPORTER_OTLP_ENDPOINT``
-/ ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` say where spans go (OTLP over gRPC),
+/ ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` say where spans go, ``OTEL_EXPORTER_OTLP_PROTOCOL``
+how (``grpc``, the default, or ``http/protobuf``),
 ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG`` sample (``parentbased_traceidratio``
 with ``0.01`` keeps 1 % of new traces and follows a caller's decision),
 ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` name the service, ``OTEL_BSP_*`` tune
@@ -67,9 +68,7 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> bool:
     for name in exporters:
         exporter: SpanExporter
         if name == "otlp":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-            exporter = OTLPSpanExporter()
+            exporter = _otlp_exporter(env)
         elif name == "console":
             exporter = ConsoleSpanExporter()
         else:
@@ -78,6 +77,25 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> bool:
     trace.set_tracer_provider(provider)
     log.info("tracing on: exporters %s, sampler %s", ",".join(exporters), provider.sampler.get_description())
     return True
+
+
+def _otlp_exporter(env: Mapping[str, str]) -> Any:
+    """The OTLP exporter of ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` /
+    ``OTEL_EXPORTER_OTLP_PROTOCOL``: ``grpc`` (the default) or ``http/protobuf``.
+
+    Raises:
+        ValueError: another protocol (``http/json`` is not implemented by the SDK).
+    """
+    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        return GrpcExporter()
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+        return HttpExporter()
+    raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: this gateway exports with grpc or http/protobuf")
 
 
 def current_trace_id() -> str | None:

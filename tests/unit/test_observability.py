@@ -122,3 +122,19 @@ def test_tracing_is_off_unless_the_environment_asks(env: dict[str, str], on: boo
 def test_an_unknown_exporter_is_refused() -> None:
     with pytest.raises(ValueError, match="zipkin"):
         tracing.configure_tracing({"OTEL_TRACES_EXPORTER": "zipkin"})
+
+
+@pytest.mark.parametrize("env, kind", [({}, "grpc"), ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, "http"),
+                                       ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                                         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"}, "grpc")])
+def test_the_otlp_protocol_follows_the_environment(env: dict[str, str], kind: str) -> None:
+    exporter = tracing._otlp_exporter(env)  # noqa: SLF001 - the factory configure_tracing uses
+    try:
+        assert f".proto.{kind}." in type(exporter).__module__
+    finally:
+        exporter.shutdown()
+
+
+def test_an_unknown_otlp_protocol_is_refused() -> None:
+    with pytest.raises(ValueError, match="http/json"):
+        tracing._otlp_exporter({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})  # noqa: SLF001
