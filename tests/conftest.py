@@ -243,6 +243,14 @@ def grpc_client(gateway: GatewayProcess, grpcurl_binary: str | None) -> Grpcurl 
     return ReflectionClient(gateway.grpc_addr)
 
 
+def as_user(uid: int, gid: int) -> list[str]:
+    """A command prefix that runs the rest as ``uid``/``gid`` with no supplementary groups:
+    setpriv(1), exec'd in place (same pid). Not ``Popen(user=...)``: for that, Python forks
+    rather than vforks, so the child runs the atfork handlers of the gRPC core this test
+    process has loaded, which can abort it (``ev_epoll1_linux.cc ... Check failed``)."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+
+
 def wait_final(call: Any, task_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
     """Poll ``call(task_id)`` (returning a status dict with ``task_info.status``) until final."""
     deadline = time.monotonic() + timeout_s

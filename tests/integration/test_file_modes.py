@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from gateway.proto import mcp_pb2, mcp_pb2_grpc
-from tests.conftest import GatewayProcess, start_gateway
+from tests.conftest import GatewayProcess, as_user, start_gateway
 
 NOBODY = 65534
 WORKSPACE = "modes-" + uuid.uuid4().hex[:8]
@@ -76,8 +76,8 @@ _READ_AS_NOBODY = textwrap.dedent("""
 def read_as_nobody(*paths: Path) -> dict[str, str]:
     """Each path -> ``EACCES`` or ``READ``, as uid/gid 65534 with no supplementary groups."""
     out = subprocess.run(
-        ["/usr/bin/python3", "-c", _READ_AS_NOBODY, *map(str, paths)],
-        user=NOBODY, group=NOBODY, extra_groups=[], capture_output=True, text=True, timeout=30, cwd="/",
+        [*as_user(NOBODY, NOBODY), "/usr/bin/python3", "-c", _READ_AS_NOBODY, *map(str, paths)],
+        capture_output=True, text=True, timeout=30, cwd="/",
     )
     assert out.returncode == 0, out.stderr
     return dict(line.rsplit(" ", 1) for line in out.stdout.splitlines())

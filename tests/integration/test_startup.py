@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import GATEWAY_BIN, start_gateway, wait_final
+from tests.conftest import GATEWAY_BIN, as_user, start_gateway, wait_final
 
 
 def run_serve(*args: str, timeout_s: float = 60, env: dict[str, str] | None = None,
@@ -109,7 +109,7 @@ def test_refuses_unreachable_workspace_root(tmp_path: Path) -> None:
 
 @root_only
 def test_refuses_a_sandbox_uid_range_already_in_use(state_root: Path) -> None:
-    squatter = subprocess.Popen(["sleep", "60"], user=320_007, group=320_007, extra_groups=[])
+    squatter = subprocess.Popen([*as_user(320_007, 320_007), "sleep", "60"])
     try:
         out = run_serve("--state-dir", str(Path(tempfile.mkdtemp(dir=state_root)) / "var"),
                         env={"MCP_GATEWAY_SANDBOX__UID": "320000", "MCP_GATEWAY_SANDBOX__GID": "320000"})

@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from sandbox import NetworkMode, UidPool, busy_uids
+from tests.conftest import as_user
 
 # -- files --------------------------------------------------------------------------------
 
@@ -85,7 +86,7 @@ def test_only_sandbox_pids_are_visible(probe):
 def test_host_process_of_the_same_uid_cannot_be_signalled(probe, run_as):
     # The strongest case: a host process with the sandbox's own uid (permission to signal
     # it would exist if it were visible). It is not: ESRCH, and kill(-1) reaches nobody.
-    host = subprocess.Popen(["sleep", "30"], user=run_as.uid, group=run_as.gid)
+    host = subprocess.Popen([*as_user(run_as.uid, run_as.gid), "sleep", "30"])
     try:
         assert probe("kill", host.pid, 9).pair == (-1, errno.ESRCH)
         assert probe("kill", -1, 9).pair == (-1, errno.ESRCH)

@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 import time
 
+from tests.conftest import as_user
 from tests.security.conftest import clean_up, cgroup_dirs, CGROUP_POOL_NAME, leftovers, zombie_children
 
 
@@ -28,7 +29,7 @@ def test_every_leftover_kind_is_detected_and_cleaned(uid_pool, pool, leftover_sc
     assert leftovers(uids, parents, roots) == []
 
     stray_uid = uid_pool.acquire()
-    in_range = subprocess.Popen(["sleep", "30"], user=stray_uid.uid, group=stray_uid.gid)
+    in_range = subprocess.Popen([*as_user(stray_uid.uid, stray_uid.gid), "sleep", "30"])
     zombie = subprocess.Popen(["bwrap", "--version"], stdout=subprocess.DEVNULL)  # exits at once, unreaped
     in_slot = subprocess.Popen(["sleep", "30"])
     slot = pool.acquire()
