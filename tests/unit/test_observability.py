@@ -138,3 +138,8 @@ def test_the_otlp_protocol_follows_the_environment(env: dict[str, str], kind: st
 def test_an_unknown_otlp_protocol_is_refused() -> None:
     with pytest.raises(ValueError, match="http/json"):
         tracing._otlp_exporter({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})  # noqa: SLF001
+
+
+def test_small_export_batches_unless_the_environment_says_otherwise() -> None:
+    assert tracing.batch_settings({}) == {"max_export_batch_size": 64, "schedule_delay_millis": 200}
+    assert tracing.batch_settings({"OTEL_BSP_SCHEDULE_DELAY": "5000"}) == {"max_export_batch_size": 64}
