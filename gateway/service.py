@@ -303,15 +303,15 @@ class GatewayService:
                 finally:
                     self._in_flight.leave(key)
             except Exception as exc:
-                known = isinstance(exc, GatewayError)
-                code = exc.code if known else InternalError.code
-                status = str(code)
-                ERRORS.labels(type(exc).__name__ if known else InternalError.__name__, status).inc()
+                error = exc if isinstance(exc, GatewayError) else InternalError("internal error")
+                status = str(error.code)
+                ERRORS.labels(type(error).__name__, status).inc()
                 # The server span fails only on what the gateway failed at (a 5xx answer);
                 # a refusal (4xx) is the call's outcome, kept as mcp.error_code.
-                current.set_attribute("mcp.error_code", code)
-                if not (isinstance(exc, GatewayError) and status_for(exc).http < 500):
-                    set_error(current, code, str(exc) if known else "internal error")
+                if status_for(error).http >= 500:
+                    set_error(current, error.code, error.message)
+                else:
+                    current.set_attribute("mcp.error_code", error.code)
                 raise
             finally:
                 REQUESTS.labels(ctx.transport, ctx.method, status).inc()

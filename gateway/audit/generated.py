@@ -15,6 +15,7 @@ copy in the tree differs from what :func:`render` gives, so none can drift:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.audit.fields import FIELDS, Field, json_schema
@@ -55,7 +56,7 @@ def _go_fields() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _doc_row(f: Field) -> str:
+def _constraints(f: Field) -> str:
     notes = []
     if f.required:
         notes.append("required")
@@ -65,25 +66,24 @@ def _doc_row(f: Field) -> str:
         notes.append(f"≥ {f.minimum}")
     if f.pattern:
         notes.append(f"pattern `{f.pattern}`")
-    description = f.description.replace("|", "\\|")
-    return f"| `mcp.{f.name}` | {f.type} | {_FALCO_TYPE[f.type]} | {description} | {'; '.join(notes)} |"
+    return "; ".join(notes)
+
+
+def _table(header: tuple[str, ...], cells: Callable[[Field], tuple[str, ...]]) -> str:
+    """A Markdown table: ``header``, then ``cells(f)`` for every field (``|`` escaped)."""
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows += ["| " + " | ".join(c.replace("|", "\\|") for c in cells(f)) + " |" for f in FIELDS]
+    return "\n".join(rows)
 
 
 def _doc_table() -> str:
-    rows = ["| Falco field | JSON type | Falco type | Meaning | Constraints |", "|---|---|---|---|---|"]
-    rows += [_doc_row(f) for f in FIELDS]
-    return "\n".join(rows)
-
-
-def _falco_row(f: Field) -> str:
-    description = f.description.replace("|", "\\|")
-    return f"| `mcp.{f.name}` | {_FALCO_TYPE[f.type]} | {description} |"
+    return _table(("Falco field", "JSON type", "Falco type", "Meaning", "Constraints"),
+                  lambda f: (f"`mcp.{f.name}`", f.type, _FALCO_TYPE[f.type], f.description, _constraints(f)))
 
 
 def _falco_table() -> str:
-    rows = ["| Field | Type | Description |", "|---|---|---|"]
-    rows += [_falco_row(f) for f in FIELDS]
-    return "\n".join(rows)
+    return _table(("Field", "Type", "Description"),
+                  lambda f: (f"`mcp.{f.name}`", _FALCO_TYPE[f.type], f.description))
 
 
 def _doc(current: str, table: str, page: str = "docs/audit.md") -> str:

@@ -31,7 +31,7 @@ from gateway.audit.sessions import SessionCounters
 from gateway.audit.signing import CheckpointSigner, signed_bytes
 from gateway.audit.sinks import AuditSink, FileSink, WebhookSink
 from gateway.errors import InternalError
-from gateway.observability.metrics import AUDIT_EVENTS, AUDIT_WRITE_SECONDS
+from gateway.observability.metrics import AUDIT_EVENTS, AUDIT_WRITE_SECONDS, observe
 from gateway.observability.tracing import current_trace_id, span
 from gateway.models import Principal, RequestContext
 
@@ -342,7 +342,7 @@ class AuditLog:
             self._note_failure(failure.sink, exc, len(line) + 1, counted=not retry)
             raise AuditError(f"audit sink '{failure.sink.name}' failed: {exc.strerror or exc}") from exc
         finally:
-            AUDIT_WRITE_SECONDS.observe(time.perf_counter() - started)
+            observe(AUDIT_WRITE_SECONDS, time.perf_counter() - started)
         for sink in self._sinks:
             self._written[sink.name].inc()
         if self._outage is not None:

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from opentelemetry import trace
+from gateway.observability.tracing import current_span_ids
 
 __all__ = ["JsonFormatter", "RepeatFilter", "TextFormatter", "bind_call", "call_fields", "configure_logging"]
 
@@ -74,10 +74,9 @@ def call_fields() -> dict[str, str]:
             fields["principal"] = call.principal
         if call.tenant:
             fields["tenant"] = call.tenant
-    span = trace.get_current_span().get_span_context()
-    if span.is_valid:
-        fields["trace_id"] = format(span.trace_id, "032x")
-        fields["span_id"] = format(span.span_id, "016x")
+    ids = current_span_ids()
+    if ids is not None:
+        fields["trace_id"], fields["span_id"] = ids.trace_id, ids.span_id
     return fields
 
 

@@ -20,12 +20,12 @@ import platform
 import re
 from collections.abc import Callable
 
-from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from gateway import __version__
+from gateway.observability.tracing import current_span_ids
 
 __all__ = [
     "ACTIVE_TASKS",
@@ -36,7 +36,6 @@ __all__ = [
     "AUDIT_WRITE_SECONDS",
     "AUTH_FAILURES",
     "BUILD_INFO",
-    "CONTENT_TYPE",
     "CROSS_TENANT_PROBES",
     "ERRORS",
     "GRPC_DECODE_ERRORS",
@@ -97,8 +96,6 @@ LABEL_VALUES: dict[str, frozenset[str] | re.Pattern[str]] = {
     "version": re.compile(r"^[0-9A-Za-z.+-]{1,40}$"),
     "python_version": re.compile(r"^[0-9A-Za-z.+-]{1,40}$"),
 }
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 POLICY_DECISIONS = Counter(
     "mcp_policy_decisions_total",
@@ -289,15 +286,18 @@ def start_series(engine: str) -> None:
 def observe(histogram: Histogram, value: float) -> None:
     """``histogram.observe(value)``, with the current trace id as its exemplar when a span
     is recording (shown to scrapers that negotiate OpenMetrics)."""
-    context = trace.get_current_span().get_span_context()
-    if context.is_valid and context.trace_flags.sampled:
-        histogram.observe(value, exemplar={"trace_id": format(context.trace_id, "032x")})
+    ids = current_span_ids()
+    if ids is not None and ids.sampled:
+        histogram.observe(value, exemplar={"trace_id": ids.trace_id})
     else:
         histogram.observe(value)
 
 
-def limit_kind(reason: str) -> str:
-    """The ``kind`` label of a sandbox ``limit_reason`` (``other`` for one not in the set)."""
+def limit_kind(reason: str | None) -> str | None:
+    """The ``kind`` label of a sandbox ``limit_reason`` (``other`` for one not in the set),
+    or None when it names no limit (none, or ``cancelled``)."""
+    if not reason or reason == "cancelled":
+        return None
     return reason if reason in _LIMIT_KINDS else "other"
 
 

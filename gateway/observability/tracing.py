@@ -32,14 +32,14 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-__all__ = ["BATCH_DEFAULTS", "batch_settings", "call_span", "configure_tracing", "current_trace_id", "set_error",
-           "span", "tracer"]
+__all__ = ["BATCH_DEFAULTS", "SpanIds", "batch_settings", "call_span", "configure_tracing", "current_span_ids",
+           "current_trace_id", "set_error", "span", "tracer"]
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +115,28 @@ def _otlp_exporter(env: Mapping[str, str]) -> Any:
     raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: this gateway exports with grpc or http/protobuf")
 
 
+class SpanIds(NamedTuple):
+    """The current span's ids as W3C Trace Context writes them: ``trace_id`` 32 and
+    ``span_id`` 16 lowercase hex digits; ``sampled``: the span is recorded and exported."""
+
+    trace_id: str
+    span_id: str
+    sampled: bool
+
+
+def current_span_ids() -> SpanIds | None:
+    """The ids of the current span (recording, or propagated from a caller), or None
+    outside a trace."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return SpanIds(format(context.trace_id, "032x"), format(context.span_id, "016x"), context.trace_flags.sampled)
+
+
 def current_trace_id() -> str | None:
     """The current span's trace id (32 lowercase hex digits), or None outside a trace."""
-    context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else None
+    ids = current_span_ids()
+    return ids.trace_id if ids is not None else None
 
 
 @contextmanager

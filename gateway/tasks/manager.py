@@ -49,6 +49,7 @@ from gateway.observability.metrics import (
     TASK_QUEUE_WAIT_SECONDS,
     TASK_SECONDS,
     limit_kind,
+    observe,
     track_tasks,
 )
 from gateway.models import (
@@ -384,11 +385,11 @@ class TaskManager:
         """Run a dequeued job to its end, its logs and spans tied to the call that made it:
         ``task.queue`` (creation to start) and ``sandbox.run``, children of the call's span."""
         started_ns = time.time_ns()
-        TASK_QUEUE_WAIT_SECONDS.observe(max(0, started_ns - job.record.created_at_ns) / 1e9)
         tracer().start_span("task.queue", context=job.trace_context, start_time=job.record.created_at_ns,
                             attributes={"mcp.task_id": job.record.task_id}).end(end_time=started_ns)
         with bind_call(job.ctx.request_id, job.principal.id, job.principal.tenant), \
                 span("sandbox.run", job.trace_context, mcp__task_id=job.record.task_id) as current:
+            observe(TASK_QUEUE_WAIT_SECONDS, max(0, started_ns - job.record.created_at_ns) / 1e9)
             ended = self._start_and_run(job, started_ns)
             if ended is not None:
                 status, result = ended
@@ -474,12 +475,13 @@ class TaskManager:
         self._audit_end(job, status, result)
         log.info("task %s ended %s (exit %d, %d ms%s)", task_id, status.name, result.exit_code,
                  result.execution_time_ms, f", limit {result.limit_reason}" if result.limit_reason else "")
-        TASK_SECONDS.labels(job.record.task_type.name, status.name).observe(
-            (completed_ns - job.record.created_at_ns) / 1e9)
+        observe(TASK_SECONDS.labels(job.record.task_type.name, status.name),
+                (completed_ns - job.record.created_at_ns) / 1e9)
         if result.exit_code >= 0 or result.execution_time_ms:  # the sandbox ran
-            SANDBOX_RUN_SECONDS.labels(status.name).observe(result.execution_time_ms / 1000)
-        if result.limit_reason and result.limit_reason != "cancelled":
-            SANDBOX_LIMIT_HITS.labels(limit_kind(result.limit_reason)).inc()
+            observe(SANDBOX_RUN_SECONDS.labels(status.name), result.execution_time_ms / 1000)
+        kind = limit_kind(result.limit_reason)
+        if kind is not None:
+            SANDBOX_LIMIT_HITS.labels(kind).inc()
 
     def _end_unstarted(self, job: _Job, error: str | None = None) -> None:
         """Record a task that never ran: CANCELLED, or FAILED with ``error``."""

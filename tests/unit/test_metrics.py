@@ -52,6 +52,7 @@ def test_openmetrics_is_served_when_asked_for() -> None:
 def test_an_unknown_limit_reason_is_other() -> None:
     assert metrics.limit_kind("oom") == "oom"
     assert metrics.limit_kind("something new") == "other"
+    assert metrics.limit_kind("cancelled") is None and metrics.limit_kind(None) is None
 
 
 def test_the_docs_table_is_current() -> None:
