@@ -304,26 +304,14 @@ def _wait_for_opa(url: str, wait_s: float) -> None:
 
 
 def _isolation(settings: Settings) -> Isolation:
-    """A uid range (root only) and cgroup slots, as configured; StartupError when unusable."""
+    """A uid range (root only) and cgroup slots, as configured; StartupError when unusable.
+
+    The cgroup pool comes first: making it sweeps the slots of gateways that died, killing
+    what still runs there. A sandbox can outlive a gateway killed with SIGKILL: bwrap's
+    inner process sets its parent-death signal only after its clone(2), so it misses the
+    death of an outer bwrap killed in between. Only then are the sandbox uids checked, and
+    a process still running with one is refused as before (not ours to kill)."""
     cfg = settings.sandbox
-    uids = None
-    if os.geteuid() == 0:
-        if cfg.uid_count < settings.tasks.max_concurrent:
-            raise StartupError(
-                f"sandbox.uid_count ({cfg.uid_count}) must be at least tasks.max_concurrent "
-                f"({settings.tasks.max_concurrent}): each running task needs a uid of its own"
-            )
-        try:
-            uids = sandbox.UidPool(cfg.uid, cfg.gid, cfg.uid_count)
-        except sandbox.SandboxSetupError as exc:
-            raise StartupError(f"bad sandbox uid range: {exc}") from exc
-        busy = sandbox.busy_uids(uids)
-        if busy:
-            shown = ", ".join(f"pid {pid} (uid {uid})" for pid, uid in sorted(busy.items())[:5])
-            raise StartupError(
-                f"processes already run with sandbox uids {cfg.uid}..{cfg.uid + cfg.uid_count - 1}: "
-                f"{shown}; the range must be reserved for sandboxes (set sandbox.uid)"
-            )
     cgroups = None
     if cfg.cgroups != "off":
         try:
@@ -332,7 +320,37 @@ def _isolation(settings: Settings) -> Isolation:
             if cfg.cgroups == "required":
                 raise StartupError(f"sandbox.cgroups is 'required' but: {exc}") from exc
             log.warning("sandbox: no per-task cgroups: %s", exc)
-    return Isolation(uids, cgroups)
+    try:
+        return Isolation(_uid_pool(settings), cgroups)
+    except StartupError:
+        if cgroups is not None:
+            cgroups.close()
+        raise
+
+
+def _uid_pool(settings: Settings) -> sandbox.UidPool | None:
+    """The sandbox uid range when running as root (None otherwise); StartupError when it is
+    too small, malformed, or in use by any process."""
+    if os.geteuid() != 0:
+        return None
+    cfg = settings.sandbox
+    if cfg.uid_count < settings.tasks.max_concurrent:
+        raise StartupError(
+            f"sandbox.uid_count ({cfg.uid_count}) must be at least tasks.max_concurrent "
+            f"({settings.tasks.max_concurrent}): each running task needs a uid of its own"
+        )
+    try:
+        uids = sandbox.UidPool(cfg.uid, cfg.gid, cfg.uid_count)
+    except sandbox.SandboxSetupError as exc:
+        raise StartupError(f"bad sandbox uid range: {exc}") from exc
+    busy = sandbox.busy_uids(uids)
+    if busy:
+        shown = ", ".join(f"pid {pid} (uid {uid})" for pid, uid in sorted(busy.items())[:5])
+        raise StartupError(
+            f"processes already run with sandbox uids {cfg.uid}..{cfg.uid + cfg.uid_count - 1}: "
+            f"{shown}; the range must be reserved for sandboxes (set sandbox.uid)"
+        )
+    return uids
 
 
 def _close_isolation(isolation: Isolation) -> None:

@@ -120,6 +120,42 @@ def test_refuses_a_sandbox_uid_range_already_in_use(state_root: Path) -> None:
     assert f"pid {squatter.pid} (uid 320007)" in out.stderr and "reserved for sandboxes" in out.stderr
 
 
+def _slots_of(gateway_pid: int) -> list[str]:
+    """The cgroup slot directories (every hierarchy) of the gateway process ``gateway_pid``."""
+    return [p for p in glob.glob(f"/sys/fs/cgroup/**/mcp-gateway-{gateway_pid}/slot-*", recursive=True)
+            if os.path.isdir(p)]
+
+
+@root_only
+def test_a_restart_reclaims_a_sandbox_a_killed_gateway_left_behind(state_root: Path) -> None:
+    """bwrap's inner process can miss the death of an outer bwrap killed with the gateway
+    (it sets its parent-death signal after clone(2)) and live on in the dead gateway's
+    cgroup slot as a sandbox uid. The next start sweeps that slot first, so the orphan is
+    killed and the uid range is free, rather than the start being refused."""
+    state = Path(tempfile.mkdtemp(dir=state_root)) / "var"
+    env = {"MCP_GATEWAY_SANDBOX__UID": "321000", "MCP_GATEWAY_SANDBOX__GID": "321000"}
+    gw = start_gateway(state, env=env)
+    with httpx.Client(base_url=gw.http_url, timeout=30) as client:
+        task = client.post("/v1/execute", json={"command": "true"}).json()["task_id"]
+        wait_final(lambda t: client.get(f"/v1/tasks/{t}").json(), task)
+    slots = _slots_of(gw.proc.pid)
+    if not slots:
+        gw.stop()
+        pytest.skip("this host gives the gateway no cgroup slots (sandbox.cgroups auto found none)")
+    gw.stop(signal.SIGKILL)
+    orphan = subprocess.Popen([*as_user(321_005, 321_005), "sleep", "60"])
+    try:
+        for slot in slots:  # where the orphan of a real crash stays: the dead gateway's slot
+            Path(slot, "cgroup.procs").write_text(str(orphan.pid))
+        restarted = start_gateway(state, env=env)
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
+        assert restarted.stop() == 0
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
+
+
 @root_only
 def test_refuses_a_uid_range_smaller_than_the_worker_pool(state_root: Path) -> None:
     out = run_serve("--state-dir", str(Path(tempfile.mkdtemp(dir=state_root)) / "var"),
