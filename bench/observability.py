@@ -6,14 +6,16 @@ and on at 0.01, in one run, against a second tracing-off gateway for the noise f
 Four real ``mcp-gateway serve --dev`` processes run side by side (each in a uid range of
 its own): two without ``OTEL_*``, two with ``OTEL_TRACES_EXPORTER=otlp`` and
 ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` at 1.0 and 0.01, exporting with the real
-OTLP/gRPC exporter (batch processor, its defaults) to a receiver in this process that counts
-the spans. Each round sends one task to each gateway in turn (ExecuteCommand of ``echo``,
+OTLP/gRPC exporter (batch processor, the gateway's defaults) to a receiver that counts the
+spans. The receiver is a process of its own, as a collector would be: in the client's
+process, decoding the traced gateways' batches took the client's GIL while it timed their
+tasks. Each round sends one task to each gateway in turn (ExecuteCommand of ``echo``,
 then either the output stream until its exit entry, or GetTaskStatus every 2 ms until
 final: every poll is a call with spans of its own), timed at the client, in an order that
 rotates every round, so drift in the machine's load and what one gateway's task leaves
 behind for the next fall on all four alike. Printed: median and p99 ms per variant and way of
-waiting, the medians' ratio to tracing off, and the spans received. Target (issue 15): at
-most 5 % added at 1.0.
+waiting, the medians' ratio to tracing off, the gateway process's CPU per task (all its
+threads), and the spans received. Target (issue 15): at most 5 % added at 1.0.
 """
 
 from __future__ import annotations
@@ -81,6 +83,31 @@ class _HttpReceiver(BaseHTTPRequestHandler):
         pass
 
 
+def serve_receiver() -> None:
+    """The OTLP receiver process (``--receiver``): OTLP/gRPC and OTLP/HTTP on loopback,
+    ports printed as ``ports GRPC HTTP``; prints ``spans N`` when its stdin closes."""
+    counter = SpanCounter()
+    receiver = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(counter, receiver)
+    grpc_port = receiver.add_insecure_port("127.0.0.1:0")
+    receiver.start()
+    http_receiver = ThreadingHTTPServer(("127.0.0.1", 0), _HttpReceiver)
+    http_receiver.counter = counter  # type: ignore[attr-defined]
+    threading.Thread(target=http_receiver.serve_forever, daemon=True).start()
+    print(f"ports {grpc_port} {http_receiver.server_address[1]}", flush=True)
+    sys.stdin.read()
+    receiver.stop(1).wait()
+    http_receiver.shutdown()
+    print(f"spans {counter.spans}", flush=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid``, all its threads, not its children
+    (utime and stime, fields 14 and 15 of /proc/PID/stat, proc(5))."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], pct: float) -> float:
     """Nearest-rank percentile of ``values``."""
     ordered = sorted(values)
@@ -138,17 +165,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300, help="tasks per variant")
     parser.add_argument("--protocol", choices=("grpc", "http/protobuf"), default="grpc",
                         help="OTEL_EXPORTER_OTLP_PROTOCOL of the traced gateways")
+    parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
     args = parse_args(parser, smoke={"runs": 3})
+    if args.receiver:
+        return serve_receiver()
     runs = args.runs
-    counter = SpanCounter()
-    receiver = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(counter, receiver)
-    grpc_port = receiver.add_insecure_port("127.0.0.1:0")
-    receiver.start()
-    http_receiver = ThreadingHTTPServer(("127.0.0.1", 0), _HttpReceiver)
-    http_receiver.counter = counter  # type: ignore[attr-defined]
-    threading.Thread(target=http_receiver.serve_forever, daemon=True).start()
-    otlp_port = grpc_port if args.protocol == "grpc" else http_receiver.server_address[1]
+    receiver = subprocess.Popen([sys.executable, __file__, "--receiver"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+    assert receiver.stdin is not None and receiver.stdout is not None
+    grpc_port, http_port = map(int, receiver.stdout.readline().split()[1:])
+    otlp_port = grpc_port if args.protocol == "grpc" else http_port
     procs, channels, stubs = [], [], {}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-otel-") as root:
@@ -163,13 +189,17 @@ def main() -> None:
                 for _ in range(min(runs, 10)):
                     one_task(stub, "stream")
             times: dict[tuple[str, str], list[float]] = {(name, wait): [] for wait in WAITS for name in VARIANTS}
+            cpu: dict[tuple[str, str], float] = {}
             order = list(stubs.items())
+            pids = {name: proc.pid for name, proc in zip(VARIANTS, procs, strict=True)}
             for wait in WAITS:
+                before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 for i in range(runs):
                     # each variant takes each place in the round equally often: a task may meet
                     # the work the previous gateway's task left (output flush, cleanup)
                     for name, stub in order[i % len(order):] + order[:i % len(order)]:
                         times[name, wait].append(one_task(stub, wait))
+                cpu.update({(name, wait): cpu_seconds(pid) - before[name] for name, pid in pids.items()})
             for proc in procs:  # a clean stop flushes the batch processors
                 proc.terminate()
                 proc.wait(timeout=30)
@@ -182,17 +212,19 @@ def main() -> None:
             proc.wait()
             if proc.stdout is not None:
                 proc.stdout.close()
-        receiver.stop(0)
-        http_receiver.shutdown()
-        http_receiver.server_close()
+        receiver.stdin.close()
+        spans = int(receiver.stdout.readline().split()[1])
+        receiver.stdout.close()
+        receiver.wait(timeout=30)
     print(f"echo tasks per variant and wait: {runs} (gRPC ExecuteCommand, then the output stream's exit "
           "entry, or GetTaskStatus every 2 ms)")
-    print(f"{'variant':28} | {'wait':6} | median ms | p99 ms | median vs off")
+    print(f"{'variant':28} | {'wait':6} | median ms | p99 ms | median vs off | gateway CPU ms/task")
     for (name, wait), values in times.items():
         median = statistics.median(values)
         base = statistics.median(times["tracing off", wait])
-        print(f"{name:28} | {wait:6} | {median:9.2f} | {percentile(values, 99):6.2f} | {median / base:12.3f}x")
-    print(f"spans received: {counter.spans}")
+        print(f"{name:28} | {wait:6} | {median:9.2f} | {percentile(values, 99):6.2f} | {median / base:12.3f}x"
+              f" | {cpu[name, wait] / runs * 1e3:19.2f}")
+    print(f"spans received: {spans}")
     for wait in WAITS:
         added = statistics.median(times["tracing on, sampling 1.0", wait]) / statistics.median(
             times["tracing off", wait]) - 1

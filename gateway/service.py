@@ -80,7 +80,7 @@ from gateway.observability.metrics import (
     start_series,
 )
 from gateway.observability.logs import bind_call
-from gateway.observability.tracing import call_span, set_error, span
+from gateway.observability.tracing import call_span, set_error, stage
 from gateway.models import (
     Decision,
     ExecuteRequest,
@@ -287,7 +287,7 @@ class GatewayService:
         with call_span(ctx.transport, ctx.method, ctx.client_addr, dict(ctx.trace_context)) as current, \
                 bind_call(ctx.request_id):
             try:
-                with span("authenticate"):
+                with stage("authenticate"):
                     principal = self.authenticate(ctx, credentials)
                 current.set_attributes({"mcp.principal": principal.id, "mcp.tenant": principal.tenant})
                 key = (principal.tenant, principal.id)
@@ -432,7 +432,7 @@ class GatewayService:
                 owner=self._tasks.owner,
                 workspace=workspace or task_id,
             )
-            with span("store.create", mcp__task_id=task_id):
+            with stage("store.create", mcp__task_id=task_id):
                 self._store.create(record)
         except BaseException as exc:
             self._tasks.release(principal)
@@ -625,7 +625,7 @@ class GatewayService:
         any engine failure (the caller audits it and nothing runs)."""
         engine = self._policy.name
         start = time.perf_counter()
-        with span("policy.evaluate", mcp__policy_engine=engine, mcp__action=policy_input.get("action")) as current:
+        with stage("policy.evaluate", mcp__policy_engine=engine, mcp__action=policy_input.get("action")) as current:
             try:
                 decision = self._policy.evaluate(policy_input)
             except PolicyEngineError as exc:

@@ -32,7 +32,7 @@ from gateway.audit.signing import CheckpointSigner, signed_bytes
 from gateway.audit.sinks import AuditSink, FileSink, WebhookSink
 from gateway.errors import InternalError
 from gateway.observability.metrics import AUDIT_EVENTS, AUDIT_WRITE_SECONDS, observe
-from gateway.observability.tracing import current_trace_id, span
+from gateway.observability.tracing import current_trace_id, stage
 from gateway.models import Principal, RequestContext
 
 __all__ = [
@@ -539,7 +539,7 @@ class AuditLog:
         Raises:
             AuditError: when a sink fails or an unknown key is passed.
         """
-        with span("audit.write", mcp__event_type=event_type):
+        with stage("audit.write", mcp__event_type=event_type):
             return self._emit(event_type, ctx, principal, defer, fields)
 
     def _emit(self, event_type: str, ctx: RequestContext, principal: Principal | None, defer: bool,

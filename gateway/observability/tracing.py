@@ -19,7 +19,13 @@ spans with ``network.peer.address``; the gateway adds ``mcp.*`` attributes (task
 decision, exit code, error code, principal, tenant). Children: ``authenticate``,
 ``policy.evaluate``, ``store.create``, ``audit.write``, and for a command task
 ``task.queue`` (the wait for a sandbox slot) and ``sandbox.run``, which start after the
-call has answered and are parented to its span.
+call has answered and are parented to its span; ``audit.write`` of the task's end is a
+child of ``sandbox.run``.
+
+The request path records spans and the SDK makes them moments later in a thread of its
+own, with the recorded ids and times (:mod:`gateway.observability.replay` says why and
+how). The call's span and ``sandbox.run`` are current within their blocks (logs, audit
+events and child spans see them); the leaf stages (:func:`stage`) are not.
 
 A caller's ``traceparent`` (HTTP header or gRPC metadata, W3C Trace Context) continues its
 trace; the trace id goes into every audit event (``trace_id``), every log line and the
@@ -28,32 +34,53 @@ request-duration histogram's exemplars.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from typing import Any, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from gateway.observability.replay import RecordedSpan, Replayer, ReplayIds
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanProcessor
+    from opentelemetry.sdk.trace.sampling import Sampler
 
 __all__ = ["BATCH_DEFAULTS", "SpanIds", "batch_settings", "call_span", "configure_tracing", "current_span_ids",
-           "current_trace_id", "set_error", "span", "tracer"]
+           "current_trace_id", "record_stage", "set_error", "span", "stage"]
 
 log = logging.getLogger(__name__)
 
 _TRACER_NAME = "mcp-gateway"
 
 
-def tracer() -> trace.Tracer:
-    """The gateway's tracer (a no-op one while tracing is off)."""
-    return trace.get_tracer(_TRACER_NAME)
+class _Tracing:
+    """Tracing while it is on: the provider (its resource, its sampler from
+    ``OTEL_TRACES_SAMPLER``, ``processors``), the ids, and the replayer that turns recorded
+    spans into the provider's spans."""
+
+    def __init__(self, processors: Sequence[SpanProcessor], resource: Resource) -> None:
+        from opentelemetry.sdk.trace import TracerProvider
+
+        self.ids = ReplayIds()
+        self.provider = TracerProvider(resource=resource, id_generator=self.ids)
+        for processor in processors:
+            self.provider.add_span_processor(processor)
+        self.sampler: Sampler = self.provider.sampler
+        self.replayer = Replayer(self.provider.get_tracer(_TRACER_NAME), self.ids)
+
+
+_tracing: _Tracing | None = None  # None: tracing is off
 
 
 def configure_tracing(environ: Mapping[str, str] | None = None) -> bool:
     """Install an SDK tracer provider when the environment asks for one (see the module
-    docstring); returns whether tracing is on.
+    docstring) and start the replayer; returns whether tracing is on.
 
     Raises:
         ValueError: an ``OTEL_TRACES_EXPORTER`` this gateway cannot export to.
@@ -63,10 +90,9 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> bool:
     if env.get("OTEL_SDK_DISABLED", "").lower() == "true" or exporters in ([], ["none"]):
         return False
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-    provider = TracerProvider(resource=Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "mcp-gateway")}))
+    processors = []
     for name in exporters:
         exporter: SpanExporter
         if name == "otlp":
@@ -75,9 +101,15 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> bool:
             exporter = ConsoleSpanExporter()
         else:
             raise ValueError(f"OTEL_TRACES_EXPORTER={name!r}: this gateway exports with otlp or console")
-        provider.add_span_processor(BatchSpanProcessor(exporter, **batch_settings(env)))
-    trace.set_tracer_provider(provider)
-    log.info("tracing on: exporters %s, sampler %s", ",".join(exporters), provider.sampler.get_description())
+        processors.append(BatchSpanProcessor(exporter, **batch_settings(env)))
+    global _tracing
+    _tracing = _Tracing(processors, Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "mcp-gateway")}))
+    trace.set_tracer_provider(_tracing.provider)
+    _tracing.replayer.start()
+    # Registered after the provider's own exit hook, so it runs first (atexit is last in,
+    # first out): the spans still waiting are made before the processors flush.
+    atexit.register(_tracing.replayer.stop)
+    log.info("tracing on: exporters %s, sampler %s", ",".join(exporters), _tracing.sampler.get_description())
     return True
 
 
@@ -139,13 +171,46 @@ def current_trace_id() -> str | None:
     return ids.trace_id if ids is not None else None
 
 
-@contextmanager
-def call_span(transport: str, method: str, peer: str, carrier: Mapping[str, str]) -> Iterator[Span]:
+class _Scope:
+    """A span current for a with-block (``context`` attached; None: nothing attached), ended
+    after it. ``mark_errors``: an exception leaving the block is recorded on the span and
+    sets its status to ERROR, as the SDK's ``use_span`` does."""
+
+    __slots__ = ("_context", "_mark_errors", "_span", "_token")
+
+    def __init__(self, current: Span, context: otel_context.Context | None, mark_errors: bool) -> None:
+        self._span = current
+        self._context = context
+        self._mark_errors = mark_errors
+
+    def __enter__(self) -> Span:
+        self._token = otel_context.attach(self._context) if self._context is not None else None
+        return self._span
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if self._mark_errors and isinstance(exc, Exception) and self._span.is_recording():
+                self._span.record_exception(exc)
+                self._span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        finally:
+            if self._token is not None:
+                otel_context.detach(self._token)
+            self._span.end()
+
+
+_NO_SPAN = _Scope(trace.INVALID_SPAN, None, False)  # holds no state: one serves every call
+
+
+def call_span(transport: str, method: str, peer: str, carrier: Mapping[str, str]) -> _Scope:
     """The SERVER span of one call, continuing the trace of ``carrier``'s ``traceparent``
-    (HTTP headers or gRPC metadata, lowercase keys), current within the block. An exception
-    leaving the block does not mark it: the caller decides what is a failure of the call
-    (:func:`set_error`) and what is its answer (a refusal)."""
-    parent = propagate.extract(carrier) if carrier else None
+    (HTTP headers or gRPC metadata, lowercase keys), current within the with-block it opens.
+    The provider's sampler decides, as ``Tracer.start_span`` would; an unsampled call gets a
+    non-recording span with its own ids, so its trace id still reaches logs and audit
+    events. An exception leaving the block does not mark it: the caller decides what is a
+    failure of the call (:func:`set_error`) and what is its answer (a refusal)."""
+    if _tracing is None:
+        return _NO_SPAN
+    parent = propagate.extract(carrier) if _propagated(carrier) else None
     if transport == "grpc":
         name = f"mcp.McpService/{method}"
         attributes: dict[str, Any] = {"rpc.system": "grpc", "rpc.service": "mcp.McpService", "rpc.method": method}
@@ -159,18 +224,80 @@ def call_span(transport: str, method: str, peer: str, carrier: Mapping[str, str]
         attributes["network.peer.address"] = host.strip("[]")
         if port.isdigit():
             attributes["network.peer.port"] = int(port)
-    with tracer().start_as_current_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes,
-                                        record_exception=False, set_status_on_exception=False) as current:
-        yield current
+    parent_ids: SpanContext | None = trace.get_current_span(parent).get_span_context()
+    if parent_ids is not None and parent_ids.is_valid:
+        trace_id = parent_ids.trace_id
+    else:
+        parent_ids, trace_id = None, _tracing.ids.random.generate_trace_id()
+    decision = _tracing.sampler.should_sample(parent, trace_id, name, SpanKind.SERVER, attributes)
+    flags = TraceFlags.SAMPLED if decision.decision.is_sampled() else TraceFlags.DEFAULT
+    if parent_ids is None or parent_ids.trace_flags.random_trace_id:
+        flags |= TraceFlags.RANDOM_TRACE_ID
+    ids = SpanContext(trace_id, _tracing.ids.random.generate_span_id(), False, TraceFlags(flags),
+                      decision.trace_state)
+    current: Span
+    if flags & TraceFlags.SAMPLED:
+        current = RecordedSpan(_tracing.replayer, name, ids, parent_ids, SpanKind.SERVER,
+                               {**attributes, **(decision.attributes or {})})
+    else:
+        current = trace.NonRecordingSpan(ids)
+    return _Scope(current, trace.set_span_in_context(current), False)
 
 
-@contextmanager
-def span(name: str, parent: otel_context.Context | None = None, **attributes: Any) -> Iterator[Span]:
-    """A child span of the current one (or of ``parent``), current within the block; None
-    attributes are left out. An exception leaving the block marks it as an error."""
-    attrs = {k.replace("__", "."): v for k, v in attributes.items() if v is not None}
-    with tracer().start_as_current_span(name, context=parent, attributes=attrs) as current:
-        yield current
+def _propagated(carrier: Mapping[str, str]) -> bool:
+    """Whether ``carrier`` holds a field the global propagator reads (``traceparent``,
+    ``tracestate``, ``baggage`` for the default ``OTEL_PROPAGATORS``): without one,
+    extracting is 5 us that finds nothing."""
+    return any(field in carrier for field in propagate.get_global_textmap().fields)
+
+
+def _child(name: str, parent: otel_context.Context | None, attributes: dict[str, Any]) -> RecordedSpan | None:
+    """A recorded child of ``parent``'s span (or the current one), or None when that span
+    is not sampled. Not sampled again: every sampler ``OTEL_TRACES_SAMPLER`` names samples
+    the children of a sampled span (parent-based, or by the same trace id)."""
+    if _tracing is None:
+        return None
+    parent_ids = trace.get_current_span(parent).get_span_context()
+    if not parent_ids.trace_flags.sampled:
+        return None
+    ids = SpanContext(parent_ids.trace_id, _tracing.ids.random.generate_span_id(), False, parent_ids.trace_flags,
+                      parent_ids.trace_state)
+    return RecordedSpan(_tracing.replayer, name, ids, parent_ids, SpanKind.INTERNAL,
+                        {k.replace("__", "."): v for k, v in attributes.items() if v is not None})
+
+
+def span(name: str, parent: otel_context.Context | None = None, **attributes: Any) -> _Scope:
+    """A child span of the current one (or of ``parent``), current within the with-block it
+    opens, for a stage with children or logs of its own (``sandbox.run``); None attributes
+    are left out, ``a__b`` names ``a.b``. An exception leaving the block marks it as an
+    error. Outside a sampled trace the block gets ``INVALID_SPAN`` (setting attributes on it
+    does nothing), with ``parent``, if given, as the current context, so the trace id still
+    reaches logs and audit events."""
+    child = _child(name, parent, attributes)
+    if child is None:
+        return _Scope(trace.INVALID_SPAN, parent, False)
+    return _Scope(child, trace.set_span_in_context(child), True)
+
+
+def stage(name: str, **attributes: Any) -> _Scope:
+    """A child span of the current one for a stage with no children (authentication, a
+    policy evaluation, a store write, an audit write), timed over the with-block it opens
+    but never the current span: a log line or an audit event written inside the block
+    carries the parent's span id, and a span made inside it (the audit write of an
+    authentication failure) is the parent's child. Attributes, errors and the unsampled
+    case as in :func:`span`."""
+    child = _child(name, None, attributes)
+    return _Scope(child, None, True) if child is not None else _NO_SPAN
+
+
+def record_stage(name: str, parent: otel_context.Context | None, start_ns: int, end_ns: int,
+                 attributes: Mapping[str, Any]) -> None:
+    """A finished child span of ``parent``'s span, from ``start_ns`` to ``end_ns`` (ns since
+    the epoch); nothing outside a sampled trace."""
+    child = _child(name, parent, dict(attributes))
+    if child is not None:
+        child.start_ns = start_ns
+        child.end(end_ns)
 
 
 def set_error(current: Span, code: int, message: str) -> None:

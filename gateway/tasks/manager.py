@@ -63,7 +63,7 @@ from gateway.models import (
     TaskStatus,
 )
 from gateway.observability.logs import bind_call
-from gateway.observability.tracing import set_error, span, tracer
+from gateway.observability.tracing import record_stage, set_error, span
 from gateway.tasks.output import OutputHub, OutputLog
 from gateway.tasks.store import TaskStore
 from gateway.tasks.workspaces import WorkspaceLease, WorkspaceManager
@@ -385,8 +385,8 @@ class TaskManager:
         """Run a dequeued job to its end, its logs and spans tied to the call that made it:
         ``task.queue`` (creation to start) and ``sandbox.run``, children of the call's span."""
         started_ns = time.time_ns()
-        tracer().start_span("task.queue", context=job.trace_context, start_time=job.record.created_at_ns,
-                            attributes={"mcp.task_id": job.record.task_id}).end(end_time=started_ns)
+        record_stage("task.queue", job.trace_context, job.record.created_at_ns, started_ns,
+                     {"mcp.task_id": job.record.task_id})
         with bind_call(job.ctx.request_id, job.principal.id, job.principal.tenant), \
                 span("sandbox.run", job.trace_context, mcp__task_id=job.record.task_id) as current:
             observe(TASK_QUEUE_WAIT_SECONDS, max(0, started_ns - job.record.created_at_ns) / 1e9)

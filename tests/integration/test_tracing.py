@@ -158,6 +158,9 @@ def test_the_trace_id_is_in_the_audit_events_and_the_logs(traced: dict[str, Any]
     assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
     ended = [r for r in records if task_id in r["message"] and "ended" in r["message"]]
     assert len(ended) == 1 and ended[0]["trace_id"] == trace_id
+    # Written inside sandbox.run: the span id the log names is the exported span's.
+    run = next(s for s in traced["spans"] if s["trace_id"] == trace_id and s["name"] == "sandbox.run")
+    assert ended[0]["span_id"] == run["span_id"]
     assert ended[0]["principal"] == "anonymous" and ended[0]["tenant"] == "default" and ended[0]["request_id"]
 
 
