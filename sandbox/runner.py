@@ -708,7 +708,18 @@ def _explain_probe_failure(result: SandboxResult) -> str:
     detail = result.setup_error or f"exit code {result.exit_code}"
     stderr = result.stderr.decode(errors="replace").strip()
     hint = "check that the run_as user can use bwrap"
-    if "namespace" in stderr or "uid map" in stderr:
+    if "Can't mount proc" in stderr:
+        hint = (
+            "/proc is masked, as in a container by default: run with an unmasked /proc (Kubernetes "
+            "securityContext procMount: Unmasked with hostUsers: false; podman --security-opt unmask=/proc/*)"
+        )
+    elif "Can't set hostname" in stderr or "Operation not permitted" in stderr and "mount" in stderr:
+        hint = (
+            "the container's seccomp profile or AppArmor refuses what bwrap needs without capabilities "
+            "(sethostname, setns, mount, unshare): run with the seccomp profile deploy/seccomp/mcp-gateway.json "
+            "(or Unconfined) and AppArmor unconfined"
+        )
+    elif "namespace" in stderr or "uid map" in stderr:
         hint = (
             "user namespaces are not usable: sysctl kernel.unprivileged_userns_clone=1 "
             "and user.max_user_namespaces>0"
