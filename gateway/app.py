@@ -41,7 +41,7 @@ from gateway.observability.metrics import STORE_LOCK_HELD
 from gateway.policy import EmbeddedEngine, PolicySource, load_policy_dir
 from gateway.policy.active import ActivePolicy, check_bundle, check_source
 from gateway.policy.opa import OpaEngine
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import RateLimiter, SharedBuckets
 from gateway.service import READINESS_REFRESH_S, GatewayService
 from gateway.tasks import Isolation, TaskManager, TaskStore, open_store
 from gateway.tasks.workspaces import WorkspaceManager
@@ -129,13 +129,15 @@ def _build(settings: Settings, isolation: Isolation) -> Runtime:
         store.claim_owner(owner)
     except GatewayError as exc:
         raise StartupError(f"cannot open the task store: {exc.message}") from exc
-    workspaces = WorkspaceManager(settings.workspace_root, isolation.uids)
+    # Replicas on one PostgreSQL store hold the workspaces their tasks use there.
+    workspaces = WorkspaceManager(settings.workspace_root, isolation.uids, shared=store, owner=owner)
     tasks = TaskManager(store, audit, settings.sandbox, settings.tasks, workspaces, isolation, owner)
     try:
         tasks.fail_orphaned()
     except GatewayError as exc:
         raise StartupError(f"cannot recover tasks of a previous process: {exc.message}") from exc
-    limiter = RateLimiter(settings.rate_limits)
+    # Replicas sharing a PostgreSQL store share its rate buckets too.
+    limiter = RateLimiter(settings.rate_limits, shared=store if isinstance(store, SharedBuckets) else None)
     service = GatewayService(settings, policy, store, tasks, audit, workspaces, authenticator, limiter)
     return Runtime(service, tasks, store, audit, isolation, policy, authenticator, limiter, tls)
 

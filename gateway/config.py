@@ -543,8 +543,10 @@ class TenantRateLimits(BaseModel):
 
 
 class RateLimitSettings(BaseModel):
-    """Per-principal and per-tenant limits (per gateway process). Excess answers 4290 with
-    Retry-After and is audited (event_type ``rate_limit``)."""
+    """Per-principal and per-tenant limits. Excess answers 4290 with Retry-After and is
+    audited (event_type ``rate_limit``). With a PostgreSQL ``tasks.store_dsn`` they hold for
+    all replicas together (request buckets in the store; ``concurrent_tasks`` counted there
+    when a task is created); otherwise per gateway process."""
 
     model_config = ConfigDict(extra="forbid")
     principal: RateLimit = Field(default_factory=RateLimit)

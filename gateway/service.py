@@ -95,6 +95,7 @@ from gateway.models import (
 from gateway.policy.active import ActivePolicy
 from gateway.ratelimit import RateLimiter
 from gateway.tasks import TaskManager, TaskStore
+from gateway.tasks.store import TaskQuota
 from gateway.tasks.workspaces import WORKSPACE_ID_PATTERN, WorkspaceManager
 
 __all__ = ["FileContent", "GatewayService", "HealthInfo", "TASK_ID_PATTERN", "new_task_id"]
@@ -405,6 +406,11 @@ class GatewayService:
             # The request may still be refused after policy allowed it (paths outside the
             # grant, queue full): the decision event then carries that error instead.
             plan = self._plan(req, cwd, decision)
+            if workspace is not None:
+                holder = self._workspaces.held_elsewhere(principal.tenant, workspace)
+                if holder is not None:
+                    raise RateLimited(f"workspace {workspace!r} is in use by tasks on another replica; retry later",
+                                      retry_after_s=1, details={"limit": "workspace_busy"})
             principal_quota, tenant_quota = self._limiter.task_quotas(principal)
             self._tasks.reserve(principal, principal_quota=principal_quota, tenant_quota=tenant_quota)
         except GatewayError as exc:
@@ -433,7 +439,9 @@ class GatewayService:
                 workspace=workspace or task_id,
             )
             with stage("store.create", mcp__task_id=task_id):
-                self._store.create(record)
+                # The quotas again, counted in the store over every replica (a shared
+                # PostgreSQL store); a refusal here is audited as the task's end, 4290.
+                self._store.create(record, TaskQuota(principal_quota, tenant_quota))
         except BaseException as exc:
             self._tasks.release(principal)
             self._audit_not_run(ctx, principal, task_id, decision, exc)

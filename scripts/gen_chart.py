@@ -85,6 +85,7 @@ VALUES_SCHEMA: dict[str, Any] = _object({
     "store": _object({"dsnSecret": _object({"name": _NAME, "key": {"type": "string", "minLength": 1}})}),
     "persistence": _object({"existingClaim": _NAME,
                             "sizeLimit": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?([KMGTPE]i?)?$"}}),
+    "workspaces": _object({"existingClaim": _NAME}),
     "sandbox": _object({
         "seccompProfile": {"oneOf": [
             _object({"type": {"const": "Localhost"}, "localhostProfile": {"type": "string", "minLength": 1}},

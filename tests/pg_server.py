@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,14 @@ class PostgresServer:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
+    with running_postgres() as server:
+        yield server
+
+
+@contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """A server for the block (the fixture's, for bench scripts too); skips (pytest's
+    Skipped) when none can be had."""
     bindir = _find_bindir() or _apt_install()
     run_as = _unprivileged_user() if os.geteuid() == 0 else None
     root = Path(tempfile.mkdtemp(prefix="mcp-pg-", dir="/tmp"))

@@ -86,7 +86,8 @@ FIELDS: tuple[Field, ...] = (
           "client_certificate_required, unmapped_client_certificate, missing_scope."),
     Field("rate_limit", "string",
           "Limit that refused the call (4290): principal_requests, tenant_requests, "
-          "principal_concurrent_tasks, tenant_concurrent_tasks, queue or principal_in_flight."),
+          "principal_concurrent_tasks, tenant_concurrent_tasks, queue, principal_in_flight or "
+          "workspace_busy (the workspace is held by another replica's tasks)."),
     Field("task_id", "string", "Task the event belongs to.", pattern="^task-[0-9a-f]{32}$"),
     Field("tool_name", "string", "Tool invoked, e.g. 'execute_command'."),
     Field("command", "string", "Command line with secret-looking values redacted, at most 1024 chars."),

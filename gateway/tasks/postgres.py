@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -45,6 +46,8 @@ from gateway.tasks.store import (
     UNFINISHED_SQL,
     WAITING_SQL,
     Migration,
+    TaskQuota,
+    check_quota,
     chunk_from_row,
     chunk_params,
     orphan_result_json,
@@ -86,6 +89,24 @@ _MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (task_id, seq)
         )""",
     )),
+    # Replicas act as one (issue 16): request token buckets shared by every replica, and an
+    # index to count a tenant's unfinished tasks when a task is created.
+    (2, (
+        """CREATE TABLE mcp_rate_buckets (
+            bucket text PRIMARY KEY,
+            tokens double precision NOT NULL,
+            stamp  double precision NOT NULL
+        )""",
+        f"CREATE INDEX mcp_tasks_unfinished ON mcp_tasks (tenant, principal_id) WHERE {UNFINISHED_SQL}",
+        # Which replica's tasks use a workspace on a shared volume (one at a time).
+        """CREATE TABLE mcp_workspace_leases (
+            tenant    text NOT NULL,
+            workspace text NOT NULL,
+            owner     text NOT NULL,
+            since_ns  bigint NOT NULL,
+            PRIMARY KEY (tenant, workspace)
+        )""",
+    )),
 )
 _SELECT_TASK = "SELECT {} FROM mcp_tasks WHERE task_id = %s".format(
     ", ".join(f"{c}::text" if c.endswith("_json") else c for c in TASK_COLUMNS)
@@ -94,6 +115,35 @@ _INSERT_TASK = "INSERT INTO mcp_tasks ({}) VALUES ({})".format(
     ", ".join(TASK_COLUMNS), ", ".join("%s::jsonb" if c.endswith("_json") else "%s" for c in TASK_COLUMNS)
 )
 _INSERT_CHUNK = "INSERT INTO mcp_task_output (task_id, seq, kind, data, ts_ms) VALUES (%s, %s, %s, %s, %s)"
+# One round trip per call: lock the named buckets in key order (no deadlock between two
+# calls), refill each to now (the server's clock: replicas' clocks may differ), and take a
+# token from every one only when every one has a token. Buckets not yet in the table are not
+# returned; the caller inserts them (full) and asks again.
+_TAKE_TOKENS = """
+WITH wanted AS (
+    SELECT * FROM unnest(%(buckets)s::text[], %(rates)s::float8[], %(bursts)s::float8[]) AS w(bucket, rate, burst)
+), clock AS (
+    SELECT extract(epoch FROM clock_timestamp())::float8 AS now
+), locked AS (
+    SELECT b.bucket, b.stamp, LEAST(w.burst, b.tokens + GREATEST(0, clock.now - b.stamp) * w.rate) AS available
+    FROM mcp_rate_buckets b JOIN wanted w USING (bucket) CROSS JOIN clock
+    ORDER BY b.bucket FOR UPDATE OF b
+), verdict AS (
+    SELECT coalesce(bool_and(available >= 1), false) AS taken FROM locked
+)
+UPDATE mcp_rate_buckets b
+SET tokens = locked.available - CASE WHEN verdict.taken THEN 1 ELSE 0 END,
+    stamp = GREATEST(locked.stamp, clock.now)
+FROM locked, verdict, clock
+WHERE b.bucket = locked.bucket
+RETURNING b.bucket, locked.available, verdict.taken
+"""
+_NEW_BUCKETS = """
+INSERT INTO mcp_rate_buckets (bucket, tokens, stamp)
+SELECT w.bucket, w.burst, extract(epoch FROM clock_timestamp())
+FROM unnest(%(buckets)s::text[], %(bursts)s::float8[]) AS w(bucket, burst)
+ON CONFLICT (bucket) DO NOTHING
+"""
 _FINAL_SET = "UPDATE mcp_tasks SET status = %s, completed_at_ns = %s, result_json = %s::jsonb, cancel_requested = false"
 # Server side of the lock connection: notice a vanished client after ~10 + 3 * 5 s idle, or
 # 30 s of unacknowledged data (postgresql.conf tcp_keepalives_*, tcp_user_timeout; ignored on
@@ -193,10 +243,43 @@ class PostgresTaskStore:
         with self._translate(what), self._pool.connection() as conn:
             yield conn
 
-    def create(self, record: TaskRecord) -> None:
-        """Insert ``record``; raises StorageError (also on a duplicate id)."""
-        with self._connection("create") as conn:
+    def create(self, record: TaskRecord, quota: TaskQuota | None = None) -> None:
+        """Insert ``record``; raises StorageError (also on a duplicate id).
+
+        With ``quota``, the insert counts its principal's and tenant's unfinished tasks
+        across every replica first, under a per-tenant transaction lock, so two replicas
+        cannot both take the last place.
+
+        Raises:
+            RateLimited (4290): a cap of ``quota`` is reached (``details.limit``
+                ``principal_concurrent_tasks`` / ``tenant_concurrent_tasks``).
+        """
+        with self._connection("create") as conn, conn.transaction():
+            if quota is not None and (quota.principal or quota.tenant):
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("quota:" + record.tenant),))
+                mine, theirs = conn.execute(
+                    "SELECT count(*) FILTER (WHERE principal_id = %s), count(*) FROM mcp_tasks"
+                    f" WHERE tenant = %s AND {UNFINISHED_SQL}", (record.principal_id, record.tenant)).fetchone()
+                check_quota(quota, mine, theirs)
             conn.execute(_INSERT_TASK, record_params(record))
+
+    def take_tokens(self, buckets: Sequence[tuple[str, float, int]]) -> tuple[bool, list[float]]:
+        """Take one token from each of ``buckets`` (name, refill per second, burst) if
+        every one has one, in the table all replicas share. Returns whether they were
+        taken and the tokens each had (in the order given; a new bucket starts full).
+
+        Raises:
+            StorageError: the server could not be asked.
+        """
+        params = {"buckets": [b[0] for b in buckets], "rates": [float(b[1]) for b in buckets],
+                  "bursts": [float(b[2]) for b in buckets]}
+        with self._connection("take_tokens") as conn:
+            rows = conn.execute(_TAKE_TOKENS, params).fetchall()
+            if len(rows) < len(buckets):
+                conn.execute(_NEW_BUCKETS, params)
+                rows = conn.execute(_TAKE_TOKENS, params).fetchall()
+        available = {row[0]: row[1] for row in rows}
+        return bool(rows and rows[0][2]), [available.get(b[0], 0.0) for b in buckets]
 
     def get(self, task_id: str) -> TaskRecord | None:
         """The task with ``task_id`` or None."""
@@ -333,8 +416,37 @@ class PostgresTaskStore:
                         f"{_FINAL_SET} WHERE task_id = ANY(%s)",
                         (TaskStatus.FAILED.value, now_ns, orphan_result_json(reason), ids),
                     )
+                    cur.execute("DELETE FROM mcp_workspace_leases WHERE owner = %s", (dead,))
                 failed += ids
         return failed
+
+    def lease_workspace(self, tenant: str, workspace: str, owner: str) -> str | None:
+        """Hold ``tenant``'s ``workspace`` for the tasks of ``owner`` (this process), unless
+        another live replica holds it. A holder whose owner lock is free (its process is
+        gone) is replaced. Returns None when ``owner`` holds it now, else the holder."""
+        with self._connection("lease_workspace") as conn, conn.transaction():
+            row = conn.execute("SELECT owner FROM mcp_workspace_leases WHERE tenant = %s AND workspace = %s"
+                               " FOR UPDATE", (tenant, workspace)).fetchone()
+            if row is not None and row[0] != owner and not _owner_gone(conn, row[0]):
+                return str(row[0])
+            conn.execute("INSERT INTO mcp_workspace_leases (tenant, workspace, owner, since_ns)"
+                         " VALUES (%s, %s, %s, %s) ON CONFLICT (tenant, workspace)"
+                         " DO UPDATE SET owner = EXCLUDED.owner, since_ns = EXCLUDED.since_ns",
+                         (tenant, workspace, owner, time.time_ns()))
+            return None
+
+    def release_workspace(self, tenant: str, workspace: str, owner: str) -> None:
+        """Give up ``owner``'s hold on the workspace (nothing when it holds none)."""
+        with self._connection("release_workspace") as conn:
+            conn.execute("DELETE FROM mcp_workspace_leases WHERE tenant = %s AND workspace = %s AND owner = %s",
+                         (tenant, workspace, owner))
+
+    def workspace_holder(self, tenant: str, workspace: str) -> str | None:
+        """The live replica holding the workspace, or None."""
+        with self._connection("workspace_holder") as conn, conn.transaction():
+            row = conn.execute("SELECT owner FROM mcp_workspace_leases WHERE tenant = %s AND workspace = %s",
+                               (tenant, workspace)).fetchone()
+            return None if row is None or _owner_gone(conn, row[0]) else str(row[0])
 
     def purge_finished(self, completed_before_ns: int, limit: int) -> int:
         """Delete up to ``limit`` final tasks completed before ``completed_before_ns`` (unix
@@ -347,6 +459,8 @@ class PostgresTaskStore:
                 " FOR UPDATE SKIP LOCKED)",
                 (completed_before_ns, limit),
             )
+            # Rate buckets idle for a day are full again; a new one starts full too.
+            conn.execute("DELETE FROM mcp_rate_buckets WHERE stamp < extract(epoch FROM clock_timestamp()) - 86400")
             return cur.rowcount
 
     def close(self) -> None:
@@ -364,6 +478,13 @@ class PostgresTaskStore:
             except psycopg.Error:
                 pass  # the session is gone, and its locks with it
         self._owner_conn.close()
+
+
+def _owner_gone(conn: psycopg.Connection[Any], owner: str) -> bool:
+    """Whether ``owner``'s process is gone: its owner lock is free, and now held by this
+    transaction (so it cannot come back while the transaction runs)."""
+    row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_owner_key(owner),)).fetchone()
+    return bool(row and row[0])
 
 
 def _owner_key(owner: str) -> int:

@@ -26,9 +26,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from gateway.errors import StorageError
+from gateway.errors import RateLimited, StorageError
 from gateway.models import (
     FINAL_STATUSES,
     OutputChunk,
@@ -43,7 +43,33 @@ from gateway.models import (
 if TYPE_CHECKING:
     from gateway.config import Settings
 
-__all__ = ["SqliteTaskStore", "TaskStore", "open_store"]
+__all__ = ["SqliteTaskStore", "TaskQuota", "TaskStore", "check_quota", "open_store"]
+
+
+class TaskQuota(NamedTuple):
+    """Caps on the tasks queued or running at once (0 = no cap) of a task's principal and of
+    its tenant, from ``rate_limits.*.concurrent_tasks``."""
+
+    principal: int
+    tenant: int
+
+
+def check_quota(quota: TaskQuota, principal_pending: int, tenant_pending: int) -> None:
+    """Refuse one more task when the principal (``principal_pending`` tasks unfinished) or
+    its tenant (``tenant_pending``) has its ``quota`` reached.
+
+    Raises:
+        RateLimited (4290): ``details`` as the task manager's own quota refusal: ``limit``
+            (``principal_concurrent_tasks`` / ``tenant_concurrent_tasks``), ``pending``,
+            ``quota``.
+    """
+    for who, cap, pending in (("principal", quota.principal, principal_pending),
+                              ("tenant", quota.tenant, tenant_pending)):
+        if cap and pending >= cap:
+            raise RateLimited(
+                f"the {who} already has {pending} tasks queued or running on the gateway's replicas "
+                f"(quota {cap}), retry later",
+                retry_after_s=1, details={"limit": f"{who}_concurrent_tasks", "pending": pending, "quota": cap})
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +84,10 @@ class TaskStore(Protocol):
     state. Every method raises :class:`StorageError` (5002) on failure.
     """
 
-    def create(self, record: TaskRecord) -> None:
-        """Insert a new task (``record.owner`` and ``record.workspace`` set)."""
+    def create(self, record: TaskRecord, quota: TaskQuota | None = None) -> None:
+        """Insert a new task (``record.owner`` and ``record.workspace`` set); with
+        ``quota``, refuse it (RateLimited, 4290) when its principal or tenant has that
+        many tasks unfinished in the store (every replica's)."""
         ...
 
     def get(self, task_id: str) -> TaskRecord | None:
@@ -123,6 +151,20 @@ class TaskStore(Protocol):
         """Mark FAILED (result error ``reason``, exit code -1, an EXIT_CODE entry ``-1``
         appended to the log) every unfinished task whose owner is neither ``owner`` nor
         a live process; returns their ids."""
+        ...
+
+    def lease_workspace(self, tenant: str, workspace: str, owner: str) -> str | None:
+        """Hold ``tenant``'s ``workspace`` for ``owner``'s running tasks, unless another
+        live process holds it; returns None when ``owner`` holds it now, else the holder.
+        Replicas sharing a workspace volume never run tasks in one workspace at once."""
+        ...
+
+    def release_workspace(self, tenant: str, workspace: str, owner: str) -> None:
+        """Give up ``owner``'s hold on the workspace."""
+        ...
+
+    def workspace_holder(self, tenant: str, workspace: str) -> str | None:
+        """The live process holding the workspace, or None."""
         ...
 
     def purge_finished(self, completed_before_ns: int, limit: int) -> int:
@@ -438,8 +480,10 @@ class SqliteTaskStore:
             os.close(self._lock_fd)  # closing the last descriptor releases the flock
             self._lock_fd = None
 
-    def create(self, record: TaskRecord) -> None:
-        """Insert ``record``; raises StorageError (also on a duplicate id)."""
+    def create(self, record: TaskRecord, quota: TaskQuota | None = None) -> None:
+        """Insert ``record``; raises StorageError (also on a duplicate id). ``quota`` is
+        not counted here: one process owns a SQLite store (its lock file), and the task
+        manager's own counts are exact."""
         with self._guard() as db:
             db.execute(
                 f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) VALUES ({', '.join('?' * len(TASK_COLUMNS))})",
@@ -559,6 +603,19 @@ class SqliteTaskStore:
                 [(TaskStatus.FAILED.value, now_ns, orphan_result_json(reason), task_id) for task_id in ids],
             )
         return ids
+
+    # One process owns a SQLite store (its lock file), so no other process runs tasks
+    # from it: a workspace is always this process's to hold.
+    def lease_workspace(self, tenant: str, workspace: str, owner: str) -> str | None:
+        """None: the owning process holds every workspace."""
+        return None
+
+    def release_workspace(self, tenant: str, workspace: str, owner: str) -> None:
+        """Nothing to give up."""
+
+    def workspace_holder(self, tenant: str, workspace: str) -> str | None:
+        """None: no other process can hold one."""
+        return None
 
     def purge_finished(self, completed_before_ns: int, limit: int) -> int:
         """Delete up to ``limit`` final tasks completed before ``completed_before_ns`` (unix

@@ -32,6 +32,13 @@ whole block, so no hand-over re-owns a tree under a write) and removal. Lock ord
 workspace's lock, then ``_lock``; never the reverse. A hand-over walks one tree holding only
 that workspace's lock.
 
+Replicas. Gateways that share a workspace volume (``sandbox.workspace_root`` on one file
+system) and a PostgreSQL task store hold a workspace in the store while their tasks run in
+it (:class:`SharedWorkspaces`): the first local lease takes the hold, the last gives it
+back, and a workspace held by another live replica is refused (its tasks would run under a
+uid of another pool). A workspace is swept only by a replica that could hold it. The files
+API serves a workspace held elsewhere as it does one leased here: it never re-owns a tree.
+
 Retention: the workspace directory's mtime is its last use, stamped by :meth:`release` and
 on leaving :meth:`open_dir` (commands cannot move it later: they run only while leased).
 :meth:`sweep` removes unleased workspaces unused for longer than asked, through
@@ -52,12 +59,29 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import sandbox
 from gateway import files
 from gateway.errors import GatewayError, InternalError, NotFound
 
-__all__ = ["WORKSPACE_ID_PATTERN", "WorkspaceDir", "WorkspaceLease", "WorkspaceManager"]
+__all__ = ["WORKSPACE_ID_PATTERN", "SharedWorkspaces", "WorkspaceDir", "WorkspaceLease", "WorkspaceManager"]
+
+
+class SharedWorkspaces(Protocol):
+    """Holds on workspaces shared by replicas: the task store (``gateway.tasks.TaskStore``)."""
+
+    def lease_workspace(self, tenant: str, workspace: str, owner: str) -> str | None:
+        """Hold the workspace for ``owner``; None when held now, else the live holder."""
+        ...
+
+    def release_workspace(self, tenant: str, workspace: str, owner: str) -> None:
+        """Give up ``owner``'s hold."""
+        ...
+
+    def workspace_holder(self, tenant: str, workspace: str) -> str | None:
+        """The live holder, or None."""
+        ...
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +153,17 @@ class WorkspaceManager:
             owned by root (or the gateway) and writable by no one else (checked at startup
             by ``gateway.app``). Made absolute; not touched by the constructor.
         uids: the sandbox uid pool when the gateway is root, else None.
+        shared: where replicas hold workspaces (the task store), with ``owner``, this
+            process's id there; None when no other process can use ``root``.
     """
 
-    def __init__(self, root: Path, uids: sandbox.UidPool | None) -> None:
+    def __init__(self, root: Path, uids: sandbox.UidPool | None, shared: SharedWorkspaces | None = None,
+                 owner: str = "") -> None:
         self.root = Path(os.path.abspath(root))
         self._uids = uids
+        self._shared = shared
+        self._replica = owner
+        self._unreleased: set[tuple[str, str]] = set()  # holds a failed release left in the store
         self._lock = threading.Lock()
         self._entries: dict[_Key, _Entry] = {}
         self._leased = 0
@@ -154,8 +184,9 @@ class WorkspaceManager:
 
         Raises:
             ValueError: ``workspace_id`` does not match :data:`WORKSPACE_ID_PATTERN`.
-            sandbox.SandboxSetupError: no uid is free, or the workspace cannot be made,
-                opened or handed over (the message names the workspace id, with the errno).
+            sandbox.SandboxSetupError: no uid is free, the workspace cannot be made,
+                opened or handed over (the message names the workspace id, with the errno),
+                or another replica's tasks hold it (or the store cannot say).
         """
         _check_id(workspace_id)
         try:
@@ -167,7 +198,12 @@ class WorkspaceManager:
                 if entry.leases:
                     run_as = entry.run_as
                 else:
-                    run_as = self._take(key)
+                    self._hold(tenant, workspace_id)
+                    try:
+                        run_as = self._take(key)
+                    except BaseException:
+                        self._let_go(tenant, workspace_id)
+                        raise
                     entry.run_as = run_as
                     with self._lock:
                         self._leased += 1
@@ -196,6 +232,7 @@ class WorkspaceManager:
                     self._leased -= 1
                 if self._uids is not None and run_as is not None:
                     self._uids.release(run_as)
+                self._let_go(lease.tenant, lease.workspace_id)
                 # The command may have opened up its /workspace (chmod 777): idle
                 # workspaces are 0700 again, closed to every other local user.
                 self._stamp(key, reset_mode=True)
@@ -244,6 +281,42 @@ class WorkspaceManager:
         finally:
             self._unpin(key, entry)
 
+    def held_elsewhere(self, tenant: str, workspace_id: str) -> str | None:
+        """The replica whose tasks hold the tenant's workspace now, when it is not this
+        one; None otherwise (and always without replicas).
+
+        Raises:
+            GatewayError: the store cannot say (StorageError, 5002).
+        """
+        if self._shared is None:
+            return None
+        holder = self._shared.workspace_holder(tenant, workspace_id)
+        return holder if holder is not None and holder != self._replica else None
+
+    def _hold(self, tenant: str, workspace_id: str) -> None:
+        """Take the store's hold on a workspace for this replica's tasks."""
+        if self._shared is None:
+            return
+        try:
+            holder = self._shared.lease_workspace(tenant, workspace_id, self._replica)
+        except GatewayError as exc:
+            raise sandbox.SandboxSetupError(f"workspace {workspace_id!r}: cannot hold it in the store: {exc}") from exc
+        if holder is not None:
+            raise sandbox.SandboxSetupError(
+                f"workspace {workspace_id!r} is in use by tasks on another replica ({holder})")
+        self._unreleased.discard((tenant, workspace_id))
+
+    def _let_go(self, tenant: str, workspace_id: str) -> None:
+        """Give the store's hold back; when the store fails, :meth:`sweep` tries again
+        (until then other replicas are refused the workspace)."""
+        if self._shared is None:
+            return
+        try:
+            self._shared.release_workspace(tenant, workspace_id, self._replica)
+        except GatewayError as exc:
+            log.error("workspace %s stays held in the store until the next sweep: %s", workspace_id, exc)
+            self._unreleased.add((tenant, workspace_id))
+
     def sweep(self, unused_for_s: float, now: float | None = None) -> list[tuple[str, str]]:
         """Remove every workspace that is not leased and was last used more than
         ``unused_for_s`` seconds before ``now`` (Unix time, default the current time), then
@@ -253,6 +326,8 @@ class WorkspaceManager:
         missing."""
         cutoff = (time.time() if now is None else now) - unused_for_s
         removed: list[tuple[str, str]] = []
+        for tenant, workspace_id in list(self._unreleased):
+            self._retry_release(tenant, workspace_id)
         try:
             root_fd = os.open(self.root, _DIR_FLAGS)
         except FileNotFoundError:
@@ -270,7 +345,7 @@ class WorkspaceManager:
                     if tenant is None:
                         tenant = tdir
                     for name in sorted(os.listdir(tenant_fd)):
-                        if self._remove_if_unused(tenant_fd, (tdir, name), cutoff):
+                        if self._remove_if_unused(tenant_fd, tenant, (tdir, name), cutoff):
                             removed.append((tenant, name))
                     self._remove_tenant_if_empty(root_fd, tenant_fd, tdir)
                 finally:
@@ -430,9 +505,18 @@ class WorkspaceManager:
         st = os.fstat(fd)
         return st.st_uid, st.st_gid
 
-    def _remove_if_unused(self, tenant_fd: int, key: _Key, cutoff: float) -> bool:
-        """Remove workspace ``key`` if unleased, unpinned and last used at or before
-        ``cutoff``; True when removed."""
+    def _retry_release(self, tenant: str, workspace_id: str) -> None:
+        """Give back a hold a failed release left, unless a lease here took it again."""
+        key = (_tenant_dir(tenant), workspace_id)
+        with self._lock:
+            if key in self._entries:
+                return
+        self._unreleased.discard((tenant, workspace_id))
+        self._let_go(tenant, workspace_id)
+
+    def _remove_if_unused(self, tenant_fd: int, tenant: str, key: _Key, cutoff: float) -> bool:
+        """Remove workspace ``key`` (of ``tenant``) if unleased here and on every replica,
+        unpinned and last used at or before ``cutoff``; True when removed."""
         name = key[1]
         if not WORKSPACE_ID_PATTERN.match(name) or not _is_old_dir(tenant_fd, name, cutoff):
             return False
@@ -445,7 +529,15 @@ class WorkspaceManager:
                 # An acquire may have leased it, or open_dir used it, since the check above.
                 if entry.leases or not _is_old_dir(tenant_fd, name, cutoff):
                     return False
-                files.delete_path(tenant_fd, name, recursive=True)
+                # Held while removed, so no replica starts a task in it meanwhile.
+                try:
+                    self._hold(tenant, name)
+                except sandbox.SandboxSetupError:
+                    return False
+                try:
+                    files.delete_path(tenant_fd, name, recursive=True)
+                finally:
+                    self._let_go(tenant, name)
                 return True
         except (GatewayError, OSError) as exc:
             log.warning("cannot remove unused workspace %s/%s: %s", key[0], name, exc)

@@ -81,3 +81,40 @@ def test_tenant_overrides_change_only_the_fields_they_set_and_reloads_apply_at_o
     rl.update(RateLimitSettings(principal={"requests_per_s": 0}))
     for _ in range(100):
         rl.check(ALICE)  # 0 = unlimited
+
+
+class Shared:
+    """Shared buckets as the PostgreSQL store keeps them, in a dict."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, float] = {}
+        self.asked: list[list[str]] = []
+
+    def take_tokens(self, buckets: list[tuple[str, float, int]]) -> tuple[bool, list[float]]:
+        self.asked.append([name for name, _, _ in buckets])
+        have = [self.tokens.setdefault(name, float(burst)) for name, _, burst in buckets]
+        taken = all(t >= 1 for t in have)
+        if taken:
+            for name, _, _ in buckets:
+                self.tokens[name] -= 1
+        return taken, have
+
+
+def test_shared_buckets_replace_the_processs_own() -> None:
+    shared = Shared()
+    rl = RateLimiter(RateLimitSettings(principal={"requests_per_s": 0.5, "burst": 2},
+                                       tenant={"requests_per_s": 10, "burst": 100}), shared=shared)
+    rl.check(ALICE)
+    rl.check(ALICE)
+    error = refused(rl, ALICE)
+    assert error.details["limit"] == "principal_requests" and error.retry_after_s == 2  # 1 token at 0.5/s
+    assert shared.asked[0] == ["acme\x1falice", "acme\x1f"] and shared.tokens["acme\x1f"] == 98
+    rl.check(CAROL)  # her own bucket, the same tenant's
+    assert shared.tokens["acme\x1f"] == 97
+
+
+def test_shared_buckets_are_not_asked_without_a_limit() -> None:
+    shared = Shared()
+    rl = RateLimiter(RateLimitSettings(principal={"requests_per_s": 0}, tenant={"requests_per_s": 0}), shared=shared)
+    rl.check(ALICE)
+    assert shared.asked == []

@@ -23,9 +23,10 @@ import psycopg
 import pytest
 
 from gateway.config import Settings
-from gateway.errors import StorageError
+from gateway.errors import RateLimited, StorageError
 from gateway.models import OutputChunk, OutputKind, ResourceUsage, TaskRecord, TaskResult, TaskStatus, TaskType
 from gateway.tasks import PostgresTaskStore, SqliteTaskStore, TaskStore, open_store
+from gateway.tasks.store import TaskQuota
 from tests.pg_server import PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -466,14 +467,14 @@ def test_postgres_replicas_opening_at_once_migrate_once(postgres_dsn: str) -> No
         store.close()
     assert errors == [] and len(stores) == 4
     with psycopg.connect(postgres_dsn) as conn:
-        assert conn.execute("SELECT version FROM mcp_schema_migrations").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM mcp_schema_migrations ORDER BY version").fetchall() == [(1,), (2,)]
 
 
 def test_postgres_refuses_a_newer_schema(postgres_dsn: str) -> None:
     PostgresTaskStore(postgres_dsn).close()
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO mcp_schema_migrations (version) VALUES (2)")
-    with pytest.raises(StorageError, match="schema version 2, newer than this gateway"):
+        conn.execute("INSERT INTO mcp_schema_migrations (version) VALUES (99)")
+    with pytest.raises(StorageError, match="schema version 99, newer than this gateway"):
         PostgresTaskStore(postgres_dsn)
 
 
@@ -507,3 +508,85 @@ def _poll(probe: Callable[[], object], timeout_s: float = 10.0) -> object:
     while not (value := probe()) and time.monotonic() < deadline:
         time.sleep(0.05)
     return value
+
+
+def test_postgres_shared_buckets_take_a_token_from_all_or_none(postgres_dsn: str) -> None:
+    store = PostgresTaskStore(postgres_dsn, max_pool=2)
+    slow = 0.001  # tokens per second: no refill worth counting during the test
+    principal, tenant = ("acme\x1falice", slow, 2), ("acme\x1f", slow, 3)
+    try:
+        assert store.take_tokens([principal, tenant]) == (True, [pytest.approx(2, abs=0.01), pytest.approx(3, abs=0.01)])
+        assert store.take_tokens([principal, tenant])[0] is True
+        taken, tokens = store.take_tokens([principal, tenant])  # alice is out, acme is not
+        assert taken is False and tokens == [pytest.approx(0, abs=0.01), pytest.approx(1, abs=0.01)]
+        assert store.take_tokens([tenant]) == (True, [pytest.approx(1, abs=0.01)])  # the refusal took nothing
+        time.sleep(0.01)  # at 1000/s: 10 tokens' worth, capped at the burst
+        assert store.take_tokens([("acme\x1f", 1000.0, 3)]) == (True, [pytest.approx(3, abs=0.01)])
+    finally:
+        store.close()
+
+
+def test_postgres_shared_buckets_give_exactly_the_burst_to_concurrent_replicas(postgres_dsn: str) -> None:
+    replicas = [PostgresTaskStore(postgres_dsn, max_pool=4) for _ in range(2)]
+    taken: list[bool] = []
+    lock = threading.Lock()
+
+    def take(store: PostgresTaskStore) -> None:
+        for _ in range(15):
+            ok, _ = store.take_tokens([("acme\x1fbob", 0.001, 25)])
+            with lock:
+                taken.append(ok)
+
+    threads = [threading.Thread(target=take, args=(replicas[i % 2],)) for i in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for store in replicas:
+            store.close()
+    assert len(taken) == 60 and taken.count(True) == 25
+
+
+def test_postgres_counts_the_quota_over_every_replica(postgres_dsn: str) -> None:
+    a, b = PostgresTaskStore(postgres_dsn, max_pool=2), PostgresTaskStore(postgres_dsn, max_pool=2)
+    quota = TaskQuota(principal=2, tenant=3)
+    try:
+        a.create(_record(1, owner="gw-a"), quota)
+        b.create(_record(2, owner="gw-b"), quota)
+        with pytest.raises(RateLimited) as refused:
+            a.create(_record(3, owner="gw-a"), quota)
+        assert refused.value.details == {"limit": "principal_concurrent_tasks", "pending": 2, "quota": 2}
+        b.create(_record(4, owner="gw-b", principal_id="bob"), quota)  # the tenant's third
+        with pytest.raises(RateLimited) as refused:
+            b.create(_record(5, owner="gw-b", principal_id="carol"), quota)
+        assert refused.value.details["limit"] == "tenant_concurrent_tasks"
+        assert a.finish(_record(1).task_id, TaskStatus.COMPLETED, NOW_NS, _result())
+        a.create(_record(6, owner="gw-a", principal_id="carol"), quota)  # a final task frees its place
+        assert a.get(_record(3).task_id) is None and a.get(_record(5).task_id) is None  # refusals stored nothing
+    finally:
+        a.close()
+        b.close()
+
+
+def test_postgres_holds_a_workspace_for_one_live_replica(postgres_dsn: str) -> None:
+    a, b = PostgresTaskStore(postgres_dsn, max_pool=2), PostgresTaskStore(postgres_dsn, max_pool=2)
+    a.claim_owner("gw-a")
+    b.claim_owner("gw-b")
+    try:
+        assert a.lease_workspace("acme", "ws", "gw-a") is None
+        assert a.lease_workspace("acme", "ws", "gw-a") is None  # held already: still ours
+        assert b.lease_workspace("acme", "ws", "gw-b") == "gw-a"
+        assert b.workspace_holder("acme", "ws") == "gw-a" and b.workspace_holder("beta", "ws") is None
+        a.release_workspace("acme", "ws", "gw-b")  # not ours to give up: nothing happens
+        assert b.workspace_holder("acme", "ws") == "gw-a"
+        a.release_workspace("acme", "ws", "gw-a")
+        assert b.lease_workspace("acme", "ws", "gw-b") is None
+        assert a.lease_workspace("acme", "other", "gw-a") is None
+        a.close()  # gw-a's process is gone: its hold is no hold
+        assert b.workspace_holder("acme", "other") is None
+        assert b.lease_workspace("acme", "other", "gw-b") is None
+    finally:
+        a.close()
+        b.close()

@@ -13,7 +13,7 @@ import pytest
 
 import sandbox
 from gateway import files
-from gateway.errors import InternalError, NotFound
+from gateway.errors import InternalError, NotFound, StorageError
 from gateway.tasks.workspaces import WORKSPACE_ID_PATTERN, WorkspaceLease, WorkspaceManager
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own workspaces by pool uids")
@@ -386,3 +386,67 @@ def test_concurrent_acquire_and_release(manager):
     assert errors == []
     assert manager.leased == 0
     assert manager._entries == {}  # nothing pinned or leased is left behind
+
+
+class Holds:
+    """The store's holds on workspaces, in a dict; ``failing`` makes every call fail."""
+
+    def __init__(self) -> None:
+        self.held: dict[tuple[str, str], str] = {}
+        self.failing = False
+
+    def _check(self) -> None:
+        if self.failing:
+            raise StorageError("the store is down")
+
+    def lease_workspace(self, tenant: str, workspace: str, owner: str) -> str | None:
+        self._check()
+        holder = self.held.setdefault((tenant, workspace), owner)
+        return None if holder == owner else holder
+
+    def release_workspace(self, tenant: str, workspace: str, owner: str) -> None:
+        self._check()
+        if self.held.get((tenant, workspace)) == owner:
+            del self.held[(tenant, workspace)]
+
+    def workspace_holder(self, tenant: str, workspace: str) -> str | None:
+        self._check()
+        return self.held.get((tenant, workspace))
+
+
+def test_replicas_hold_a_workspace_one_at_a_time(root: Path, pool: sandbox.UidPool) -> None:
+    holds = Holds()
+    here = WorkspaceManager(root, pool, shared=holds, owner="gw-a")
+    first, second = here.acquire("acme", "ws"), here.acquire("acme", "ws")  # local leases share the hold
+    assert holds.held == {("acme", "ws"): "gw-a"} and here.held_elsewhere("acme", "ws") is None
+    holds.held[("acme", "other")] = "gw-b"
+    assert here.held_elsewhere("acme", "other") == "gw-b"
+    with pytest.raises(sandbox.SandboxSetupError, match="in use by tasks on another replica"):
+        here.acquire("acme", "other")
+    assert here.leased == 1  # the refused lease took nothing
+    here.release(first)
+    assert holds.held[("acme", "ws")] == "gw-a"
+    here.release(second)
+    assert ("acme", "ws") not in holds.held
+
+
+def test_a_hold_the_store_could_not_release_is_released_by_the_next_sweep(root: Path, pool: sandbox.UidPool) -> None:
+    holds = Holds()
+    here = WorkspaceManager(root, pool, shared=holds, owner="gw-a")
+    lease = here.acquire("acme", "ws")
+    holds.failing = True
+    here.release(lease)  # logged, kept for later
+    holds.failing = False
+    assert holds.held == {("acme", "ws"): "gw-a"}
+    here.sweep(unused_for_s=3600)
+    assert holds.held == {}
+
+
+def test_a_sweep_leaves_a_workspace_another_replica_holds(root: Path, pool: sandbox.UidPool) -> None:
+    holds = Holds()
+    here = WorkspaceManager(root, pool, shared=holds, owner="gw-a")
+    here.release(here.acquire("acme", "busy"))
+    here.release(here.acquire("acme", "idle"))
+    holds.held[("acme", "busy")] = "gw-b"
+    removed = here.sweep(unused_for_s=0, now=time.time() + 10)
+    assert removed == [("acme", "idle")] and holds.held == {("acme", "busy"): "gw-b"}

@@ -22,7 +22,7 @@ var Fields = []FieldSpec{
 	{Name: "auth_scheme", Kind: KindString, Required: true, Enum: []string{"none", "basic", "bearer", "mtls", "other"}, Desc: "How the caller authenticated (or tried to)."},
 	{Name: "credential_sha256", Kind: KindString, Desc: "SHA-256 (hex) of the credential presented: the bearer token or API key as sent (for an API key, the hash in its config entry), or the client certificate's DER (its fingerprint)."},
 	{Name: "auth_reason", Kind: KindString, Desc: "auth_failure: why, e.g. expired, not_yet_valid, wrong_audience, wrong_issuer, unknown_kid, alg_not_allowed, bad_signature, unknown_api_key, revoked_api_key, missing_credentials, client_certificate_required, unmapped_client_certificate, missing_scope."},
-	{Name: "rate_limit", Kind: KindString, Desc: "Limit that refused the call (4290): principal_requests, tenant_requests, principal_concurrent_tasks, tenant_concurrent_tasks, queue or principal_in_flight."},
+	{Name: "rate_limit", Kind: KindString, Desc: "Limit that refused the call (4290): principal_requests, tenant_requests, principal_concurrent_tasks, tenant_concurrent_tasks, queue, principal_in_flight or workspace_busy (the workspace is held by another replica's tasks)."},
 	{Name: "task_id", Kind: KindString, Desc: "Task the event belongs to."},
 	{Name: "tool_name", Kind: KindString, Desc: "Tool invoked, e.g. 'execute_command'."},
 	{Name: "command", Kind: KindString, Desc: "Command line with secret-looking values redacted, at most 1024 chars."},

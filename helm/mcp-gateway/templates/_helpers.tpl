@@ -87,6 +87,9 @@ of what it mounts), which wins.
 {{- if .Values.opa.enabled }}
 {{- $_ := set $chart "policy" (dict "engine" "opa" "opa_url" "http://127.0.0.1:8181") }}
 {{- end }}
+{{- if .Values.workspaces.existingClaim }}
+{{- $_ := set $chart "sandbox" (dict "workspace_root" "/srv/workspaces") }}
+{{- end }}
 {{- toYaml (mustMergeOverwrite (deepCopy .Values.config) $chart) }}
 {{- end }}
 
