@@ -5,21 +5,25 @@
 #      ca-certificates unpacked, no package manager run, no shell), both imported as images;
 #   2. a wheelhouse of the pinned dependencies (and the build backend) in .tools/image/wheels,
 #      downloaded by the host's pip, so the build stage installs with PIP_NO_INDEX=1;
-#   3. the image from Dockerfile.distroless.
+#   3. the image from Dockerfile.distroless;
+#   4. with --falco-plugin, also the Falco plugin's image (falco/Containerfile.plugin,
+#      localhost/mcp-gateway-falco-plugin:<version>) after building the plugin with Go.
 # Needs root (mmdebstrap unpacks as root), mmdebstrap and podman (or docker / buildah).
-# Usage: scripts/image.sh [--engine podman|docker|buildah] [--tag TAG] [--suite bookworm]
+# Usage: scripts/image.sh [--engine podman|docker|buildah] [--tag TAG] [--suite bookworm] [--falco-plugin]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 engine=podman
 tag=localhost/mcp-gateway:dev
 suite=bookworm
+falco_plugin=no
 while [ $# -gt 0 ]; do
   case "$1" in
+    --falco-plugin) falco_plugin=yes; shift ;;
     --engine) engine=$2; shift 2 ;;
     --tag) tag=$2; shift 2 ;;
     --suite) suite=$2; shift 2 ;;
-    *) echo "usage: $0 [--engine podman|docker|buildah] [--tag TAG] [--suite SUITE]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--engine podman|docker|buildah] [--tag TAG] [--suite SUITE] [--falco-plugin]" >&2; exit 2 ;;
   esac
 done
 out=.tools/image
@@ -78,9 +82,16 @@ build_args=(--build-arg "BUILDER_IMAGE=localhost/mcp-gateway-builder:$suite"
             --build-arg "BASE_IMAGE=localhost/mcp-gateway-base:$suite"
             --build-arg PIP_NO_INDEX=1 --build-arg "VERSION=$version" --build-arg "REVISION=$revision"
             --build-arg "CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)")
+build() {  # build FILE TAG
+  case "$engine" in
+    buildah) buildah bud --layers -f "$1" "${build_args[@]}" -t "$2" . ;;
+    *) "$engine" build --network none -f "$1" "${build_args[@]}" -t "$2" . ;;
+  esac
+}
 echo "image: $tag" >&2
-case "$engine" in
-  buildah) buildah bud --layers -f Dockerfile.distroless "${build_args[@]}" -t "$tag" . ;;
-  podman) podman build --network none -f Dockerfile.distroless "${build_args[@]}" -t "$tag" . ;;
-  *) "$engine" build --network none -f Dockerfile.distroless "${build_args[@]}" -t "$tag" . ;;
-esac
+build Dockerfile.distroless "$tag"
+if [ "$falco_plugin" = yes ]; then
+  echo "image: the Falco plugin" >&2
+  "$python" -c 'import sys; from tests.falco.plugin_build import build_plugin; sys.exit(build_plugin() is None)'
+  build falco/Containerfile.plugin "localhost/mcp-gateway-falco-plugin:$version"
+fi

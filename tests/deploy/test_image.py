@@ -9,7 +9,8 @@ mmdebstrap and podman, then run with podman and runc as a pod would run it.
 - there is no shell and no package manager inside;
 - without an unmasked /proc, or under the runtime's default seccomp profile, the gateway
   refuses to start with the error the README names;
-- the labels are the OCI image spec's.
+- the labels are the OCI image spec's;
+- the Falco plugin's image (for the chart's Falco sidecar) hands its library over with cp.
 
 This machine's quirks (../shared/notes/deploy.md): ``--runtime runc`` (crun rejects its
 hybrid cgroups) and explicit ``--ulimit``s (no CAP_SYS_RESOURCE to raise them).
@@ -78,7 +79,8 @@ def image() -> str:
         reason = apt_install("podman", "buildah", "runc", "mmdebstrap")
         if reason is not None:
             pytest.skip(f"cannot build the image here: {reason}")
-    build = subprocess.run(["bash", str(REPO / "scripts" / "image.sh"), "--tag", TAG], capture_output=True,
+    plugin = ["--falco-plugin"] if shutil.which("go") is not None else []
+    build = subprocess.run(["bash", str(REPO / "scripts" / "image.sh"), "--tag", TAG, *plugin], capture_output=True,
                            text=True, timeout=1200, cwd=REPO)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     return TAG
@@ -223,3 +225,18 @@ def test_the_labels_follow_the_oci_image_spec(image: str) -> None:
     assert labels[f"{prefix}licenses"] == "Apache-2.0" and labels[f"{prefix}version"] == "0.1.0"
     assert datetime.strptime(labels[f"{prefix}created"], "%Y-%m-%dT%H:%M:%SZ").year >= 2026
     assert labels[f"{prefix}revision"] != "unknown"  # the commit it was built from
+
+
+def test_the_falco_plugin_image_hands_its_library_over(image: str, tmp_path: Path) -> None:
+    if shutil.which("go") is None:
+        pytest.skip("no Go toolchain: the plugin image is not built")
+    plugin_image = "localhost/mcp-gateway-falco-plugin:0.1.0"
+    target = tmp_path / "plugins"
+    target.mkdir()
+    os.chown(target, 65532, 65532)
+    # What the chart's init container runs, as the pod's user, every capability dropped.
+    podman("run", "--rm", *QUIRKS, "--cap-drop", "ALL", "--read-only", "--volume", f"{target}:/target",
+           "--entrypoint", "/bin/cp", plugin_image, "/plugins/libmcp_audit.so", "/target/libmcp_audit.so")
+    copied = target / "libmcp_audit.so"
+    assert copied.read_bytes() == (REPO / ".tools" / "falco" / "libmcp_audit.so").read_bytes()
+    assert copied.read_bytes()[:4] == b"\x7fELF" and copied.stat().st_uid == 65532
