@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["SMOKE_ENV", "parse_args", "throughput"]
+__all__ = ["SMOKE_ENV", "parse_args", "percentile", "throughput"]
 
 #: The environment variable that turns smoke mode on ("1"), like ``--smoke``.
 SMOKE_ENV = "MCP_BENCH_SMOKE"
@@ -58,14 +58,23 @@ def parse_args(parser: argparse.ArgumentParser, smoke: Mapping[str, Any],
 
 def throughput(fn: Callable[[int], None], concurrency: int, seconds: float) -> float:
     """Calls of ``fn(thread_index)`` completed per second by ``concurrency`` threads
-    looping for ``seconds``."""
+    looping for ``seconds``.
+
+    Raises:
+        the first exception a call raised (the others stop at once), after every thread
+        ended: a failing call fails the bench instead of lowering its rate.
+    """
     done = [0] * concurrency
     stop = time.monotonic() + seconds
+    errors: list[BaseException] = []
 
     def worker(i: int) -> None:
-        while time.monotonic() < stop:
-            fn(i)
-            done[i] += 1
+        try:
+            while time.monotonic() < stop and not errors:
+                fn(i)
+                done[i] += 1
+        except BaseException as exc:  # re-raised in the calling thread
+            errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
     t0 = time.monotonic()
@@ -73,4 +82,12 @@ def throughput(fn: Callable[[int], None], concurrency: int, seconds: float) -> f
         t.start()
     for t in threads:
         t.join()
+    if errors:
+        raise errors[0]
     return sum(done) / (time.monotonic() - t0)
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile ``pct`` (0..100) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]

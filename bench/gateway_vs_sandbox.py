@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import grpc
-from common import parse_args
+from common import parse_args, percentile
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -35,12 +35,6 @@ from gateway.proto import mcp_pb2, mcp_pb2_grpc  # noqa: E402
 POLL_S = float(os.environ.get("BENCH_POLL_S", "0.002"))  # GetTaskStatus poll interval
 FIRST_UID = 260_000  # both paths: a range of its own, not the default one another gateway may hold
 FINAL = {mcp_pb2.TASK_COMPLETED, mcp_pb2.TASK_FAILED, mcp_pb2.TASK_CANCELLED, mcp_pb2.TASK_TIMED_OUT}
-
-
-def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile of ``values``."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
 
 
 def bench_library(runs: int) -> list[float]:

@@ -34,13 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from common import parse_args
+from common import parse_args, percentile
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from gateway.proto import mcp_pb2, mcp_pb2_grpc  # noqa: E402
+from tests.conftest import GatewayProcess, start_gateway  # noqa: E402
 
 FIRST_UID = 290_000  # ranges of this bench's own, 1000 apart
 POLL_S = 0.002
@@ -108,34 +109,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile of ``values``."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
-
-
-def start_gateway(index: int, ratio: str | None, otlp_port: int, state: str,
-                  protocol: str = "grpc") -> tuple[subprocess.Popen[str], str]:
-    """A gateway with tracing at ``ratio`` (None: off); returns it and its gRPC address."""
+def gateway_env(index: int, ratio: str | None, otlp_port: int, protocol: str) -> dict[str, str]:
+    """The settings of variant ``index``: a sandbox uid range of its own, no request rate
+    limit, and tracing at ``ratio`` (None: off)."""
     uid = str(FIRST_UID + 1000 * index)
-    env = dict(os.environ, MCP_GATEWAY_SANDBOX__UID=uid, MCP_GATEWAY_SANDBOX__GID=uid,
-               MCP_GATEWAY_RATE_LIMITS__PRINCIPAL__REQUESTS_PER_S="0",
-               MCP_GATEWAY_RATE_LIMITS__TENANT__REQUESTS_PER_S="0")
+    env = {"MCP_GATEWAY_SANDBOX__UID": uid, "MCP_GATEWAY_SANDBOX__GID": uid,
+           "MCP_GATEWAY_RATE_LIMITS__PRINCIPAL__REQUESTS_PER_S": "0",
+           "MCP_GATEWAY_RATE_LIMITS__TENANT__REQUESTS_PER_S": "0"}
     if ratio is not None:
         env.update(OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{otlp_port}",
                    OTEL_EXPORTER_OTLP_INSECURE="true", OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
-                   OTEL_TRACES_SAMPLER="parentbased_traceidratio",
-                   OTEL_TRACES_SAMPLER_ARG=ratio)
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mcp-gateway"), "serve", "--http-port", "0", "--grpc-port", "0",
-         "--state-dir", state, "--log-level", "warning", "--dev"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("listening "):
-        raise SystemExit(f"gateway did not start (exit {proc.wait(timeout=30)}): {line!r}")
-    return proc, dict(p.split("=", 1) for p in line.split()[1:])["grpc"]
+                   OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG=ratio)
+    return env
 
 
 def one_task(stub: mcp_pb2_grpc.McpServiceStub, wait: str) -> float:
@@ -175,14 +160,16 @@ def main() -> None:
     assert receiver.stdin is not None and receiver.stdout is not None
     grpc_port, http_port = map(int, receiver.stdout.readline().split()[1:])
     otlp_port = grpc_port if args.protocol == "grpc" else http_port
-    procs, channels, stubs = [], [], {}
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-otel-") as root:
-            os.chmod(root, 0o711)
+    gateways: list[GatewayProcess] = []
+    channels, stubs = [], {}
+    with tempfile.TemporaryDirectory(prefix="bench-otel-") as root:
+        os.chmod(root, 0o711)
+        try:
             for i, (name, ratio) in enumerate(VARIANTS.items()):
-                proc, addr = start_gateway(i, ratio, otlp_port, os.path.join(root, str(i)), args.protocol)
-                procs.append(proc)
-                channel = grpc.insecure_channel(addr)
+                gw = start_gateway(Path(root) / str(i) / "var", "--log-level", "warning",
+                                   env=gateway_env(i, ratio, otlp_port, args.protocol))
+                gateways.append(gw)
+                channel = grpc.insecure_channel(gw.grpc_addr)
                 channels.append(channel)
                 stubs[name] = mcp_pb2_grpc.McpServiceStub(channel)
             for stub in stubs.values():  # warm up: policy workers, the store, the first sandboxes
@@ -191,7 +178,7 @@ def main() -> None:
             times: dict[tuple[str, str], list[float]] = {(name, wait): [] for wait in WAITS for name in VARIANTS}
             cpu: dict[tuple[str, str], float] = {}
             order = list(stubs.items())
-            pids = {name: proc.pid for name, proc in zip(VARIANTS, procs, strict=True)}
+            pids = {name: gw.proc.pid for name, gw in zip(VARIANTS, gateways, strict=True)}
             for wait in WAITS:
                 before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 for i in range(runs):
@@ -200,22 +187,15 @@ def main() -> None:
                     for name, stub in order[i % len(order):] + order[:i % len(order)]:
                         times[name, wait].append(one_task(stub, wait))
                 cpu.update({(name, wait): cpu_seconds(pid) - before[name] for name, pid in pids.items()})
-            for proc in procs:  # a clean stop flushes the batch processors
-                proc.terminate()
-                proc.wait(timeout=30)
-    finally:
-        for channel in channels:
-            channel.close()
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-        receiver.stdin.close()
-        spans = int(receiver.stdout.readline().split()[1])
-        receiver.stdout.close()
-        receiver.wait(timeout=30)
+        finally:
+            for channel in channels:
+                channel.close()
+            for gw in gateways:  # a clean stop (SIGTERM) flushes the batch processors
+                gw.stop()
+            receiver.stdin.close()
+            spans = int(receiver.stdout.readline().split()[1])
+            receiver.stdout.close()
+            receiver.wait(timeout=30)
     print(f"echo tasks per variant and wait: {runs} (gRPC ExecuteCommand, then the output stream's exit "
           "entry, or GetTaskStatus every 2 ms)")
     print(f"{'variant':28} | {'wait':6} | median ms | p99 ms | median vs off | gateway CPU ms/task")

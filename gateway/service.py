@@ -285,7 +285,7 @@ class GatewayService:
         """
         start = time.perf_counter()
         status = "ok"
-        with call_span(ctx.transport, ctx.method, ctx.client_addr, dict(ctx.trace_context)) as current, \
+        with call_span(ctx.transport, ctx.method, ctx.client_addr, ctx.trace_context) as current, \
                 bind_call(ctx.request_id):
             try:
                 with stage("authenticate"):

@@ -26,6 +26,7 @@ import pytest
 from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from tests.pg_server import postgres_dsn, postgres_server  # noqa: F401
+from tests.procs import as_user  # noqa: F401 (the tests import it from here)
 
 REPO = Path(__file__).resolve().parent.parent
 GRPCURL_VERSION = "v1.9.3"
@@ -243,14 +244,6 @@ def grpc_client(gateway: GatewayProcess, grpcurl_binary: str | None) -> Grpcurl 
     return ReflectionClient(gateway.grpc_addr)
 
 
-def as_user(uid: int, gid: int) -> list[str]:
-    """A command prefix that runs the rest as ``uid``/``gid`` with no supplementary groups:
-    setpriv(1), exec'd in place (same pid). Not ``Popen(user=...)``: for that, Python forks
-    rather than vforks, so the child runs the atfork handlers of the gRPC core this test
-    process has loaded, which can abort it (``ev_epoll1_linux.cc ... Check failed``)."""
-    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
-
-
 def wait_final(call: Any, task_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
     """Poll ``call(task_id)`` (returning a status dict with ``task_info.status``) until final."""
     deadline = time.monotonic() + timeout_s
@@ -263,9 +256,9 @@ def wait_final(call: Any, task_id: str, timeout_s: float = 60.0) -> dict[str, An
         time.sleep(0.02)
 
 
-def wait_until(condition: Any, timeout_s: float = 3.0, what: str = "condition") -> Any:
-    """Poll ``condition()`` every 5 ms until it returns a truthy value (returned), or fail
-    after ``timeout_s`` seconds."""
+def wait_until(condition: Any, timeout_s: float = 3.0, what: str = "condition", interval_s: float = 0.005) -> Any:
+    """Poll ``condition()`` every ``interval_s`` seconds until it returns a truthy value
+    (returned), or fail after ``timeout_s`` seconds."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = condition()
@@ -273,4 +266,4 @@ def wait_until(condition: Any, timeout_s: float = 3.0, what: str = "condition") 
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout_s} s")
-        time.sleep(0.005)
+        time.sleep(interval_s)

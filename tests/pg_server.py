@@ -19,7 +19,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,6 +31,7 @@ import psycopg
 import pytest
 
 from tests.debian import apt_install
+from tests.procs import as_user, free_port
 
 _SUPERUSER = "gw"
 _START_TIMEOUT_S = 30.0
@@ -65,7 +65,7 @@ def running_postgres() -> Iterator[PostgresServer]:
     root = Path(tempfile.mkdtemp(prefix="mcp-pg-", dir="/tmp"))
     if run_as is not None:
         os.chown(root, run_as.pw_uid, run_as.pw_gid)
-    server = PostgresServer("127.0.0.1", _free_port(), _SUPERUSER, secrets.token_urlsafe(16))
+    server = PostgresServer("127.0.0.1", free_port(), _SUPERUSER, secrets.token_urlsafe(16))
     log_path = root / "postgres.log"
     proc: subprocess.Popen[bytes] | None = None
     try:
@@ -78,10 +78,10 @@ def running_postgres() -> Iterator[PostgresServer]:
                          "--encoding=UTF8", "--no-sync"], cwd=root)
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [str(bindir / "postgres"), "-D", str(root / "data"), "-c", "listen_addresses=127.0.0.1",
+                [*_prefix(run_as), str(bindir / "postgres"), "-D", str(root / "data"), "-c", "listen_addresses=127.0.0.1",
                  "-c", f"port={server.port}", "-c", f"unix_socket_directories={root}", "-c", "fsync=off",
                  "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=200"],
-                cwd=root, stdout=log, stderr=subprocess.STDOUT, **_user_kwargs(run_as),
+                cwd=root, stdout=log, stderr=subprocess.STDOUT,
             )
         _wait_ready(server, proc, log_path)
         yield server
@@ -136,20 +136,15 @@ def _unprivileged_user() -> pwd.struct_passwd:
         return pwd.getpwnam("postgres")
 
 
-def _user_kwargs(user: pwd.struct_passwd | None) -> dict[str, object]:
-    return {} if user is None else {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+def _prefix(user: pwd.struct_passwd | None) -> list[str]:
+    """Run as ``user`` (through setpriv: never Popen(user=), see tests.procs.as_user)."""
+    return [] if user is None else as_user(user.pw_uid, user.pw_gid)
 
 
 def _run_as(user: pwd.struct_passwd | None, argv: list[str], cwd: Path) -> None:
-    out = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=120, **_user_kwargs(user))
+    out = subprocess.run([*_prefix(user), *argv], cwd=cwd, capture_output=True, text=True, timeout=120)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed (exit {out.returncode}): {out.stderr or out.stdout}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_ready(server: PostgresServer, proc: subprocess.Popen[bytes], log_path: Path) -> None:

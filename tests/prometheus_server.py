@@ -15,7 +15,6 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,9 +24,10 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.debian import apt_install
-import yaml
+from tests.procs import free_port
 
 _START_TIMEOUT_S = 30.0
 REPO = Path(__file__).resolve().parent.parent
@@ -95,12 +95,6 @@ def _apt_install() -> PrometheusBinaries:
         pytest.skip(f"Prometheus tests need promtool and prometheus (on PATH or /usr/bin): "
                     f"{failure or 'not found after installing prometheus'}")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PrometheusServer:

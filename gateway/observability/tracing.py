@@ -37,7 +37,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from opentelemetry import context as otel_context
@@ -201,16 +201,18 @@ class _Scope:
 _NO_SPAN = _Scope(trace.INVALID_SPAN, None, False)  # holds no state: one serves every call
 
 
-def call_span(transport: str, method: str, peer: str, carrier: Mapping[str, str]) -> _Scope:
+def call_span(transport: str, method: str, peer: str,
+              carrier: Mapping[str, str] | Iterable[tuple[str, str]]) -> _Scope:
     """The SERVER span of one call, continuing the trace of ``carrier``'s ``traceparent``
-    (HTTP headers or gRPC metadata, lowercase keys), current within the with-block it opens.
+    (the call's W3C Trace Context headers or metadata, lowercase keys, as
+    ``RequestContext.trace_context`` keeps them), current within the with-block it opens.
     The provider's sampler decides, as ``Tracer.start_span`` would; an unsampled call gets a
     non-recording span with its own ids, so its trace id still reaches logs and audit
     events. An exception leaving the block does not mark it: the caller decides what is a
     failure of the call (:func:`set_error`) and what is its answer (a refusal)."""
     if _tracing is None:
         return _NO_SPAN
-    parent = propagate.extract(carrier) if _propagated(carrier) else None
+    parent = propagate.extract(dict(carrier)) if carrier else None
     if transport == "grpc":
         name = f"mcp.McpService/{method}"
         attributes: dict[str, Any] = {"rpc.system": "grpc", "rpc.service": "mcp.McpService", "rpc.method": method}
@@ -242,13 +244,6 @@ def call_span(transport: str, method: str, peer: str, carrier: Mapping[str, str]
     else:
         current = trace.NonRecordingSpan(ids)
     return _Scope(current, trace.set_span_in_context(current), False)
-
-
-def _propagated(carrier: Mapping[str, str]) -> bool:
-    """Whether ``carrier`` holds a field the global propagator reads (``traceparent``,
-    ``tracestate``, ``baggage`` for the default ``OTEL_PROPAGATORS``): without one,
-    extracting is 5 us that finds nothing."""
-    return any(field in carrier for field in propagate.get_global_textmap().fields)
 
 
 def _child(name: str, parent: otel_context.Context | None, attributes: dict[str, Any]) -> RecordedSpan | None:

@@ -65,7 +65,7 @@ from gateway.models import (
 from gateway.observability.logs import bind_call
 from gateway.observability.tracing import record_stage, set_error, span
 from gateway.tasks.output import OutputHub, OutputLog
-from gateway.tasks.store import TaskStore
+from gateway.tasks.store import TaskQuota, TaskStore, check_quota
 from gateway.tasks.workspaces import WorkspaceLease, WorkspaceManager
 
 __all__ = ["Isolation", "SandboxRunner", "TaskManager", "status_for_result"]
@@ -252,15 +252,13 @@ class TaskManager:
                     details={"limit": "queue", "pending": pending, "capacity": self._capacity},
                 )
             keys = _pending_keys(principal)
-            for key, quota, who in zip(keys, (principal_quota, tenant_quota), ("principal", "tenant"), strict=True):
-                pending = self._pending_by[key]
-                if quota and pending >= quota:
-                    TASK_QUEUE_REJECTIONS.labels(f"{who}_quota").inc()
-                    raise RateLimited(
-                        f"the {who} already has {pending} tasks queued or running (quota {quota}), retry later",
-                        retry_after_s=self._retry_after(1),
-                        details={"limit": f"{who}_concurrent_tasks", "pending": pending, "quota": quota},
-                    )
+            try:
+                check_quota(TaskQuota(principal_quota, tenant_quota), *(self._pending_by[key] for key in keys),
+                            retry_after_s=self._retry_after(1))
+            except RateLimited as exc:
+                who = str(exc.details["limit"]).removesuffix("_concurrent_tasks")
+                TASK_QUEUE_REJECTIONS.labels(f"{who}_quota").inc()
+                raise
             self._reserved += 1
             self._pending_by.update(keys)
 

@@ -54,22 +54,22 @@ class TaskQuota(NamedTuple):
     tenant: int
 
 
-def check_quota(quota: TaskQuota, principal_pending: int, tenant_pending: int) -> None:
+def check_quota(quota: TaskQuota, principal_pending: int, tenant_pending: int, retry_after_s: int = 1) -> None:
     """Refuse one more task when the principal (``principal_pending`` tasks unfinished) or
-    its tenant (``tenant_pending``) has its ``quota`` reached.
+    its tenant (``tenant_pending``) has its ``quota`` reached: the task manager's check over
+    its own tasks, and a shared store's over every replica's.
 
     Raises:
-        RateLimited (4290): ``details`` as the task manager's own quota refusal: ``limit``
-            (``principal_concurrent_tasks`` / ``tenant_concurrent_tasks``), ``pending``,
-            ``quota``.
+        RateLimited (4290): ``details``: ``limit`` (``principal_concurrent_tasks`` /
+            ``tenant_concurrent_tasks``), ``pending``, ``quota``.
     """
     for who, cap, pending in (("principal", quota.principal, principal_pending),
                               ("tenant", quota.tenant, tenant_pending)):
         if cap and pending >= cap:
             raise RateLimited(
-                f"the {who} already has {pending} tasks queued or running on the gateway's replicas "
-                f"(quota {cap}), retry later",
-                retry_after_s=1, details={"limit": f"{who}_concurrent_tasks", "pending": pending, "quota": cap})
+                f"the {who} already has {pending} tasks queued or running (quota {cap}), retry later",
+                retry_after_s=retry_after_s,
+                details={"limit": f"{who}_concurrent_tasks", "pending": pending, "quota": cap})
 
 log = logging.getLogger(__name__)
 

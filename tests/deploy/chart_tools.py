@@ -21,11 +21,13 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import yaml
 
 from tests.conftest import REPO
+from tests.falco.plugin_build import go_binary, go_unavailable
 
 __all__ = ["HELM_VERSION", "KUBERNETES_VERSION", "crd_schemas", "helm", "helm_unittest", "kubeconform",
            "kubernetes_schemas"]
@@ -43,29 +45,41 @@ KUBERNETES_VERSION = "1.33"
 _BUILD_TIMEOUT_S = 1800
 
 
-def _go(args: list[str], cwd: Path | None = None) -> str | None:
-    """Run ``go ARGS`` with GOBIN=.tools/bin; None when it worked, else why not."""
-    if shutil.which("go") is None:
-        return "no Go toolchain to build the chart tools with"
+def _go(args: list[str], cwd: Path | None = None) -> str:
+    """Run ``go ARGS`` (the toolchain ``go_binary`` finds) with GOBIN=.tools/bin; its stdout.
+
+    Raises:
+        RuntimeError: the command failed (its stderr).
+    """
     BIN.mkdir(parents=True, exist_ok=True)
-    out = subprocess.run(["go", *args], cwd=cwd, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S,
+    out = subprocess.run([str(go_binary()), *args], cwd=cwd, capture_output=True, text=True,
+                         timeout=_BUILD_TIMEOUT_S,
                          env={**os.environ, "GOBIN": str(BIN), "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"})
     if out.returncode != 0:
         raise RuntimeError(f"go {' '.join(args)} failed: {out.stderr[-2000:]}")
-    return None
+    return out.stdout
+
+
+def _built(name: str, version: str, build: Callable[[Path], None]) -> tuple[Path | None, str]:
+    """``BIN/name`` at ``version``: reused when its stamp says so, else made by
+    ``build(path)``; (None, why) without a Go toolchain."""
+    binary, stamp = BIN / name, BIN / f".{name}.version"
+    if binary.exists() and stamp.exists() and stamp.read_text() == version:
+        return binary, ""
+    why = go_unavailable()
+    if why is not None:
+        return None, why
+    build(binary)
+    stamp.write_text(version)
+    return binary, ""
 
 
 def _installed(name: str, module: str, version: str) -> tuple[Path | None, str]:
     """``BIN/name``, installed with ``go install module@version`` unless it is there."""
-    binary = BIN / name
-    stamp = BIN / f".{name}.version"
-    if binary.exists() and stamp.exists() and stamp.read_text() == version:
-        return binary, ""
-    why = _go(["install", f"{module}@{version}"])
-    if why is not None:
-        return None, why
-    stamp.write_text(version)
-    return binary, ""
+    def install(_: Path) -> None:
+        _go(["install", f"{module}@{version}"])
+
+    return _built(name, version, install)
 
 
 def helm() -> tuple[Path | None, str]:
@@ -81,25 +95,20 @@ def kubeconform() -> tuple[Path | None, str]:
 def helm_unittest() -> tuple[Path | None, str]:
     """helm-unittest, built from a scratch module: its go.mod's ``replace`` of
     yaml-jsonpath makes ``go install`` refuse it."""
-    binary = BIN / "helm-unittest"
-    stamp = BIN / ".helm-unittest.version"
-    if binary.exists() and stamp.exists() and stamp.read_text() == HELM_UNITTEST_VERSION:
-        return binary, ""
-    scratch = TOOLS / "build" / "helm-unittest"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    (scratch / "go.mod").write_text(
-        "module build/helmunittest\n\ngo 1.24\n\n"
-        f"require github.com/helm-unittest/helm-unittest {HELM_UNITTEST_VERSION}\n\n"
-        "replace github.com/vmware-labs/yaml-jsonpath v0.3.2 => github.com/helm-unittest/yaml-jsonpath v0.4.0\n")
-    (scratch / "tools.go").write_text(
-        "//go:build tools\n\npackage tools\n\nimport _ \"github.com/helm-unittest/helm-unittest/cmd/helm-unittest\"\n")
-    for step in (["mod", "tidy"], ["build", "-o", str(binary), "github.com/helm-unittest/helm-unittest/cmd/helm-unittest"]):
-        why = _go(step, cwd=scratch)
-        if why is not None:
-            return None, why
-    stamp.write_text(HELM_UNITTEST_VERSION)
-    return binary, ""
+    def build(binary: Path) -> None:
+        scratch = TOOLS / "build" / "helm-unittest"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        (scratch / "go.mod").write_text(
+            "module build/helmunittest\n\ngo 1.24\n\n"
+            f"require github.com/helm-unittest/helm-unittest {HELM_UNITTEST_VERSION}\n\n"
+            "replace github.com/vmware-labs/yaml-jsonpath v0.3.2 => github.com/helm-unittest/yaml-jsonpath v0.4.0\n")
+        (scratch / "tools.go").write_text(
+            "//go:build tools\n\npackage tools\n\nimport _ \"github.com/helm-unittest/helm-unittest/cmd/helm-unittest\"\n")
+        _go(["mod", "tidy"], cwd=scratch)
+        _go(["build", "-o", str(binary), "github.com/helm-unittest/helm-unittest/cmd/helm-unittest"], cwd=scratch)
+
+    return _built("helm-unittest", HELM_UNITTEST_VERSION, build)
 
 
 def _strict(schema: Any) -> Any:
@@ -158,12 +167,9 @@ def crd_schemas() -> tuple[Path | None, str]:
     scratch.mkdir(parents=True)
     (scratch / "go.mod").write_text(f"module build/crds\n\ngo 1.24\n\nrequire {module} {PROMETHEUS_OPERATOR_VERSION}\n")
     _go(["mod", "download", module], cwd=scratch)
-    listed = subprocess.run(["go", "list", "-m", "-f", "{{.Dir}}", module], cwd=scratch, capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "GOFLAGS": "-mod=mod"})
-    if listed.returncode != 0:
-        raise RuntimeError(f"go list {module}: {listed.stderr[-1000:]}")
+    module_dir = _go(["list", "-m", "-f", "{{.Dir}}", module], cwd=scratch).strip()
     out = subprocess.run([str(controller_gen), "crd:crdVersions=v1,allowDangerousTypes=true", "paths=./v1",
-                          f"output:crd:artifacts:config={scratch / 'out'}"], cwd=listed.stdout.strip(),
+                          f"output:crd:artifacts:config={scratch / 'out'}"], cwd=module_dir,
                          capture_output=True, text=True, timeout=600, env={**os.environ, "GOFLAGS": "-mod=mod"})
     if out.returncode != 0:
         raise RuntimeError(f"controller-gen failed: {out.stderr[-2000:]}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import yaml
 from gateway.config import Settings
 from tests.conftest import REPO
 from tests.falco.plugin_build import OUT_DIR as FALCO_OUT
+from tests.falco.plugin_build import go_binary
 
 DEPLOY = REPO / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
@@ -35,9 +35,10 @@ def compose() -> dict[str, Any]:
 
 
 def test_it_is_valid_against_the_compose_specification(compose: dict[str, Any]) -> None:
-    if shutil.which("go") is None:
+    go = go_binary()
+    if go is None:
         pytest.skip("no Go toolchain to fetch compose-go's schema with")
-    out = subprocess.run(["go", "mod", "download", "-json", f"github.com/compose-spec/compose-go/v2@{COMPOSE_GO_VERSION}"],
+    out = subprocess.run([go, "mod", "download", "-json", f"github.com/compose-spec/compose-go/v2@{COMPOSE_GO_VERSION}"],
                          capture_output=True, text=True, timeout=600, cwd=REPO,
                          env={**os.environ, "GOFLAGS": "-mod=mod"})
     assert out.returncode == 0, out.stdout + out.stderr

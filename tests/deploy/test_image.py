@@ -18,27 +18,32 @@ hybrid cgroups) and explicit ``--ulimit``s (no CAP_SYS_RESOURCE to raise them).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
+import tomllib
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
+from gateway.auth.apikeys import hash_api_key, new_api_key
 from tests.conftest import REPO, wait_final, wait_until
 from tests.debian import apt_install
+from tests.falco.plugin_build import OUT_DIR as FALCO_OUT
+from tests.falco.plugin_build import go_binary
 
 sys.path.insert(0, str(REPO / "scripts"))
 import gen_seccomp  # noqa: E402
 
 TAG = "localhost/mcp-gateway:test"
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 PROFILE = REPO / "deploy" / "seccomp" / "mcp-gateway.json"
 RUNTIME_DEFAULT_PROFILE = Path("/usr/share/containers/seccomp.json")
 QUIRKS = ["--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
@@ -79,7 +84,7 @@ def image() -> str:
         reason = apt_install("podman", "buildah", "runc", "mmdebstrap")
         if reason is not None:
             pytest.skip(f"cannot build the image here: {reason}")
-    plugin = ["--falco-plugin"] if shutil.which("go") is not None else []
+    plugin = ["--falco-plugin"] if go_binary() is not None else []
     build = subprocess.run(["bash", str(REPO / "scripts" / "image.sh"), "--tag", TAG, *plugin], capture_output=True,
                            text=True, timeout=1200, cwd=REPO)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
@@ -90,13 +95,14 @@ def image() -> str:
 def api_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     """An API key and a settings file that accepts it (plain HTTP behind a TLS-terminating
     proxy: the test talks to the published port)."""
-    key = "mgw_" + secrets.token_urlsafe(32)
+    key = new_api_key()
     config = tmp_path_factory.mktemp("image") / "gateway.yaml"
-    config.write_text(
-        "host: 0.0.0.0\nhttp_port: 8080\ngrpc_port: 8081\nstate_dir: /var/lib/mcp-gateway\n"
-        "policy_dir: /etc/mcp-gateway/policies\nlog_format: json\ntls:\n  terminated_upstream: true\n"
-        f"auth:\n  api_keys:\n    - hash: sha256:{hashlib.sha256(key.encode()).hexdigest()}\n"
-        "      principal: ci\n      tenant: acme\n      scopes: [tasks:execute, tasks:read]\n")
+    config.write_text(yaml.safe_dump({
+        "host": "0.0.0.0", "http_port": 8080, "grpc_port": 8081, "state_dir": "/var/lib/mcp-gateway",
+        "policy_dir": "/etc/mcp-gateway/policies", "log_format": "json", "tls": {"terminated_upstream": True},
+        "auth": {"api_keys": [{"hash": hash_api_key(key), "principal": "ci", "tenant": "acme",
+                               "scopes": ["tasks:execute", "tasks:read"]}]},
+    }))
     config.chmod(0o644)  # read by uid 65532 in the container
     return key, config
 
@@ -205,13 +211,11 @@ def test_a_missing_pod_setting_stops_the_gateway_with_a_clear_error(
         image: str, api_key: tuple[str, Path], missing: str, message: str) -> None:
     _, config = api_key
     options = list(POD)
-    if missing == "unmask":
-        options[options.index("unmask=/proc/*") - 1:options.index("unmask=/proc/*") + 1] = []
-    else:
-        options[options.index(f"seccomp={PROFILE}") - 1:options.index(f"seccomp={PROFILE}") + 1] = []
+    at = options.index("unmask=/proc/*" if missing == "unmask" else f"seccomp={PROFILE}")
+    del options[at - 1:at + 1]  # the option and its --security-opt
     with Container(image, config, *options) as gw:
-        code = wait_until(lambda: gw.exited() is not None and (gw.exited(),), timeout_s=60,
-                          what="the gateway to refuse to start")[0]
+        wait_until(lambda: gw.exited() is not None, timeout_s=60, what="the gateway to refuse to start")
+        code = gw.exited()
         logs = gw.logs()
         assert code == 3 and "mcp-gateway: cannot start: cannot sandbox commands on this host" in logs, logs
         assert message in logs and "Traceback" not in logs, logs
@@ -222,15 +226,15 @@ def test_the_labels_follow_the_oci_image_spec(image: str) -> None:
     prefix = "org.opencontainers.image."
     assert {f"{prefix}{k}" for k in ("title", "description", "version", "revision", "created", "licenses",
                                        "base.name")} <= set(labels)
-    assert labels[f"{prefix}licenses"] == "Apache-2.0" and labels[f"{prefix}version"] == "0.1.0"
+    assert labels[f"{prefix}licenses"] == "Apache-2.0" and labels[f"{prefix}version"] == VERSION
     assert datetime.strptime(labels[f"{prefix}created"], "%Y-%m-%dT%H:%M:%SZ").year >= 2026
     assert labels[f"{prefix}revision"] != "unknown"  # the commit it was built from
 
 
 def test_the_falco_plugin_image_hands_its_library_over(image: str, tmp_path: Path) -> None:
-    if shutil.which("go") is None:
+    if go_binary() is None:
         pytest.skip("no Go toolchain: the plugin image is not built")
-    plugin_image = "localhost/mcp-gateway-falco-plugin:0.1.0"
+    plugin_image = f"localhost/mcp-gateway-falco-plugin:{VERSION}"
     target = tmp_path / "plugins"
     target.mkdir()
     os.chown(target, 65532, 65532)
@@ -238,5 +242,5 @@ def test_the_falco_plugin_image_hands_its_library_over(image: str, tmp_path: Pat
     podman("run", "--rm", *QUIRKS, "--cap-drop", "ALL", "--read-only", "--volume", f"{target}:/target",
            "--entrypoint", "/bin/cp", plugin_image, "/plugins/libmcp_audit.so", "/target/libmcp_audit.so")
     copied = target / "libmcp_audit.so"
-    assert copied.read_bytes() == (REPO / ".tools" / "falco" / "libmcp_audit.so").read_bytes()
+    assert copied.read_bytes() == (FALCO_OUT / "libmcp_audit.so").read_bytes()
     assert copied.read_bytes()[:4] == b"\x7fELF" and copied.stat().st_uid == 65532

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["FALCO_DIR", "OUT_DIR", "BuildError", "build_harness", "build_plugin", "go_binary", "go_env",
-           "go_unavailable"]
+           "go_unavailable", "plugin_or_skip", "sdk_header_dir"]
 
 REPO = Path(__file__).resolve().parents[2]
 FALCO_DIR = REPO / "falco"
@@ -70,26 +70,45 @@ def _run(args: list[str], env: dict[str, str], what: str) -> str:
     return proc.stdout
 
 
-@functools.cache
-def go_env() -> dict[str, str]:
-    """The environment for go commands on falco/: the local toolchain only, go.sum as
-    committed, and the SDK's C headers (``pkg/sdk/plugin_api.h``) on cgo's include path
-    for the harness.
+def _base_env(go: str) -> dict[str, str]:
+    """go commands on falco/: the local toolchain only, go.sum as committed, cgo on."""
+    return {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly", "CGO_ENABLED": "1",
+            "PATH": f"{Path(go).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
-    Raises:
-        BuildError: when Go is missing or the SDK module cannot be downloaded.
-    """
+
+def _go() -> str:
     go = go_binary()
     if go is None:
         raise BuildError(go_unavailable() or "no Go")
-    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly", "CGO_ENABLED": "1",
-           "PATH": f"{Path(go).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return go
+
+
+@functools.cache
+def sdk_header_dir() -> Path:
+    """plugin-sdk-go's ``pkg/sdk`` (``plugin_api.h``, ``plugin_types.h``) at the version
+    falco/go.mod pins, downloaded into the module cache when missing.
+
+    Raises:
+        BuildError: when Go is missing or the module cannot be downloaded.
+    """
+    go = _go()
+    env = _base_env(go)
     _run([go, "mod", "download", SDK_MODULE], env, "go mod download")
     sdk_dir = _run([go, "list", "-m", "-f", "{{.Dir}}", SDK_MODULE], env, "go list").strip()
     if not sdk_dir:
         raise BuildError(f"go list gives no directory for {SDK_MODULE}")
-    env["CGO_CFLAGS"] = f"-I{Path(sdk_dir) / 'pkg' / 'sdk'}"
-    return env
+    return Path(sdk_dir) / "pkg" / "sdk"
+
+
+@functools.cache
+def go_env() -> dict[str, str]:
+    """The environment for go commands on falco/ (:func:`_base_env`), with the SDK's C
+    headers on cgo's include path for the harness.
+
+    Raises:
+        BuildError: when Go is missing or the SDK module cannot be downloaded.
+    """
+    return {**_base_env(_go()), "CGO_CFLAGS": f"-I{sdk_header_dir()}"}
 
 
 def _inputs_hash(go: str, env: dict[str, str]) -> str:
@@ -142,6 +161,19 @@ def build_plugin() -> Path | None:
     """
     # The official plugins' build line; cgocheck=0 as they set it.
     return _build("libmcp_audit.so", "./plugin", ["-buildmode=c-shared"], {"GODEBUG": "cgocheck=0"})
+
+
+def plugin_or_skip() -> Path:
+    """The built plugin for a test, or pytest's skip with the reason when Go is missing (a
+    failed build raises: a broken plugin fails, never skips)."""
+    import pytest
+
+    reason = go_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    built = build_plugin()
+    assert built is not None
+    return built
 
 
 def build_harness() -> Path | None:

@@ -49,7 +49,7 @@ from gateway.audit.chain import GENESIS_HASH, canonical_json, event_hash
 from gateway.auth.apikeys import hash_api_key, new_api_key
 from gateway.proto import mcp_pb2, mcp_pb2_grpc
 from tests.collector import Collector
-from tests.conftest import GatewayProcess, start_gateway, wait_until
+from tests.conftest import GatewayProcess, start_gateway, wait_final, wait_until
 from tests.falco.rules import REPO, Rules, load, output_fields
 from tests.pki import CertificateAuthority, Issued
 
@@ -174,12 +174,7 @@ def _execute(client: httpx.Client, command: str, *args: str, timeout: int = 30, 
 
 
 def _wait_task(client: httpx.Client, task_id: str) -> dict[str, Any]:
-    def final() -> dict[str, Any] | None:
-        info = client.get(f"/v1/tasks/{task_id}").json()
-        return info if info["task_info"]["status"] in {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"} else None
-
-    result: dict[str, Any] = wait_until(final, timeout_s=60, what=f"end of {task_id}")
-    return result
+    return wait_final(lambda t: client.get(f"/v1/tasks/{t}").json(), task_id)
 
 
 def _grpc_execute(gw: _Gateway, command: str, *args: str) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.debian import apt_install
+from tests.falco import plugin_build
 
 __all__ = ["SysdigError", "build_bridge", "ensure_sysdig", "match"]
 
@@ -101,24 +102,6 @@ def ensure_sysdig() -> str | None:
     return _checked
 
 
-def _sdk_header_dir() -> Path | None:
-    """The plugin-sdk-go pkg/sdk directory (for the ABI check of plugin_v3.h), when the Go
-    module cache holds the version falco/go.mod pins."""
-    go = shutil.which("go")
-    gomod = REPO / "falco" / "go.mod"
-    if go is None or not gomod.is_file():
-        return None
-    m = re.search(r"github\.com/falcosecurity/plugin-sdk-go\s+(v\S+)", gomod.read_text())
-    if not m:
-        return None
-    try:
-        out = _run([go, "env", "GOMODCACHE"], 30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    d = Path(out.stdout.strip()) / "github.com" / "falcosecurity" / f"plugin-sdk-go@{m.group(1)}" / "pkg" / "sdk"
-    return d if (d / "plugin_api.h").is_file() else None
-
-
 def build_bridge(plugin_so: Path) -> Path:
     """Compile the bridge (cached by a hash of its sources and the 0.3.0 header) and return
     the directory holding only ``libmcp_audit.so``, for SYSDIG_PLUGIN_DIR. The 3.x plugin
@@ -128,7 +111,8 @@ def build_bridge(plugin_so: Path) -> Path:
     if not Path(plugin_so).is_file():
         raise FileNotFoundError(f"3.x plugin not found: {plugin_so}")
     sources = [BRIDGE_SRC / "bridge.c", BRIDGE_SRC / "plugin_v3.h", V0_HEADER_DIR / "plugin_info.h"]
-    sdk = _sdk_header_dir()
+    # The ABI check of plugin_v3.h against the SDK's own header, wherever Go can fetch it.
+    sdk = plugin_build.sdk_header_dir() if plugin_build.go_unavailable() is None else None
     if sdk is not None:
         sources += [BRIDGE_SRC / "abi_check.c", sdk / "plugin_api.h", sdk / "plugin_types.h"]
     h = hashlib.sha256(" ".join(CFLAGS).encode())
@@ -164,7 +148,9 @@ def build_bridge(plugin_so: Path) -> Path:
     return out_dir
 
 
-def _as_printed(value: Any) -> str | None:
+def as_printed(value: Any) -> str | None:
+    """A JSON value as the filter engine prints a field: bools as true/false, uint64 (a JSON
+    number) as its decimal digits, absent as None."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -217,5 +203,5 @@ def match(plugin_so: Path, audit_file: Path, condition: str, fields: list[str]) 
         missing = [f for f in fields if f not in obj]
         if missing:
             raise SysdigError(f"sysdig output lacks {missing}: {line!r}", out.stderr)
-        rows.append({f: _as_printed(obj[f]) for f in fields})
+        rows.append({f: as_printed(obj[f]) for f in fields})
     return rows

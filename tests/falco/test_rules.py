@@ -30,7 +30,7 @@ import yaml
 
 from gateway.audit.fields import FIELDS
 from tests.falco import scenarios, sysdig
-from tests.falco.plugin_build import build_harness, build_plugin, go_unavailable
+from tests.falco.plugin_build import build_harness, plugin_or_skip
 from tests.falco.rules import RULES_FILE, SCHEMA_FILE, Rules, condition_fields, load, output_fields
 
 BASELINE = {
@@ -55,12 +55,7 @@ def rules() -> Rules:
 
 @pytest.fixture(scope="module")
 def plugin() -> Path:
-    reason = go_unavailable()
-    if reason:
-        pytest.skip(reason)
-    built = build_plugin()
-    assert built is not None
-    return built
+    return plugin_or_skip()
 
 
 @pytest.fixture(scope="module")
@@ -87,16 +82,9 @@ def fired(plugin: Path, trail: Path, rules: Rules) -> list[dict[str, Any]]:
     return sorted(alerts, key=lambda a: (a["seq"], a["rule"]))
 
 
-def as_printed(value: Any) -> str | None:
-    """A JSON value as the filter engine prints a field (bools as true/false)."""
-    if value is None:
-        return None
-    return ("true" if value else "false") if isinstance(value, bool) else str(value)
-
-
 def printed(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``alerts`` with their output fields as the filter engine prints them."""
-    return [{**a, "output_fields": {f: as_printed(v) for f, v in a["output_fields"].items()}} for a in alerts]
+    return [{**a, "output_fields": {f: sysdig.as_printed(v) for f, v in a["output_fields"].items()}} for a in alerts]
 
 
 def per_run_values_left_out(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:

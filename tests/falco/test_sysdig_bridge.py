@@ -9,8 +9,6 @@ is missing, or the plugin build helper does not exist yet.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -20,6 +18,7 @@ import jsonschema
 import pytest
 from gateway.audit.chain import GENESIS_HASH, canonical_json, event_hash
 
+from tests.falco.plugin_build import plugin_or_skip
 from tests.falco.sysdig import SysdigError, ensure_sysdig, match
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,15 +65,7 @@ def plugin_so() -> Path:
     override = os.environ.get("MCP_AUDIT_PLUGIN_SO")
     if override:
         return Path(override)
-    if importlib.util.find_spec("tests.falco.plugin_build") is None:
-        pytest.skip("tests/falco/plugin_build.py (build of the 3.x mcp_audit plugin) does not exist yet; "
-                    "set MCP_AUDIT_PLUGIN_SO to a built libmcp_audit.so to run these tests")
-    plugin_build = importlib.import_module("tests.falco.plugin_build")
-    so = plugin_build.build_plugin()  # a failed build raises: a broken plugin fails, never skips
-    if so is None:
-        reason = getattr(plugin_build, "go_unavailable", lambda: None)() or "no Go toolchain (reason printed above)"
-        pytest.skip(f"the mcp_audit plugin is not built: {reason}")
-    return Path(so)
+    return plugin_or_skip()
 
 
 @pytest.fixture(scope="module")

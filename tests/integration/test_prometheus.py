@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -160,22 +161,13 @@ def _wait_for_prometheus(prometheus: PrometheusServer, instance: str, since: flo
 
 def _poll(condition: Any, timeout_s: float, what: str) -> Any:
     """``condition()`` every 0.1 s (Prometheus moves on in whole seconds) until truthy."""
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s} s")
-        time.sleep(0.1)
-    return value
+    return wait_until(condition, timeout_s, what, interval_s=0.1)
 
 
 def _epoch(rfc3339: str) -> float:
-    """Seconds of an RFC 3339 time as Prometheus writes it (nanoseconds, Z or an offset)."""
-    from datetime import datetime
-
-    match = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", rfc3339)
-    assert match, rfc3339
-    base = datetime.fromisoformat(match.group(1) + (match.group(3).replace("Z", "+00:00")))
-    return base.timestamp() + float("0." + (match.group(2) or "0"))
+    """Seconds of an RFC 3339 time as Prometheus writes it (nanoseconds, Z or an offset;
+    fromisoformat keeps microseconds)."""
+    return datetime.fromisoformat(rfc3339).timestamp()
 
 
 def test_prometheus_scrapes_the_gateway(stack: Stack) -> None:

@@ -20,7 +20,6 @@ import functools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -29,6 +28,8 @@ from typing import IO
 
 import httpx
 import pytest
+
+from tests.procs import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS_BIN = REPO / ".tools" / "bin"
@@ -72,13 +73,6 @@ def opa_binary_or_skip() -> str:
     if path is None:
         pytest.skip(f"OPA server tests need the opa binary: {how}")
     return path
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class OpaServer:

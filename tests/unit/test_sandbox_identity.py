@@ -8,6 +8,8 @@ import subprocess
 import pytest
 
 from sandbox import RunAs, SandboxSetupError, UidPool, busy_uids
+from tests.conftest import wait_until
+from tests.procs import as_user
 
 
 def test_pairs_are_distinct_until_exhausted():
@@ -52,9 +54,10 @@ def test_range_must_not_hold_our_own_uid():
 def test_busy_uids_finds_a_live_process_of_the_range():
     pool = UidPool(300_500, 300_500, 4)
     assert busy_uids(pool, settle_s=0) == {}
-    proc = subprocess.Popen(["sleep", "30"], user=300_502, group=300_502, extra_groups=[])
+    proc = subprocess.Popen([*as_user(300_502, 300_502), "sleep", "30"])
     try:
-        assert busy_uids(pool, settle_s=0) == {proc.pid: 300_502}
+        # setpriv switches uids after the fork: wait for the exec'd sleep
+        wait_until(lambda: busy_uids(pool, settle_s=0) == {proc.pid: 300_502}, what="the process as uid 300502")
     finally:
         proc.kill()
         proc.wait()

@@ -3,8 +3,10 @@ package mcpaudit
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
+	"unicode/utf8"
 )
 
 // Reason says why a line was skipped.
@@ -72,15 +74,18 @@ func (r *Record) Timestamp() uint64 {
 //
 // The error, when not nil, is a *LineError.
 func DecodeLine(line []byte) (*Record, error) {
-	if !json.Valid(line) {
-		return nil, &LineError{ReasonNotJSON, "not a JSON value"}
-	}
-	if first := bytes.TrimLeft(line, " \t\r\n"); first[0] != '{' {
-		return nil, &LineError{ReasonNotObject, "a JSON value that is not an object"}
-	}
+	// One pass: Unmarshal checks the whole line before it decodes. A valid value that is
+	// not an object is an UnmarshalTypeError, or (null) leaves the map nil.
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(line, &raw); err != nil {
+		var notObject *json.UnmarshalTypeError
+		if errors.As(err, &notObject) {
+			return nil, &LineError{ReasonNotObject, "a JSON value that is not an object"}
+		}
 		return nil, &LineError{ReasonNotJSON, err.Error()}
+	}
+	if raw == nil {
+		return nil, &LineError{ReasonNotObject, "a JSON value that is not an object"}
 	}
 	rec := &Record{values: make([]value, len(Fields))}
 	for i, f := range Fields {
@@ -110,10 +115,13 @@ func decodeValue(f FieldSpec, v json.RawMessage, out *value) error {
 	}
 	switch f.Kind {
 	case KindString:
-		if len(v) == 0 || v[0] != '"' {
+		if len(v) < 2 || v[0] != '"' {
 			return wrong("a string")
 		}
-		if err := json.Unmarshal(v, &out.str); err != nil {
+		// Most values have no escape: their bytes between the quotes are the string.
+		if inner := v[1 : len(v)-1]; bytes.IndexByte(inner, '\\') < 0 && utf8.Valid(inner) {
+			out.str = string(inner)
+		} else if err := json.Unmarshal(v, &out.str); err != nil {
 			return wrong("a string")
 		}
 	case KindUint64:

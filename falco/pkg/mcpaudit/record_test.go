@@ -76,6 +76,7 @@ func badLines(t testing.TB) []struct {
 		{"an array", `[1, 2]`, ReasonNotObject},
 		{"a string", `"x"`, ReasonNotObject},
 		{"a number", `17`, ReasonNotObject},
+		{"null", `null`, ReasonNotObject},
 		{"missing required key", line(t, map[string]any{"session_id": absent}), ReasonMissingField},
 		{"missing timestamp", line(t, map[string]any{"timestamp": absent}), ReasonMissingField},
 		{"string for uint64", line(t, map[string]any{"server_port": "8080"}), ReasonWrongType},
@@ -119,6 +120,23 @@ func TestDecodeLineReadsEveryKind(t *testing.T) {
 	}
 	if v := get("task_id"); v.present {
 		t.Errorf("task_id is absent from the line, yet %+v", v)
+	}
+}
+
+func TestDecodeLineUnescapesStrings(t *testing.T) {
+	for raw, want := range map[string]string{
+		`"plain"`:                  "plain",
+		`"a\"b\\c\u00e9\n"`:        "a\"b\\c\u00e9\n",
+		`"caf\u00e9 \ud83d\ude00"`: "caf\u00e9 \U0001F600",
+		"\"bad \xff byte\"":        "bad \uFFFD byte", // invalid UTF-8 becomes U+FFFD, as encoding/json does
+	} {
+		rec, err := DecodeLine([]byte(line(t, map[string]any{"command": json.RawMessage(raw)})))
+		if err != nil {
+			t.Fatalf("%s: %v", raw, err)
+		}
+		if got := rec.values[fieldIndex["command"]].str; got != want {
+			t.Errorf("%s decodes to %q, want %q", raw, got, want)
+		}
 	}
 }
 

@@ -58,10 +58,9 @@ func (s Stats) String() string {
 // sdk.Progresser.
 type Instance struct {
 	source.BaseInstance
-	tail   *tail
-	follow bool
-	poll   time.Duration
-	sleep  func(time.Duration)
+	tail  *tail
+	poll  time.Duration
+	sleep func(time.Duration)
 
 	mu    sync.Mutex // stats are read by Stats and Progress, maybe from another thread
 	stats Stats
@@ -82,7 +81,7 @@ func (p *Plugin) Open(params string) (source.Instance, error) {
 	if cfg.MaxLineBytes == 0 { // Open before Init: a Plugin built by hand
 		cfg = DefaultConfig()
 	}
-	in := &Instance{follow: cfg.Follow, poll: cfg.pollInterval(), sleep: time.Sleep, logger: p.log()}
+	in := &Instance{poll: cfg.pollInterval(), sleep: time.Sleep, logger: p.log()}
 	t, err := openTail(path, cfg.Follow, int(cfg.MaxLineBytes), in)
 	if err != nil {
 		return nil, fmt.Errorf("audit file: %w", err) // err names the path
