@@ -45,17 +45,26 @@ def sel(metric: str, *matchers: str) -> str:
     return metric + "{" + ",".join((INSTANCE, *matchers)) + "}"
 
 
-def rate(metric: str, *matchers: str, window: str = RATE) -> str:
-    """PromQL ``rate()`` of ``metric`` on this dashboard's instance, over ``window``."""
-    return f"rate({sel(metric, *matchers)}[{window}])"
+def rate(metric: str, *matchers: str) -> str:
+    """PromQL ``rate()`` of ``metric`` on this dashboard's instance, over :data:`RATE`."""
+    return f"rate({sel(metric, *matchers)}[{RATE}])"
+
+
+def _legend(labels: str) -> str:
+    """``{{a}} {{b}}`` for the comma-separated ``labels``."""
+    return " ".join("{{" + label.strip() + "}}" for label in labels.split(",")) if labels else ""
+
+
+def by(labels: str, metric: str, *matchers: str, prefix: str = "") -> tuple[str, str]:
+    """The per-second rate of a counter summed by ``labels``, with a legend naming them."""
+    return f"sum by ({labels}) ({rate(metric, *matchers)})", prefix + _legend(labels)
 
 
 def quantiles(metric: str, by: str = "", qs: tuple[float, ...] = (0.5, 0.9, 0.99)) -> list[tuple[str, str]]:
     """``histogram_quantile`` targets of a histogram, per ``by`` labels (comma separated)."""
     labels = f"{by}, le" if by else "le"
-    legend = " ".join("{{" + label.strip() + "}}" for label in by.split(",")) if by else ""
     return [(f"histogram_quantile({q}, sum by ({labels}) ({rate(metric + '_bucket')}))",
-             f"p{round(q * 100)} {legend}".rstrip()) for q in qs]
+             f"p{round(q * 100)} {_legend(by)}".rstrip()) for q in qs]
 
 
 # -- panels ------------------------------------------------------------------------------
@@ -74,17 +83,15 @@ def _targets(queries: list[tuple[str, str]], instant: bool = False) -> list[dict
 
 
 def timeseries(title: str, description: str, queries: list[tuple[str, str]], unit: str = "short", *,
-               stack: bool = False, thresholds: list[tuple[str, float | None]] | None = None,
-               minimum: float | None = 0) -> Panel:
+               stack: bool = False, thresholds: list[tuple[str, float | None]] | None = None) -> Panel:
     """A timeseries panel: ``queries`` are (PromQL, legend) pairs, ``unit`` a Grafana unit."""
     custom: dict[str, Any] = {
         "drawStyle": "line", "lineInterpolation": "linear", "lineWidth": 1, "fillOpacity": 10,
         "gradientMode": "none", "showPoints": "never", "pointSize": 4, "spanNulls": False,
-        "axisPlacement": "auto", "axisLabel": "", "axisSoftMin": 0 if minimum == 0 else None,
+        "axisPlacement": "auto", "axisLabel": "", "axisSoftMin": 0,
         "stacking": {"mode": "normal" if stack else "none", "group": "A"},
         "thresholdsStyle": {"mode": "line" if thresholds else "off"},
     }
-    custom = {k: v for k, v in custom.items() if v is not None}
     defaults: dict[str, Any] = {
         "unit": unit, "color": {"mode": "palette-classic"}, "custom": custom,
         "thresholds": _thresholds(thresholds or [("green", None)]),
@@ -197,6 +204,40 @@ class Dashboard:
         }
 
 
+# -- panels on more than one dashboard (one declaration each) ---------------------------
+
+
+def call_latency() -> Panel:
+    return timeseries("Call latency", "Time from admission to the answer of a call, all methods.",
+                      quantiles("mcp_api_request_duration_seconds"), "s")
+
+
+def calls_in_flight() -> Panel:
+    return timeseries("Calls in flight", "Calls holding an admission slot of an edge.",
+                      [(f"sum by (edge) ({sel('mcp_calls_in_flight')})", "{{edge}}")], "short")
+
+
+def decisions_by_outcome() -> Panel:
+    return timeseries("Decisions by outcome",
+                      "Policy decisions per second: allow, deny, error (an engine error is a fail-closed deny, 5003).",
+                      [by("engine, outcome", "mcp_policy_decisions_total")], "ops", stack=True)
+
+
+def tasks_by_status() -> Panel:
+    return timeseries("Tasks by final status", "COMPLETED (any exit code), FAILED, CANCELLED, TIMED_OUT per second.",
+                      [by("status", "mcp_task_duration_seconds_count")], "ops", stack=True)
+
+
+def audit_events() -> Panel:
+    return timeseries("Audit events by sink and result", "Events per second: written, failed, dropped.",
+                      [by("sink, result", "mcp_audit_events_total")], "ops")
+
+
+def audit_write_latency() -> Panel:
+    return timeseries("Audit write latency", "Time to chain an event and hand it to every sink.",
+                      quantiles("mcp_audit_write_seconds"), "s")
+
+
 def overview() -> Dashboard:
     """Traffic, errors, latency, saturation, SLO budgets."""
     d = Dashboard("mcp-gateway-overview", "MCP gateway / Overview",
@@ -243,9 +284,7 @@ def overview() -> Dashboard:
                      [(f"sum by (transport, method) ({calls})", "{{transport}} {{method}}")], "reqps"), 8)
     d.add(timeseries("Calls by status", "Calls per second by answer: ok or the project error code.",
                      [(f"sum by (status) ({calls})", "{{status}}")], "reqps", stack=True), 8)
-    d.add(timeseries("Tasks ended by status", "Tasks per second reaching a final state.",
-                     [(f"sum by (status) ({rate('mcp_task_duration_seconds_count')})", "{{status}}")],
-                     "ops", stack=True), 8)
+    d.add(tasks_by_status(), 8)
 
     d.row("Errors")
     d.add(timeseries("Server-side error ratio",
@@ -254,11 +293,10 @@ def overview() -> Dashboard:
                        f" or 0 * sum by (instance) ({calls})) / sum by (instance) ({calls})", "{{instance}}")],
                      "percentunit"), 12)
     d.add(timeseries("Errors by code", "Failed calls per second by project error code and error class.",
-                     [(f"sum by (code, type) ({rate('mcp_errors_total')})", "{{code}} {{type}}")], "reqps"), 12)
+                     [by("code, type", "mcp_errors_total")], "reqps"), 12)
 
     d.row("Latency")
-    d.add(timeseries("Call latency", "Time from admission to the answer of a call, all methods.",
-                     quantiles("mcp_api_request_duration_seconds"), "s"), 12)
+    d.add(call_latency(), 12)
     d.add(timeseries("Task duration", "Task latency from creation to its final state (queue wait and run).",
                      quantiles("mcp_task_duration_seconds", qs=(0.5, 0.99)), "s"), 12)
 
@@ -268,12 +306,11 @@ def overview() -> Dashboard:
                      [(f"{sel('mcp_active_tasks')} / {sel('mcp_task_slots')}", "{{instance}} slots"),
                       (f"{sel('mcp_queued_tasks')} / {sel('mcp_task_queue_capacity')}", "{{instance}} queue")],
                      "percentunit", thresholds=[("green", None), ("orange", 0.8)]), 8)
-    d.add(timeseries("Calls in flight", "Calls holding an admission slot of an edge.",
-                     [(f"sum by (edge) ({sel('mcp_calls_in_flight')})", "{{edge}}")], "short"), 8)
+    d.add(calls_in_flight(), 8)
     d.add(timeseries("Refused with 4290", "Load shed per second: admission bounds, task queue and quotas, rate limits.",
-                     [(f"sum by (limit) ({rate('mcp_admission_refused_total')})", "admission {{limit}}"),
-                      (f"sum by (reason) ({rate('mcp_task_rejections_total')})", "task {{reason}}"),
-                      (f"sum by (limit) ({rate('mcp_rate_limited_total')})", "rate limit {{limit}}")],
+                     [by("limit", "mcp_admission_refused_total", prefix="admission "),
+                      by("reason", "mcp_task_rejections_total", prefix="task "),
+                      by("limit", "mcp_rate_limited_total", prefix="rate limit ")],
                      "reqps", stack=True), 8)
     return d
 
@@ -283,8 +320,7 @@ def performance() -> Dashboard:
     d = Dashboard("mcp-gateway-performance", "MCP gateway / Performance",
                   "Latency of each stage of a call and a task (from the histograms), queues and the process.")
     d.row("Calls")
-    d.add(timeseries("Call latency", "Time from admission to the answer, all methods.",
-                     quantiles("mcp_api_request_duration_seconds"), "s"), 8)
+    d.add(call_latency(), 8)
     d.add(timeseries("Call latency p99 by method", "99th percentile per transport and method.",
                      quantiles("mcp_api_request_duration_seconds", "transport, method", (0.99,)), "s"), 8)
     d.add(timeseries("Mean call latency by method", "Average time per call, per transport and method.",
@@ -295,11 +331,9 @@ def performance() -> Dashboard:
     d.row("Policy")
     d.add(timeseries("Policy evaluation latency", "Time to get a decision from the engine (errors included).",
                      quantiles("mcp_policy_eval_seconds", "engine"), "s"), 8)
-    d.add(timeseries("Decisions by outcome", "Policy decisions per second.",
-                     [(f"sum by (engine, outcome) ({rate('mcp_policy_decisions_total')})", "{{engine}} {{outcome}}")],
-                     "ops", stack=True), 8)
+    d.add(decisions_by_outcome(), 8)
     d.add(timeseries("Decision cache lookups", "Embedded engine decision cache lookups per second, hit or miss.",
-                     [(f"sum by (result) ({rate('mcp_policy_cache_total')})", "{{result}}")], "ops", stack=True), 8)
+                     [by("result", "mcp_policy_cache_total")], "ops", stack=True), 8)
 
     d.row("Tasks")
     d.add(timeseries("Queue wait", "Time a task waited for a sandbox slot.",
@@ -313,14 +347,11 @@ def performance() -> Dashboard:
                       (sel("mcp_task_slots"), "{{instance}} slots"),
                       (sel("mcp_queued_tasks"), "{{instance}} queued"),
                       (sel("mcp_task_queue_capacity"), "{{instance}} queue capacity")], "short"), 12)
-    d.add(timeseries("Calls in flight by edge", "Calls holding an admission slot.",
-                     [(f"sum by (edge) ({sel('mcp_calls_in_flight')})", "{{edge}}")], "short"), 12)
+    d.add(calls_in_flight(), 12)
 
     d.row("Audit")
-    d.add(timeseries("Audit write latency", "Time to chain an event and hand it to every sink.",
-                     quantiles("mcp_audit_write_seconds"), "s"), 12)
-    d.add(timeseries("Audit events by sink and result", "Events per second: written, failed, dropped.",
-                     [(f"sum by (sink, result) ({rate('mcp_audit_events_total')})", "{{sink}} {{result}}")], "ops"), 12)
+    d.add(audit_write_latency(), 12)
+    d.add(audit_events(), 12)
 
     d.row("Process")
     d.add(timeseries("CPU", "CPU seconds per second used by the gateway process (sandboxes not included).",
@@ -356,14 +387,11 @@ def security() -> Dashboard:
     d.add(stat("Auth failures (time range)", "Calls refused for credentials or scopes over the time range.",
                [(f"sum(increase({sel('mcp_auth_failures_total')}[$__range])) or vector(0)", "auth failures")],
                thresholds=[("green", None), ("orange", 10)], decimals=0), 4, 5)
-    d.add(timeseries("Decisions by outcome",
-                     "Policy decisions per second: allow, deny, error (an engine error is a fail-closed deny, 5003).",
-                     [(f"sum by (engine, outcome) ({rate('mcp_policy_decisions_total')})", "{{engine}} {{outcome}}")],
-                     "ops", stack=True), 8)
+    d.add(decisions_by_outcome(), 8)
     d.add(timeseries("Denials by code",
                      "Calls refused by policy per second: 3001 command, 3002 network, 3003 file, 3004 resource "
                      "limit. The rule that denied is in the audit trail (rule_ids), not in a metric label.",
-                     [(f"sum by (code, type) ({rate('mcp_errors_total', DENIED)})", "{{code}} {{type}}")],
+                     [by("code, type", "mcp_errors_total", DENIED)],
                      "reqps", stack=True), 8)
     d.add(timeseries("Policy reloads", "Bundle reloads per interval: applied, unchanged, or rejected (old bundle kept).",
                      [(f"sum by (result) (increase({sel('mcp_policy_reloads_total')}[{RATE}]))", "{{result}}")],
@@ -371,24 +399,22 @@ def security() -> Dashboard:
 
     d.row("Sandbox")
     d.add(timeseries("Sandbox limit hits by kind", "Tasks ended by a sandbox limit per second.",
-                     [(f"sum by (kind) ({rate('mcp_sandbox_limit_hits_total')})", "{{kind}}")], "ops", stack=True), 12)
-    d.add(timeseries("Tasks by final status", "COMPLETED (any exit code), FAILED, CANCELLED, TIMED_OUT per second.",
-                     [(f"sum by (status) ({rate('mcp_task_duration_seconds_count')})", "{{status}}")],
-                     "ops", stack=True), 12)
+                     [by("kind", "mcp_sandbox_limit_hits_total")], "ops", stack=True), 12)
+    d.add(tasks_by_status(), 12)
 
     d.row("Authentication and rate limiting")
     d.add(timeseries("Auth failures by reason", "Calls refused by authentication or authorization, per second.",
-                     [(f"sum by (scheme, reason) ({rate('mcp_auth_failures_total')})", "{{scheme}} {{reason}}")],
+                     [by("scheme, reason", "mcp_auth_failures_total")],
                      "reqps", stack=True), 8)
     d.add(timeseries("Rate limited", "Requests refused with 4290 by a principal or tenant request rate limit.",
-                     [(f"sum by (limit) ({rate('mcp_rate_limited_total')})", "{{limit}}")], "reqps", stack=True), 8)
+                     [by("limit", "mcp_rate_limited_total")], "reqps", stack=True), 8)
     d.add(timeseries("Admission refusals and task rejections",
                      "Calls refused with 4290 by an in-flight bound, and tasks refused (queue full, quotas).",
-                     [(f"sum by (edge, limit) ({rate('mcp_admission_refused_total')})", "{{edge}} {{limit}}"),
-                      (f"sum by (reason) ({rate('mcp_task_rejections_total')})", "task {{reason}}")],
+                     [by("edge, limit", "mcp_admission_refused_total"),
+                      by("reason", "mcp_task_rejections_total", prefix="task ")],
                      "reqps", stack=True), 8)
     d.add(timeseries("Malformed gRPC requests", "gRPC bodies that did not decode (answered 2003), per method.",
-                     [(f"sum by (method) ({rate('mcp_grpc_decode_errors_total')})", "{{method}}")], "reqps"), 12)
+                     [by("method", "mcp_grpc_decode_errors_total")], "reqps"), 12)
     d.add(timeseries("Cross-tenant probes",
                      "Calls that named another tenant's task: answered 6001 like an unknown id. Who made them is "
                      "in the audit trail (not_found events with cross_tenant: true; Falco rule MCP Cross-Tenant "
@@ -400,10 +426,8 @@ def security() -> Dashboard:
                "Failed: a sink refused the line (the call was refused with 5001). Dropped: a deferred task_end lost.",
                [(f"sum(increase({sel('mcp_audit_events_total', AUDIT_LOST)}[$__range]))",
                  "failed or dropped")], thresholds=[("green", None), ("red", 1)], decimals=0), 6, 8)
-    d.add(timeseries("Audit events by sink and result", "Events per second: written, failed, dropped.",
-                     [(f"sum by (sink, result) ({rate('mcp_audit_events_total')})", "{{sink}} {{result}}")], "ops"), 9)
-    d.add(timeseries("Audit write latency", "Time to chain an event and hand it to every sink.",
-                     quantiles("mcp_audit_write_seconds", qs=(0.5, 0.99)), "s"), 9)
+    d.add(audit_events(), 9)
+    d.add(audit_write_latency(), 9)
     return d
 
 
