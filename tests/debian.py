@@ -6,9 +6,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["apt_install"]
+import pytest
+
+T = TypeVar("T")
+
+__all__ = ["apt_install", "find_or_install"]
 
 _TIMEOUT_S = 900
 
@@ -50,3 +56,16 @@ def apt_install(*packages: str) -> str | None:
         tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-5:])
         return f"{' '.join(install)} failed (exit {out.returncode}): {tail}"
     return None
+
+
+def find_or_install(package: str, find: Callable[[], T | None], need: str) -> T:
+    """What ``find()`` finds, installing ``package`` with :func:`apt_install` first when it
+    finds nothing; pytest's skip, saying ``need`` and why, when it still finds nothing."""
+    found = find()
+    if found is not None:
+        return found
+    failure = apt_install(package)
+    found = find()
+    if failure is not None or found is None:
+        pytest.skip(f"{need}: {failure or f'not found after installing {package}'}")
+    return found

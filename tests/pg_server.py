@@ -30,7 +30,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.debian import apt_install
+from tests.debian import find_or_install
 from tests.procs import as_user, free_port
 
 _SUPERUSER = "gw"
@@ -60,7 +60,8 @@ def postgres_server() -> Iterator[PostgresServer]:
 def running_postgres() -> Iterator[PostgresServer]:
     """A server for the block (the fixture's, for bench scripts too); skips (pytest's
     Skipped) when none can be had."""
-    bindir = _find_bindir() or _apt_install()
+    bindir = find_or_install("postgresql", _find_bindir,
+                             "PostgreSQL tests need initdb (on PATH or /usr/lib/postgresql/*/bin)")
     run_as = _unprivileged_user() if os.geteuid() == 0 else None
     root = Path(tempfile.mkdtemp(prefix="mcp-pg-", dir="/tmp"))
     if run_as is not None:
@@ -114,16 +115,6 @@ def _find_bindir() -> Path | None:
         return Path(os.path.realpath(on_path)).parent
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
     return Path(found[-1]).parent if found else None
-
-
-def _apt_install() -> Path:
-    """Install Debian's ``postgresql`` and return its bin dir, or skip."""
-    failure = apt_install("postgresql")
-    bindir = _find_bindir()
-    if failure is not None or bindir is None:
-        pytest.skip(f"PostgreSQL tests need initdb (on PATH or /usr/lib/postgresql/*/bin): "
-                    f"{failure or 'not found after installing postgresql'}")
-    return bindir
 
 
 def _unprivileged_user() -> pwd.struct_passwd:

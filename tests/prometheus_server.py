@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import yaml
 
-from tests.debian import apt_install
+from tests.debian import find_or_install
 from tests.procs import free_port
 
 _START_TIMEOUT_S = 30.0
@@ -85,16 +84,7 @@ def _find() -> PrometheusBinaries | None:
 
 def prometheus_binaries() -> PrometheusBinaries:
     """promtool and prometheus, installed with apt-get when missing (root only), or skip."""
-    return _find() or _apt_install()
-
-
-def _apt_install() -> PrometheusBinaries:
-    failure = apt_install("prometheus")
-    found = _find()
-    if failure is not None or found is None:
-        pytest.skip(f"Prometheus tests need promtool and prometheus (on PATH or /usr/bin): "
-                    f"{failure or 'not found after installing prometheus'}")
-    return found
+    return find_or_install("prometheus", _find, "Prometheus tests need promtool and prometheus (on PATH or /usr/bin)")
 
 
 class PrometheusServer:

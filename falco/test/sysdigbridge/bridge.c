@@ -154,16 +154,39 @@ static int is_tok(const char *p, size_t n, const char *lit)
 	return strlen(lit) == n && memcmp(p, lit, n) == 0;
 }
 
-static int scan_object(scan *s, int depth)
+/* Copy the opening bracket at s->p; 1 when the container is empty (its closing
+ * bracket copied too), else 0. */
+static int scan_open(scan *s, char close)
 {
-	buf_put(&s->out, "{", 1);
+	buf_put(&s->out, s->p, 1);
 	s->p++;
 	skip_ws(s);
-	if (*s->p == '}') {
-		buf_put(&s->out, "}", 1);
-		s->p++;
+	if (*s->p != close)
 		return 0;
+	buf_put(&s->out, s->p, 1);
+	s->p++;
+	return 1;
+}
+
+/* After a member: 1 on ',' (another follows), 0 on ``close`` (the container ended), -1
+ * (s->err set) on anything else; the separator is copied. */
+static int scan_next(scan *s, char close)
+{
+	skip_ws(s);
+	if (*s->p == ',' || *s->p == close) {
+		int more = *s->p == ',';
+		buf_put(&s->out, s->p, 1);
+		s->p++;
+		return more;
 	}
+	s->err = close == '}' ? "',' or '}' expected" : "',' or ']' expected";
+	return -1;
+}
+
+static int scan_object(scan *s, int depth)
+{
+	if (scan_open(s, '}'))
+		return 0;
 	for (;;) {
 		const char *k;
 		size_t kn;
@@ -199,39 +222,22 @@ static int scan_object(scan *s, int depth)
 				buf_put(&s->out, emit, strlen(emit));
 			else
 				buf_put(&s->out, v - 1, vn + 2);
-		} else if (depth == 1 && s->cur && is_tok(k, kn, "isList") && strncmp(s->p, "true", 4) == 0) {
-			s->cur->is_list = 1;
+		} else {
+			if (depth == 1 && s->cur && is_tok(k, kn, "isList") && strncmp(s->p, "true", 4) == 0)
+				s->cur->is_list = 1;
 			if (scan_value(s, depth + 1))
 				return -1;
-		} else if (scan_value(s, depth + 1)) {
-			return -1;
 		}
-		skip_ws(s);
-		if (*s->p == ',') {
-			buf_put(&s->out, ",", 1);
-			s->p++;
-			continue;
-		}
-		if (*s->p == '}') {
-			buf_put(&s->out, "}", 1);
-			s->p++;
-			return 0;
-		}
-		s->err = "',' or '}' expected";
-		return -1;
+		int more = scan_next(s, '}');
+		if (more <= 0)
+			return more;
 	}
 }
 
 static int scan_array(scan *s, int depth)
 {
-	buf_put(&s->out, "[", 1);
-	s->p++;
-	skip_ws(s);
-	if (*s->p == ']') {
-		buf_put(&s->out, "]", 1);
-		s->p++;
+	if (scan_open(s, ']'))
 		return 0;
-	}
 	for (;;) {
 		skip_ws(s);
 		if (depth == 0) {
@@ -247,19 +253,9 @@ static int scan_array(scan *s, int depth)
 		}
 		if (scan_value(s, depth + 1))
 			return -1;
-		skip_ws(s);
-		if (*s->p == ',') {
-			buf_put(&s->out, ",", 1);
-			s->p++;
-			continue;
-		}
-		if (*s->p == ']') {
-			buf_put(&s->out, "]", 1);
-			s->p++;
-			return 0;
-		}
-		s->err = "',' or ']' expected";
-		return -1;
+		int more = scan_next(s, ']');
+		if (more <= 0)
+			return more;
 	}
 }
 
