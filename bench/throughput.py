@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,13 +38,11 @@ from pathlib import Path
 
 import grpc
 from common import parse_args
+from sandbox_library import Library
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import sandbox  # noqa: E402
-from gateway.auth import DEV_PRINCIPAL  # noqa: E402
-from gateway.config import Settings  # noqa: E402
 from gateway.proto import mcp_pb2, mcp_pb2_grpc  # noqa: E402
 
 FIRST_UID = 270_000  # both paths use this range, not the default one another gateway may hold
@@ -75,81 +72,6 @@ def run_round(task: Task, tasks: int, concurrency: int) -> tuple[float, list[str
     for t in threads:
         t.join()
     return tasks / (time.perf_counter() - start), errors
-
-
-class Library:
-    """``sandbox.run`` of ``echo hello`` as the gateway's task manager would run it."""
-
-    def __init__(self, concurrency: int) -> None:
-        self._settings = Settings().sandbox
-        root = os.geteuid() == 0
-        self._uids = sandbox.UidPool(FIRST_UID, FIRST_UID, concurrency) if root else None
-        try:
-            self.cgroups: sandbox.CgroupPool | None = sandbox.CgroupPool.create("throughput-bench")
-        except sandbox.SandboxUnavailable as exc:
-            print(f"note: no cgroup slots ({exc}); the gateway will not have them either")
-            self.cgroups = None
-        sandbox.set_child_subreaper()  # as the gateway does
-        self._root = tempfile.mkdtemp(prefix="throughput-bench-")
-        os.chmod(self._root, 0o711)
-        self._shared_uid_cap = self._settings.max_pids * concurrency  # TaskManager's, max_concurrent = top
-        self._count = 0
-        self._lock = threading.Lock()
-        # The plan GatewayService._plan makes for the development principal's role grant.
-        data = json.loads((REPO / "policies" / "data.json").read_text())
-        grant = data["mcp"]["config"]["roles"][DEV_PRINCIPAL.roles[0]]["grant"]
-        s = self._settings
-        self._timeout_s = min(TIMEOUT_S, grant["timeout_s"], s.max_timeout_s)
-        self._memory_bytes = min(grant["memory_bytes"], s.max_memory_bytes)
-        self._pids = min(grant["pids"], s.max_pids)
-        self._cpu_seconds = max(1, min(grant["cpu_seconds"], s.max_cpu_seconds))
-
-    def _spec(self, workspace: str, run_as: sandbox.RunAs | None) -> sandbox.SandboxSpec:
-        """As ``TaskManager._spec`` (gateway/tasks/manager.py)."""
-        s = self._settings
-        pids_cgroup = self.cgroups is not None and "pids" in self.cgroups.controllers
-        if pids_cgroup:
-            uid_process_cap = None
-        elif run_as is not None:
-            uid_process_cap = self._pids + 2
-        else:
-            uid_process_cap = self._shared_uid_cap
-        limits = sandbox.Limits(
-            timeout_s=float(self._timeout_s), cpu_seconds=self._cpu_seconds, memory_bytes=self._memory_bytes,
-            address_space_bytes=max(s.address_space_bytes, self._memory_bytes), file_size_bytes=s.file_size_bytes,
-            open_files=s.open_files, pids=self._pids if pids_cgroup else None, cpu_cores=None,
-            tmp_size_bytes=s.tmp_size_bytes, output_bytes=s.output_bytes, uid_process_cap=uid_process_cap,
-        )
-        return sandbox.SandboxSpec(argv=("echo", "hello"), workspace=workspace, env={}, cwd="/workspace",
-                                   network=sandbox.NetworkMode("none"), limits=limits, profile=s.profile,
-                                   run_as=run_as)
-
-    def task(self) -> str | None:
-        """One run, as ``TaskManager._execute``: uid, workspace, run, remove, release."""
-        with self._lock:
-            self._count += 1
-            name = f"task-{self._count}"
-        run_as = self._uids.acquire() if self._uids is not None else None
-        try:
-            workspace = sandbox.create_workspace(self._root, name, run_as)
-            try:
-                result = sandbox.run(self._spec(workspace, run_as), bwrap_path=self._settings.bwrap_path,
-                                     cgroups=self.cgroups)
-            except sandbox.SandboxError as exc:
-                return f"library: {exc}"
-            finally:
-                shutil.rmtree(workspace, ignore_errors=True)
-        finally:
-            if run_as is not None and self._uids is not None:
-                self._uids.release(run_as)
-        if result.setup_error or result.limit_reason or result.exit_code != 0:
-            return f"library: exit {result.exit_code} {result.limit_reason or ''} {result.setup_error or ''}"
-        return None
-
-    def close(self) -> None:
-        shutil.rmtree(self._root, ignore_errors=True)
-        if self.cgroups is not None:
-            self.cgroups.close()
 
 
 class Gateway:
@@ -260,7 +182,7 @@ def main() -> None:
     args = parse_args(parser, smoke={"tasks": 4, "concurrency": "1,4", "memory_tasks": 4})
     levels = [int(c) for c in args.concurrency.split(",")]
     top = max(levels)
-    library = Library(top)
+    library = Library(("echo", "hello"), FIRST_UID, top)
     gateway: Gateway | None = None
     try:
         gateway = Gateway(top)

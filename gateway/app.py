@@ -539,6 +539,7 @@ async def serve(
             runtime.service, settings.host, settings.grpc_port,
             max_message_bytes=settings.limits.max_request_bytes, tls=runtime.tls,
             gate=EdgeGate("grpc", admission.grpc_in_flight, admission.max_wait_ms / 1000),
+            max_wait_s=settings.tasks.max_wait_s,
         )
     except RuntimeError as exc:
         raise StartupError(str(exc)) from exc

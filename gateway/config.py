@@ -147,6 +147,12 @@ class TaskSettings(BaseModel):
         description="Live output is written to the store and pushed to readers at least this "
         "often while a task runs, milliseconds.",
     )
+    max_wait_s: float = Field(
+        300.0, ge=0, le=3600,
+        description="Longest a call that creates a task may wait for its result (REST "
+        "'POST /v1/execute?wait=', gRPC ExecuteCommandAndWait), seconds; a longer wait is refused "
+        "with 2001. The wait holds no admission slot, only the connection.",
+    )
     shutdown_grace_s: float = Field(
         30.0, ge=0,
         description="On SIGTERM: running tasks may finish for this long, seconds; the rest are "

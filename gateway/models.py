@@ -7,6 +7,7 @@ into these at the boundary and back, so nothing inside depends on a wire format.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import uuid
 from collections.abc import Mapping
@@ -304,6 +305,9 @@ class ExecuteRequest:
         cpu_cores: requested CPU share in cores, 0 meaning "what policy grants".
         io_weight: requested IO weight, 0 meaning "what policy grants".
         ro_paths, rw_paths, denied_paths: requested path narrowing.
+        wait_s: how long the call that creates the task waits for its final state before
+            it answers, seconds (0: it answers once the task is queued); at most
+            ``tasks.max_wait_s``. Not part of the task.
     """
 
     command: str
@@ -320,6 +324,7 @@ class ExecuteRequest:
     ro_paths: tuple[str, ...] = ()
     rw_paths: tuple[str, ...] = ()
     denied_paths: tuple[str, ...] = ()
+    wait_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -454,5 +459,11 @@ class TaskRecord:
 
 def rfc3339(unix_ns: int) -> str:
     """``unix_ns`` (unix nanoseconds) as RFC 3339 UTC with milliseconds: ``2026-11-21T10:55:35.123Z``."""
-    moment = datetime.fromtimestamp(unix_ns / 1e9, tz=timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    seconds, ns = divmod(unix_ns, 1_000_000_000)
+    return f"{_utc_second(seconds)}.{ns // 1_000_000:03d}Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _utc_second(unix_s: int) -> str:
+    """``unix_s`` as ``YYYY-MM-DDTHH:MM:SS`` UTC (a task's three times share a few seconds)."""
+    return datetime.fromtimestamp(unix_s, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")

@@ -497,13 +497,25 @@ class GatewayService:
         record = await asyncio.to_thread(self.get_task, principal, ctx, task_id, scope="tasks:cancel")
         if record.final:
             return record
-        done = await asyncio.to_thread(self._tasks.cancel_local, task_id)
-        if done is None:  # run by another replica (or it just ended): ask its owner
+        if await asyncio.to_thread(self._tasks.cancel_local, task_id) is None:  # run by another replica (or it just ended): ask its owner
             await asyncio.to_thread(self._store.request_cancel, task_id)
-        else:
-            await asyncio.to_thread(done.wait, _CANCEL_WAIT_S)
         final = await self._tasks.wait_final(task_id, _CANCEL_WAIT_S)
         return final if final is not None else record
+
+    async def wait_task(self, record: TaskRecord, wait_s: float) -> TaskRecord:
+        """``record``, a task the caller has just created (``execute_command`` with
+        ``req.wait_s``, which it validated), once final, or as it is after ``wait_s``
+        seconds. The caller was authorized when it created the task; the wait holds no
+        admission slot and no thread. A task of this process answers the moment its final
+        state is stored.
+
+        Raises:
+            StorageError (5002): the store failed while the task's state was read.
+        """
+        if wait_s <= 0:
+            return record
+        current = await self._tasks.wait_final(record.task_id, wait_s)
+        return current if current is not None else record
 
     def stream_output(
         self, principal: Principal, ctx: RequestContext, task_id: str, offset: int
@@ -701,6 +713,12 @@ class GatewayService:
             raise InvalidParameter(
                 f"timeout {req.timeout_s} s exceeds the server maximum of {maxima.max_timeout_s} s",
                 details={"field": "timeout", "max": maxima.max_timeout_s},
+            )
+        max_wait_s = self._settings.tasks.max_wait_s
+        if not 0 <= req.wait_s <= max_wait_s:  # NaN fails both
+            raise InvalidParameter(
+                f"wait must be between 0 and the server maximum of {max_wait_s:g} s",
+                details={"field": "wait", "max": max_wait_s},
             )
         if req.network is not None and req.network not in _NETWORK_ORDER:
             raise InvalidParameter(f"unknown network mode {req.network!r}", details={"field": "network"})

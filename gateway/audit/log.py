@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import __version__
-from gateway.audit.chain import GENESIS_HASH, canonical_json, event_hash, verify_chain
+from gateway.audit.chain import GENESIS_HASH, canonical_json, verify_chain
 from gateway.audit.fields import FIELD_NAMES, FIELDS
 from gateway.audit.sessions import SessionCounters
 from gateway.audit.signing import CheckpointSigner, signed_bytes
@@ -54,7 +54,6 @@ _TICK_S = 0.1  # the maintenance thread's period, seconds
 _MAX_COMMAND_CHARS = 1024
 _MAX_REASON_CHARS = 512
 _MAX_DEFERRED = 1000  # deferred events kept in memory while the sink fails
-_CHAIN_FIELDS_BYTES = 230  # ',"hash":"<64>","prev_hash":"<64>","seq":N' and a checkpoint's margin
 _REQUIRED_BEFORE_CHAIN = frozenset(f.name for f in FIELDS if f.required) - {"seq", "prev_hash", "hash"}
 #: Who writes the gateway's own events (checkpoints): no caller, no connection.
 _INTERNAL = {"principal": "mcp-gateway", "tenant": "system", "auth_scheme": "none"}
@@ -259,23 +258,33 @@ class AuditLog:
         """With self._lock held: chain ``event`` onto the last written one and write it
         (rotating the record first when due); AuditError, and the chain stays where it is,
         when a sink fails (a ``retry`` of a deferred event is not counted as failed again)."""
-        if self._record.rotation_due(len(canonical_json(event)) + _CHAIN_FIELDS_BYTES):
+        line = self._chained(event)
+        if self._record.rotation_due(len(line) + 1):
             self._rotate()
-        self._chain_and_write(event, retry=retry)
+            line = self._chained(event)  # after the rotation's checkpoint
+        self._write(line, retry=retry)
+        self._seq, self._prev_hash = event["seq"], event["hash"]
         self._since_checkpoint += 1
         self._record_outage()
         if self._signer is not None and self._since_checkpoint >= self._checkpoint_events:
             with contextlib.suppress(AuditError):  # counted and logged; tried again after the next event
                 self._checkpoint("count")
 
-    def _chain_and_write(self, event: dict[str, Any], *, retry: bool = False) -> None:
+    def _chained(self, event: dict[str, Any]) -> str:
+        """With self._lock held: ``event`` given the next ``seq``, ``prev_hash``, a
+        checkpoint's ``signature`` and ``hash`` (:func:`gateway.audit.chain.event_hash`,
+        computed here from the same canonical JSON); returns its line."""
+        event.pop("hash", None)
         event["seq"] = self._seq + 1
         event["prev_hash"] = self._prev_hash
         if event["event_type"] == "checkpoint":
             assert self._signer is not None
             event["signature"] = self._signer.sign(signed_bytes(event))
-        event["hash"] = event_hash(event)
-        self._write(canonical_json(event), retry=retry)
+        event["hash"] = hashlib.sha256(canonical_json(event).encode("ascii")).hexdigest()
+        return canonical_json(event)
+
+    def _chain_and_write(self, event: dict[str, Any], *, retry: bool = False) -> None:
+        self._write(self._chained(event), retry=retry)
         self._seq, self._prev_hash = event["seq"], event["hash"]
 
     def _checkpoint(self, reason: str) -> None:

@@ -105,13 +105,15 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
         tls: whether the port speaks TLS.
         gate: admission control for every RPC but Health (None = unbounded); a stream holds
             its slot only while it is set up.
+        max_wait_s: ``tasks.max_wait_s``, what ExecuteCommandAndWait's ``wait_seconds`` 0 means.
     """
 
     def __init__(
         self, service: GatewayService, server_host: str, server_port: Callable[[], int], *, tls: bool = False,
-        gate: EdgeGate | None = None,
+        gate: EdgeGate | None = None, max_wait_s: float = 0.0,
     ) -> None:
         self._service = service
+        self._max_wait_s = max_wait_s
         self._gate = gate
         self._host = server_host
         self._port = server_port
@@ -208,6 +210,15 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
         return mcp_pb2.TaskCreatedResponse(
             task_id=record.task_id, status=record.status.value, created_at=rfc3339(record.created_at_ns)
         )
+
+    async def ExecuteCommandAndWait(
+        self, request: mcp_pb2.ExecuteAndWaitRequest, context: grpc.aio.ServicerContext
+    ) -> mcp_pb2.TaskStatusResponse:
+        """Decide on and queue a command, then answer the task once final (or as it is
+        when the wait ends). Only the first part holds an admission slot."""
+        req = _execute_request(request.request, wait_s=request.wait_seconds or self._max_wait_s)
+        record = await self._call(context, "ExecuteCommandAndWait", request, self._service.execute_command, req)
+        return _status_response(await self._service.wait_task(record, req.wait_s))
 
     async def GetTaskStatus(
         self, request: mcp_pb2.TaskStatusRequest, context: grpc.aio.ServicerContext
@@ -319,7 +330,7 @@ def _chunk_message(task_id: str, chunk: OutputChunk) -> mcp_pb2.TaskOutputChunk:
     )
 
 
-def _execute_request(msg: mcp_pb2.CommandRequest) -> ExecuteRequest:
+def _execute_request(msg: mcp_pb2.CommandRequest, wait_s: float = 0.0) -> ExecuteRequest:
     sc = msg.sandbox_config
     limits = sc.resource_limits
     network = _NETWORK_NAMES.get(sc.network_access, f"unknown({sc.network_access})") if msg.HasField(
@@ -340,6 +351,7 @@ def _execute_request(msg: mcp_pb2.CommandRequest) -> ExecuteRequest:
         ro_paths=tuple(sc.ro_paths),
         rw_paths=tuple(sc.rw_paths),
         denied_paths=tuple(sc.denied_paths),
+        wait_s=wait_s,
     )
 
 
@@ -349,31 +361,26 @@ def _status_response(record: TaskRecord) -> mcp_pb2.TaskStatusResponse:
         task_type=record.task_type.value,
         status=record.status.value,
         created_at=rfc3339(record.created_at_ns),
+        started_at=rfc3339(record.started_at_ns) if record.started_at_ns is not None else None,
+        completed_at=rfc3339(record.completed_at_ns) if record.completed_at_ns is not None else None,
         metadata=record.metadata,
     )
-    if record.started_at_ns is not None:
-        info.started_at = rfc3339(record.started_at_ns)
-    if record.completed_at_ns is not None:
-        info.completed_at = rfc3339(record.completed_at_ns)
-    response = mcp_pb2.TaskStatusResponse(task_info=info)
-    if record.result is not None:
-        r = record.result
-        u = r.resource_usage
-        response.result.CopyFrom(
-            mcp_pb2.TaskResult(
-                exit_code=r.exit_code,
-                stdout=r.stdout,
-                stderr=r.stderr,
-                resource_usage=mcp_pb2.ResourceUsage(
-                    cpu_time_ms=u.cpu_time_ms,
-                    max_memory_kb=u.max_memory_kb,
-                    io_read_bytes=u.io_read_bytes,
-                    io_write_bytes=u.io_write_bytes,
-                ),
-                execution_time_ms=r.execution_time_ms,
-            )
-        )
-    return response
+    r = record.result
+    if r is None:
+        return mcp_pb2.TaskStatusResponse(task_info=info)
+    u = r.resource_usage
+    return mcp_pb2.TaskStatusResponse(task_info=info, result=mcp_pb2.TaskResult(
+        exit_code=r.exit_code,
+        stdout=r.stdout,
+        stderr=r.stderr,
+        resource_usage=mcp_pb2.ResourceUsage(
+            cpu_time_ms=u.cpu_time_ms,
+            max_memory_kb=u.max_memory_kb,
+            io_read_bytes=u.io_read_bytes,
+            io_write_bytes=u.io_write_bytes,
+        ),
+        execution_time_ms=r.execution_time_ms,
+    ))
 
 
 @dataclass
@@ -404,17 +411,18 @@ class GrpcEdge:
 
 def create_grpc_server(
     service: GatewayService, host: str, port: int, *, max_message_bytes: int, tls: TlsFiles | None = None,
-    gate: EdgeGate | None = None,
+    gate: EdgeGate | None = None, max_wait_s: float = 0.0,
 ) -> GrpcEdge:
     """Build the grpc.aio server with McpService, health and reflection, bound to host:port
-    (TLS, and mTLS with a client CA, when ``tls`` is given).
+    (TLS, and mTLS with a client CA, when ``tls`` is given). ``max_wait_s``: see
+    :class:`McpServicer`.
 
     Raises:
         RuntimeError: when the address cannot be bound.
     """
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes)])
     bound: list[int] = []
-    servicer = McpServicer(service, host, lambda: bound[0], tls=tls is not None, gate=gate)
+    servicer = McpServicer(service, host, lambda: bound[0], tls=tls is not None, gate=gate, max_wait_s=max_wait_s)
     handlers = _method_handlers(servicer)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(_SERVICE_NAME, handlers)

@@ -322,7 +322,7 @@ def _network(body: SandboxConfigBody | None) -> str | None:
     return body.network_access.removeprefix("NETWORK_").lower()
 
 
-def _execute_request(body: CommandBody) -> ExecuteRequest:
+def _execute_request(body: CommandBody, wait_s: float = 0.0) -> ExecuteRequest:
     sc = body.sandbox_config
     limits = sc.resource_limits if sc else ResourceLimitsBody()
     return ExecuteRequest(
@@ -340,6 +340,7 @@ def _execute_request(body: CommandBody) -> ExecuteRequest:
         ro_paths=tuple(sc.ro_paths) if sc else (),
         rw_paths=tuple(sc.rw_paths) if sc else (),
         denied_paths=tuple(sc.denied_paths) if sc else (),
+        wait_s=wait_s,
     )
 
 
@@ -614,6 +615,9 @@ def _openapi_document(app: FastAPI, settings: Settings | None) -> dict[str, Any]
         document = FastAPI.openapi(app)
         if settings is not None:
             _document_limits(document["components"]["schemas"], settings)
+            execute = document["paths"]["/v1/execute"]["post"]
+            wait = next(p for p in execute["parameters"] if p["name"] == "wait")
+            wait["schema"]["maximum"] = settings.tasks.max_wait_s
         for operations in document["paths"].values():
             for operation in operations.values():
                 framework = operation["responses"].get("422", {}).get("content", {}).get("application/json", {})
@@ -629,12 +633,18 @@ def _openapi_document(app: FastAPI, settings: Settings | None) -> dict[str, Any]
 PROBE_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
 
 
+#: ASGI scope key of an awaitable callable that gives back the call's admission slot early
+#: (a call that waits for a task's end holds no slot while it waits).
+ADMISSION_RELEASE_KEY = "mcp.admission.release"
+
+
 class AdmissionMiddleware:
     """ASGI middleware in front of every route: a call takes a slot of the HTTP
     :class:`~gateway.admission.EdgeGate` before any of its work (body parsing included) and
     gives it back when its response starts, so a Server-Sent Events stream holds a slot
-    only while it is set up. A call that gets no slot answers 429/4290 with Retry-After at
-    once. :data:`PROBE_PATHS` never wait: a probe must answer under any load.
+    only while it is set up; a route may give it back sooner through
+    ``scope[ADMISSION_RELEASE_KEY]``. A call that gets no slot answers 429/4290 with
+    Retry-After at once. :data:`PROBE_PATHS` never wait: a probe must answer under any load.
     """
 
     def __init__(self, app: Any, gate: EdgeGate) -> None:
@@ -654,18 +664,22 @@ class AdmissionMiddleware:
             return
         held = True
 
-        async def send_and_release(message: dict[str, Any]) -> None:
+        async def release() -> None:
             nonlocal held
-            if held and message["type"] == "http.response.start":
+            if held:
                 held = False
                 await slot.__aexit__(None, None, None)
+
+        async def send_and_release(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                await release()
             await send(message)
 
+        scope[ADMISSION_RELEASE_KEY] = release
         try:
             await self._app(scope, receive, send_and_release)
         finally:
-            if held:
-                await slot.__aexit__(None, None, None)
+            await release()
 
 
 class BodyLimitMiddleware:
@@ -775,10 +789,31 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
 
     @app.post("/v1/execute", response_model=TaskCreatedBody, status_code=202, tags=["tasks"],
               **_contract(InvalidParameter, MissingParameter, InvalidFormat, *_CALL_ERRORS, *_POLICY_ERRORS,
-                          SandboxSetupFailed, StorageError, body_schema=True))
-    async def execute(body: CommandBody, request: Request) -> TaskCreatedBody:
-        """Ask policy, then run a command in the sandbox as a background task (scope ``tasks:execute``)."""
-        record = await call(request, "POST /v1/execute", service.execute_command, _execute_request(body))
+                          SandboxSetupFailed, StorageError, body_schema=True, extra={"responses": {"200": {
+                              "description": "With ?wait=: the task ended within the wait; its final state "
+                              "and result.",
+                              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TaskBody"}}},
+                          }}}))
+    async def execute(
+        body: CommandBody,
+        request: Request,
+        wait: float = Query(
+            0.0, ge=0, description="Wait up to this many seconds (at most the server's tasks.max_wait_s) for "
+            "the task to end: 200 with the final task if it does, else 202 as without a wait (0, the default).",
+        ),
+    ) -> Any:
+        """Ask policy, then run a command in the sandbox as a background task (scope
+        ``tasks:execute``); 202 with the queued task, or with ``?wait=S`` 200 and the
+        final task when it ends within S seconds."""
+        req = _execute_request(body, wait_s=wait)
+        record = await call(request, "POST /v1/execute", service.execute_command, req)
+        if req.wait_s:
+            release = request.scope.get(ADMISSION_RELEASE_KEY)
+            if release is not None:
+                await release()
+            record = await service.wait_task(record, req.wait_s)
+            if record.final:
+                return JSONResponse(_task_json(record))
         return TaskCreatedBody(
             task_id=record.task_id, status=record.status.name, created_at=rfc3339(record.created_at_ns)
         )

@@ -196,7 +196,7 @@ class EmbeddedEngine:
         # need no metrics (prometheus-client costs each of them ~4 MB).
         from gateway.observability.metrics import POLICY_CACHE
 
-        self._cache_lookups = POLICY_CACHE
+        self._cache_hits, self._cache_misses = POLICY_CACHE.labels("hit"), POLICY_CACHE.labels("miss")
         self._max_input_bytes = max_input_bytes
         self._timeout_s = timeout_s
         self._argv = [sys.executable, "-m", "gateway.policy.worker", f"--parent={os.getpid()}"]
@@ -233,19 +233,19 @@ class EmbeddedEngine:
                 interpreter failed (built-in errors are strict); the decision is
                 undefined or malformed.
         """
-        encoded = encode_input(policy_input, self._max_input_bytes)
         start = time.perf_counter()
-        key = self._cache_key(policy_input) if self._cache_entries else None
+        # A hit costs one encoding of the input (the key's); only a miss encodes it for a worker.
+        key = self._cache_key(policy_input, self._max_input_bytes) if self._cache_entries else None
         if key is not None:
             with self._cache_lock:
                 cached = self._cache.get(key)
                 if cached is not None:
                     self._cache.move_to_end(key)
-            self._cache_lookups.labels("hit" if cached is not None else "miss").inc()
+            (self._cache_hits if cached is not None else self._cache_misses).inc()
             if cached is not None:
                 return replace(cached, decision_id=str(uuid.uuid4()),
                                eval_ms=(time.perf_counter() - start) * 1000)
-        decision = self._evaluate(encoded, start)
+        decision = self._evaluate(encode_input(policy_input, self._max_input_bytes), start)
         if key is not None:
             with self._cache_lock:
                 self._cache[key] = decision
@@ -254,10 +254,15 @@ class EmbeddedEngine:
         return decision
 
     @staticmethod
-    def _cache_key(policy_input: Mapping[str, Any]) -> bytes:
-        """SHA-256 of the input without ``context``, keys sorted."""
-        rest = {k: v for k, v in policy_input.items() if k != "context"}
-        return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).digest()
+    def _cache_key(policy_input: Mapping[str, Any], limit: int) -> bytes:
+        """SHA-256 of the input without ``context``, keys sorted.
+
+        Raises:
+            PolicyEngineError: as :func:`encode_input` (the part hashed is over ``limit``
+                bytes or not JSON-encodable), so a hit is refused exactly as a miss would be.
+        """
+        return hashlib.sha256(encode_input({k: v for k, v in policy_input.items() if k != "context"}, limit,
+                                           sort_keys=True)).digest()
 
     def _evaluate(self, encoded: bytes, start: float) -> Decision:
         try:
@@ -493,15 +498,15 @@ def compile_bundle(source: PolicySource, entrypoints: Iterable[str]) -> Bundle:
     return bundle
 
 
-def encode_input(policy_input: Mapping[str, Any], limit: int) -> bytes:
+def encode_input(policy_input: Mapping[str, Any], limit: int, *, sort_keys: bool = False) -> bytes:
     """The input as compact JSON bytes (what both engines send), refused above ``limit``
-    bytes.
+    bytes; ``sort_keys`` for a canonical form (a cache key).
 
     Raises:
         PolicyEngineError: not JSON-encodable (NaN, a non-string key...) or too large.
     """
     try:
-        encoded = json.dumps(policy_input, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        encoded = json.dumps(policy_input, separators=(",", ":"), allow_nan=False, sort_keys=sort_keys).encode()
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
         raise PolicyEngineError(f"policy input is not JSON-encodable: {exc}") from exc
     if len(encoded) > limit:

@@ -137,6 +137,14 @@ class TaskCreatedResponse(_message.Message):
     created_at: str
     def __init__(self, task_id: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., created_at: _Optional[str] = ...) -> None: ...
 
+class ExecuteAndWaitRequest(_message.Message):
+    __slots__ = ("request", "wait_seconds")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    request: CommandRequest
+    wait_seconds: int
+    def __init__(self, request: _Optional[_Union[CommandRequest, _Mapping]] = ..., wait_seconds: _Optional[int] = ...) -> None: ...
+
 class TaskStatusRequest(_message.Message):
     __slots__ = ("task_id", "offset")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]

@@ -74,6 +74,11 @@ class McpServiceStub:
                 request_serializer=gateway_dot_proto_dot_mcp__pb2.DeleteFileRequest.SerializeToString,
                 response_deserializer=gateway_dot_proto_dot_mcp__pb2.DeleteFileResponse.FromString,
                 _registered_method=True)
+        self.ExecuteCommandAndWait = channel.unary_unary(
+                '/mcp.McpService/ExecuteCommandAndWait',
+                request_serializer=gateway_dot_proto_dot_mcp__pb2.ExecuteAndWaitRequest.SerializeToString,
+                response_deserializer=gateway_dot_proto_dot_mcp__pb2.TaskStatusResponse.FromString,
+                _registered_method=True)
 
 
 class McpServiceServicer:
@@ -133,6 +138,15 @@ class McpServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExecuteCommandAndWait(self, request, context):
+        """Added after the first public version. ExecuteCommand, then wait for the task's end:
+        answers the final task (with its result) as soon as it ends, or the task as it is
+        (QUEUED or RUNNING, no result) once wait_seconds pass; one round trip for a short command.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_McpServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,6 +189,11 @@ def add_McpServiceServicer_to_server(servicer, server):
                     servicer.DeleteFile,
                     request_deserializer=gateway_dot_proto_dot_mcp__pb2.DeleteFileRequest.FromString,
                     response_serializer=gateway_dot_proto_dot_mcp__pb2.DeleteFileResponse.SerializeToString,
+            ),
+            'ExecuteCommandAndWait': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExecuteCommandAndWait,
+                    request_deserializer=gateway_dot_proto_dot_mcp__pb2.ExecuteAndWaitRequest.FromString,
+                    response_serializer=gateway_dot_proto_dot_mcp__pb2.TaskStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -393,6 +412,33 @@ class McpService:
             '/mcp.McpService/DeleteFile',
             gateway_dot_proto_dot_mcp__pb2.DeleteFileRequest.SerializeToString,
             gateway_dot_proto_dot_mcp__pb2.DeleteFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecuteCommandAndWait(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp.McpService/ExecuteCommandAndWait',
+            gateway_dot_proto_dot_mcp__pb2.ExecuteAndWaitRequest.SerializeToString,
+            gateway_dot_proto_dot_mcp__pb2.TaskStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,7 +34,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from opentelemetry import context as otel_context
 
@@ -119,6 +119,10 @@ class _Job:
     trace_context: otel_context.Context = field(default_factory=otel_context.get_current)
     cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
+    started_at_ns: int | None = None
+    final: TaskRecord | None = None  # the record as stored final, once it is
+    # called (from the worker) once the job is over: the waiters of wait_final
+    on_done: list[Callable[[], object]] = field(default_factory=list)
 
     @property
     def running_key(self) -> tuple[str, str]:
@@ -277,7 +281,7 @@ class TaskManager:
             if accepted:
                 self._jobs[record.task_id] = job
                 self._queue.append(job)
-                self._cond.notify_all()
+                self._cond.notify()  # one idle worker takes it (waking all costs a futex each)
         if not accepted:  # a drain began while the task was being stored: it never runs
             self._drop_unstarted(job)
 
@@ -337,7 +341,39 @@ class TaskManager:
         return self.output.follow(task_id, offset, is_final)
 
     async def wait_final(self, task_id: str, timeout_s: float) -> TaskRecord | None:
-        """The task once final, or as it is after ``timeout_s`` seconds (None if gone)."""
+        """The task once final, or as it is after ``timeout_s`` seconds (None if gone).
+
+        A task of this process wakes the waiter the moment its final state is stored, and
+        the answer is that stored record, kept in memory (no store read); a task of
+        another replica is read from the store every 50 ms."""
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def settle() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(settle)
+
+        with self._cond:
+            job = self._jobs.get(task_id)
+            waiting = job is not None and job.final is None
+            if waiting:
+                job.on_done.append(wake)
+        if job is not None:
+            if waiting:
+                timer = loop.call_later(timeout_s, settle)
+                try:
+                    await ended
+                finally:
+                    timer.cancel()
+                    with self._cond:
+                        if wake in job.on_done:
+                            job.on_done.remove(wake)
+            if job.final is not None:
+                return job.final
+            timeout_s = 0  # not stored as final (a store outage): the store says how it is
         deadline = time.monotonic() + timeout_s
         while True:
             record = await asyncio.to_thread(self._store.get, task_id)
@@ -377,7 +413,7 @@ class TaskManager:
                     self._jobs.pop(job.record.task_id, None)
                     self._forget_principal(job.principal)
                     self._cond.notify_all()
-                job.done.set()
+                self._over(job)
 
     def _run_job(self, job: _Job) -> None:
         """Run a dequeued job to its end, its logs and spans tied to the call that made it:
@@ -404,6 +440,7 @@ class TaskManager:
                 # Cancelled (here or through another replica) before it started.
                 self._end_unstarted(job)
                 return None
+            job.started_at_ns = started_ns
         except Exception:
             log.exception("task %s could not be started", task_id)
             self._end_unstarted(job, "internal error while starting the task")
@@ -461,6 +498,10 @@ class TaskManager:
                 time.sleep(min(10.0, 0.2 * 2**attempt))
         else:
             store_down = True
+        if stored:  # its waiters have their answer now; the audit event and metrics follow
+            job.final = replace(job.record, status=status, started_at_ns=job.started_at_ns,
+                                completed_at_ns=completed_ns, result=result, cancel_requested=False)
+            self._wake(job)
         if output is not None:
             self.output.forget(task_id)
         if not stored:
@@ -497,7 +538,20 @@ class TaskManager:
             with self._cond:
                 self._forget_principal(job.principal)
                 self._cond.notify_all()
-            job.done.set()
+            self._over(job)
+
+    def _over(self, job: _Job) -> None:
+        """The job is out of this process's hands (its final state stored, or the store
+        refused it): set ``done`` and wake its waiters."""
+        job.done.set()
+        self._wake(job)
+
+    def _wake(self, job: _Job) -> None:
+        """Wake the job's :meth:`wait_final` waiters (each once)."""
+        with self._cond:
+            waiters, job.on_done = job.on_done, []
+        for wake in waiters:
+            wake()
 
     # -- housekeeping ---------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from tests.conftest import REPO, GatewayProcess, start_gateway
 ST = Path(sys.executable).parent / "st"
 SCOPES = ["tasks:execute", "tasks:read", "tasks:cancel", "files:read", "files:write", "policy:read"]
 MAX_TIMEOUT_S = 900  # not the default (3600), to show the document follows the settings
+MAX_WAIT_S = 5
 UNENFORCED_ENV = "MCP_TEST_UNENFORCED_LIMITS"
 ERROR_BODY_REF = "#/components/schemas/ErrorBody"
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -74,6 +75,7 @@ def api(state_root: Path) -> Iterator[tuple[GatewayProcess, str]]:
                                "scopes": SCOPES}]},
         "rate_limits": {"principal": {"requests_per_s": 0}, "tenant": {"requests_per_s": 0}},
         "sandbox": {"max_timeout_s": MAX_TIMEOUT_S},
+        "tasks": {"max_wait_s": MAX_WAIT_S},  # below st's request timeout: no wait can outlast it
     }))
     gw = start_gateway(home / "var", "--config", str(config), dev=False)
     yield gw, key

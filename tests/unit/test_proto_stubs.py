@@ -52,6 +52,7 @@ def test_published_field_numbers() -> None:
     assert _fields("WriteFileResponse") == {"path": 1, "bytes_written": 2, "error": 3}
     assert _fields("DeleteFileRequest") == {"path": 1, "recursive": 2, "workspace": 3}
     assert _fields("DeleteFileResponse") == {"path": 1, "success": 2, "error": 3}
+    assert _fields("ExecuteAndWaitRequest") == {"request": 1, "wait_seconds": 2}
 
 
 def test_published_enums_and_rpcs() -> None:
@@ -72,4 +73,6 @@ def test_published_enums_and_rpcs() -> None:
         "ReadFile": ("ReadFileRequest", "ReadFileResponse", False),
         "WriteFile": ("WriteFileRequest", "WriteFileResponse", False),
         "DeleteFile": ("DeleteFileRequest", "DeleteFileResponse", False),
+        # added since, with names of their own
+        "ExecuteCommandAndWait": ("ExecuteAndWaitRequest", "TaskStatusResponse", False),
     }

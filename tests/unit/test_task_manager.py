@@ -629,6 +629,55 @@ def test_follow_gives_the_log_of_a_local_task_live_to_its_end(harness: Callable[
     _assert_ends_with_exit_code(seen, 0, TaskStatus.COMPLETED)
 
 
+def test_wait_final_answers_the_stored_record_when_the_task_ends(harness: Callable[..., Harness]) -> None:
+    h = harness()
+    h.runner.outputs["t"] = [(1, b"out\n")]
+    task_id = h.submit("t")
+    h.runner.wait_started("t")
+
+    async def wait() -> TaskRecord | None:
+        waiter = asyncio.ensure_future(h.manager.wait_final(task_id, 30))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()  # it waits for the end, not for a poll or its timeout
+        h.runner.release("t")
+        return await asyncio.wait_for(waiter, STEP_TIMEOUT_S)
+
+    final = asyncio.run(wait())
+
+    assert final is not None and final.status is TaskStatus.COMPLETED
+    assert final == h.get(task_id)  # the answer is what the store holds, field for field
+    assert final.result is not None and final.result.stdout == "out\n"
+
+
+def test_wait_final_of_a_task_that_runs_on_answers_it_as_it_is(harness: Callable[..., Harness]) -> None:
+    h = harness()
+    task_id = h.submit("t")
+    h.runner.wait_started("t")
+
+    record = asyncio.run(h.manager.wait_final(task_id, 0.05))
+
+    assert record is not None and record.status is TaskStatus.RUNNING and record.result is None
+    h.runner.release("t")
+    assert asyncio.run(h.manager.wait_final(task_id, STEP_TIMEOUT_S)) == h.wait_final(task_id)
+
+
+def test_wait_final_of_a_task_cancelled_in_the_queue(harness: Callable[..., Harness]) -> None:
+    h = harness(max_concurrent=1)
+    blocker, victim = h.submit("blocker"), h.submit("victim")
+    h.runner.wait_started("blocker")
+
+    async def wait() -> TaskRecord | None:
+        waiter = asyncio.ensure_future(h.manager.wait_final(victim, 30))
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(h.manager.cancel_local, victim)
+        return await asyncio.wait_for(waiter, STEP_TIMEOUT_S)
+
+    final = asyncio.run(wait())
+
+    assert final is not None and final.status is TaskStatus.CANCELLED and final == h.get(victim)
+    h.runner.release("blocker")
+
+
 # -- housekeeping -----------------------------------------------------------------------
 
 
