@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -570,6 +571,11 @@ async def serve(
     if web_task.done():
         await grpc_edge.stop(0)
         raise StartupError(f"HTTP server failed to start: {web_task.exception()}")
+    # What start-up made (modules, settings, the service) lives as long as the process: out of
+    # the collector's sight, a full collection scans only what requests made since (a pause
+    # of ~25 ms every few seconds under load otherwise, on the p99 of every call).
+    gc.collect()
+    gc.freeze()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(f"listening grpc={host}:{grpc_edge.port} http={host}:{http_port}", flush=True)
     log.info("gateway serving; policy revision %s", runtime.service.readiness()["policy"]["revision"])

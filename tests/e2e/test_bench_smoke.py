@@ -26,7 +26,7 @@ import pytest
 from tests.conftest import REPO
 
 BENCH = REPO / "bench"
-SMOKE_TIMEOUT_S = 120  # each script takes 1-15 s in smoke mode on a 2-core machine
+SMOKE_TIMEOUT_S = 120  # each script takes 1-15 s in smoke mode on a 2-core machine (load.py: 30 s of load)
 _MAIN_BLOCK = re.compile(r"""^if __name__ == ["']__main__["']:""", re.MULTILINE)
 
 #: Lines each script's output must contain (regular expressions, matched per line).
@@ -35,8 +35,14 @@ TABLES: dict[str, tuple[str, ...]] = {
                  r"^audit step per request \(interval, median\): [\d.]+ ms"),
     "auth.py": (r"^path +\| median µs \| +p99 µs", r"^gRPC +\| JWT RS256 +\| +[\d.]+ \|",
                 r"^summary: \d+/\d+ targets met"),
-    "gateway_vs_sandbox.py": (r"^sandbox library +median +[\d.]+ ms", r"^gateway \(gRPC\) +median +[\d.]+ ms",
-                              r"^ratio gateway/library \(medians\): [\d.]+x"),
+    "gateway_vs_sandbox.py": (r"^path +\| median ms \| +p99 ms \| x library \| CPU ms/task \| CPU beyond library",
+                              r"^library +\| +[\d.]+ \| +[\d.]+ \| +1\.00 \| +[\d.]+ \|",
+                              r"^gRPC wait +\| +[\d.]+ \| +[\d.]+ \| +[\d.]+ \| +[\d.]+ \| +-?[\d.]+$",
+                              r"^REST wait +\| +[\d.]+ \| +[\d.]+ \| +[\d.]+ \| +[\d.]+ \| +-?[\d.]+$"),
+    "load.py": (r"^type +request +\| requests \| failures \| p50 ms \| p95 ms \| p99 ms",
+                r"^REST +execute +\| +\d+ \| +\d+ \| +[\d.]+ \|", r"^gRPC +status +\| +\d+ \| +\d+ \| +[\d.]+ \|",
+                r"^gateway VmRSS: start [\d.]+ MB, end [\d.]+ MB",
+                r"^audit: \d+ decision events for \d+ execute requests"),
     "observability.py": (r"^variant +\| wait +\| median ms \| p99 ms \| median vs off \| gateway CPU ms/task",
                          r"^tracing on, sampling 1\.0 +\| stream \| +[\d.]+ \| +[\d.]+ \| +[\d.]+x \| +[\d.]+",
                          r"^spans received: [1-9]\d*", r"^added at sampling 1\.0 \(poll\): [+-][\d.]+ %"),
