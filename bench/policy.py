@@ -1,25 +1,26 @@
 """Policy decision cost on the fixture table (tests/policy/decision_cases.json), per engine.
 
-Prints, in one run, for every case input of the table (tenant overlay included):
-- ``bare``: one rego-cpp interpreter in this process (``Evaluator.evaluate_json``): the
-  engine call with nothing around it, the baseline;
-- ``embedded``: :class:`EmbeddedEngine` (worker processes; what the gateway uses);
-- ``gateway step``: the gateway's policy step (``GatewayService._decide``: the active
-  policy, the decision check, metrics) over the embedded engine, with its ratio to
-  ``bare`` (target: at most 1.10);
-- ``opa``: a real OPA server (``opa run -s -b``) over its Data API (skipped, with the
-  reason, when no opa binary can be found or built);
-decisions/s (sequential, and with ``--threads`` callers for ``--seconds``), median and p99
-latency in ms. Targets for ``embedded``: median under 1 ms, p99 under 3 ms. Numbers only,
-no asserts:
+Prints, in one run, for every case input of the table (tenant overlay included), the
+normal-size inputs (~400 bytes of JSON) and, apart, the oversized stress rows (over
+:data:`OVERSIZED_BYTES`: thousands of arguments, a 36 KB shell script):
+- ``bare rego-cpp``: one rego-cpp interpreter in this process (``Evaluator.evaluate_json``);
+- ``embedded``: :class:`EmbeddedEngine` (rego-cpp in worker processes);
+- ``wasm``: :class:`WasmEngine` (the bundle compiled by ``opa build -t wasm``, wasmtime in
+  this process), no decision cache: every call evaluates;
+- ``gateway step (wasm)``: the gateway's policy step (``GatewayService._decide``: the
+  active policy, the decision check, metrics) over the wasm engine;
+- ``wasm, cache hits``: the wasm engine with its decision cache, every input seen before
+  (what a repeated request costs);
+- ``opa server``: a real OPA server (``opa run -s -b``) over its Data API.
+The wasm and OPA rows need an opa binary (found, or built with ``go install``); without
+one they are skipped, with the reason. Columns: decisions/s (sequential, and with
+``--threads`` callers for ``--seconds``), median and p99 latency in ms; for the oversized
+rows median and max. Targets (issue 17), on normal inputs: median under 0.5 ms, p99 under
+2 ms, never slower than the OPA server. Numbers only, no asserts:
     python bench/policy.py [--rounds 20] [--threads 4] [--seconds 3] [--smoke]
 
 An engine error (5003) counts as a call; a row with errors says how many, how many were
-deadlines, and the first one (phase, code, time taken, message). With ``--threads`` above
-the embedded engine's 2 workers, callers queue for a worker, and the table's two costliest
-inputs ("many absolute args", "large shell script": 150-400 ms each in rego-cpp, more on a
-loaded machine) can hold both workers long enough for a queued caller to reach the 1 s
-deadline ("no policy worker free within 1000 ms"): that is saturation, not a policy bug.
+deadlines, and the first one (phase, code, time taken, message).
 """
 
 from __future__ import annotations
@@ -45,9 +46,14 @@ from gateway.policy import EmbeddedEngine, load_policy_dir  # noqa: E402
 from gateway.policy.active import ActivePolicy  # noqa: E402
 from gateway.policy.embedded import Evaluator, result_value  # noqa: E402
 from gateway.policy.opa import OpaEngine  # noqa: E402
+from gateway.policy.wasm import WasmEngine  # noqa: E402
 from gateway.service import GatewayService  # noqa: E402
 from tests.policy.cases import CASES, make_bundle, policy_input  # noqa: E402
 from tests.policy.opa_server import OpaServer, find_or_build_opa  # noqa: E402
+
+#: Inputs above this many bytes of JSON are reported apart (the table's stress rows: 5-40 KB
+#: of arguments or script; a request is ~400 bytes).
+OVERSIZED_BYTES = 2048
 
 
 def measure(call: Callable[[dict[str, Any]], Any], inputs: list[dict[str, Any]], rounds: int,
@@ -93,10 +99,11 @@ def measure(call: Callable[[dict[str, Any]], Any], inputs: list[dict[str, Any]],
         cycle[i] += 1
 
     phase[0] = f"{threads} threads"
-    concurrent = throughput(one, threads, seconds)
+    concurrent = throughput(one, threads, seconds) if seconds > 0 else 0.0
     return {
         "median_ms": statistics.median(samples) * 1e3,
         "p99_ms": samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1e3,
+        "max_ms": samples[-1] * 1e3,
         "per_s": sequential,
         "per_s_threads": concurrent,
         "errors": errors["count"],
@@ -124,7 +131,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run, seconds")
     args = parse_args(parser, smoke={"rounds": 1, "seconds": 0.2})
     inputs = [policy_input(case) for case in CASES]
-    rows: list[tuple[str, dict[str, Any] | str]] = []
+    normal = [i for i in inputs if len(json.dumps(i)) <= OVERSIZED_BYTES]
+    oversized = [i for i in inputs if len(json.dumps(i)) > OVERSIZED_BYTES]
+    rows: list[tuple[str, dict[str, Any] | str, dict[str, Any] | None]] = []
+
+    def row(name: str, call: Callable[[dict[str, Any]], Any], big: bool = True) -> None:
+        rows.append((name, measure(call, normal, args.rounds, args.threads, args.seconds),
+                     measure(call, oversized, max(1, args.rounds // 10), 1, 0.0) if big else None))
+
     with tempfile.TemporaryDirectory() as tmp:
         bundle = make_bundle(Path(tmp) / "bundle")
         source = load_policy_dir(bundle)
@@ -138,46 +152,66 @@ def main() -> int:
                 result = bare.evaluate_json(text)
             return result_value(result) if result is not None else None
 
-        rows.append(("bare (in-process)", measure(bare_call, inputs, args.rounds, args.threads, args.seconds)))
-        engine = EmbeddedEngine(source, workers=2, timeout_s=1.0, max_input_bytes=1 << 20)
-        rows.append(("embedded", measure(engine.evaluate, inputs, args.rounds, args.threads, args.seconds)))
-        active = ActivePolicy(engine, bundle, source=source, build=None)
-        step = types.SimpleNamespace(_policy=active)
-        rows.append(("gateway step", measure(lambda inp: GatewayService._decide(step, inp), inputs,
-                                             args.rounds, args.threads, args.seconds)))
-        engine.close()
+        row("bare rego-cpp", bare_call)
+        embedded = EmbeddedEngine(source, workers=2, timeout_s=1.0, max_input_bytes=1 << 20)
+        row("embedded", embedded.evaluate)
+        embedded.close()
 
         binary, why = find_or_build_opa()
         if binary is None:
-            rows.append(("opa", f"skipped: {why}"))
+            rows.append(("wasm", f"skipped: {why}", None))
+            rows.append(("opa server", f"skipped: {why}", None))
         else:
+            wasm = WasmEngine(source, opa_binary=binary, instances=2, timeout_s=1.0, max_input_bytes=1 << 20)
+            row("wasm", wasm.evaluate)
+            active = ActivePolicy(wasm, bundle, source=source, build=None)
+            step = types.SimpleNamespace(_policy=active)
+            row("gateway step (wasm)", lambda inp: GatewayService._decide(step, inp))
+            wasm.close()
+            cached = WasmEngine(source, opa_binary=binary, instances=2, timeout_s=1.0, max_input_bytes=1 << 20,
+                                cache_entries=4096)
+            for inp in inputs:  # every later call is a hit
+                cached.evaluate(inp)
+            row("wasm, cache hits", cached.evaluate, big=False)
+            cached.close()
             server = OpaServer(binary, Path(tmp), bundle=bundle)
             server.start()
             try:
                 opa = OpaEngine(server.url, timeout_s=2.0, max_input_bytes=1 << 20)
-                rows.append(("opa server", measure(opa.evaluate, inputs, args.rounds, args.threads, args.seconds)))
+                row("opa server", opa.evaluate)
                 opa.close()
             finally:
                 server.stop()
 
-    print(f"policy decisions over {len(inputs)} fixture inputs x {args.rounds} rounds "
-          f"(throughput also with {args.threads} threads)")
-    print(f"{'engine':<20} {'median ms':>10} {'p99 ms':>8} {'per s':>8} {'per s x' + str(args.threads):>10}")
-    base = None
-    for name, result in rows:
+    print(f"policy decisions over the fixture table: {len(normal)} normal inputs x {args.rounds} rounds "
+          f"(throughput also with {args.threads} threads), and apart {len(oversized)} oversized inputs "
+          f"(over {OVERSIZED_BYTES} bytes of JSON)")
+    print(f"{'engine':<20} {'median ms':>10} {'p99 ms':>8} {'per s':>8} {'per s x' + str(args.threads):>10} | "
+          f"{'oversized median ms':>19} {'max ms':>8}")
+    opa_median = next((r["median_ms"] for name, r, _ in rows if name == "opa server" and not isinstance(r, str)),
+                      None)
+    for name, result, big in rows:
         if isinstance(result, str):
             print(f"{name:<20} {result}")
             continue
-        base = base or result["median_ms"]
+        tail = f"{big['median_ms']:>19.3f} {big['max_ms']:>8.3f}" if big else f"{'-':>19} {'-':>8}"
         print(f"{name:<20} {result['median_ms']:>10.3f} {result['p99_ms']:>8.3f} {result['per_s']:>8.0f} "
-              f"{result['per_s_threads']:>10.0f}   x{result['median_ms'] / base:.2f} bare"
+              f"{result['per_s_threads']:>10.0f} | {tail}"
               f"{'  errors: %d' % result['errors'] if result['errors'] else ''}")
-    for name, result in rows:
-        if not isinstance(result, str) and result["errors"]:
-            deadlines = result["deadline_errors"]
-            print(f"{name}: {result['errors']} error(s), {deadlines} of them deadlines"
-                  f"{' (load: see the top of bench/policy.py)' if deadlines == result['errors'] else ''}; "
-                  f"first: {result['first_error']}")
+    for name, result, big in rows:
+        for what, r in (("", result), (" (oversized)", big)):
+            if isinstance(r, dict) and r["errors"]:
+                deadlines = r["deadline_errors"]
+                print(f"{name}{what}: {r['errors']} error(s), {deadlines} of them deadlines"
+                      f"{' (load: see the top of bench/policy.py)' if deadlines == r['errors'] else ''}; "
+                      f"first: {r['first_error']}")
+    wasm_row = next((r for name, r, _ in rows if name == "wasm" and not isinstance(r, str)), None)
+    if wasm_row is not None:
+        print(f"targets (issue 17), wasm on normal inputs: median < 0.5 ms: {wasm_row['median_ms']:.3f} "
+              f"{'PASS' if wasm_row['median_ms'] < 0.5 else 'MISS'}; p99 < 2 ms: {wasm_row['p99_ms']:.3f} "
+              f"{'PASS' if wasm_row['p99_ms'] < 2 else 'MISS'}; not slower than the OPA server: "
+              + (f"{wasm_row['median_ms'] / opa_median:.2f}x {'PASS' if wasm_row['median_ms'] <= opa_median else 'MISS'}"
+                 if opa_median else "no OPA server"))
     return 0
 
 

@@ -40,6 +40,7 @@ from gateway.edges.rest import GatewayHttpProtocol, create_app
 from gateway.errors import GatewayError, PolicyEngineError
 from gateway.observability.metrics import STORE_LOCK_HELD
 from gateway.policy import EmbeddedEngine, PolicySource, load_policy_dir
+from gateway.policy.wasm import WasmEngine
 from gateway.policy.active import ActivePolicy, check_bundle, check_source
 from gateway.policy.opa import OpaEngine
 from gateway.ratelimit import RateLimiter, SharedBuckets
@@ -260,13 +261,17 @@ def _policy(settings: Settings) -> ActivePolicy:
     cap = settings.limits.policy_input_cap_bytes
     timeout_s = cfg.timeout_ms / 1000
 
-    def build(source: PolicySource) -> EmbeddedEngine:
+    def build(source: PolicySource) -> EmbeddedEngine | WasmEngine:
+        if cfg.engine == "wasm":
+            return WasmEngine(source, opa_binary=cfg.opa_binary, max_input_bytes=cap, instances=cfg.workers,
+                              timeout_s=timeout_s, cache_entries=cfg.cache_entries,
+                              memory_bytes=cfg.wasm_memory_bytes)
         return EmbeddedEngine(source, max_input_bytes=cap, workers=cfg.workers, timeout_s=timeout_s,
                               cache_entries=cfg.cache_entries)
 
     engine: Any = None
     try:
-        if cfg.engine == "embedded":
+        if cfg.engine in ("embedded", "wasm"):
             source: PolicySource | None = load_policy_dir(settings.policy_dir)
             engine = build(source)
             active = ActivePolicy(engine, settings.policy_dir, source=source, build=build)
@@ -282,7 +287,7 @@ def _policy(settings: Settings) -> ActivePolicy:
     except PolicyEngineError as exc:
         if engine is not None:
             engine.close()
-        where = settings.policy_dir if cfg.engine == "embedded" or cfg.opa_push else cfg.opa_url
+        where = settings.policy_dir if cfg.engine != "opa" or cfg.opa_push else cfg.opa_url
         raise StartupError(f"cannot load policy from {where}: {exc.message}") from exc
     if cfg.watch:
         active.watch()

@@ -274,7 +274,7 @@ class Decision:
             category of the first deny rule picks the error code (3001-3004).
         sandbox: what the sandbox is granted; ``None`` on a deny.
         decision_id: uuid4 string identifying this evaluation in audit and logs.
-        engine: ``embedded`` or ``opa``.
+        engine: ``embedded``, ``wasm`` or ``opa``.
         revision: the policy bundle revision that decided.
         eval_ms: evaluation time, milliseconds.
     """

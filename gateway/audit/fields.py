@@ -97,7 +97,7 @@ FIELDS: tuple[Field, ...] = (
     Field("policy_rule", "string", "Rule ids that decided, comma-separated."),
     Field("policy_reason", "string", "First reason the policy gave, at most 512 chars."),
     Field("policy_revision", "string", "Revision of the policy bundle that decided."),
-    Field("policy_engine", "string", "Engine that decided.", enum=("embedded", "opa")),
+    Field("policy_engine", "string", "Engine that decided.", enum=("embedded", "wasm", "opa")),
     Field("decision_id", "string", "Id of the policy decision."),
     Field("request_bytes", "integer", "Size of the request, bytes.", minimum=0),
     Field("response_bytes", "integer", "Size of the response, bytes.", minimum=0),

@@ -85,7 +85,7 @@ LABEL_VALUES: dict[str, frozenset[str] | re.Pattern[str]] = {
     "type": re.compile(r"^[A-Z][A-Za-z]+$"),  # the error class (gateway.errors)
     "task_type": frozenset({"COMMAND", "FILE", "HTTP_REQUEST"}),
     "kind": frozenset({"wall_timeout", "cpu_time", "file_size", "oom", "pids", "output_truncated", "other"}),
-    "engine": frozenset({"embedded", "opa"}),
+    "engine": frozenset({"embedded", "wasm", "opa"}),
     "outcome": frozenset({"allow", "deny", "error"}),
     "result": frozenset({"hit", "miss", "applied", "rejected", "unchanged", "written", "failed", "dropped"}),
     "revision": re.compile(r"^[\x21-\x7e]{1,128}$"),  # one live series: set_active_bundle drops the last

@@ -1,4 +1,5 @@
-"""Policy engines: one interface, the embedded (regopy) engine behind it (design section 6).
+"""Policy engines: one interface; behind it the embedded (regopy) engine, the wasm engine
+(``gateway.policy.wasm``) and the OPA server engine (``gateway.policy.opa``) (design section 6).
 
 ``PolicyEngine.evaluate(policy_input) -> Decision`` is the one seam the service calls. A
 deny is a normal return (``Decision.allow`` false, ``rule_ids[0]`` naming the category);
@@ -32,7 +33,7 @@ class PolicyEngine(Protocol):
     """Decides one request from its policy input.
 
     Attributes:
-        name: engine label for decisions, logs and metrics (``embedded`` or ``opa``).
+        name: engine label for decisions, logs and metrics (``embedded``, ``wasm`` or ``opa``).
         revision: revision of the loaded policy bundle.
     """
 

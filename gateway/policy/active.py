@@ -106,7 +106,7 @@ class ActivePolicy:
 
     @property
     def name(self) -> str:
-        """The active engine's name (``embedded`` or ``opa``)."""
+        """The active engine's name (``embedded``, ``wasm`` or ``opa``)."""
         return str(self._engine.name)
 
     @property

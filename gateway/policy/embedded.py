@@ -38,7 +38,6 @@ Every failure is a :class:`~gateway.errors.PolicyEngineError` (fail closed, code
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -48,11 +47,8 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +61,9 @@ from regopy.rego_shared import (
 )
 
 from gateway.errors import PolicyEngineError
-from gateway.policy.bundle import PolicySource, ignores_context, load_policy_dir
-from gateway.models import Decision, SandboxGrant
+from gateway.models import Decision
+from gateway.policy.bundle import PolicySource, load_policy_dir
+from gateway.policy.decisions import DecisionCache, decision_from_document, encode_input
 from gateway.policy.frames import MAX_FRAME_BYTES, write_frame
 
 __all__ = [
@@ -74,8 +71,6 @@ __all__ = [
     "EmbeddedEngine",
     "Evaluator",
     "compile_bundle",
-    "decision_from_document",
-    "encode_input",
     "result_value",
 ]
 
@@ -84,12 +79,7 @@ ENTRYPOINT = "mcp/decision"
 
 log = logging.getLogger("gateway.policy")
 
-_NETWORK_MODES = frozenset({"none", "loopback", "host", "restricted"})
-_DENY_CATEGORIES = frozenset({"command", "network", "file", "resource"})
-_DECISION_KEYS = frozenset({"allow", "reasons", "rule_ids", "sandbox"})
-_SANDBOX_INT_KEYS = ("timeout_s", "memory_bytes", "pids", "cpu_seconds")
-_SANDBOX_LIST_KEYS = ("allowed_hosts", "ro_paths", "rw_paths")
-_SANDBOX_KEYS = frozenset({"network", *_SANDBOX_INT_KEYS, *_SANDBOX_LIST_KEYS})
+
 
 
 
@@ -189,14 +179,7 @@ class EmbeddedEngine:
     ) -> None:
         self._source = policy if isinstance(policy, PolicySource) else load_policy_dir(Path(policy))
         self.revision = self._source.revision
-        self._cache_entries = cache_entries if ignores_context(self._source) else 0
-        self._cache: OrderedDict[bytes, Decision] = OrderedDict()
-        self._cache_lock = threading.Lock()
-        # Imported here, not at module level: worker processes import this module too and
-        # need no metrics (prometheus-client costs each of them ~4 MB).
-        from gateway.observability.metrics import POLICY_CACHE
-
-        self._cache_hits, self._cache_misses = POLICY_CACHE.labels("hit"), POLICY_CACHE.labels("miss")
+        self._cache = DecisionCache(cache_entries, self._source, max_input_bytes)
         self._max_input_bytes = max_input_bytes
         self._timeout_s = timeout_s
         self._argv = [sys.executable, "-m", "gateway.policy.worker", f"--parent={os.getpid()}"]
@@ -234,35 +217,12 @@ class EmbeddedEngine:
                 undefined or malformed.
         """
         start = time.perf_counter()
-        # A hit costs one encoding of the input (the key's); only a miss encodes it for a worker.
-        key = self._cache_key(policy_input, self._max_input_bytes) if self._cache_entries else None
-        if key is not None:
-            with self._cache_lock:
-                cached = self._cache.get(key)
-                if cached is not None:
-                    self._cache.move_to_end(key)
-            (self._cache_hits if cached is not None else self._cache_misses).inc()
-            if cached is not None:
-                return replace(cached, decision_id=str(uuid.uuid4()),
-                               eval_ms=(time.perf_counter() - start) * 1000)
+        key, cached = self._cache.lookup(policy_input, start)
+        if cached is not None:
+            return cached
         decision = self._evaluate(encode_input(policy_input, self._max_input_bytes), start)
-        if key is not None:
-            with self._cache_lock:
-                self._cache[key] = decision
-                if len(self._cache) > self._cache_entries:
-                    self._cache.popitem(last=False)
+        self._cache.store(key, decision)
         return decision
-
-    @staticmethod
-    def _cache_key(policy_input: Mapping[str, Any], limit: int) -> bytes:
-        """SHA-256 of the input without ``context``, keys sorted.
-
-        Raises:
-            PolicyEngineError: as :func:`encode_input` (the part hashed is over ``limit``
-                bytes or not JSON-encodable), so a hit is refused exactly as a miss would be.
-        """
-        return hashlib.sha256(encode_input({k: v for k, v in policy_input.items() if k != "context"}, limit,
-                                           sort_keys=True)).digest()
 
     def _evaluate(self, encoded: bytes, start: float) -> Decision:
         try:
@@ -425,56 +385,6 @@ class _Worker:
             self.proc.wait(timeout=5)
 
 
-def decision_from_document(
-    document: Any, *, revision: str, eval_ms: float, engine: str = "embedded", decision_id: str | None = None
-) -> Decision:
-    """A :class:`Decision` from the JSON value of ``data.mcp.decision``, checked strictly.
-
-    Shared with the OPA server engine, so both engines accept exactly the same shape.
-    ``decision_id`` is the engine's own id for the evaluation (OPA's, when its decision
-    log is on); without one a fresh uuid4 is used.
-
-    Raises:
-        PolicyEngineError: "malformed decision: ..." for a missing or unknown key, a
-            wrong type, a negative limit, an unknown network mode, or a deny without a
-            rule id whose category (command, network, file, resource) picks the code.
-    """
-    doc = _object(document, "decision", _DECISION_KEYS)
-    allow = doc["allow"]
-    if type(allow) is not bool:
-        raise _malformed("allow is not a boolean")
-    reasons = _strings(doc["reasons"], "reasons")
-    rule_ids = _strings(doc["rule_ids"], "rule_ids")
-    if not allow and (not rule_ids or rule_ids[0].split(".", 1)[0] not in _DENY_CATEGORIES):
-        raise _malformed("a deny must start rule_ids with a command/network/file/resource id")
-    box = _object(doc["sandbox"], "sandbox", _SANDBOX_KEYS)
-    if box["network"] not in _NETWORK_MODES:
-        raise _malformed(f"sandbox.network {box['network']!r} is not a known mode")
-    limits = {}
-    for key in _SANDBOX_INT_KEYS:
-        value = box[key]
-        if type(value) is not int or value < 0:
-            raise _malformed(f"sandbox.{key} is not a non-negative integer")
-        limits[key] = value
-    grant = SandboxGrant(
-        network=box["network"],
-        allowed_hosts=_strings(box["allowed_hosts"], "sandbox.allowed_hosts"),
-        ro_paths=_strings(box["ro_paths"], "sandbox.ro_paths"),
-        rw_paths=_strings(box["rw_paths"], "sandbox.rw_paths"),
-        **limits,
-    )
-    return Decision(
-        allow=allow,
-        reasons=reasons,
-        rule_ids=rule_ids,
-        sandbox=grant if allow else None,
-        decision_id=decision_id or str(uuid.uuid4()),
-        engine=engine,
-        revision=revision,
-        eval_ms=eval_ms,
-    )
-
-
 # ---- helpers -------------------------------------------------------------------------
 
 
@@ -496,38 +406,3 @@ def compile_bundle(source: PolicySource, entrypoints: Iterable[str]) -> Bundle:
     if not bundle.ok():
         raise PolicyEngineError("policy does not compile (rego-cpp returned no bundle)")
     return bundle
-
-
-def encode_input(policy_input: Mapping[str, Any], limit: int, *, sort_keys: bool = False) -> bytes:
-    """The input as compact JSON bytes (what both engines send), refused above ``limit``
-    bytes; ``sort_keys`` for a canonical form (a cache key).
-
-    Raises:
-        PolicyEngineError: not JSON-encodable (NaN, a non-string key...) or too large.
-    """
-    try:
-        encoded = json.dumps(policy_input, separators=(",", ":"), allow_nan=False, sort_keys=sort_keys).encode()
-    except (TypeError, ValueError, UnicodeEncodeError) as exc:
-        raise PolicyEngineError(f"policy input is not JSON-encodable: {exc}") from exc
-    if len(encoded) > limit:
-        raise PolicyEngineError(f"policy input is {len(encoded)} bytes, above the {limit} byte cap")
-    return encoded
-
-def _object(value: Any, what: str, keys: frozenset[str]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _malformed(f"{what} is not an object")
-    missing, extra = keys - value.keys(), value.keys() - keys
-    if missing or extra:
-        raise _malformed(f"{what} keys: missing {sorted(missing)}, unexpected {sorted(extra)}")
-    return value
-
-
-def _strings(value: Any, what: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise _malformed(f"{what} is not a list of strings")
-    return tuple(value)
-
-
-def _malformed(detail: str) -> PolicyEngineError:
-    return PolicyEngineError(f"malformed decision: {detail}")
-

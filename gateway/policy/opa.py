@@ -86,7 +86,7 @@ import httpx
 from gateway.errors import PolicyEngineError
 from gateway.models import Decision
 from gateway.policy.bundle import PolicySource
-from gateway.policy.embedded import decision_from_document, encode_input
+from gateway.policy.decisions import decision_from_document, encode_input
 
 __all__ = ["DECISION_PATH", "POLICY_ID_PREFIX", "OpaEngine"]
 

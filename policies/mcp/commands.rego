@@ -116,7 +116,14 @@ inspected_words contains w if {
 		{"\t": " ", "\n": " ", "\r": " ", "\f": " ", "\u000b": " ", "'": "", "\"": "", "\\": ""},
 		text,
 	)
-	some word in regex.split("[ ;&|()<>{}$=`]+", clean)
+	# Shell separators split words (regex.split("[ ;&|()<>{}$=`]+") would, but OPA's Wasm
+	# target has no regex.split: the gateway's wasm engine evaluates only what OPA compiles).
+	spaced := strings.replace_n(
+		{";": " ", "&": " ", "|": " ", "(": " ", ")": " ", "<": " ", ">": " ", "{": " ", "}": " ", "$": " ",
+		 "=": " ", "`": " "},
+		clean,
+	)
+	some word in split(spaced, " ")
 	w := basename(word)
 	w != ""
 }

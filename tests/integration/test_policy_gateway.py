@@ -68,14 +68,19 @@ def _stop(gw: GatewayProcess) -> None:
     assert gw.stop() == 0, gw.stderr_path.read_text()
 
 
-def test_hot_reload_applies_a_good_bundle_and_keeps_the_old_one_on_a_bad(workdir: Path, bundle: Path) -> None:
-    gw = start_gateway(workdir / "var", "--policy-dir", str(bundle))
+@pytest.mark.parametrize("engine", ["embedded", "wasm"])
+def test_hot_reload_applies_a_good_bundle_and_keeps_the_old_one_on_a_bad(workdir: Path, bundle: Path,
+                                                                         engine: str) -> None:
+    env = {"MCP_GATEWAY_POLICY__ENGINE": engine}
+    if engine == "wasm":  # compiled by the real opa CLI at start and at every reload
+        env["MCP_GATEWAY_POLICY__OPA_BINARY"] = opa_binary_or_skip()
+    gw = start_gateway(workdir / "var", "--policy-dir", str(bundle), env=env)
     try:
         with httpx.Client(base_url=gw.http_url, timeout=30) as http:
             ready = http.get("/health/ready").json()
-            assert ready["policy"]["revision"] == "mcp-default-2025.1"
+            assert ready["policy"]["revision"] == "mcp-default-2025.1" and ready["policy"]["engine"] == engine
             assert _execute(http, "ls").status_code == 202
-            assert 'mcp_policy_bundle_info{engine="embedded",revision="mcp-default-2025.1"} 1.0' in http.get(
+            assert f'mcp_policy_bundle_info{{engine="{engine}",revision="mcp-default-2025.1"}} 1.0' in http.get(
                 "/metrics").text
 
             # A good edit: ls leaves the allow-list, with a new revision.
@@ -86,7 +91,8 @@ def test_hot_reload_applies_a_good_bundle_and_keeps_the_old_one_on_a_bad(workdir
             assert _execute(http, "cat", "/dev/null").status_code == 202
             last_decision = [e for e in gw.audit_events() if e["event_type"] == "decision"][-1]
             assert (last_decision["decision"], last_decision["policy_revision"]) == ("allow", "r2")
-            assert 'mcp_policy_bundle_info{engine="embedded",revision="r2"} 1.0' in http.get("/metrics").text
+            assert last_decision["policy_engine"] == engine
+            assert f'mcp_policy_bundle_info{{engine="{engine}",revision="r2"}} 1.0' in http.get("/metrics").text
             assert 'revision="mcp-default-2025.1"' not in http.get("/metrics").text
 
             # Bad edits: a syntax error, then an unknown data key. Both are rejected and

@@ -663,7 +663,8 @@ def test_wait_final_of_a_task_that_runs_on_answers_it_as_it_is(harness: Callable
 
 def test_wait_final_of_a_task_cancelled_in_the_queue(harness: Callable[..., Harness]) -> None:
     h = harness(max_concurrent=1)
-    blocker, victim = h.submit("blocker"), h.submit("victim")
+    h.submit("blocker")
+    victim = h.submit("victim")
     h.runner.wait_started("blocker")
 
     async def wait() -> TaskRecord | None:

@@ -32,7 +32,7 @@ var Fields = []FieldSpec{
 	{Name: "policy_rule", Kind: KindString, Desc: "Rule ids that decided, comma-separated."},
 	{Name: "policy_reason", Kind: KindString, Desc: "First reason the policy gave, at most 512 chars."},
 	{Name: "policy_revision", Kind: KindString, Desc: "Revision of the policy bundle that decided."},
-	{Name: "policy_engine", Kind: KindString, Enum: []string{"embedded", "opa"}, Desc: "Engine that decided."},
+	{Name: "policy_engine", Kind: KindString, Enum: []string{"embedded", "wasm", "opa"}, Desc: "Engine that decided."},
 	{Name: "decision_id", Kind: KindString, Desc: "Id of the policy decision."},
 	{Name: "request_bytes", Kind: KindUint64, Desc: "Size of the request, bytes."},
 	{Name: "response_bytes", Kind: KindUint64, Desc: "Size of the response, bytes."},

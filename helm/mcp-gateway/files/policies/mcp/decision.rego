@@ -159,13 +159,19 @@ members(s) := sort([k | s[k] == true])
 
 # "a, b" for reasons, from an array or set of strings.
 #
-# Reasons are built with concat(), not sprintf("%s"): in rego-cpp 1.5 sprintf renders
-# strings produced by some built-ins (concat, lower, regex.split, object.get defaults)
-# with their JSON quotes, which corrupts the decision document. sprintf is used for
-# numbers only. %v would also render sets differently in OPA and rego-cpp.
+# Reasons are built with concat(), not sprintf: in rego-cpp 1.5 sprintf renders strings
+# produced by some built-ins (concat, lower, object.get defaults) with their JSON quotes,
+# which corrupts the decision document; %v also renders sets differently in OPA and
+# rego-cpp; and OPA's Wasm target (the gateway's wasm engine) has no sprintf. Numbers are
+# written with json.marshal.
 text_list(xs) := "(none)" if count(xs) == 0
 
 text_list(xs) := concat(", ", sort([x | some x in xs; is_string(x)])) if count(xs) > 0
+
+# Any value as reason text: a string as it is, anything else as JSON.
+value_text(x) := x if is_string(x)
+
+value_text(x) := json.marshal(x) if not is_string(x)
 
 # "a, b" for reasons, from a data set.
 set_text(s) := text_list(members(s))

@@ -43,7 +43,7 @@ violations contains ["network.unknown_mode", reason] if {
 	not requested_network in network_modes
 	reason := concat("", [
 		"network access ",
-		sprintf("%v", [requested_network]),
+		value_text(requested_network),
 		" is not one of none, loopback, host, restricted",
 	])
 }
@@ -135,9 +135,9 @@ violations contains [rule[1], reason] if {
 		"requested ",
 		rule[0],
 		" ",
-		sprintf("%v", [asked]),
+		json.marshal(asked),
 		" exceeds the ",
-		sprintf("%v", [grant[rule[0]]]),
+		json.marshal(grant[rule[0]]),
 		" ",
 		rule[2],
 		" granted to roles ",
@@ -149,7 +149,7 @@ violations contains [rule[1], reason] if {
 	some [rule, asked] in asked_resources
 	is_number(asked)
 	asked < 0
-	reason := concat("", ["requested ", rule[0], " ", sprintf("%v", [asked]), " is negative"])
+	reason := concat("", ["requested ", rule[0], " ", json.marshal(asked), " is negative"])
 }
 
 violations contains [rule[1], reason] if {
