@@ -26,13 +26,14 @@ A smoke run should finish within about 30 s on a loaded 2-core machine.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["SMOKE_ENV", "parse_args", "percentile", "throughput"]
+__all__ = ["SMOKE_ENV", "Report", "parse_args", "percentile", "throughput"]
 
 #: The environment variable that turns smoke mode on ("1"), like ``--smoke``.
 SMOKE_ENV = "MCP_BENCH_SMOKE"
@@ -45,6 +46,8 @@ def parse_args(parser: argparse.ArgumentParser, smoke: Mapping[str, Any],
     (dest name -> value) are the defaults, and ``args.smoke`` is True."""
     parser.add_argument("--smoke", action="store_true",
                         help=f"a handful of iterations, to check that it runs (also: {SMOKE_ENV}=1)")
+    parser.add_argument("--json", dest="json_out", default=None, metavar="PATH",
+                        help="also write the figures (and latency samples) as JSON here, for bench/report.py")
     args = parser.parse_args(argv)
     if args.smoke or os.environ.get(SMOKE_ENV) == "1":
         unknown = set(smoke) - set(vars(args))
@@ -91,3 +94,31 @@ def percentile(values: Sequence[float], pct: float) -> float:
     """Nearest-rank percentile ``pct`` (0..100) of ``values``."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+
+
+class Report:
+    """What a bench hands ``bench/report.py`` (``--json PATH``): its figures, each with the
+    baseline measured in the same run and the issue's target, and latency samples to plot.
+
+    ``figure(name, value, unit, baseline=..., baseline_name=..., target=...)``: ``target`` is
+    text such as ``"<= 1.25 x"`` (on the ratio value/baseline) or ``"< 2 ms"`` (on the
+    value). ``samples(name, values_ms)``: a latency distribution. :meth:`write` writes
+    ``{"figures": [...], "samples": {...}}`` to ``args.json_out`` when it was given.
+    """
+
+    def __init__(self) -> None:
+        self.figures: list[dict[str, Any]] = []
+        self.distributions: dict[str, list[float]] = {}
+
+    def figure(self, name: str, value: float, unit: str, *, baseline: float | None = None,
+               baseline_name: str = "", target: str = "") -> None:
+        self.figures.append({"name": name, "value": value, "unit": unit, "baseline": baseline,
+                             "baseline_name": baseline_name, "target": target})
+
+    def samples(self, name: str, values_ms: Sequence[float]) -> None:
+        self.distributions[name] = [float(v) for v in values_ms]
+
+    def write(self, args: argparse.Namespace) -> None:
+        if getattr(args, "json_out", None):
+            with open(args.json_out, "w") as f:
+                json.dump({"figures": self.figures, "samples": self.distributions}, f)

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import grpc
 import httpx
-from common import parse_args, percentile
+from common import Report, parse_args, percentile
 from sandbox_library import Library
 
 REPO = Path(__file__).resolve().parent.parent
@@ -213,6 +213,16 @@ def main() -> None:
         print(f"{name:<11} | {median:>9.2f} | {percentile(samples, 99):>7.2f} | {median / lib_median:>9.2f} | "
               f"{cpu_ms:>11.2f} | {beyond:>18}")
     print("targets (issue 17): wait paths <= 1.25 x library (median); gateway CPU beyond the library < 2 ms")
+    report = Report()
+    for name in ("gRPC wait", "REST wait"):
+        report.figure(f"/bin/true to final result, {name} (median)", statistics.median(times[name]), "ms",
+                      baseline=lib_median, baseline_name="sandbox library", target="<= 1.25 x")
+    report.figure("gateway CPU per task beyond the library (gRPC wait)",
+                  used["gRPC wait"] / args.runs * 1e3 - lib_cpu_ms, "ms", baseline=lib_cpu_ms,
+                  baseline_name="library CPU per task", target="< 2 ms")
+    for name in ("library", "gRPC wait", "REST wait"):
+        report.samples(f"/bin/true: {name}", times[name])
+    report.write(args)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from common import parse_args
+from common import Report, parse_args
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -175,6 +175,15 @@ def main() -> int:
     print(f"targets (issue 17): errors 0: {errors} {'PASS' if errors == 0 else 'MISS'}; p99 < 50 ms for every "
           f"request type: worst {worst_p99:g} ms {'PASS' if worst_p99 < 50 else 'MISS'}; every event written: "
           f"{'PASS' if complete else 'MISS'}")
+    report = Report()
+    report.figure(f"load {args.rate:g} req/s for {args.seconds} s: worst p99 of a request type", worst_p99, "ms",
+                  target="< 50 ms")
+    report.figure("load: errors", errors, "", target="== 0")
+    report.figure("load: gateway RSS at the end", rss_end, "MB", baseline=rss_start, baseline_name="RSS at the start",
+                  target="<= 1.1 x")
+    report.figure("load: tasks without both audit events", created - min(counts["task"], counts["task_end"]), "",
+                  target="== 0")
+    report.write(args)
     return 0 if complete else 1
 
 

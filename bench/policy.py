@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import parse_args, throughput  # noqa: E402
+from common import Report, parse_args, throughput  # noqa: E402
 
 from gateway.errors import PolicyEngineError  # noqa: E402
 from gateway.policy import EmbeddedEngine, load_policy_dir  # noqa: E402
@@ -104,6 +104,7 @@ def measure(call: Callable[[dict[str, Any]], Any], inputs: list[dict[str, Any]],
         "median_ms": statistics.median(samples) * 1e3,
         "p99_ms": samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1e3,
         "max_ms": samples[-1] * 1e3,
+        "samples_ms": [t * 1e3 for t in samples],
         "per_s": sequential,
         "per_s_threads": concurrent,
         "errors": errors["count"],
@@ -212,6 +213,20 @@ def main() -> int:
               f"{'PASS' if wasm_row['p99_ms'] < 2 else 'MISS'}; not slower than the OPA server: "
               + (f"{wasm_row['median_ms'] / opa_median:.2f}x {'PASS' if wasm_row['median_ms'] <= opa_median else 'MISS'}"
                  if opa_median else "no OPA server"))
+    report = Report()
+    measured = {name: r for name, r, _ in rows if not isinstance(r, str)}
+    for name in ("wasm", "embedded"):
+        if name in measured:
+            report.figure(f"policy decision, {name} engine (median, normal inputs)", measured[name]["median_ms"], "ms",
+                          baseline=opa_median, baseline_name="OPA server", target="< 0.5 ms")
+    if "wasm" in measured:
+        report.figure("policy decision, wasm engine (p99, normal inputs)", measured["wasm"]["p99_ms"], "ms",
+                      baseline=measured.get("opa server", {}).get("p99_ms"), baseline_name="OPA server",
+                      target="< 2 ms")
+    for name, result in measured.items():
+        if name != "gateway step (wasm)":
+            report.samples(f"policy: {name}", result["samples_ms"])
+    report.write(args)
     return 0
 
 

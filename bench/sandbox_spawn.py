@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from common import parse_args, throughput
+from common import Report, parse_args, throughput
 from sandbox import CgroupPool, Limits, RunAs, SandboxSpec, SandboxUnavailable, UidPool, run, set_child_subreaper
 from sandbox.limits import ChildSetup, spawn
 from sandbox.mounts import create_workspace
@@ -98,19 +98,27 @@ def main() -> None:
 
     try:
         medians = {}
+        report = Report()
         for name, fn in (("direct", direct), ("bwrap", plain_bwrap), ("sandbox.run", full)):
             samples = _latencies(fn, args.runs)
+            report.samples(f"spawn: {name}", samples)
             medians[name] = statistics.median(samples)
             p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
             print(f"{name:12s} median_ms={medians[name]:.2f} p99_ms={p99:.2f} runs={args.runs}")
         base = medians["direct"]
         print(f"ratio bwrap/direct={medians['bwrap'] / base:.1f} "
               f"sandbox.run/direct={medians['sandbox.run'] / base:.1f} "
-              f"sandbox.run/bwrap={medians['sandbox.run'] / medians['bwrap']:.2f} (target <= 1.6)")
+              f"sandbox.run/bwrap={medians['sandbox.run'] / medians['bwrap']:.2f} (target <= 1.3)")
+        report.figure("sandbox start, /bin/true in the full profile (median)", medians["sandbox.run"], "ms",
+                      baseline=medians["bwrap"], baseline_name="plain bwrap", target="<= 1.3 x")
+        rates = {}
         for name, fn in (("bwrap", plain_bwrap), ("sandbox.run", full)):
-            rate = throughput(fn, args.concurrency, args.seconds)
+            rates[name] = rate = throughput(fn, args.concurrency, args.seconds)
             print(f"throughput {name:12s} concurrency={args.concurrency} sandboxes_per_s={rate:.0f}"
-                  + (" (target >= 180)" if name == "sandbox.run" else ""))
+                  + (" (target >= 200)" if name == "sandbox.run" else ""))
+        report.figure(f"sandboxes per second, {args.concurrency} spawners", rates["sandbox.run"], "/s",
+                      baseline=rates["bwrap"], baseline_name="plain bwrap", target=">= 200 /s")
+        report.write(args)
         print(f"cgroups={'v%d %s' % (cgroups.version, ','.join(sorted(cgroups.controllers))) if cgroups else 'none'} "
               f"uid_per_spawner={root} cpus={os.cpu_count()}")
     finally:

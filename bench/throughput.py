@@ -8,9 +8,9 @@ the gateway, so both see the same machine state); tasks/s = tasks / wall time:
 - library: c threads each calling ``sandbox.run`` with the spec the gateway's task manager
   builds (``TaskManager._spec``: the ``user`` role's grant, a uid of its own per run from
   one range, a fresh workspace per run, a cgroup slot when the host has them);
-- gateway: c client threads each calling ExecuteCommand and following StreamTaskOutput
-  to the task's exit-code chunk. This is the full request path (validate, policy decision,
-  audit, store, queue, sandbox run, output log, store result) plus the client's stream. The gateway runs up to max(c) sandboxes, but at most c tasks are in flight, so
+- gateway: c client threads each calling ExecuteCommandAndWait (one round trip, answered
+  when the task ends). This is the full request path (validate, policy decision, audit,
+  store, queue, sandbox run, output log, store result, answer). The gateway runs up to max(c) sandboxes, but at most c tasks are in flight, so
   both paths run at most c sandboxes at once.
 Target: gateway/library >= 0.80 at concurrency 4.
 
@@ -26,7 +26,6 @@ Run as root (drops to a uid range like the gateway).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from common import parse_args
+from common import Report, parse_args
 from sandbox_library import Library
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,19 +105,18 @@ class Gateway:
         self._stub = mcp_pb2_grpc.McpServiceStub(self._channel)
 
     def task(self) -> str | None:
-        """ExecuteCommand(echo hello), then StreamTaskOutput until its exit-code chunk (how
-        an agent waits for a task); the task_end event must say COMPLETED, exit code 0."""
+        """ExecuteCommandAndWait(echo hello): one round trip, answered when the task ends
+        (how a caller runs a short command); it must be COMPLETED, exit code 0, stdout
+        ``hello``."""
         try:
-            created = self._stub.ExecuteCommand(mcp_pb2.CommandRequest(command="echo", args=["hello"],
-                                                                       timeout=TIMEOUT_S))
-            chunks = list(self._stub.StreamTaskOutput(mcp_pb2.TaskStatusRequest(task_id=created.task_id)))
+            reply = self._stub.ExecuteCommandAndWait(mcp_pb2.ExecuteAndWaitRequest(
+                request=mcp_pb2.CommandRequest(command="echo", args=["hello"], timeout=TIMEOUT_S),
+                wait_seconds=TIMEOUT_S))
         except grpc.RpcError as exc:
             return f"gateway: {exc.code().name}: {exc.details()}"
-        events = [json.loads(c.data) for c in chunks if c.type == mcp_pb2.CHUNK_EVENT]
-        stdout = b"".join(c.data for c in chunks if c.type == mcp_pb2.CHUNK_STDOUT)
-        end = events[-1] if events else {}
-        if end.get("status") != "COMPLETED" or end.get("exit_code") != 0 or stdout != b"hello\n":
-            return f"gateway: {end} stdout {stdout[:200]!r}"
+        if (reply.task_info.status != mcp_pb2.TASK_COMPLETED or reply.result.exit_code != 0
+                or reply.result.stdout != "hello\n"):
+            return f"gateway: {mcp_pb2.TaskStatus.Name(reply.task_info.status)} {reply.result}"
         return None
 
     def close(self) -> None:
@@ -198,12 +196,18 @@ def main() -> None:
             total_errors += len(lib_errors) + len(gw_errors)
             report_errors(f"concurrency {c} library", lib_errors)
             report_errors(f"concurrency {c} gateway", gw_errors)
-        print(f"\n{args.tasks} echo tasks per path per level (gateway: execute + stream), cpus={os.cpu_count()}, "
+        print(f"\n{args.tasks} echo tasks per path per level (gateway: ExecuteCommandAndWait), cpus={os.cpu_count()}, "
               f"cgroups={'v%d' % library.cgroups.version if library.cgroups else 'none'}, "
               f"uid per run={os.geteuid() == 0}")
         print(f"{'concurrency':>11} | {'library tasks/s':>15} | {'gateway tasks/s':>15} | {'ratio':>5} | errors lib/gw")
         for c, lib_rate, gw_rate, lib_err, gw_err in rows:
             print(f"{c:>11} | {lib_rate:>15.1f} | {gw_rate:>15.1f} | {gw_rate / lib_rate:>5.2f} | {lib_err}/{gw_err}")
+        report = Report()
+        for c, lib_rate, gw_rate, _, _ in rows:
+            if c in (4, 16):
+                report.figure(f"echo tasks/s at concurrency {c}", gw_rate, "tasks/s", baseline=lib_rate,
+                              baseline_name="sandbox library", target=">= 0.8 x" if c == 4 else ">= 0.9 x")
+        report.figure("errors in throughput rounds", total_errors, "", target="== 0")
         at4 = [gw / lib for c, lib, gw, _, _ in rows if c == 4]
         if at4:
             print(f"target: ratio >= 0.80 at concurrency 4: {at4[0]:.2f} {'PASS' if at4[0] >= 0.80 else 'MISS'}")
@@ -219,6 +223,9 @@ def main() -> None:
                   f"({after - start_rss:+.1f} MB since start)")
             print(f"target: gateway RSS < 200 MB after {args.memory_tasks} tasks: {after:.1f} MB "
                   f"{'PASS' if after < 200 else 'MISS'}")
+            report.figure(f"gateway RSS after {args.memory_tasks} more tasks", after, "MB", baseline=start_rss,
+                          baseline_name="RSS after start", target="< 200 MB")
+        report.write(args)
     finally:
         if gateway is not None:
             gateway.close()

@@ -49,6 +49,9 @@ TABLES: dict[str, tuple[str, ...]] = {
     "overload.py": (r"offered",),  # its author's table; kept loose while it settles
     "policy.py": (r"^engine +median ms +p99 ms", r"^embedded +[\d.]+ +[\d.]+", r"^gateway step +[\d.]+ +[\d.]+",
                   r"^opa( server +[\d.]+| +skipped: )"),
+    "report.py": (r"^figure +\| +value \| +baseline \| +ratio \| +target \| verdict",
+                  r"^/bin/true to final result, gRPC wait \(median\) +\| +[\d.e+-]+ ms \|",
+                  r"^policy decision, (wasm|embedded) engine \(median, normal inputs\) +\|", r"^plot: .*latency\.png$"),
     "replicas.py": (r"^replicas \| limits \| requests/s \| p50 ms \| p99 ms \| cost per call",
                     r"^ +2 \| shared \| +\d+ \| +[\d.]+ \| +[\d.]+ \| [+-][\d.]+ ms"),
     "sandbox_spawn.py": (r"^sandbox\.run +median_ms=[\d.]+ p99_ms=[\d.]+",

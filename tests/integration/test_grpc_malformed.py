@@ -50,6 +50,8 @@ VALID: dict[str, Message] = {
             resource_limits=mcp_pb2.ResourceLimits(memory_limit=64 << 20, pids_limit=8),
         ),
     ),
+    "ExecuteCommandAndWait": mcp_pb2.ExecuteAndWaitRequest(
+        request=mcp_pb2.CommandRequest(command="not-an-allowed-tool", args=["x"], timeout=5), wait_seconds=1),
     "GetTaskStatus": mcp_pb2.TaskStatusRequest(task_id=UNKNOWN_TASK),
     "StreamTaskOutput": mcp_pb2.TaskStatusRequest(task_id=UNKNOWN_TASK, offset=3),
     "CancelTask": mcp_pb2.TaskStatusRequest(task_id=UNKNOWN_TASK),
@@ -89,7 +91,9 @@ def _invalid_utf8(method: str) -> list[bytes]:
     valid = VALID[method].SerializeToString()
     strings = [f.number for f in desc.fields if f.type == f.TYPE_STRING]
     bodies = [prefix + _ld(number, bad) for number in strings for bad in INVALID_UTF8 for prefix in (b"", valid)]
-    if method == "ExecuteCommand":
+    if method in ("ExecuteCommand", "ExecuteCommandAndWait"):
+        if method == "ExecuteCommandAndWait":
+            return bodies + [_ld(1, _ld(1, b"\xff")), _ld(1, _ld(3, _ld(1, b"\xff") + _ld(2, b"v")))]
         bodies += [_ld(3, _ld(1, b"\xff") + _ld(2, b"v")), _ld(6, _ld(1, b"k") + _ld(2, b"\xc0\x80")),
                    _ld(2, b"\xed\xa0\x80"), _ld(7, _ld(5, b"/usr\xff"))]
     return bodies
@@ -187,7 +191,8 @@ def flood(state_root: Path) -> Iterator[Flood]:
              "MCP_GATEWAY_RATE_LIMITS__TENANT__REQUESTS_PER_S": "0",
              # a sandbox uid range of its own: start-up refuses a range that a concurrently
              # running test session's sandboxes (conftest's bases from 100000) are using
-             "MCP_GATEWAY_SANDBOX__UID": "340000", "MCP_GATEWAY_SANDBOX__GID": "340000"},
+             "MCP_GATEWAY_SANDBOX__UID": "340000", "MCP_GATEWAY_SANDBOX__GID": "340000",
+             "MCP_GATEWAY_TASKS__MAX_WAIT_S": "1"},  # a mutated wait never holds the flood up
     )
     result = Flood(gateway)
     try:
