@@ -46,7 +46,7 @@ def parse_args(parser: argparse.ArgumentParser, smoke: Mapping[str, Any],
     (dest name -> value) are the defaults, and ``args.smoke`` is True."""
     parser.add_argument("--smoke", action="store_true",
                         help=f"a handful of iterations, to check that it runs (also: {SMOKE_ENV}=1)")
-    parser.add_argument("--json", dest="json_out", default=None, metavar="PATH",
+    parser.add_argument("--figures", dest="figures_out", default=None, metavar="PATH",
                         help="also write the figures (and latency samples) as JSON here, for bench/report.py")
     args = parser.parse_args(argv)
     if args.smoke or os.environ.get(SMOKE_ENV) == "1":
@@ -97,13 +97,13 @@ def percentile(values: Sequence[float], pct: float) -> float:
 
 
 class Report:
-    """What a bench hands ``bench/report.py`` (``--json PATH``): its figures, each with the
+    """What a bench hands ``bench/report.py`` (``--figures PATH``): its figures, each with the
     baseline measured in the same run and the issue's target, and latency samples to plot.
 
     ``figure(name, value, unit, baseline=..., baseline_name=..., target=...)``: ``target`` is
     text such as ``"<= 1.25 x"`` (on the ratio value/baseline) or ``"< 2 ms"`` (on the
     value). ``samples(name, values_ms)``: a latency distribution. :meth:`write` writes
-    ``{"figures": [...], "samples": {...}}`` to ``args.json_out`` when it was given.
+    ``{"figures": [...], "samples": {...}}`` to ``args.figures_out`` when it was given.
     """
 
     def __init__(self) -> None:
@@ -119,6 +119,6 @@ class Report:
         self.distributions[name] = [float(v) for v in values_ms]
 
     def write(self, args: argparse.Namespace) -> None:
-        if getattr(args, "json_out", None):
-            with open(args.json_out, "w") as f:
+        if getattr(args, "figures_out", None):
+            with open(args.figures_out, "w") as f:
                 json.dump({"figures": self.figures, "samples": self.distributions}, f)

@@ -3,7 +3,7 @@ baseline from the same run, the ratio and the target, and a PNG of the latency d
 
     .venv/bin/python bench/report.py [--out DIR] [--skip NAME ...] [--smoke]
 
-Runs, one after the other (each alone on the machine), with ``--json`` so each hands over
+Runs, one after the other (each alone on the machine), with ``--figures`` so each hands over
 its figures and samples (``common.Report``):
 
 - ``gateway_vs_sandbox.py``: /bin/true to the final result, gRPC and REST one-shot waits
@@ -65,14 +65,14 @@ def verdict(figure: dict[str, Any]) -> tuple[float | None, str]:
 
 
 def run_bench(name: str, smoke: bool, out: Path) -> dict[str, Any]:
-    """Run ``bench/<name>`` with ``--json``; its figures and samples."""
+    """Run ``bench/<name>`` with ``--figures``; its figures and samples."""
     result = out / f"{name.removesuffix('.py')}.json"
-    cmd = [sys.executable, str(BENCH / name), "--json", str(result), *(["--smoke"] if smoke else [])]
+    cmd = [sys.executable, str(BENCH / name), "--figures", str(result), *(["--smoke"] if smoke else [])]
     start = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=BENCH.parent)
     print(f"  {name}: exit {done.returncode} in {time.monotonic() - start:.0f} s", flush=True)
     (out / f"{name.removesuffix('.py')}.txt").write_text(done.stdout + done.stderr)
-    if done.returncode not in (0,) or not result.exists():
+    if done.returncode != 0 or not result.exists():
         raise SystemExit(f"{name} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return json.loads(result.read_text())
 

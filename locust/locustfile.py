@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc.experimental.gevent as grpc_gevent
@@ -37,6 +38,8 @@ from locust.contrib.fasthttp import FastHttpUser  # noqa: E402
 
 from gateway.proto import mcp_pb2, mcp_pb2_grpc  # noqa: E402
 
+#: Ids of the tasks this process's users were given (written at the end: --task-ids).
+TASK_IDS: set[str] = set()
 STATUSES = {"CREATED", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 COMMAND = {"command": "echo", "args": ["hello from locust"], "timeout": 30}
 
@@ -45,6 +48,22 @@ COMMAND = {"command": "echo", "args": ["hello from locust"], "timeout": 30}
 def _arguments(parser: Any) -> None:
     parser.add_argument("--grpc-host", default="127.0.0.1:8081", help="the gateway's gRPC address, host:port")
     parser.add_argument("--per-user-rate", type=float, default=5.0, help="requests per second per user")
+    parser.add_argument("--task-ids", default="", help="write the ids of the tasks created here, one a line")
+
+
+_ENVIRONMENT: list[Any] = []  # locust's environment, from its init event (quit does not carry it)
+
+
+@events.init.add_listener
+def _keep_environment(environment: Any, **_: Any) -> None:
+    _ENVIRONMENT.append(environment)
+
+
+@events.quit.add_listener
+def _write_task_ids(**_: Any) -> None:
+    options = _ENVIRONMENT[0].parsed_options if _ENVIRONMENT else None
+    if options is not None and options.task_ids:
+        Path(options.task_ids).write_text("".join(f"{task_id}\n" for task_id in sorted(TASK_IDS)))
 
 
 def _rate(environment: Any) -> float:
@@ -86,6 +105,7 @@ class RestUser(FastHttpUser):
                     answer.failure(f"execute: {answer.text[:200]}")
                 else:
                     self.task_id = body["task_id"]
+                    TASK_IDS.add(self.task_id)
 
     @task(30)
     def status(self) -> None:
@@ -139,6 +159,7 @@ class GrpcUser(User):
                            lambda r: None if r.task_id.startswith("task-") else f"execute: {r}")
         if reply is not None:
             self.task_id = reply.task_id
+            TASK_IDS.add(self.task_id)
 
     @task(30)
     def status(self) -> None:

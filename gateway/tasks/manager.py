@@ -498,10 +498,9 @@ class TaskManager:
                 time.sleep(min(10.0, 0.2 * 2**attempt))
         else:
             store_down = True
-        if stored:  # its waiters have their answer now; the audit event and metrics follow
+        if stored:
             job.final = replace(job.record, status=status, started_at_ns=job.started_at_ns,
                                 completed_at_ns=completed_ns, result=result, cancel_requested=False)
-            self._wake(job)
         if output is not None:
             self.output.forget(task_id)
         if not stored:
@@ -512,6 +511,7 @@ class TaskManager:
                 self._audit_end(job, status, result, error_code=StorageError.code)
             return
         self._audit_end(job, status, result)
+        self._wake(job)  # its waiters' answer: the stored final state, its task_end written
         log.info("task %s ended %s (exit %d, %d ms%s)", task_id, status.name, result.exit_code,
                  result.execution_time_ms, f", limit {result.limit_reason}" if result.limit_reason else "")
         observe(TASK_SECONDS.labels(job.record.task_type.name, status.name),

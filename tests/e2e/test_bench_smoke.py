@@ -47,7 +47,8 @@ TABLES: dict[str, tuple[str, ...]] = {
                          r"^tracing on, sampling 1\.0 +\| stream \| +[\d.]+ \| +[\d.]+ \| +[\d.]+x \| +[\d.]+",
                          r"^spans received: [1-9]\d*", r"^added at sampling 1\.0 \(poll\): [+-][\d.]+ %"),
     "overload.py": (r"offered",),  # its author's table; kept loose while it settles
-    "policy.py": (r"^engine +median ms +p99 ms", r"^embedded +[\d.]+ +[\d.]+", r"^gateway step +[\d.]+ +[\d.]+",
+    "policy.py": (r"^engine +median ms +p99 ms", r"^embedded +[\d.]+ +[\d.]+",
+                  r"^wasm( +[\d.]+ +[\d.]+| +skipped: )", r"^(gateway step \(wasm\) +[\d.]+ +[\d.]+|wasm +skipped: )",
                   r"^opa( server +[\d.]+| +skipped: )"),
     "report.py": (r"^figure +\| +value \| +baseline \| +ratio \| +target \| verdict",
                   r"^/bin/true to final result, gRPC wait \(median\) +\| +[\d.e+-]+ ms \|",

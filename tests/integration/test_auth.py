@@ -236,7 +236,9 @@ def test_valid_credentials_run_a_command_as_their_principal(client: Client, keys
     decision = next(e for e in _events(client, "decision") if e.get("task_id") == task_id)
     assert (decision["principal"], decision["tenant"], decision["auth_scheme"]) == (principal, "acme", "bearer")
     assert decision["credential_sha256"] == _sha(credential)
-    task_end = next(e for e in _events(client, "task_end") if e.get("task_id") == task_id)
+    # The store holds the final state a moment before the task_end line is written.
+    task_end = wait_until(lambda: next((e for e in _events(client, "task_end") if e.get("task_id") == task_id), None),
+                          what=f"the task_end event of {task_id}")
     assert (task_end["principal"], task_end["tenant"], task_end["auth_scheme"]) == (principal, "acme", "bearer")
 
 
