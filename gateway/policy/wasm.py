@@ -137,8 +137,16 @@ class _Instance:
         raise wasmtime.WasmtimeError(f"opa_abort: {self._string(addr)[:500].decode(errors='replace')}")
 
     def _string(self, addr: int) -> bytes:
-        """The NUL-terminated string at ``addr`` in the instance's memory."""
-        return ctypes.string_at(ctypes.addressof(self.memory.data_ptr(self.store).contents) + addr)
+        """The NUL-terminated string at ``addr`` in the instance's memory (never read past
+        its end: a string without its NUL is a failed evaluation)."""
+        size = self.memory.data_len(self.store)
+        if not 0 < addr < size:
+            raise wasmtime.WasmtimeError(f"the module returned address {addr}, outside its memory")
+        base = ctypes.addressof(self.memory.data_ptr(self.store).contents)
+        found = _memchr(base + addr, 0, size - addr)
+        if not found:
+            raise wasmtime.WasmtimeError("the module returned a string without its end")
+        return ctypes.string_at(base + addr, found - (base + addr))
 
     def _write_new(self, raw: bytes) -> int:
         addr = self._malloc(self.store, len(raw))
@@ -155,6 +163,11 @@ class _Instance:
         self.memory.write(self.store, encoded, self._base)
         self.store.set_epoch_deadline(deadline_ticks)
         return self._string(self._eval(self.store, 0, 0, self._data, self._base, len(encoded), end, 0))
+
+
+_memchr = ctypes.CDLL(None).memchr
+_memchr.restype = ctypes.c_size_t  # the address found, 0 when none
+_memchr.argtypes = (ctypes.c_size_t, ctypes.c_int, ctypes.c_size_t)
 
 
 def _no_host_builtin(*_: int) -> int:
