@@ -15,9 +15,11 @@
  *      no Python handler can run in the borrowed address space; then an empty mask.
  *   1. stdio: dup2 the three given fds onto 0, 1, 2.
  *   2. every other fd close-on-exec (close_range(2)), except keep_fds.
- *   3. rlimits: setrlimit(2) for each (resource, soft, hard), still privileged; then the nice
+ *   3. join the cgroup slot: write "0" to each cgroup.procs path (before the rlimits: the
+ *      child holds a copy of the gateway's fd table until exec, so under RLIMIT_NOFILE
+ *      an open(2) here could find no free fd below the limit, EMFILE).
+ *   4. rlimits: setrlimit(2) for each (resource, soft, hard), still privileged; then the nice
  *      value (setpriority(2)) when it is above 0.
- *   4. join the cgroup slot: write "0" to each cgroup.procs path.
  *   5. new_netns: unshare(CLONE_NEWNET).
  *   6. drop: setgroups(0) -> setresgid -> setresuid, when uid >= 0 (raw syscalls: glibc's
  *      wrappers would signal every thread of the parent to change their ids too).
@@ -110,18 +112,18 @@ static int child_main(void *arg) {
         if (fcntl(a->keep[i], F_SETFD, 0) != 0)
             child_fail(a->err_fd, STEP_FDS);
 
-    for (i = 0; i < a->n_rl; i++)
-        if (setrlimit(a->rl_res[i], &a->rl[i]) != 0)
-            child_fail(a->err_fd, STEP_RLIMIT);
-    if (a->nice > 0 && setpriority(PRIO_PROCESS, 0, a->nice) != 0)
-        child_fail(a->err_fd, STEP_NICE);
-
     for (i = 0; i < a->n_cgroups; i++) {
         int fd = open(a->cgroups[i], O_WRONLY | O_CLOEXEC);
         if (fd < 0 || write(fd, "0", 1) != 1)
             child_fail(a->err_fd, STEP_CGROUP);
         close(fd);
     }
+
+    for (i = 0; i < a->n_rl; i++)
+        if (setrlimit(a->rl_res[i], &a->rl[i]) != 0)
+            child_fail(a->err_fd, STEP_RLIMIT);
+    if (a->nice > 0 && setpriority(PRIO_PROCESS, 0, a->nice) != 0)
+        child_fail(a->err_fd, STEP_NICE);
 
     if (a->new_netns && unshare(CLONE_NEWNET) != 0)
         child_fail(a->err_fd, STEP_NETNS);

@@ -10,7 +10,12 @@ system calls only):
 1. all signal handlers reset to default, empty signal mask (no Python handler may run in the
    borrowed address space; SIGXFSZ and SIGPIPE are default again, so RLIMIT_FSIZE kills).
 2. stdio onto fds 0-2; every other fd close-on-exec except ``keep_fds`` (close_range(2)).
-3. rlimits (setrlimit(2)): RLIMIT_AS, RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0.
+3. join the run's cgroup slot: write "0" (this process) to each ``cgroup.procs`` path.
+   Needs root (or a delegated hierarchy), so before the drop; everything bwrap starts
+   inherits the cgroups, and no process of the run ever exists outside them. Before the
+   rlimits: until exec the child holds a copy of the gateway's fd table (close-on-exec,
+   but open), so under a low RLIMIT_NOFILE this open(2) could find no free fd (EMFILE).
+4. rlimits (setrlimit(2)): RLIMIT_AS, RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0.
    Set while still privileged so soft == hard and the sandbox cannot raise them back
    (raising a hard limit needs CAP_SYS_RESOURCE in the *initial* user namespace, which the
    sandbox never has). They are inherited by bwrap and everything it starts. RLIMIT_AS is
@@ -23,9 +28,6 @@ system calls only):
    (setpriority(2), ``limits.nice``) when above 0, so the run's processes yield the CPU to
    the gateway that admits, audits and answers for them (nsjail's ``--nice_level`` does the
    same); lowering it back needs CAP_SYS_NICE (or RLIMIT_NICE), which the sandbox lacks.
-4. join the run's cgroup slot: write "0" (this process) to each ``cgroup.procs`` path.
-   Needs root (or a delegated hierarchy), so before the drop; everything bwrap starts
-   inherits the cgroups, and no process of the run ever exists outside them.
 5. ``new_netns``: unshare(CLONE_NEWNET) into a fresh network namespace whose ``lo`` is down
    (network_namespaces(7)); bwrap then keeps it (``--share-net``). Needs CAP_SYS_ADMIN.
 6. privilege drop when ``run_as`` is given: setgroups(0) -> setresgid -> setresuid, as raw

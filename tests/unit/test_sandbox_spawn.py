@@ -54,6 +54,25 @@ def test_rlimits_are_set_before_exec():
     assert _run(["/bin/sh", "-c", "ulimit -n; ulimit -Hn; ulimit -c"], setup) == (0, "77\n77\n0\n")
 
 
+def test_the_cgroup_join_finds_a_free_fd_under_a_low_open_files_limit(tmp_path: Path):
+    """The child holds a copy of the parent's fd table until exec: with the parent's low fds
+    all taken (a busy gateway) and RLIMIT_NOFILE below the first free one, the cgroup join
+    must already be done when the limit is set (it once failed with EMFILE, 1 task in 2,000
+    at 16 concurrent tasks)."""
+    procs = tmp_path / "cgroup.procs"  # any writable file stands in: the step opens and writes "0"
+    procs.write_text("")
+    held = []
+    while not held or held[-1] < 80:  # every fd below 80 taken in the parent
+        held.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    try:
+        setup = ChildSetup(rlimits=((resource.RLIMIT_NOFILE, 64, 64),), cgroup_procs=(str(procs),))
+        assert _run(["/bin/sh", "-c", "ulimit -n"], setup) == (0, "64\n")
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert procs.read_text() == "0"
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another uid needs root")
 def test_privileges_are_dropped_with_no_supplementary_groups():
     code, out = _run(["/usr/bin/id"], ChildSetup(rlimits=(), run_as=RunAs(250_321, 250_322)))
