@@ -41,7 +41,7 @@ TABLES: dict[str, tuple[str, ...]] = {
                               r"^REST wait +\| +[\d.]+ \| +[\d.]+ \| +[\d.]+ \| +[\d.]+ \| +-?[\d.]+$"),
     "load.py": (r"^type +request +\| requests \| failures \| p50 ms \| p95 ms \| p99 ms",
                 r"^REST +execute +\| +\d+ \| +\d+ \| +[\d.]+ \|", r"^gRPC +status +\| +\d+ \| +\d+ \| +[\d.]+ \|",
-                r"^gateway VmRSS: start [\d.]+ MB, end [\d.]+ MB",
+                r"^gateway VmRSS: start [\d.]+ MB, after a fifth of the run [\d.]+ MB, end [\d.]+ MB",
                 r"^audit: \d+ decision events for \d+ execute requests"),
     "observability.py": (r"^variant +\| wait +\| median ms \| p99 ms \| median vs off \| gateway CPU ms/task",
                          r"^tracing on, sampling 1\.0 +\| stream \| +[\d.]+ \| +[\d.]+ \| +[\d.]+x \| +[\d.]+",
