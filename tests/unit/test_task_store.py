@@ -27,6 +27,7 @@ from gateway.errors import RateLimited, StorageError
 from gateway.models import OutputChunk, OutputKind, ResourceUsage, TaskRecord, TaskResult, TaskStatus, TaskType
 from gateway.tasks import PostgresTaskStore, SqliteTaskStore, TaskStore, open_store
 from gateway.tasks.store import TaskQuota
+from tests.conftest import wait_until
 from tests.pg_server import PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -360,6 +361,30 @@ def test_open_store_picks_the_backend(tmp_path: Path) -> None:
         assert (tmp_path / "tasks.db").exists()
     finally:
         store.close()
+
+
+def test_sqlite_checkpoints_off_the_commit_path_and_truncates_the_wal_at_close(tmp_path: Path) -> None:
+    """A commit never checkpoints (that fsync stalled every store call for 2-5 ms every ~750
+    commits): the checkpointer thread copies the WAL into the database on a connection of
+    its own, and close leaves no WAL to replay."""
+    path = tmp_path / "tasks.db"
+    store = SqliteTaskStore(path)
+    try:
+        with store._guard() as db:  # the store's own connection
+            assert db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        before = path.stat().st_size
+        for n in range(200):
+            store.create(_record(n))
+        wait_until(lambda: path.stat().st_size > before, 5.0, "the checkpointer to copy the WAL into the database")
+    finally:
+        store.close()
+    wal = Path(f"{path}-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    reopened = SqliteTaskStore(path)
+    try:
+        assert reopened.get(_record(199).task_id) is not None
+    finally:
+        reopened.close()
 
 
 # -- PostgreSQL: owners across replicas, migrations, errors ----------------------------------
