@@ -3,7 +3,8 @@
 The store is the source of truth for a task's state; the manager only writes to it.
 SQLite runs in WAL mode with ``synchronous=NORMAL`` (a committed transaction survives a
 process crash; power loss may drop the last few ms), one connection guarded by a lock
-because calls arrive from the event loop and from worker threads. The PostgreSQL store
+because calls arrive from the event loop and from worker threads, and a checkpointer
+thread with a connection of its own (no commit waits for a checkpoint's fsync). The PostgreSQL store
 (shared by replicas) is :mod:`gateway.tasks.postgres`; both keep the same columns and
 share the row codec and the migration rule below.
 
