@@ -31,9 +31,10 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["SMOKE_ENV", "Report", "parse_args", "percentile", "throughput"]
+__all__ = ["SMOKE_ENV", "Report", "children", "cpu_seconds", "memory_mb", "parse_args", "percentile", "throughput"]
 
 #: The environment variable that turns smoke mode on ("1"), like ``--smoke``.
 SMOKE_ENV = "MCP_BENCH_SMOKE"
@@ -94,6 +95,34 @@ def percentile(values: Sequence[float], pct: float) -> float:
     """Nearest-rank percentile ``pct`` (0..100) of ``values``."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid``, all its threads, not its children
+    (utime and stime, fields 14 and 15 of /proc/PID/stat, proc(5))."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM of ``pid`` in MB, from /proc/PID/status (proc(5), values in kB)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields
+
+
+def children(pid: int) -> list[int]:
+    """Child pids of every thread of ``pid`` (/proc/PID/task/TID/children)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found.update(int(c) for c in (task / "children").read_text().split())
+        except OSError:  # the thread ended meanwhile
+            continue
+    return sorted(found)
 
 
 class Report:

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import grpc
 import httpx
-from common import Report, parse_args, percentile
+from common import Report, children, cpu_seconds, parse_args, percentile
 from sandbox_library import Library
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,25 +60,6 @@ POLL_S = float(os.environ.get("BENCH_POLL_S", "0.002"))  # GetTaskStatus poll in
 FIRST_UID = 260_000  # both paths: a range of its own, not the default one another gateway may hold
 FINAL = {mcp_pb2.TASK_COMPLETED, mcp_pb2.TASK_FAILED, mcp_pb2.TASK_CANCELLED, mcp_pb2.TASK_TIMED_OUT}
 TRUE = "/bin/true"
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User plus system CPU seconds of process ``pid``, all its threads, not its children
-    (utime and stime, fields 14 and 15 of /proc/PID/stat, proc(5))."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def children(pid: int) -> list[int]:
-    """Child pids of every thread of ``pid`` (/proc/PID/task/TID/children): the policy
-    workers (sandboxes come and go; their CPU is not the gateway's)."""
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            found.update(int(c) for c in (task / "children").read_text().split())
-        except OSError:  # the thread ended meanwhile
-            continue
-    return sorted(found)
 
 
 class Clients:
@@ -182,7 +163,7 @@ def main() -> None:
             workers = children(pid)
 
             def gateway_cpu() -> float:
-                return proc_cpu_s(pid) + sum(proc_cpu_s(w) for w in workers)
+                return cpu_seconds(pid) + sum(cpu_seconds(w) for w in workers)
 
             def own_cpu() -> float:
                 usage = resource.getrusage(resource.RUSAGE_SELF)

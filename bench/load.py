@@ -42,7 +42,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from common import Report, parse_args
+from common import Report, memory_mb, parse_args
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -53,14 +53,6 @@ FIRST_UID = 280_000  # a sandbox uid range of this bench's own
 #: locust's request types: FastHttpUser names a request by its HTTP method, GrpcUser by "gRPC"
 TYPES = {"REST": ("GET", "POST"), "gRPC": ("gRPC",)}
 NAMES = ("health", "execute", "status")
-
-
-def rss_mb(pid: int) -> float:
-    """VmRSS of ``pid`` in MB (/proc/PID/status, proc(5), kB)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def audit_trail(gateway: GatewayProcess) -> tuple[Counter[str], set[str], set[str]]:
@@ -142,13 +134,13 @@ def main() -> int:
             "MCP_GATEWAY_RATE_LIMITS__TENANT__CONCURRENT_TASKS": "0",
             "MCP_GATEWAY_ADMISSION__PRINCIPAL_IN_FLIGHT": "0"})
         try:
-            rss_start = rss_mb(gateway.proc.pid)
+            rss_start = memory_mb(gateway.proc.pid)["VmRSS"]
             samples: list[float] = []  # the gateway's RSS once a second while the load runs
             stop = threading.Event()
 
             def sample() -> None:
                 while not stop.wait(1.0):
-                    samples.append(rss_mb(gateway.proc.pid))
+                    samples.append(memory_mb(gateway.proc.pid)["VmRSS"])
 
             sampler = threading.Thread(target=sample)
             sampler.start()
@@ -158,7 +150,7 @@ def main() -> int:
                 stop.set()
                 sampler.join()
             counts, decided, ended = wait_for_task_ends(gateway)
-            rss_end = rss_mb(gateway.proc.pid)
+            rss_end = memory_mb(gateway.proc.pid)["VmRSS"]
         finally:
             gateway.stop()
     table = {(next(k for k, types in TYPES.items() if e["method"] in types), e["name"]): e for e in entries}

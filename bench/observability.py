@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from common import parse_args, percentile
+from common import cpu_seconds, parse_args, percentile
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,13 +100,6 @@ def serve_receiver() -> None:
     receiver.stop(1).wait()
     http_receiver.shutdown()
     print(f"spans {counter.spans}", flush=True)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of process ``pid``, all its threads, not its children
-    (utime and stime, fields 14 and 15 of /proc/PID/stat, proc(5))."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def gateway_env(index: int, ratio: str | None, otlp_port: int, protocol: str) -> dict[str, str]:

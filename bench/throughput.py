@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from common import Report, parse_args
+from common import Report, children, memory_mb, parse_args
 from sandbox_library import Library
 
 REPO = Path(__file__).resolve().parent.parent
@@ -124,27 +124,6 @@ class Gateway:
             self._proc.terminate()
             self._proc.wait(timeout=60)
         self._state.cleanup()
-
-
-def memory_mb(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM of ``pid`` in MB, from /proc/PID/status (proc(5), values in kB)."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields
-
-
-def children(pid: int) -> list[int]:
-    """Child pids of every thread of ``pid`` (/proc/PID/task/TID/children)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:  # the thread ended meanwhile
-            continue
-    return sorted(set(found))
 
 
 def print_memory(label: str, pid: int) -> float:

@@ -497,7 +497,8 @@ class GatewayService:
         record = await asyncio.to_thread(self.get_task, principal, ctx, task_id, scope="tasks:cancel")
         if record.final:
             return record
-        if await asyncio.to_thread(self._tasks.cancel_local, task_id) is None:  # run by another replica (or it just ended): ask its owner
+        if await asyncio.to_thread(self._tasks.cancel_local, task_id) is None:
+            # run by another replica (or it just ended): ask its owner
             await asyncio.to_thread(self._store.request_cancel, task_id)
         final = await self._tasks.wait_final(task_id, _CANCEL_WAIT_S)
         return final if final is not None else record
@@ -507,7 +508,7 @@ class GatewayService:
         ``req.wait_s``, which it validated), once final, or as it is after ``wait_s``
         seconds. The caller was authorized when it created the task; the wait holds no
         admission slot and no thread. A task of this process answers the moment its final
-        state is stored.
+        state is stored and its ``task_end`` event written.
 
         Raises:
             StorageError (5002): the store failed while the task's state was read.

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import __version__
-from gateway.audit.chain import GENESIS_HASH, canonical_json, verify_chain
+from gateway.audit.chain import GENESIS_HASH, canonical_json, event_hash, verify_chain
 from gateway.audit.fields import FIELD_NAMES, FIELDS
 from gateway.audit.sessions import SessionCounters
 from gateway.audit.signing import CheckpointSigner, signed_bytes
@@ -261,9 +261,8 @@ class AuditLog:
         line = self._chained(event)
         if self._record.rotation_due(len(line) + 1):
             self._rotate()
-            line = self._chained(event)  # after the rotation's checkpoint
-        self._write(line, retry=retry)
-        self._seq, self._prev_hash = event["seq"], event["hash"]
+            line = None  # chained again, after the rotation's checkpoint
+        self._chain_and_write(event, retry=retry, line=line)
         self._since_checkpoint += 1
         self._record_outage()
         if self._signer is not None and self._since_checkpoint >= self._checkpoint_events:
@@ -272,19 +271,19 @@ class AuditLog:
 
     def _chained(self, event: dict[str, Any]) -> str:
         """With self._lock held: ``event`` given the next ``seq``, ``prev_hash``, a
-        checkpoint's ``signature`` and ``hash`` (:func:`gateway.audit.chain.event_hash`,
-        computed here from the same canonical JSON); returns its line."""
-        event.pop("hash", None)
+        checkpoint's ``signature`` and ``hash``; returns its line."""
         event["seq"] = self._seq + 1
         event["prev_hash"] = self._prev_hash
         if event["event_type"] == "checkpoint":
             assert self._signer is not None
             event["signature"] = self._signer.sign(signed_bytes(event))
-        event["hash"] = hashlib.sha256(canonical_json(event).encode("ascii")).hexdigest()
+        event["hash"] = event_hash(event)
         return canonical_json(event)
 
-    def _chain_and_write(self, event: dict[str, Any], *, retry: bool = False) -> None:
-        self._write(self._chained(event), retry=retry)
+    def _chain_and_write(self, event: dict[str, Any], *, retry: bool = False, line: str | None = None) -> None:
+        """With self._lock held: write ``event`` chained (``line``: as :meth:`_chained`
+        just made it) and advance the chain past it; AuditError as :meth:`_write`."""
+        self._write(line if line is not None else self._chained(event), retry=retry)
         self._seq, self._prev_hash = event["seq"], event["hash"]
 
     def _checkpoint(self, reason: str) -> None:

@@ -14,7 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from gateway.models import Decision
 from gateway.policy.bundle import PolicySource, load_policy_dir
-from gateway.policy.embedded import ENTRYPOINT, EmbeddedEngine
+from gateway.policy.decisions import ENTRYPOINT
+from gateway.policy.embedded import EmbeddedEngine
 from gateway.policy.rego_tests import RegoTestResult, run_rego_tests
 
 __all__ = [

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -24,7 +24,10 @@ from gateway.errors import PolicyEngineError
 from gateway.models import Decision, SandboxGrant
 from gateway.policy.bundle import PolicySource, ignores_context
 
-__all__ = ["DecisionCache", "decision_from_document", "encode_input"]
+__all__ = ["ENTRYPOINT", "DecisionCache", "decision_from_document", "encode_input"]
+
+#: The rule every engine evaluates: ``data.mcp.decision`` (as an entry point, ``mcp/decision``).
+ENTRYPOINT = "mcp/decision"
 
 _NETWORK_MODES = frozenset({"none", "loopback", "host", "restricted"})
 _DENY_CATEGORIES = frozenset({"command", "network", "file", "resource"})
@@ -55,7 +58,8 @@ def decision_from_document(
 ) -> Decision:
     """A :class:`Decision` from the JSON value of ``data.mcp.decision``, checked strictly.
 
-    Shared with the OPA server engine, so both engines accept exactly the same shape.
+    Every engine (embedded, wasm, OPA server) goes through it, so all accept exactly the
+    same shape.
     ``decision_id`` is the engine's own id for the evaluation (OPA's, when its decision
     log is on); without one a fresh uuid4 is used.
 
@@ -99,6 +103,7 @@ def decision_from_document(
         eval_ms=eval_ms,
     )
 
+
 class DecisionCache:
     """An LRU of decisions keyed by the SHA-256 of the input without ``context``.
 
@@ -122,6 +127,22 @@ class DecisionCache:
         from gateway.observability.metrics import POLICY_CACHE
 
         self._hits, self._misses = POLICY_CACHE.labels("hit"), POLICY_CACHE.labels("miss")
+
+    def decide(self, policy_input: Mapping[str, Any], evaluate: Callable[[bytes, float], Decision]) -> Decision:
+        """The decision for ``policy_input``: a cached one, or ``evaluate(encoded input,
+        start)`` (``start`` a ``time.perf_counter()`` value, for ``eval_ms``), kept for next
+        time. An engine's ``evaluate`` is this around its own evaluation.
+
+        Raises:
+            PolicyEngineError: as :func:`encode_input`, or what ``evaluate`` raises.
+        """
+        start = time.perf_counter()
+        key, cached = self.lookup(policy_input, start)
+        if cached is not None:
+            return cached
+        decision = evaluate(encode_input(policy_input, self._max_input_bytes), start)
+        self.store(key, decision)
+        return decision
 
     def lookup(self, policy_input: Mapping[str, Any], start: float) -> tuple[bytes | None, Decision | None]:
         """``(key, decision)``: the key to :meth:`store` the decision under (None when the

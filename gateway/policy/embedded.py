@@ -63,23 +63,17 @@ from regopy.rego_shared import (
 from gateway.errors import PolicyEngineError
 from gateway.models import Decision
 from gateway.policy.bundle import PolicySource, load_policy_dir
-from gateway.policy.decisions import DecisionCache, decision_from_document, encode_input
+from gateway.policy.decisions import ENTRYPOINT, DecisionCache, decision_from_document
 from gateway.policy.frames import MAX_FRAME_BYTES, write_frame
 
 __all__ = [
-    "ENTRYPOINT",
     "EmbeddedEngine",
     "Evaluator",
     "compile_bundle",
     "result_value",
 ]
 
-#: The rule every engine evaluates: ``data.mcp.decision``, as a rego-cpp entry point.
-ENTRYPOINT = "mcp/decision"
-
 log = logging.getLogger("gateway.policy")
-
-
 
 
 
@@ -216,13 +210,7 @@ class EmbeddedEngine:
                 interpreter failed (built-in errors are strict); the decision is
                 undefined or malformed.
         """
-        start = time.perf_counter()
-        key, cached = self._cache.lookup(policy_input, start)
-        if cached is not None:
-            return cached
-        decision = self._evaluate(encode_input(policy_input, self._max_input_bytes), start)
-        self._cache.store(key, decision)
-        return decision
+        return self._cache.decide(policy_input, self._evaluate)
 
     def _evaluate(self, encoded: bytes, start: float) -> Decision:
         try:

@@ -53,11 +53,10 @@ import wasmtime
 from gateway.errors import PolicyEngineError
 from gateway.models import Decision
 from gateway.policy.bundle import PolicySource
-from gateway.policy.decisions import DecisionCache, decision_from_document, encode_input
+from gateway.policy.decisions import ENTRYPOINT, DecisionCache, decision_from_document
 
 __all__ = ["TICK_S", "WasmEngine", "compile_wasm"]
 
-ENTRYPOINT = "mcp/decision"
 TICK_S = 0.01  # the epoch ticker's period: deadlines are kept to within this, seconds
 _COMPILE_TIMEOUT_S = 120.0
 _PAGE = 65536  # bytes in a Wasm page
@@ -199,9 +198,7 @@ class WasmEngine:
     def __init__(self, source: PolicySource, *, opa_binary: str = "opa", max_input_bytes: int = 64 * 1024,
                  instances: int = 2, timeout_s: float = 0.25, cache_entries: int = 0,
                  memory_bytes: int = 256 << 20) -> None:
-        self._source = source
         self.revision = source.revision
-        self._max_input_bytes = max_input_bytes
         self._timeout_s = timeout_s
         self._deadline_ticks = max(1, round(timeout_s / TICK_S)) + 1  # +1: the tick under way
         self._cache = DecisionCache(cache_entries, source, max_input_bytes)
@@ -258,11 +255,9 @@ class WasmEngine:
         """
         if self._closed:
             raise PolicyEngineError("policy engine closed")
-        start = time.perf_counter()
-        key, cached = self._cache.lookup(policy_input, start)
-        if cached is not None:
-            return cached
-        encoded = encode_input(policy_input, self._max_input_bytes)
+        return self._cache.decide(policy_input, self._evaluate)
+
+    def _evaluate(self, encoded: bytes, start: float) -> Decision:
         try:
             instance = self._idle.get(timeout=self._timeout_s)
         except queue.Empty:
@@ -280,21 +275,16 @@ class WasmEngine:
         finally:
             with self._lock:
                 self._in_flight -= 1
-        self._give_back(instance)
+        self._idle.put(instance)
         eval_ms = (time.perf_counter() - start) * 1000
         try:
             results = json.loads(result)
         except ValueError as exc:
             raise PolicyEngineError(f"policy result is not JSON: {exc}") from exc
-        if not results:
+        if not results or not isinstance(results[0], dict):  # [] when undefined; [{"result": ...}]
             raise PolicyEngineError("policy decision data.mcp.decision is undefined")
-        decision = decision_from_document(results[0].get("result"), revision=self.revision, eval_ms=eval_ms,
-                                          engine=self.name)
-        self._cache.store(key, decision)
-        return decision
-
-    def _give_back(self, instance: _Instance) -> None:
-        self._idle.put(instance)
+        return decision_from_document(results[0].get("result"), revision=self.revision, eval_ms=eval_ms,
+                                      engine=self.name)
 
     def _replace(self) -> None:
         """A trapped instance is dropped; a fresh one takes its place."""

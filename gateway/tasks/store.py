@@ -395,6 +395,8 @@ class SqliteTaskStore:
 
     def __init__(self, path: Path) -> None:
         self._path = path
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
         self._owner: str | None = None
@@ -421,7 +423,6 @@ class SqliteTaskStore:
         except StorageError:
             self.close()
             raise
-        self._stop_checkpoints = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoints, name="store-checkpoint", daemon=True)
         self._checkpointer.start()
 
@@ -661,9 +662,8 @@ class SqliteTaskStore:
     def close(self) -> None:
         """Stop the checkpointer, checkpoint the WAL into the database, close it, then
         release the lock (idempotent)."""
-        stop = getattr(self, "_stop_checkpoints", None)
-        if stop is not None:
-            stop.set()
+        if self._checkpointer is not None:
+            self._stop_checkpoints.set()
             self._checkpointer.join()
         with self._lock:
             with contextlib.suppress(sqlite3.Error):  # closed already, or the disk is gone: the WAL stays

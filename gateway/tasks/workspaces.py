@@ -34,7 +34,7 @@ that workspace's lock.
 
 Replicas. Gateways that share a workspace volume (``sandbox.workspace_root`` on one file
 system) and a PostgreSQL task store hold a workspace in the store while their tasks run in
-it (:class:`SharedWorkspaces`): the first local lease takes the hold, the last gives it
+it (``TaskStore.lease_workspace``): the first local lease takes the hold, the last gives it
 back, and a workspace held by another live replica is refused (its tasks would run under a
 uid of another pool). A workspace is swept only by a replica that could hold it. The files
 API serves a workspace held elsewhere as it does one leased here: it never re-owns a tree.
@@ -59,29 +59,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import sandbox
 from gateway import files
 from gateway.errors import GatewayError, InternalError, NotFound
+from gateway.tasks.store import TaskStore
 
-__all__ = ["WORKSPACE_ID_PATTERN", "SharedWorkspaces", "WorkspaceDir", "WorkspaceLease", "WorkspaceManager"]
-
-
-class SharedWorkspaces(Protocol):
-    """Holds on workspaces shared by replicas: the task store (``gateway.tasks.TaskStore``)."""
-
-    def lease_workspace(self, tenant: str, workspace: str, owner: str) -> str | None:
-        """Hold the workspace for ``owner``; None when held now, else the live holder."""
-        ...
-
-    def release_workspace(self, tenant: str, workspace: str, owner: str) -> None:
-        """Give up ``owner``'s hold."""
-        ...
-
-    def workspace_holder(self, tenant: str, workspace: str) -> str | None:
-        """The live holder, or None."""
-        ...
+__all__ = ["WORKSPACE_ID_PATTERN", "WorkspaceDir", "WorkspaceLease", "WorkspaceManager"]
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +141,7 @@ class WorkspaceManager:
             process's id there; None when no other process can use ``root``.
     """
 
-    def __init__(self, root: Path, uids: sandbox.UidPool | None, shared: SharedWorkspaces | None = None,
+    def __init__(self, root: Path, uids: sandbox.UidPool | None, shared: TaskStore | None = None,
                  owner: str = "") -> None:
         self.root = Path(os.path.abspath(root))
         self._uids = uids
