@@ -208,32 +208,38 @@ class Dashboard:
 
 
 def call_latency() -> Panel:
+    """p50/p90/p99 of ``mcp_api_request_duration_seconds`` (seconds), all methods: overview and performance."""
     return timeseries("Call latency", "Time from admission to the answer of a call, all methods.",
                       quantiles("mcp_api_request_duration_seconds"), "s")
 
 
 def calls_in_flight() -> Panel:
+    """``mcp_calls_in_flight`` summed by edge (calls): overview and performance."""
     return timeseries("Calls in flight", "Calls holding an admission slot of an edge.",
                       [(f"sum by (edge) ({sel('mcp_calls_in_flight')})", "{{edge}}")], "short")
 
 
 def decisions_by_outcome() -> Panel:
+    """``mcp_policy_decisions_total`` per second by engine and outcome, stacked: performance and security."""
     return timeseries("Decisions by outcome",
                       "Policy decisions per second: allow, deny, error (an engine error is a fail-closed deny, 5003).",
                       [by("engine, outcome", "mcp_policy_decisions_total")], "ops", stack=True)
 
 
 def tasks_by_status() -> Panel:
+    """Tasks ended per second by final status (``mcp_task_duration_seconds_count``): overview and security."""
     return timeseries("Tasks by final status", "COMPLETED (any exit code), FAILED, CANCELLED, TIMED_OUT per second.",
                       [by("status", "mcp_task_duration_seconds_count")], "ops", stack=True)
 
 
 def audit_events() -> Panel:
+    """``mcp_audit_events_total`` per second by sink and result: performance and security."""
     return timeseries("Audit events by sink and result", "Events per second: written, failed, dropped.",
                       [by("sink, result", "mcp_audit_events_total")], "ops")
 
 
 def audit_write_latency() -> Panel:
+    """p50/p90/p99 of ``mcp_audit_write_seconds`` (seconds): performance and security."""
     return timeseries("Audit write latency", "Time to chain an event and hand it to every sink.",
                       quantiles("mcp_audit_write_seconds"), "s")
 
