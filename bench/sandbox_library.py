@@ -29,8 +29,8 @@ class Library:
     """``sandbox.run`` of ``argv`` as the gateway's task manager runs a task of the
     development principal: the spec ``TaskManager._spec`` builds from the ``user`` role's
     grant and the default settings, a uid of its own per run from ``concurrency`` uids
-    starting at ``first_uid`` (when root), a fresh workspace per run (removed after), and
-    a cgroup slot when the host has them. Thread-safe: up to ``concurrency`` callers."""
+    starting at ``first_uid`` (when root), a fresh workspace per run (removed after), a
+    cgroup slot when the host has them and a network namespace made ahead (when root). Thread-safe: up to ``concurrency`` callers."""
 
     def __init__(self, argv: tuple[str, ...], first_uid: int, concurrency: int) -> None:
         self._argv = argv
@@ -42,6 +42,8 @@ class Library:
         except sandbox.SandboxUnavailable as exc:
             print(f"note: no cgroup slots ({exc}); the gateway will not have them either")
             self.cgroups = None
+        # As gateway.app._isolation: as many spare namespaces as runs at once, up to 8.
+        self.netns = sandbox.NetnsPool(spare=min(concurrency, 8)) if root else None
         sandbox.set_child_subreaper()  # as the gateway does
         self._root = tempfile.mkdtemp(prefix="bench-library-")
         os.chmod(self._root, 0o711)
@@ -88,7 +90,7 @@ class Library:
             workspace = sandbox.create_workspace(self._root, name, run_as)
             try:
                 result = sandbox.run(self._spec(workspace, run_as), bwrap_path=self._settings.bwrap_path,
-                                     cgroups=self.cgroups)
+                                     cgroups=self.cgroups, netns=self.netns)
             except sandbox.SandboxError as exc:
                 return f"library: {exc}"
             finally:
@@ -104,3 +106,5 @@ class Library:
         shutil.rmtree(self._root, ignore_errors=True)
         if self.cgroups is not None:
             self.cgroups.close()
+        if self.netns is not None:
+            self.netns.close()

@@ -4,8 +4,12 @@ Prints, in one run:
 - median and p99 latency (ms) of ``/bin/true`` spawned directly, through plain ``bwrap``
   (namespaces + a minimal root, nothing else), and through ``sandbox.run`` with the full
   profile (seccomp deny list, rlimits, read-only root, generated /etc, fd-bound workspace,
-  cgroup slot with memory/pids limits when the host has them, a uid per run from a range),
-  and the ratios (target: sandbox.run / bwrap <= 1.6);
+  cgroup slot with memory/pids limits when the host has them, a uid per run from a range,
+  a network namespace made ahead by a ``NetnsPool``),
+  and the ratios (target: sandbox.run / bwrap <= 1.3);
+- on cgroup v1, the full profile again with the child joining its slot by process
+  (``cgroup.procs``) instead of by thread (``tasks``, what sandbox.run does): the p99 shows
+  what the host-wide threadgroup lock of a process move costs (sandbox/cgroup.py);
 - sustained throughput (sandboxes/s) with 4 concurrent spawners for plain bwrap and for
   sandbox.run (target: >= 180/s on a 2-core machine).
 
@@ -24,7 +28,8 @@ import time
 from collections.abc import Callable
 
 from common import Report, parse_args, throughput
-from sandbox import CgroupPool, Limits, RunAs, SandboxSpec, SandboxUnavailable, UidPool, run, set_child_subreaper
+from sandbox import CgroupPool, Limits, NetnsPool, RunAs, SandboxSpec, SandboxUnavailable, UidPool, run, set_child_subreaper
+from sandbox.cgroup import CgroupSlot
 from sandbox.limits import ChildSetup, spawn
 from sandbox.mounts import create_workspace
 
@@ -54,6 +59,20 @@ def _latencies(fn: Callable[[], None], runs: int) -> list[float]:
     return sorted(out)
 
 
+def _joining_by_process() -> CgroupPool:
+    """A pool of its own whose slots the child joins through ``cgroup.procs`` (by process)."""
+    pool = CgroupPool.create("sandbox-bench-procs")
+    acquire = pool.acquire
+
+    def acquire_by_process() -> CgroupSlot:
+        slot = acquire()
+        slot.join_files = slot.procs_files
+        return slot
+
+    pool.acquire = acquire_by_process  # type: ignore[method-assign]
+    return pool
+
+
 def main() -> None:
     """Print latency medians/p99s, ratios, and 4-way throughput of plain bwrap vs sandbox.run."""
     parser = argparse.ArgumentParser()
@@ -69,6 +88,8 @@ def main() -> None:
     except SandboxUnavailable as exc:
         print(f"note: no cgroup slots ({exc}); sandbox.run measured without them")
         cgroups = None
+    by_process = _joining_by_process() if cgroups is not None and cgroups.version == 1 else None
+    netns = NetnsPool(spare=args.concurrency) if root else None
     bwrap = os.path.abspath(shutil.which("bwrap") or "/usr/bin/bwrap")
     holder = tempfile.mkdtemp(prefix="sandbox-bench-")
     os.chmod(holder, 0o711)
@@ -91,17 +112,22 @@ def main() -> None:
     def plain_bwrap(i: int = 0) -> None:
         _spawn_and_wait(plain, run_as_of[i])
 
-    def full(i: int = 0) -> None:
-        result = run(specs[i], cgroups=cgroups)
+    def full(i: int = 0, pool: CgroupPool | None = cgroups) -> None:
+        result = run(specs[i], cgroups=pool, netns=netns)
         if result.exit_code != 0:
             raise SystemExit(f"sandbox run failed: {result}")
+
+    paths: dict[str, Callable[[], None]] = {"direct": direct, "bwrap": plain_bwrap, "sandbox.run": full}
+    if by_process is not None:
+        paths["sandbox.run, join by process"] = lambda: full(0, by_process)
 
     try:
         medians = {}
         report = Report()
-        for name, fn in (("direct", direct), ("bwrap", plain_bwrap), ("sandbox.run", full)):
+        for name, fn in paths.items():
             samples = _latencies(fn, args.runs)
-            report.samples(f"spawn: {name}", samples)
+            if name != "sandbox.run, join by process":
+                report.samples(f"spawn: {name}", samples)
             medians[name] = statistics.median(samples)
             p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
             print(f"{name:12s} median_ms={medians[name]:.2f} p99_ms={p99:.2f} runs={args.runs}")
@@ -123,8 +149,9 @@ def main() -> None:
               f"uid_per_spawner={root} cpus={os.cpu_count()}")
     finally:
         shutil.rmtree(holder, ignore_errors=True)
-        if cgroups is not None:
-            cgroups.close()
+        for pool in (cgroups, by_process, netns):
+            if pool is not None:
+                pool.close()
 
 
 if __name__ == "__main__":

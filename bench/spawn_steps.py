@@ -5,7 +5,8 @@ Prints, for ``/bin/true``:
 - median wall time and parent system time per spawn with ``subprocess`` + ``preexec_fn``
   (fork: page tables of the whole process are copied) and with ``sandbox.limits.spawn``;
 - median / p99 / max of a shim spawn with no step, with ``unshare(CLONE_NEWNET)``, and with a
-  cgroup join per hierarchy (cgroup v1 migrations take cgroup_threadgroup_rwsem for writing).
+  cgroup join per hierarchy, through ``cgroup.procs`` and (v1) ``tasks``: a ``cgroup.procs``
+  write takes cgroup_threadgroup_rwsem for writing, a single thread's move does not.
 
 Numbers only, no asserts. Run as root: ``python bench/spawn_steps.py [--runs 300] [--smoke]``.
 """
@@ -79,11 +80,15 @@ def main() -> None:
     try:
         if slot is not None:
             slot.prepare(memory_bytes=1 << 30, pids=None, cpu_cores=None)
-            for path in slot.procs_files:
-                steps[f"join {path.split('/')[4]}"] = ChildSetup(rlimits=(), cgroup_procs=(path,), run_as=RUN_AS)
+            # By process (cgroup.procs) and, on v1, by thread (tasks: what sandbox.run uses).
+            for path in sorted({*slot.procs_files, *slot.join_files}):
+                name = f"join {path.split('/')[4]} {os.path.basename(path)}"
+                steps[name] = ChildSetup(rlimits=(), cgroup_join=(path,), run_as=RUN_AS)
+            steps["join all cgroup.procs"] = ChildSetup(rlimits=(), cgroup_join=slot.procs_files, run_as=RUN_AS)
+            steps["join all (sandbox.run)"] = ChildSetup(rlimits=(), cgroup_join=slot.join_files, run_as=RUN_AS)
         for name, setup in steps.items():
             samples, _ = _timed(shim(setup), runs)
-            print(f"step {name:14s} {_stats(samples)}")
+            print(f"step {name:26s} {_stats(samples)}")
     finally:
         if pool is not None and slot is not None:
             pool.release(slot)

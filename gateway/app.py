@@ -312,7 +312,8 @@ def _wait_for_opa(url: str, wait_s: float) -> None:
 
 
 def _isolation(settings: Settings) -> Isolation:
-    """A uid range (root only) and cgroup slots, as configured; StartupError when unusable.
+    """A uid range and network namespaces made ahead (root only) and cgroup slots, as
+    configured; StartupError when unusable.
 
     The cgroup pool comes first: making it sweeps the slots of gateways that died, killing
     what still runs there. A sandbox can outlive a gateway killed with SIGKILL: bwrap's
@@ -329,11 +330,15 @@ def _isolation(settings: Settings) -> Isolation:
                 raise StartupError(f"sandbox.cgroups is 'required' but: {exc}") from exc
             log.warning("sandbox: no per-task cgroups: %s", exc)
     try:
-        return Isolation(_uid_pool(settings), cgroups)
+        uids = _uid_pool(settings)
     except StartupError:
         if cgroups is not None:
             cgroups.close()
         raise
+    # Root only: making a network namespace needs CAP_SYS_ADMIN (and only root runs
+    # sandboxes in one of their own, sandbox.runner).
+    netns = sandbox.NetnsPool(spare=min(settings.tasks.max_concurrent, 8)) if os.geteuid() == 0 else None
+    return Isolation(uids, cgroups, netns)
 
 
 def _uid_pool(settings: Settings) -> sandbox.UidPool | None:
@@ -364,6 +369,8 @@ def _uid_pool(settings: Settings) -> sandbox.UidPool | None:
 def _close_isolation(isolation: Isolation) -> None:
     if isolation.cgroups is not None:
         isolation.cgroups.close()
+    if isolation.netns is not None:
+        isolation.netns.close()
 
 
 def _make_private_dir(path: Path) -> None:

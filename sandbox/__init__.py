@@ -3,8 +3,9 @@
 Never imports ``gateway``. Usable alone: ``python -m sandbox run -- CMD ARGS...``.
 
 One module per concern: ``spec`` (value types), ``bwrap`` (argv recipe), ``seccomp`` (deny
-lists -> BPF), ``mounts`` (bind sources by fd), ``cgroup`` (per-run slots), ``identity`` (a
-uid per run), ``limits`` + ``_spawn.c`` (the child's steps before exec), ``runner`` (the run).
+lists -> BPF), ``mounts`` (bind sources by fd), ``cgroup`` (per-run slots), ``netns``
+(network namespaces made ahead), ``identity`` (a uid per run), ``limits`` + ``_spawn.c``
+(the child's steps before exec), ``runner`` (the run).
 
     from sandbox import CgroupPool, Limits, SandboxSpec, UidPool, run
     uids, cgroups = UidPool(60000, 60000, 64), CgroupPool.create("my-service")
@@ -19,6 +20,7 @@ from sandbox.cgroup import CgroupPool, CgroupStats
 from sandbox.errors import SandboxError, SandboxSetupError, SandboxUnavailable
 from sandbox.identity import UidPool, busy_uids
 from sandbox.mounts import create_workspace, open_workspace
+from sandbox.netns import NetnsPool
 from sandbox.runner import OutputListener, ProbeReport, probe, run, set_child_subreaper
 from sandbox.seccomp import compile_filter
 from sandbox.spec import (
@@ -34,6 +36,7 @@ __all__ = [
     "CgroupPool",
     "CgroupStats",
     "Limits",
+    "NetnsPool",
     "NetworkMode",
     "OutputListener",
     "ProbeReport",

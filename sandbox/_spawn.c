@@ -1,7 +1,8 @@
 /*
  * sandbox._spawn: start bwrap from a multi-threaded Python process without fork(2).
  *
- * spawn(argv, stdio, keep_fds, rlimits, nice, cgroup_procs, new_netns, uid, gid, parent_pid) -> pid
+ * spawn(argv, stdio, keep_fds, rlimits, nice, cgroup_join, new_netns, netns_fd, uid, gid, parent_pid) -> pid
+ * new_netns() -> fd
  *
  * subprocess.Popen with a preexec_fn must fork(2): the kernel copies the page tables of the
  * whole gateway (70+ MB here), which cost 1-3 ms of system time per sandbox, and CPython
@@ -15,12 +16,13 @@
  *      no Python handler can run in the borrowed address space; then an empty mask.
  *   1. stdio: dup2 the three given fds onto 0, 1, 2.
  *   2. every other fd close-on-exec (close_range(2)), except keep_fds.
- *   3. join the cgroup slot: write "0" to each cgroup.procs path (before the rlimits: the
- *      child holds a copy of the gateway's fd table until exec, so under RLIMIT_NOFILE
- *      an open(2) here could find no free fd below the limit, EMFILE).
+ *   3. join the cgroup slot: write "0" to each join path (v1 tasks, v2 cgroup.procs).
+ *      Before the rlimits: the child holds a copy of the gateway's fd table until exec,
+ *      so under RLIMIT_NOFILE an open(2) here could find no free fd below the limit, EMFILE.
  *   4. rlimits: setrlimit(2) for each (resource, soft, hard), still privileged; then the nice
  *      value (setpriority(2)) when it is above 0.
- *   5. new_netns: unshare(CLONE_NEWNET).
+ *   5. new_netns: setns(netns_fd, CLONE_NEWNET) into a namespace new_netns() made ahead, or
+ *      unshare(CLONE_NEWNET) when netns_fd is -1.
  *   6. drop: setgroups(0) -> setresgid -> setresuid, when uid >= 0 (raw syscalls: glibc's
  *      wrappers would signal every thread of the parent to change their ids too).
  *   7. PR_SET_PDEATHSIG = SIGKILL after the drop (the kernel clears it on an id change),
@@ -59,7 +61,7 @@ enum step {
 };
 
 static const char *step_names[] = {
-    "?", "signals", "stdio", "fds", "setrlimit", "setpriority", "cgroup join", "unshare(CLONE_NEWNET)",
+    "?", "signals", "stdio", "fds", "setrlimit", "setpriority", "cgroup join", "network namespace",
     "setgroups", "setresgid", "setresuid", "PR_SET_PDEATHSIG", "parent died", "execve",
 };
 
@@ -76,6 +78,7 @@ struct child_args {
     char **cgroups;
     Py_ssize_t n_cgroups;
     int new_netns;
+    int netns_fd;
     long uid, gid;
     pid_t parent_pid;
     int err_fd;
@@ -125,7 +128,8 @@ static int child_main(void *arg) {
     if (a->nice > 0 && setpriority(PRIO_PROCESS, 0, a->nice) != 0)
         child_fail(a->err_fd, STEP_NICE);
 
-    if (a->new_netns && unshare(CLONE_NEWNET) != 0)
+    if (a->new_netns &&
+        (a->netns_fd >= 0 ? setns(a->netns_fd, CLONE_NEWNET) : unshare(CLONE_NEWNET)) != 0)
         child_fail(a->err_fd, STEP_NETNS);
 
     if (a->uid >= 0) {
@@ -205,11 +209,13 @@ static int int_array(PyObject *seq, int **out, Py_ssize_t *n_out) {
 }
 
 PyDoc_STRVAR(spawn_doc,
-"spawn(argv, stdio, keep_fds, rlimits, nice, cgroup_procs, new_netns, uid, gid, parent_pid) -> pid\n\n"
+"spawn(argv, stdio, keep_fds, rlimits, nice, cgroup_join, new_netns, netns_fd, uid, gid, parent_pid)\n"
+"-> pid\n\n"
 "argv: list[bytes] (argv[0] an absolute path); stdio: (stdin, stdout, stderr) fds;\n"
 "keep_fds: fds the child keeps (all others are closed on exec); rlimits: ((resource, soft,\n"
-"hard), ...); nice: nice value 0-19 (0: unchanged); cgroup_procs: list[bytes] of\n"
-"cgroup.procs paths to join; new_netns: bool;\n"
+"hard), ...); nice: nice value 0-19 (0: unchanged); cgroup_join: list[bytes] of\n"
+"cgroup files to write \"0\" into (tasks or cgroup.procs); new_netns: bool; netns_fd: a namespace\n"
+"from new_netns() to enter when new_netns (-1: a fresh one, unshared in the child);\n"
 "uid, gid: ids to drop to (-1: no drop); parent_pid: os.getpid(). Returns the child pid\n"
 "once it has exec'd. Raises OSError(errno, 'sandbox spawn failed at <step>') when a step\n"
 "failed (the child is reaped).");
@@ -217,7 +223,7 @@ PyDoc_STRVAR(spawn_doc,
 static PyObject *spawn(PyObject *self, PyObject *args) {
     PyObject *argv_obj, *stdio_obj, *keep_obj, *rl_obj, *cg_obj;
     PyObject *argv_alive = NULL, *cg_alive = NULL;
-    int new_netns, nice;
+    int new_netns, netns_fd, nice;
     long uid, gid, parent_pid;
     struct child_args a;
     char *envp[1] = {NULL};
@@ -231,8 +237,8 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     ssize_t got;
     PyObject *result = NULL;
 
-    if (!PyArg_ParseTuple(args, "OOOOiOplll:spawn", &argv_obj, &stdio_obj, &keep_obj, &rl_obj, &nice,
-                          &cg_obj, &new_netns, &uid, &gid, &parent_pid))
+    if (!PyArg_ParseTuple(args, "OOOOiOpilll:spawn", &argv_obj, &stdio_obj, &keep_obj, &rl_obj, &nice,
+                          &cg_obj, &new_netns, &netns_fd, &uid, &gid, &parent_pid))
         return NULL;
     memset(&a, 0, sizeof a);
     a.argv = bytes_array(argv_obj, &n_argv, &argv_alive);
@@ -281,6 +287,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     }
     a.envp = envp;
     a.new_netns = new_netns;
+    a.netns_fd = netns_fd;
     a.nice = nice;
     a.uid = uid;
     a.gid = gid;
@@ -354,8 +361,51 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(new_netns_doc,
+"new_netns() -> fd\n\n"
+"A new network namespace (only lo, down), as an O_CLOEXEC fd of its nsfs file. Made by the\n"
+"calling thread: unshare(CLONE_NEWNET), open /proc/thread-self/ns/net, then setns back to\n"
+"the namespace it was in (network_namespaces(7), setns(2)); the rest of the process never\n"
+"leaves its own. Needs CAP_SYS_ADMIN. Raises OSError; when the way back failed the error\n"
+"says so and the calling thread is left in the new namespace: it must do nothing more.");
+
+static PyObject *new_netns(PyObject *self, PyObject *unused) {
+    int own, fresh = -1, err = 0, back = 1;
+
+    Py_BEGIN_ALLOW_THREADS
+    own = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (own < 0) {
+        err = errno;
+    } else {
+        if (unshare(CLONE_NEWNET) != 0) {
+            err = errno;
+        } else {
+            fresh = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+            if (fresh < 0)
+                err = errno;
+            if (setns(own, CLONE_NEWNET) != 0) {
+                back = 0;
+                err = errno;
+            }
+        }
+        close(own);
+    }
+    Py_END_ALLOW_THREADS
+    if (!back || fresh < 0) {
+        if (fresh >= 0)
+            close(fresh);
+        errno = err;
+        if (!back)
+            return PyErr_Format(PyExc_OSError, "new_netns: this thread could not return to its "
+                                "network namespace: %s", strerror(err));
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(fresh);
+}
+
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
+    {"new_netns", new_netns, METH_NOARGS, new_netns_doc},
     {NULL, NULL, 0, NULL},
 };
 

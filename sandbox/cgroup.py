@@ -11,8 +11,15 @@ One run, in this order (``sandbox.runner.run``):
 1. ``slot.prepare(memory_bytes=, pids=, cpu_cores=)`` writes the limits, resets the peak
    counters and remembers the event counters (they only ever grow).
 2. The forked child, still root, writes ``0`` ("this process") to every path in
-   ``slot.procs_files`` before it drops privileges and execs bwrap (cgroups(7): a child
+   ``slot.join_files`` before it drops privileges and execs bwrap (cgroups(7): a child
    inherits its parent's cgroups, so bwrap and everything in the sandbox are charged here).
+   On v1 that is each hierarchy's ``tasks`` file, which moves the calling thread only: the
+   child is a single thread (clone without CLONE_THREAD), so that is the whole process,
+   and since Linux 6.0 a single-thread move skips the global cgroup_threadgroup_rwsem that
+   a ``cgroup.procs`` write takes for writing. Taking it waits for an RCU grace period and
+   stalls every fork and exit on the host meanwhile: on this 2-core VM, 23 ms at the p99
+   of a spawn, against 2 ms through ``tasks`` (bench/spawn_steps.py). cgroup v2 has no
+   per-thread file for a domain cgroup, so there it is ``cgroup.procs``.
 3. ``slot.collect() -> CgroupStats`` after the run: OOM kills, times pids.max refused a
    fork, peak memory.
 4. ``slot.drain()`` SIGKILLs anything still in the slot and waits until it is empty.
@@ -79,6 +86,10 @@ class CgroupSlot:
         self._peak_fd: int | None = None
         self.procs_files: tuple[str, ...] = tuple(
             sorted({os.path.join(d, "cgroup.procs") for d in dirs.values()})
+        )
+        # What the spawned child writes "0" into (module docstring, step 2).
+        self.join_files: tuple[str, ...] = tuple(
+            sorted({os.path.join(d, "tasks" if version == 1 else "cgroup.procs") for d in dirs.values()})
         )
 
     # -- one run ----------------------------------------------------------------------

@@ -10,7 +10,8 @@ system calls only):
 1. all signal handlers reset to default, empty signal mask (no Python handler may run in the
    borrowed address space; SIGXFSZ and SIGPIPE are default again, so RLIMIT_FSIZE kills).
 2. stdio onto fds 0-2; every other fd close-on-exec except ``keep_fds`` (close_range(2)).
-3. join the run's cgroup slot: write "0" (this process) to each ``cgroup.procs`` path.
+3. join the run's cgroup slot: write "0" (this process) to each path of
+   ``CgroupSlot.join_files`` (v1: ``tasks``, v2: ``cgroup.procs``; see ``sandbox.cgroup``).
    Needs root (or a delegated hierarchy), so before the drop; everything bwrap starts
    inherits the cgroups, and no process of the run ever exists outside them. Before the
    rlimits: until exec the child holds a copy of the gateway's fd table (close-on-exec,
@@ -28,8 +29,10 @@ system calls only):
    (setpriority(2), ``limits.nice``) when above 0, so the run's processes yield the CPU to
    the gateway that admits, audits and answers for them (nsjail's ``--nice_level`` does the
    same); lowering it back needs CAP_SYS_NICE (or RLIMIT_NICE), which the sandbox lacks.
-5. ``new_netns``: unshare(CLONE_NEWNET) into a fresh network namespace whose ``lo`` is down
-   (network_namespaces(7)); bwrap then keeps it (``--share-net``). Needs CAP_SYS_ADMIN.
+5. ``new_netns``: into a fresh network namespace whose ``lo`` is down (network_namespaces(7)):
+   setns(2) into ``netns_fd``, one ``sandbox.netns.NetnsPool`` made ahead for this spawn
+   alone, or unshare(CLONE_NEWNET) without one. bwrap then keeps it (``--share-net``).
+   Needs CAP_SYS_ADMIN.
 6. privilege drop when ``run_as`` is given: setgroups(0) -> setresgid -> setresuid, as raw
    system calls (glibc's wrappers would make every thread of the gateway change ids).
    Groups and gid first: after setresuid the process no longer has CAP_SETGID.
@@ -84,9 +87,10 @@ class ChildSetup:
     """The child's steps 3-6 for one spawn (see the module docstring)."""
 
     rlimits: tuple[tuple[int, int, int], ...]
-    cgroup_procs: tuple[str, ...] = ()
+    cgroup_join: tuple[str, ...] = ()  # files to write "0" into: CgroupSlot.join_files
     nice: int = 0
     new_netns: bool = False
+    netns_fd: int | None = None  # with new_netns: the namespace to enter (NetnsPool.take)
     run_as: RunAs | None = None
 
 
@@ -113,8 +117,9 @@ def spawn(argv: list[str], stdio: tuple[int, int, int], keep_fds: list[int], set
         keep_fds,
         setup.rlimits,
         setup.nice,
-        [os.fsencode(p) for p in setup.cgroup_procs],
+        [os.fsencode(p) for p in setup.cgroup_join],
         setup.new_netns,
+        -1 if setup.netns_fd is None else setup.netns_fd,
         uid,
         gid,
         os.getpid(),

@@ -57,6 +57,7 @@ from typing import Any
 
 from sandbox.bwrap import SpawnFds, build_argv, etc_files, validate
 from sandbox.cgroup import CgroupPool, CgroupSlot, CgroupStats
+from sandbox.netns import NetnsPool
 from sandbox.errors import SandboxSetupError, SandboxUnavailable
 from sandbox.limits import ChildSetup, rlimits_for, spawn
 from sandbox.mounts import create_workspace, open_bind_source, open_workspace
@@ -90,6 +91,7 @@ def run(
     bwrap_path: str = "bwrap",
     cgroups: CgroupPool | None = None,
     on_output: OutputListener | None = None,
+    netns: NetnsPool | None = None,
 ) -> SandboxResult:
     """Run ``spec.argv`` in a new bwrap + seccomp sandbox and wait for it (blocking).
 
@@ -98,7 +100,9 @@ def run(
     output is read, see :data:`OutputListener`; it must be quick and must not raise (the
     sandbox's pipes are not drained while it runs). ``cgroups``: the pool whose slot the run is
     charged to (memory, pids, CPU quota); without one, memory is enforced as RLIMIT_AS and
-    ``limits.pids`` / ``limits.cpu_cores`` cannot be. Returns a ``SandboxResult`` for every
+    ``limits.pids`` / ``limits.cpu_cores`` cannot be. ``netns``: where a run that needs a
+    network namespace of its own (``NetworkMode.NONE`` as root) takes one made ahead
+    (``sandbox.netns``); without one, or when none is ready, the child makes it. Returns a ``SandboxResult`` for every
     run that was spawned (setup failures too: ``setup_error``, ``exit_code == -1``), and
     only once every process of the run has been reaped. Raises ``SandboxSetupError`` for an
     invalid spec or a limit this host cannot enforce (nothing spawned), and
@@ -116,7 +120,8 @@ def run(
     #    an empty environment, so the caller's LD_PRELOAD & co never reach it.
     # 6. spawn through the C shim (sandbox.limits, clone(CLONE_VM|CLONE_VFORK), no fork of
     #    the gateway). In the child, before exec: default signals, only 0-2 and our fds
-    #    kept, rlimits, join the cgroup slot, a fresh netns for NONE, drop to run_as,
+    #    kept, rlimits, join the cgroup slot, a fresh netns for NONE (made ahead by the
+    #    NetnsPool and used by this run alone, or unshared there), drop to run_as,
     #    PDEATHSIG. bwrap then builds the namespaces and mounts, drops all caps,
     #    sets NO_NEW_PRIVS, loads seccomp, execs.
     # 7. collect stdout/stderr up to the caps (draining the rest), watch the wall clock and
@@ -169,12 +174,16 @@ def run(
             ro_paths=ro_fds, rw_paths=rw_fds,
         )
         new_netns = root and spec.network is NetworkMode.NONE
+        netns_fd = netns.take() if new_netns and netns is not None else None
+        if netns_fd is not None:
+            fds.append(netns_fd)
         argv = build_argv(spec, fds=spawn_fds, netns_ready=new_netns, bwrap_path=bwrap, validated=True)
         run_as = spec.run_as
         child = ChildSetup(
             rlimits=rlimits_for(spec.limits, memory_in_cgroup="memory" in controllers),
-            cgroup_procs=slot.procs_files if slot is not None else (),
+            cgroup_join=slot.join_files if slot is not None else (),
             new_netns=new_netns,
+            netns_fd=netns_fd,
             run_as=run_as,
             nice=spec.limits.nice,
         )
@@ -196,7 +205,7 @@ def run(
         finally:
             # The child holds its own copies now (or never started): ours close at once,
             # so the status pipe and the output pipes see EOF when the sandbox ends.
-            for fd in (*passed, out_w, err_w, devnull):
+            for fd in (*passed, out_w, err_w, devnull, *([] if netns_fd is None else [netns_fd])):
                 fds.remove(fd)
                 os.close(fd)
         fds.remove(out_r)

@@ -86,10 +86,13 @@ class Isolation:
     uids     a uid/gid pair per running task (gateway is root), or None: sandboxes then
              share the gateway's own uid
     cgroups  reusable per-task cgroup slots, or None (see ``sandbox.cgroup``)
+    netns    network namespaces made ahead for tasks without network (root only), or None
+             (see ``sandbox.netns``)
     """
 
     uids: sandbox.UidPool | None
     cgroups: sandbox.CgroupPool | None
+    netns: sandbox.NetnsPool | None = None
 
     @property
     def cgroup_version(self) -> int | None:
@@ -465,7 +468,7 @@ class TaskManager:
             spec = self._spec(job.plan, lease)
             outcome = self._runner(
                 spec, cancel=job.cancel, bwrap_path=self._sandbox.bwrap_path,
-                cgroups=self._isolation.cgroups, on_output=output.add,
+                cgroups=self._isolation.cgroups, on_output=output.add, netns=self._isolation.netns,
             )
         except sandbox.SandboxError as exc:
             return TaskStatus.FAILED, TaskResult.not_run(str(exc))

@@ -3,7 +3,8 @@
 Every test runs its sandboxes as a uid of its own from a dedicated range (``SANDBOX_UIDS``,
 never 65534 or any uid the host uses), charged to a slot of a session ``CgroupPool`` so the
 memory, pids and CPU limits are the real cgroup ones; ``sbx(..., cgroups=False)`` runs
-without the pool for the RLIMIT fallback. ``probe`` runs tests/security/probe.c (raw
+without the pool for the RLIMIT fallback. Runs without network take their namespace from a
+session ``NetnsPool``, made ahead, as the gateway's do. ``probe`` runs tests/security/probe.c (raw
 syscalls, one ``ret=<r> errno=<n>`` line) inside the sandbox.
 
 After every test the autouse ``_nothing_left_behind`` fixture fails the test (an error at
@@ -37,6 +38,7 @@ import pytest
 from sandbox import (
     CgroupPool,
     Limits,
+    NetnsPool,
     RunAs,
     SandboxResult,
     SandboxSpec,
@@ -81,6 +83,14 @@ def cgroup_pool(_host_can_sandbox: None) -> Iterator[CgroupPool | None]:
         print(f"\n[no cgroup pool: {exc}; cgroup-limit tests are skipped]", file=sys.stderr)
         yield None
         return
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="session")
+def netns_pool(_host_can_sandbox: None) -> Iterator[NetnsPool]:
+    """The session's network namespaces made ahead (sandbox.netns)."""
+    pool = NetnsPool(spare=4)
     yield pool
     pool.close()
 
@@ -146,7 +156,8 @@ def workspace(new_workspace: Callable[..., str], run_as: RunAs) -> str:
 
 
 @pytest.fixture
-def sbx(workspace: str, run_as: RunAs, cgroup_pool: CgroupPool | None) -> Callable[..., SandboxResult]:
+def sbx(workspace: str, run_as: RunAs, cgroup_pool: CgroupPool | None,
+        netns_pool: NetnsPool) -> Callable[..., SandboxResult]:
     """``sbx(*argv, timeout_s=10, cgroups=True, **limit_and_spec_fields)`` runs argv in the
     real sandbox as this test's uid, in its workspace, charged to the cgroup pool (unless
     ``cgroups=False``: the RLIMIT fallback). ``run_as=``/``workspace=`` override those."""
@@ -157,7 +168,7 @@ def sbx(workspace: str, run_as: RunAs, cgroup_pool: CgroupPool | None) -> Callab
         kw.setdefault("run_as", run_as)
         kw.setdefault("workspace", workspace)
         spec = SandboxSpec(argv=argv, limits=Limits(**limit_fields), **kw)
-        return run(spec, cancel=cancel, cgroups=cgroup_pool if cgroups else None)
+        return run(spec, cancel=cancel, cgroups=cgroup_pool if cgroups else None, netns=netns_pool)
 
     return _run
 

@@ -5,13 +5,22 @@ asserts the exact ``limit_reason`` / signal / errno, and that the host kept work
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.security.conftest import host_pids_with, sample_while, uid_process_count
+from tests.security.conftest import (
+    CGROUP_POOL_NAME,
+    cgroup_dirs,
+    host_pids_with,
+    sample_while,
+    uid_process_count,
+)
 
 MiB = 1 << 20
 
@@ -75,6 +84,53 @@ def test_thread_bomb_counts_against_the_pids_limit(sbx, pool):
     r = sbx("python3", "-c", code, pids=8, timeout_s=10)
     # pids.max = 8 + 2; bwrap's monitor, pid 1 and python's main thread use 3 of them.
     assert (r.stdout, r.limit_reason) == (b"7\n", "pids")
+
+
+def test_every_process_and_thread_of_a_run_is_in_its_slot_on_every_hierarchy(sbx, run_as, pool):
+    # The spawned child joins by thread on cgroup v1 (sandbox.cgroup): what it starts after
+    # that, processes and their threads, must all be charged to the slot everywhere.
+    code = "import threading, time\nthreading.Thread(target=time.sleep, args=(30,)).start()\ntime.sleep(30)\n"
+    cancel = threading.Event()
+    with ThreadPoolExecutor(1) as pool_thread:
+        running = pool_thread.submit(sbx, "sh", "-c", f"sleep 30 & python3 -c '{code}'", cancel=cancel, timeout_s=20)
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                threads = _threads_of_uid(run_as.uid)  # the host's view: tid -> pid
+                if len(set(threads.values())) >= 5 and len(threads) >= 6:
+                    break  # bwrap's monitor and pid 1, sh, sleep, python and its thread
+                time.sleep(0.02)
+            else:
+                pytest.fail(f"the run never got its processes going: {threads}")
+            listed = {}
+            for parent in cgroup_dirs(os.getpid(), CGROUP_POOL_NAME):
+                for slot in sorted(os.listdir(parent)):
+                    name = "tasks" if os.path.exists(os.path.join(parent, slot, "tasks")) else "cgroup.threads"
+                    path = os.path.join(parent, slot, name)
+                    if slot.startswith("slot-") and os.path.exists(path):
+                        with open(path) as fh:
+                            tids = {int(t) for t in fh.read().split()}
+                        if tids & set(threads):
+                            listed[parent] = tids
+            assert sorted(listed) == sorted(cgroup_dirs(os.getpid(), CGROUP_POOL_NAME))
+            for parent, tids in listed.items():
+                assert set(threads) <= tids, f"{parent}: {sorted(set(threads) - tids)} not in the slot"
+        finally:
+            cancel.set()
+        assert running.result(timeout=10).limit_reason == "cancelled"
+
+
+def _threads_of_uid(uid: int) -> dict[int, int]:
+    """``{tid: pid}`` of every thread on the host whose process runs as ``uid``."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+            found.update({int(tid): int(pid) for tid in os.listdir(f"/proc/{pid}/task")})
+        except OSError:
+            continue  # exited meanwhile
+    return found
 
 
 def test_cpu_bomb_is_stopped_by_rlimit_cpu(probe):

@@ -276,6 +276,30 @@ def test_private_network_cannot_reach_host_loopback(sbx, network, outcome):
         assert [ln.split(":")[0].strip() for ln in r.stdout.decode().splitlines()[2:]] == ["lo"]
 
 
+def test_each_run_without_network_has_a_namespace_of_its_own_made_ahead(sbx, netns_pool):
+    # The pool's namespaces (sandbox.netns): each run enters the one taken for it.
+    handed: list[int] = []
+    take = netns_pool.take
+
+    def recording_take() -> int | None:
+        fd = take()
+        if fd is not None:
+            handed.append(os.fstat(fd).st_ino)
+        return fd
+
+    netns_pool.take = recording_take  # type: ignore[method-assign]
+    try:
+        seen = []
+        for _ in range(4):
+            time.sleep(0.05)  # let the pool make the next one
+            seen.append(sbx("readlink", "/proc/self/ns/net").stdout.decode().strip())
+    finally:
+        del netns_pool.take
+    # (Freed namespaces give their inode numbers back, so only the pairing says "once".)
+    assert f"net:[{os.stat('/proc/self/ns/net').st_ino}]" not in seen
+    assert seen == [f"net:[{ino}]" for ino in handed]
+
+
 def test_network_none_has_no_interface_up_and_loopback_has_lo(sbx):
     # IFF_UP is bit 0 of the interface flags (netdevice(7), SIOCGIFFLAGS = 0x8913).
     probe = ("import fcntl, socket, struct\ns = socket.socket()\n"

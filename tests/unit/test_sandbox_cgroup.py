@@ -27,7 +27,7 @@ def test_v2_prepare_writes_limits_and_collect_reads_deltas(tmp_path):
         "cgroup.procs": "",
     })
     slot = CgroupSlot(2, {"unified": str(leaf)}, frozenset({"memory", "swap", "pids", "cpu"}))
-    assert slot.procs_files == (str(leaf / "cgroup.procs"),)
+    assert slot.procs_files == slot.join_files == (str(leaf / "cgroup.procs"),)
     slot.prepare(memory_bytes=64 << 20, pids=10, cpu_cores=0.5)
     assert (leaf / "memory.max").read_text() == str(64 << 20)
     assert (leaf / "memory.swap.max").read_text() == "0"
@@ -61,6 +61,8 @@ def test_v1_prepare_orders_memsw_and_reads_oom_control(tmp_path):
                 "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 4\n", "cgroup.procs": ""})
     _leaf(pids, {"pids.max": "", "pids.events": "max 1\n", "cgroup.procs": ""})
     slot = CgroupSlot(1, {"memory": str(mem), "pids": str(pids)}, frozenset({"memory", "swap", "pids"}))
+    # The child joins by thread (it is one): no host-wide threadgroup lock (module docstring).
+    assert slot.join_files == (str(mem / "tasks"), str(pids / "tasks"))
     slot.prepare(memory_bytes=1 << 20, pids=3, cpu_cores=None)
     assert (mem / "memory.limit_in_bytes").read_text() == str(1 << 20)
     assert (mem / "memory.memsw.limit_in_bytes").read_text() == str(1 << 20)

@@ -65,7 +65,7 @@ def test_the_cgroup_join_finds_a_free_fd_under_a_low_open_files_limit(tmp_path: 
     while not held or held[-1] < 80:  # every fd below 80 taken in the parent
         held.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
     try:
-        setup = ChildSetup(rlimits=((resource.RLIMIT_NOFILE, 64, 64),), cgroup_procs=(str(procs),))
+        setup = ChildSetup(rlimits=((resource.RLIMIT_NOFILE, 64, 64),), cgroup_join=(str(procs),))
         assert _run(["/bin/sh", "-c", "ulimit -n"], setup) == (0, "64\n")
     finally:
         for fd in held:
@@ -79,10 +79,30 @@ def test_privileges_are_dropped_with_no_supplementary_groups():
     assert (code, out) == (0, "uid=250321 gid=250322 groups=250322\n")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a network namespace needs CAP_SYS_ADMIN")
+def test_the_child_enters_the_namespace_made_ahead_and_does_not_keep_its_fd():
+    from sandbox import _spawn
+
+    fd = _spawn.new_netns()
+    try:
+        made = os.fstat(fd).st_ino
+        assert made != os.stat("/proc/self/ns/net").st_ino  # this process never left its own
+        code, out = _run(["/bin/sh", "-c", "readlink /proc/self/ns/net; ls /proc/self/fd"],
+                         ChildSetup(rlimits=(), new_netns=True, netns_fd=fd))
+    finally:
+        os.close(fd)
+    first, *fds = out.split()
+    assert (code, first) == (0, f"net:[{made}]")
+    assert {int(x) for x in fds} <= {0, 1, 2, 3}  # stdio and ls's own directory fd only
+    code, out = _run(["/bin/readlink", "/proc/self/ns/net"], ChildSetup(rlimits=(), new_netns=True))
+    assert code == 0 and out.strip() not in (f"net:[{made}]", f"net:[{os.stat('/proc/self/ns/net').st_ino}]")
+
+
 @pytest.mark.parametrize(("argv", "setup", "step"), [
     (["/nonexistent/bwrap"], ChildSetup(rlimits=()), "execve"),
-    (["/bin/true"], ChildSetup(rlimits=(), cgroup_procs=("/nonexistent/cgroup.procs",)), "cgroup join"),
+    (["/bin/true"], ChildSetup(rlimits=(), cgroup_join=("/nonexistent/cgroup.procs",)), "cgroup join"),
     (["/bin/true"], ChildSetup(rlimits=((resource.RLIMIT_NOFILE, 10, 5),)), "setrlimit"),
+    (["/bin/true"], ChildSetup(rlimits=(), new_netns=True, netns_fd=os.open("/", os.O_RDONLY)), "network namespace"),
 ])
 def test_a_failing_step_is_named_and_the_child_reaped(argv, setup, step):
     before = _children()

@@ -78,7 +78,8 @@ class FakeRunner:
         return self._event(self._started, name).is_set()
 
     def __call__(self, spec: sandbox.SandboxSpec, *, cancel: threading.Event, bwrap_path: str,
-                 cgroups: sandbox.CgroupPool | None, on_output: sandbox.OutputListener) -> sandbox.SandboxResult:
+                 cgroups: sandbox.CgroupPool | None, on_output: sandbox.OutputListener,
+                 netns: sandbox.NetnsPool | None) -> sandbox.SandboxResult:
         name = spec.argv[1]
         with self._lock:
             self.calls.append(name)
