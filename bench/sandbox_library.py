@@ -59,7 +59,8 @@ class Library:
         self._pids = min(grant["pids"], s.max_pids)
         self._cpu_seconds = max(1, min(grant["cpu_seconds"], s.max_cpu_seconds))
 
-    def _spec(self, workspace: str, run_as: sandbox.RunAs | None) -> sandbox.SandboxSpec:
+    def _spec(self, workspace: str, run_as: sandbox.RunAs | None, argv: tuple[str, ...],
+              network: sandbox.NetworkMode, env: dict[str, str]) -> sandbox.SandboxSpec:
         """As ``TaskManager._spec`` (gateway/tasks/manager.py)."""
         s = self._settings
         pids_cgroup = self.cgroups is not None and "pids" in self.cgroups.controllers
@@ -75,13 +76,13 @@ class Library:
             open_files=s.open_files, pids=self._pids if pids_cgroup else None, cpu_cores=None,
             tmp_size_bytes=s.tmp_size_bytes, output_bytes=s.output_bytes, uid_process_cap=uid_process_cap,
         )
-        return sandbox.SandboxSpec(argv=self._argv, workspace=workspace, env={}, cwd="/workspace",
-                                   network=sandbox.NetworkMode("none"), limits=limits, profile=s.profile,
-                                   run_as=run_as)
+        return sandbox.SandboxSpec(argv=argv, workspace=workspace, env=env, cwd="/workspace",
+                                   network=network, limits=limits, profile=s.profile, run_as=run_as)
 
-    def task(self) -> str | None:
-        """One run, as ``TaskManager._execute``: uid, workspace, run, remove, release;
-        returns an error text, or None when the command ran and exited 0."""
+    def run(self, argv: tuple[str, ...], network: sandbox.NetworkMode = sandbox.NetworkMode.NONE,
+            env: dict[str, str] | None = None, egress: sandbox.EgressAttach | None = None) -> sandbox.SandboxResult:
+        """One run of ``argv``, as ``TaskManager._execute``: uid, workspace, run, remove,
+        release. Raises ``sandbox.SandboxError``."""
         with self._lock:
             self._count += 1
             name = f"task-{self._count}"
@@ -89,15 +90,22 @@ class Library:
         try:
             workspace = sandbox.create_workspace(self._root, name, run_as)
             try:
-                result = sandbox.run(self._spec(workspace, run_as), bwrap_path=self._settings.bwrap_path,
-                                     cgroups=self.cgroups, netns=self.netns)
-            except sandbox.SandboxError as exc:
-                return f"library: {exc}"
+                return sandbox.run(self._spec(workspace, run_as, argv, network, env or {}),
+                                   bwrap_path=self._settings.bwrap_path, cgroups=self.cgroups, netns=self.netns,
+                                   egress=egress)
             finally:
                 shutil.rmtree(workspace, ignore_errors=True)
         finally:
             if run_as is not None and self._uids is not None:
                 self._uids.release(run_as)
+
+    def task(self) -> str | None:
+        """One run of the constructor's ``argv``; returns an error text, or None when the
+        command ran and exited 0."""
+        try:
+            result = self.run(self._argv)
+        except sandbox.SandboxError as exc:
+            return f"library: {exc}"
         if result.setup_error or result.limit_reason or result.exit_code != 0:
             return f"library: exit {result.exit_code} {result.limit_reason or ''} {result.setup_error or ''}"
         return None

@@ -45,6 +45,8 @@ from gateway.policy.active import ActivePolicy, check_bundle, check_source
 from gateway.policy.opa import OpaEngine
 from gateway.ratelimit import RateLimiter, SharedBuckets
 from gateway.service import READINESS_REFRESH_S, GatewayService
+from gateway.egress.allowlist import Destinations
+from gateway.egress.proxy import EgressLimits, EgressProxy
 from gateway.tasks import Isolation, TaskManager, TaskStore, open_store
 from gateway.tasks.workspaces import WorkspaceManager
 from gateway.tls import TlsFiles
@@ -336,9 +338,18 @@ def _isolation(settings: Settings) -> Isolation:
             cgroups.close()
         raise
     # Root only: making a network namespace needs CAP_SYS_ADMIN (and only root runs
-    # sandboxes in one of their own, sandbox.runner).
-    netns = sandbox.NetnsPool(spare=min(settings.tasks.max_concurrent, 8)) if os.geteuid() == 0 else None
-    return Isolation(uids, cgroups, netns)
+    # sandboxes in one of their own, sandbox.runner); so does the restricted network.
+    if os.geteuid() != 0:
+        return Isolation(uids, cgroups)
+    netns = sandbox.NetnsPool(spare=min(settings.tasks.max_concurrent, 8))
+    cfg = settings.egress
+    egress = EgressProxy(
+        Destinations(cfg.allow_networks),
+        EgressLimits(max_bytes=cfg.max_bytes, max_connections=cfg.max_connections,
+                     max_open_connections=cfg.max_open_connections, connect_timeout_s=cfg.connect_timeout_s),
+        cfg.static_hosts,
+    )
+    return Isolation(uids, cgroups, netns, egress)
 
 
 def _uid_pool(settings: Settings) -> sandbox.UidPool | None:
@@ -369,6 +380,8 @@ def _uid_pool(settings: Settings) -> sandbox.UidPool | None:
 def _close_isolation(isolation: Isolation) -> None:
     if isolation.cgroups is not None:
         isolation.cgroups.close()
+    if isolation.egress is not None:
+        isolation.egress.close()
     if isolation.netns is not None:
         isolation.netns.close()
 
@@ -589,6 +602,8 @@ async def serve(
     gc.collect()
     gc.freeze()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    if runtime.isolation.egress is not None:  # no restricted task may reach these
+        runtime.isolation.egress.set_own_ports({grpc_edge.port, http_port})
     print(f"listening grpc={host}:{grpc_edge.port} http={host}:{http_port}", flush=True)
     log.info("gateway serving; policy revision %s", runtime.service.readiness()["policy"]["revision"])
 

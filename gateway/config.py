@@ -586,6 +586,56 @@ class RateLimitSettings(BaseModel):
         )
 
 
+class EgressSettings(BaseModel):
+    """The egress proxy of ``restricted`` tasks (``gateway.egress``). Policy names the hosts a
+    task may reach; these operator settings bound every task whatever policy says."""
+
+    model_config = ConfigDict(extra="forbid")
+    allow_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs the proxy may connect to although they are not globally routable (private, "
+        "loopback, link-local such as 169.254.169.254), and where an IP-literal allow-list entry may point. "
+        "Empty (default): only global addresses. Policy alone can never open these.",
+    )
+    static_hosts: dict[str, str] = Field(
+        default_factory=dict,
+        description="Names the proxy resolves to these addresses instead of asking DNS (the address rules "
+        "still apply), e.g. {\"pypi.internal\": \"10.0.0.5\"}.",
+    )
+    max_bytes: int = Field(
+        0, ge=0, description="Payload bytes a task may move through the proxy, both ways (0 = no cap); over it, "
+        "every connection is cut and the task ends with limit reason 'egress'.",
+    )
+    max_connections: int = Field(
+        0, ge=0, description="Connections a task may open through the proxy in all (0 = no cap); "
+        "over it, limit reason 'egress'.",
+    )
+    max_open_connections: int = Field(
+        32, ge=1, le=4096, description="Connections of one task open at once (each buffers up to 1 MiB)."
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, le=120, description="Timeout of one connection attempt, seconds.")
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"egress.allow_networks: {entry!r} is not a CIDR ({exc})") from exc
+        return value
+
+    @field_validator("static_hosts")
+    @classmethod
+    def _static(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, address in value.items():
+            try:
+                ipaddress.ip_address(address)
+            except ValueError as exc:
+                raise ValueError(f"egress.static_hosts: {name!r} -> {address!r} is not an IP address") from exc
+        return value
+
+
 class AdmissionSettings(BaseModel):
     """Admission control (``gateway.admission``): calls in flight per edge and per principal.
     A call beyond a bound waits at most ``max_wait_ms`` for a slot, then answers 4290 with
@@ -636,6 +686,7 @@ class Settings(BaseSettings):
     tls: TlsSettings = Field(default_factory=TlsSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    egress: EgressSettings = Field(default_factory=EgressSettings)
 
     @model_validator(mode="after")
     def _safe_bind(self) -> Settings:

@@ -335,13 +335,15 @@ class ExecutionPlan:
         argv: program and arguments.
         env: the command's environment (on top of the sandbox's minimal base).
         cwd: working directory inside the sandbox.
-        network: effective network mode (``none|loopback|host``).
+        network: effective network mode (``none|loopback|restricted|host``).
         timeout_s: wall-clock limit, seconds.
         memory_bytes: memory limit of the whole task, bytes.
         pids: processes + threads limit.
         cpu_seconds: CPU time limit per process, seconds.
         cpu_cores: CPU bandwidth quota, cores, or None for no quota.
         ro_paths, rw_paths: extra host paths bound read-only / read-write.
+        allowed_hosts: ``restricted``: the egress allow-list the decision granted
+            (``gateway.egress.allowlist`` syntax, checked when the plan was made).
     """
 
     argv: tuple[str, ...]
@@ -355,6 +357,7 @@ class ExecutionPlan:
     cpu_cores: float | None = None
     ro_paths: tuple[str, ...] = ()
     rw_paths: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -366,12 +369,16 @@ class ResourceUsage:
         max_memory_kb: peak resident set size, KiB (``ru_maxrss``).
         io_read_bytes: bytes read from block devices (``ru_inblock`` * 512).
         io_write_bytes: bytes written to block devices (``ru_oublock`` * 512).
+        egress_bytes_sent, egress_bytes_received: network ``restricted``: payload bytes the
+            egress proxy carried to the task's destinations and back; 0 otherwise.
     """
 
     cpu_time_ms: int = 0
     max_memory_kb: int = 0
     io_read_bytes: int = 0
     io_write_bytes: int = 0
+    egress_bytes_sent: int = 0
+    egress_bytes_received: int = 0
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from gateway.admission import PrincipalSlots
 from gateway.audit.log import AuditError, AuditLog, args_sha256, clip, redact_command
 from gateway.auth import AuthFailure, Authenticator, Credentials
 from gateway.config import Settings
+from gateway.egress.allowlist import AllowList
 from gateway.errors import (
     CommandDenied,
     FileDenied,
@@ -729,12 +730,13 @@ class GatewayService:
                 details={"field": "cpu_limit", "max": maxima.max_cpu_cores},
             )
         # A limit the host cannot enforce is refused, never accepted and silently dropped.
-        if req.network == "restricted":
-            raise SandboxSetupFailed(
-                "network access 'restricted' (a host allow-list) cannot be enforced by this sandbox yet",
-                details={"field": "network"},
-            )
         enforced = self._tasks.enforced
+        if req.network == "restricted" and "egress" not in enforced:
+            raise SandboxSetupFailed(
+                "network access 'restricted' (a host allow-list) needs the gateway to run as root, "
+                "where its egress proxy can enforce it",
+                details={"field": "network", "enforced": sorted(enforced)},
+            )
         for field, value, needs in (("cpu_limit", req.cpu_cores, "cpu"), ("pids_limit", req.pids, "pids"),
                                     ("io_weight", req.io_weight, "io")):
             if value and needs not in enforced:
@@ -793,11 +795,19 @@ class GatewayService:
         ro_paths = _narrow_paths(req.ro_paths, grant.ro_paths + grant.rw_paths, req.denied_paths, "ro_paths")
         rw_paths = _narrow_paths(req.rw_paths, grant.rw_paths, req.denied_paths, "rw_paths")
         self._refuse_gateway_paths(ro_paths + rw_paths)
+        network = _narrower_network(req.network or "none", grant.network)
+        allowed_hosts: tuple[str, ...] = ()
+        if network == "restricted":
+            allowed_hosts = tuple(grant.allowed_hosts)
+            try:
+                AllowList.parse(allowed_hosts)
+            except ValueError as exc:  # the policy's data is wrong: nothing runs
+                raise PolicyEngineError(f"policy granted an egress allow-list the proxy cannot enforce: {exc}") from exc
         return ExecutionPlan(
             argv=(req.command, *req.args),
             env=dict(req.env),
             cwd=cwd,
-            network=_narrower_network(req.network or "none", grant.network),
+            network=network,
             timeout_s=max(1, timeout_s),
             memory_bytes=memory_bytes,
             pids=min(req.pids or grant.pids, grant.pids, maxima.max_pids),
@@ -805,6 +815,7 @@ class GatewayService:
             cpu_cores=req.cpu_cores or None,
             ro_paths=ro_paths,
             rw_paths=rw_paths,
+            allowed_hosts=allowed_hosts,
         )
 
     def _refuse_gateway_paths(self, paths: tuple[str, ...]) -> None:

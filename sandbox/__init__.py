@@ -24,6 +24,9 @@ from sandbox.netns import NetnsPool
 from sandbox.runner import OutputListener, ProbeReport, probe, run, set_child_subreaper
 from sandbox.seccomp import compile_filter
 from sandbox.spec import (
+    EgressAttach,
+    EgressSession,
+    EgressUsage,
     Limits,
     NetworkMode,
     ResourceUsage,
@@ -35,6 +38,9 @@ from sandbox.spec import (
 __all__ = [
     "CgroupPool",
     "CgroupStats",
+    "EgressAttach",
+    "EgressSession",
+    "EgressUsage",
     "Limits",
     "NetnsPool",
     "NetworkMode",

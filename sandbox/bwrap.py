@@ -57,7 +57,7 @@ from sandbox.errors import SandboxSetupError
 from sandbox.seccomp import PROFILES
 from sandbox.spec import NetworkMode, SandboxSpec
 
-__all__ = ["BASE_ENV", "ETC_FILES", "SpawnFds", "build_argv", "etc_files", "validate"]
+__all__ = ["BASE_ENV", "ETC_FILES", "SpawnFds", "build_argv", "etc_files", "proxy_env", "validate"]
 
 #: The environment every command starts from (spec.env is layered on top).
 BASE_ENV: Mapping[str, str] = {
@@ -66,6 +66,16 @@ BASE_ENV: Mapping[str, str] = {
     "LANG": "C.UTF-8",
     "TMPDIR": "/tmp",
 }
+
+#: A RESTRICTED run's proxy settings, over spec.env: curl, pip, npm, git and Go read these
+#: (both cases: some tools read only one). Nothing else is reachable, so a command that
+#: sets its own gets nowhere.
+def proxy_env(port: int) -> dict[str, str]:
+    """``{"HTTP_PROXY": "http://127.0.0.1:<port>", ...}`` for the proxy on the sandbox's lo."""
+    url = f"http://127.0.0.1:{port}"
+    env = {"HTTP_PROXY": url, "HTTPS_PROXY": url, "NO_PROXY": "localhost,127.0.0.1,::1"}
+    return {**env, **{key.lower(): value for key, value in env.items()}}
+
 
 #: The generated files of /etc, in argv order.
 ETC_FILES: tuple[str, ...] = ("/etc/group", "/etc/hosts", "/etc/nsswitch.conf", "/etc/passwd")
@@ -103,7 +113,7 @@ def validate(spec: SandboxSpec) -> None:
     argv non-empty, no NUL; env keys non-empty without '=' or NUL, values without NUL;
     workspace an existing host directory; every path absolute without '..'; ro/rw paths
     exist and are not / or under /proc, /dev, /etc, /workspace, /tmp; cwd under /workspace
-    or /tmp; hostname a DNS label; limits positive; network not RESTRICTED; known profile.
+    or /tmp; hostname a DNS label; limits positive; a known network mode and profile.
     Reads the host filesystem (existence checks) but changes nothing.
     """
     if not spec.argv or not all(isinstance(a, str) for a in spec.argv):
@@ -132,8 +142,6 @@ def validate(spec: SandboxSpec) -> None:
         raise SandboxSetupError(f"cwd {spec.cwd!r} must be under /workspace or /tmp")
     if not _HOSTNAME.match(spec.hostname):
         raise SandboxSetupError(f"invalid hostname {spec.hostname!r}")
-    if spec.network is NetworkMode.RESTRICTED:
-        raise SandboxSetupError("restricted network mode is not supported yet")
     if not isinstance(spec.network, NetworkMode):
         raise SandboxSetupError(f"unknown network mode {spec.network!r}")
     if spec.profile not in PROFILES:
@@ -186,6 +194,7 @@ def build_argv(
     netns_ready: bool = False,
     bwrap_path: str = "bwrap",
     validated: bool = False,
+    proxy_port: int | None = None,
 ) -> list[str]:
     """bwrap argv for ``spec`` (see the module docstring for the recipe).
 
@@ -193,6 +202,8 @@ def build_argv(
     ``netns_ready``: the child enters a fresh network namespace of its own before exec
     (``sandbox.limits``, root only), so for NetworkMode.NONE bwrap keeps that one
     (``--share-net``) instead of making its own, whose ``lo`` it would bring up.
+    ``proxy_port``: RESTRICTED only, the port of the proxy listening on the namespace's lo
+    (``sandbox.netns.proxy_listener``), which must be ``netns_ready``.
     ``validated``: the caller already ran ``validate(spec)`` (``run`` does, before it opens
     anything), so the filesystem checks are not repeated. Raises ``SandboxSetupError``.
     """
@@ -203,14 +214,18 @@ def build_argv(
         raise SandboxSetupError(f"fds.etc lacks {sorted(missing)}")
     if (len(fds.ro_paths), len(fds.rw_paths)) != (len(spec.ro_paths), len(spec.rw_paths)):
         raise SandboxSetupError("fds.ro_paths/rw_paths must match spec.ro_paths/rw_paths")
+    if spec.network is NetworkMode.RESTRICTED and (not netns_ready or proxy_port is None):
+        raise SandboxSetupError("restricted network needs the namespace and proxy listener run() makes")
     share_net = spec.network is NetworkMode.HOST or (
-        spec.network is NetworkMode.NONE and netns_ready
+        spec.network in (NetworkMode.NONE, NetworkMode.RESTRICTED) and netns_ready
     )
     argv = [bwrap_path, "--unshare-all", "--unshare-user", "--disable-userns"]
     if share_net:
         argv.append("--share-net")
     argv += ["--die-with-parent", "--new-session", "--clearenv"]
     env = {**BASE_ENV, **spec.env}
+    if spec.network is NetworkMode.RESTRICTED and proxy_port is not None:
+        env.update(proxy_env(proxy_port))
     for key in sorted(env):
         argv += ["--setenv", key, env[key]]
     argv += ["--hostname", spec.hostname]

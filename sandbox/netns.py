@@ -6,6 +6,13 @@ the p99 on a 2-core VM (``bench/spawn_steps.py``, step "netns"), on the path fro
 to command. ``NetnsPool`` makes them on a thread of its own while the gateway is idle, so a
 spawn only enters one (setns(2), microseconds).
 
+A ``restricted`` run gets the same kind of namespace, and then one thing more before its
+spawn: ``proxy_listener(netns_fd)``, a TCP socket listening on 127.0.0.1:3128 *inside*
+that namespace (with ``lo`` up), made there by the gateway and kept by it. The sandbox's
+only way out is to connect to it; the gateway accepts those connections outside the
+namespace and decides where they may go (``gateway.egress``). There is no interface but
+``lo`` and no route, so anything that ignores the proxy reaches nothing.
+
 ``NetnsPool(spare=4)`` starts the thread; ``take() -> int | None`` hands out one namespace
 as an O_CLOEXEC fd, which the caller passes to exactly one spawn (``ChildSetup.netns_fd``)
 and closes once the child has exec'd; None when none is ready (the child then unshares its
@@ -36,11 +43,54 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["NetnsPool"]
+__all__ = ["PROXY_PORT", "NetnsPool", "fresh_netns", "proxy_listener"]
+
+PROXY_PORT = 3128  # where a restricted sandbox finds its proxy, on its own lo
 
 log = logging.getLogger(__name__)
+
+
+def fresh_netns() -> int:
+    """A new network namespace's fd, made now (when no pool has one ready). Raises OSError."""
+    from sandbox import _spawn
+
+    return int(_on_own_thread(_spawn.new_netns))
+
+
+def proxy_listener(netns_fd: int, port: int = PROXY_PORT) -> socket.socket:
+    """A non-blocking socket listening on 127.0.0.1:``port`` inside namespace ``netns_fd``,
+    whose ``lo`` is brought up; owned by the caller (close-on-exec, never passed to the
+    sandbox). Made by a short-lived thread of its own, so no thread of the caller ever
+    runs in the sandbox's namespace even if the way back failed. Raises OSError."""
+    from sandbox import _spawn
+
+    listener = socket.socket(fileno=int(_on_own_thread(_spawn.netns_listen, netns_fd, port)))
+    listener.setblocking(False)
+    return listener
+
+
+def _on_own_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on a new thread that ends with it; its exception is raised here."""
+    outcome: list[Any] = []
+
+    def call() -> None:
+        try:
+            outcome.append((True, fn(*args)))
+        except BaseException as exc:  # handed to the caller, raised there
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=call, name="sandbox-netns-setup", daemon=True)
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 class NetnsPool:

@@ -57,12 +57,21 @@ from typing import Any
 
 from sandbox.bwrap import SpawnFds, build_argv, etc_files, validate
 from sandbox.cgroup import CgroupPool, CgroupSlot, CgroupStats
-from sandbox.netns import NetnsPool
+from sandbox.netns import PROXY_PORT, NetnsPool, fresh_netns, proxy_listener
 from sandbox.errors import SandboxSetupError, SandboxUnavailable
 from sandbox.limits import ChildSetup, rlimits_for, spawn
 from sandbox.mounts import create_workspace, open_bind_source, open_workspace
 from sandbox.seccomp import compile_filter
-from sandbox.spec import NetworkMode, ResourceUsage, RunAs, SandboxResult, SandboxSpec
+from sandbox.spec import (
+    EgressAttach,
+    EgressSession,
+    EgressUsage,
+    NetworkMode,
+    ResourceUsage,
+    RunAs,
+    SandboxResult,
+    SandboxSpec,
+)
 
 __all__ = ["OutputListener", "ProbeReport", "probe", "run", "set_child_subreaper"]
 
@@ -92,6 +101,7 @@ def run(
     cgroups: CgroupPool | None = None,
     on_output: OutputListener | None = None,
     netns: NetnsPool | None = None,
+    egress: EgressAttach | None = None,
 ) -> SandboxResult:
     """Run ``spec.argv`` in a new bwrap + seccomp sandbox and wait for it (blocking).
 
@@ -102,7 +112,11 @@ def run(
     charged to (memory, pids, CPU quota); without one, memory is enforced as RLIMIT_AS and
     ``limits.pids`` / ``limits.cpu_cores`` cannot be. ``netns``: where a run that needs a
     network namespace of its own (``NetworkMode.NONE`` as root) takes one made ahead
-    (``sandbox.netns``); without one, or when none is ready, the child makes it. Returns a ``SandboxResult`` for every
+    (``sandbox.netns``); without one, or when none is ready, the child makes it.
+    ``egress``: required for ``NetworkMode.RESTRICTED`` (root only): the proxy that serves
+    the listener made inside the run's namespace (see ``EgressAttach``); its refusal notes
+    join the run's stderr, what it carried its usage, a cap it hit limit reason "egress".
+    Returns a ``SandboxResult`` for every
     run that was spawned (setup failures too: ``setup_error``, ``exit_code == -1``), and
     only once every process of the run has been reaped. Raises ``SandboxSetupError`` for an
     invalid spec or a limit this host cannot enforce (nothing spawned), and
@@ -124,6 +138,8 @@ def run(
     #    NetnsPool and used by this run alone, or unshared there), drop to run_as,
     #    PDEATHSIG. bwrap then builds the namespaces and mounts, drops all caps,
     #    sets NO_NEW_PRIVS, loads seccomp, execs.
+    #    RESTRICTED: before the spawn, the namespace gets lo up and the proxy listener on
+    #    127.0.0.1:3128, served by ``egress`` outside it; nothing else leads out.
     # 7. collect stdout/stderr up to the caps (draining the rest), watch the wall clock and
     #    cancel; on either, SIGKILL the sandbox's pid 1 (pid-namespace teardown) and bwrap.
     # 8. reap bwrap and the sandbox's pid 1 with wait4 (rusage); read the slot's counters;
@@ -135,6 +151,11 @@ def run(
         raise SandboxSetupError("run_as is required when running as root: bwrap is never run as root")
     if spec.run_as is not None and spec.run_as.uid == 0:
         raise SandboxSetupError("run_as.uid must not be 0: bwrap is never run as root")
+    if spec.network is NetworkMode.RESTRICTED and (not root or egress is None):
+        raise SandboxSetupError(
+            "restricted network needs root (a network namespace made by the supervisor) and an "
+            "egress proxy (run(egress=...)); refusing to run without them"
+        )
     controllers = cgroups.controllers if cgroups is not None else frozenset()
     for name, needs in (("pids", "pids"), ("cpu_cores", "cpu")):
         if getattr(spec.limits, name) is not None and needs not in controllers:
@@ -146,6 +167,7 @@ def run(
 
     fds: list[int] = []
     slot: CgroupSlot | None = None
+    proxy: _Egress | None = None
     try:
         owner = spec.run_as.uid if spec.run_as is not None else os.geteuid()
         workspace_fd = open_workspace(spec.workspace, owner)
@@ -173,11 +195,18 @@ def run(
             seccomp=seccomp_fd, status=status_w, etc=etc_fds, workspace=workspace_fd,
             ro_paths=ro_fds, rw_paths=rw_fds,
         )
-        new_netns = root and spec.network is NetworkMode.NONE
+        new_netns = root and spec.network in (NetworkMode.NONE, NetworkMode.RESTRICTED)
         netns_fd = netns.take() if new_netns and netns is not None else None
+        if netns_fd is None and spec.network is NetworkMode.RESTRICTED:
+            netns_fd = _setup(fresh_netns, "cannot make the network namespace")
         if netns_fd is not None:
             fds.append(netns_fd)
-        argv = build_argv(spec, fds=spawn_fds, netns_ready=new_netns, bwrap_path=bwrap, validated=True)
+        if spec.network is NetworkMode.RESTRICTED:
+            assert egress is not None and netns_fd is not None
+            proxy = _Egress.start(egress, netns_fd)
+            fds.append(proxy.notes_r)
+        argv = build_argv(spec, fds=spawn_fds, netns_ready=new_netns, bwrap_path=bwrap, validated=True,
+                          proxy_port=PROXY_PORT if proxy is not None else None)
         run_as = spec.run_as
         child = ChildSetup(
             rlimits=rlimits_for(spec.limits, memory_in_cgroup="memory" in controllers),
@@ -210,11 +239,15 @@ def run(
                 os.close(fd)
         fds.remove(out_r)
         fds.remove(err_r)
-        result = _supervise(pid, out_r, err_r, spec, status_r, cancel, started, on_output)
+        result = _supervise(pid, out_r, err_r, spec, status_r, cancel, started, on_output, proxy)
+        if proxy is not None:
+            result = _with_egress(result, proxy.finish())
         if slot is None:
             return result
         return _with_cgroup_stats(result, slot.collect())
     finally:
+        if proxy is not None:
+            proxy.finish()
         for fd in fds:
             os.close(fd)
         if slot is not None and cgroups is not None:
@@ -358,6 +391,7 @@ def _supervise(
     cancel: threading.Event | None,
     started: float,
     on_output: OutputListener | None,
+    proxy: _Egress | None = None,
 ) -> SandboxResult:
     cap = spec.limits.output_bytes
     out, err = _Collector(cap), _Collector(cap)
@@ -370,6 +404,8 @@ def _supervise(
     sel = selectors.DefaultSelector()
     try:
         streams = {out_fd: out, err_fd: err}
+        if proxy is not None:
+            streams[proxy.notes_r] = err  # the proxy's refusal notes are the run's stderr
         for fd in (*streams, status_r, monitor_pidfd):
             sel.register(fd, selectors.EVENT_READ)
         deadline = started + spec.limits.timeout_s
@@ -400,6 +436,8 @@ def _supervise(
                         init_pid = _status_value(status, "child-pid")
                     init_pidfd = _ensure_init_pidfd(init_pidfd, init_pid)
                     _kill(init_pidfd, None)
+                    if proxy is not None:
+                        proxy.finish()  # no process left to serve; its notes pipe ends
                     continue
                 data = _read(fd)
                 if data is None:
@@ -443,6 +481,65 @@ def _supervise(
     return _classify(
         spec, wait_status, _status_value(status, "exit-code"), killed_by, out, err, usage, duration_ms
     )
+
+
+class _Egress:
+    """A RESTRICTED run's proxy: the session serving its listener and the pipe of notes the
+    session writes into the run's stderr."""
+
+    def __init__(self, session: EgressSession, notes_r: int, notes_w: int) -> None:
+        self.notes_r = notes_r
+        self._notes_w: int | None = notes_w
+        self._session = session
+        self._usage: EgressUsage | None = None
+
+    @classmethod
+    def start(cls, attach: EgressAttach, netns_fd: int) -> _Egress:
+        """Make the listener inside ``netns_fd`` and hand it to ``attach``. Raises
+        SandboxSetupError (nothing started)."""
+        listener = _setup(lambda: proxy_listener(netns_fd, PROXY_PORT), "cannot make the proxy listener")
+        notes_r, notes_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(notes_w, False)
+        try:
+            session = attach(listener, notes_w)
+        except BaseException as exc:
+            listener.close()
+            os.close(notes_r)
+            os.close(notes_w)
+            if isinstance(exc, OSError):
+                raise SandboxSetupError(f"the egress proxy cannot serve this run: {exc}") from exc
+            raise
+        return cls(session, notes_r, notes_w)
+
+    def finish(self) -> EgressUsage:
+        """Close the session (once) and the notes pipe's write end; what it carried. The
+        read end is the supervisor's, closed with the run's other pipes."""
+        if self._usage is None:
+            try:
+                self._usage = self._session.close()
+            finally:
+                if self._notes_w is not None:
+                    os.close(self._notes_w)
+                    self._notes_w = None
+        return self._usage
+
+
+def _setup(make: Callable[[], Any], what: str) -> Any:
+    """``make()``, its OSError as SandboxSetupError(``what``: error)."""
+    try:
+        return make()
+    except OSError as exc:
+        raise SandboxSetupError(f"{what}: {exc}") from exc
+
+
+def _with_egress(result: SandboxResult, usage: EgressUsage) -> SandboxResult:
+    """The proxy's byte counts in the usage; "egress" as the limit reason when one of its
+    caps refused traffic and no earlier limit ended the run (the order of SandboxResult)."""
+    fields: dict[str, Any] = {"usage": replace(result.usage, egress_bytes_sent=usage.bytes_sent,
+                                               egress_bytes_received=usage.bytes_received)}
+    if usage.limit_hit and result.limit_reason in (None, "output_truncated"):
+        fields["limit_reason"] = "egress"
+    return replace(result, **fields)
 
 
 def _with_cgroup_stats(result: SandboxResult, stats: CgroupStats) -> SandboxResult:

@@ -9,11 +9,16 @@ not here, so a spec can be built first and checked against the host later.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Protocol
 
 __all__ = [
+    "EgressAttach",
+    "EgressSession",
+    "EgressUsage",
     "Limits",
     "NetworkMode",
     "ResourceUsage",
@@ -33,7 +38,10 @@ class NetworkMode(str, enum.Enum):
                a later issue can tighten NONE (e.g. seccomp-refuse AF_INET) without
                changing callers that need loopback.
     HOST       ``--share-net``: the host's network, plus a read-only /etc/resolv.conf.
-    RESTRICTED egress through a filtering proxy; not supported yet (SandboxSetupError).
+    RESTRICTED own network namespace whose only way out is a proxy the caller runs outside
+               it (``run(egress=...)``, ``sandbox.netns``): ``lo`` up with the proxy
+               listening on 127.0.0.1:3128, no other interface, no route; the command
+               gets HTTP(S)_PROXY/NO_PROXY pointing there. Root only.
     """
 
     NONE = "none"
@@ -122,6 +130,9 @@ class ResourceUsage:
                     single process)
     io_read_bytes   ru_inblock * 512 (block-device reads only; page-cache hits are free)
     io_write_bytes  ru_oublock * 512
+    egress_bytes_sent, egress_bytes_received
+                    RESTRICTED runs: payload bytes the proxy carried from the sandbox to
+                    its destinations and back (``EgressUsage``); 0 otherwise
     Covers the command only when the caller is a child subreaper; see ``runner.run``.
     """
 
@@ -129,6 +140,36 @@ class ResourceUsage:
     max_memory_kb: int
     io_read_bytes: int
     io_write_bytes: int
+    egress_bytes_sent: int = 0
+    egress_bytes_received: int = 0
+
+
+@dataclass(frozen=True)
+class EgressUsage:
+    """What a RESTRICTED run's proxy session carried: payload bytes each way, connections
+    accepted, and whether one of its caps refused traffic (limit reason "egress")."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    connections: int = 0
+    limit_hit: bool = False
+
+
+class EgressSession(Protocol):
+    """A proxy serving one RESTRICTED run (see ``EgressAttach``)."""
+
+    def close(self) -> EgressUsage:
+        """Stop serving: close the listener and every connection of the run; what it
+        carried. Called once, when the run's processes are gone."""
+        ...
+
+
+EgressAttach = Callable[[socket.socket, int], EgressSession]
+"""``attach(listener, notes_fd) -> EgressSession``: start serving a RESTRICTED run's proxy
+listener (a non-blocking socket listening inside the run's namespace; the session owns
+it). ``notes_fd``: the write end of a pipe whose lines the run's stderr shows (why a
+connection was refused); the session must not block on it, and must not close it. Raises
+OSError when it cannot serve (the run is then not started)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +183,8 @@ class SandboxResult:
     limit_reason  the limit that ended the run, first applicable in this order:
                   "cancelled", "wall_timeout", "oom" (the memory cgroup OOM-killed a
                   process), "cpu_time" (RLIMIT_CPU), "file_size" (RLIMIT_FSIZE), "pids"
-                  (pids.max refused a fork), "output_truncated"; None if none applied
+                  (pids.max refused a fork), "egress" (a cap of the run's egress proxy
+                  refused traffic), "output_truncated"; None if none applied
     duration_ms   spawn to reap, wall clock
     setup_error   set (and exit_code -1) when bwrap or the exec of argv[0] failed before
                   the command ran; bwrap's own "bwrap: ..." message when available

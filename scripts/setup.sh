@@ -24,6 +24,13 @@ python3 - <<'PY' >/dev/null 2>&1 || need+=(python3-dev)
 import os, sys, sysconfig
 sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)
 PY
+if [ -n "$extras" ]; then
+  # The restricted-network tests: test hosts behind a veth pair (ip), curl and pip inside
+  # the sandbox (Debian's python3-pip, which the sandbox sees under /usr).
+  command -v ip >/dev/null 2>&1 || need+=(iproute2)
+  command -v curl >/dev/null 2>&1 || need+=(curl)
+  python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing system packages: ${need[*]}" >&2
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq

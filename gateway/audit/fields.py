@@ -64,9 +64,10 @@ FIELDS: tuple[Field, ...] = (
         "What happened (invalid_request: an authenticated call refused before any decision because "
         "its body does not decode, error_code 2003; not_found: a call named a task the caller cannot "
         "see, answered 6001; checkpoint: a signature over the chain head; audit_outage: written when "
-        "a failing audit sink writes again, naming it and the calls refused meanwhile).", required=True,
+        "a failing audit sink writes again, naming it and the calls refused meanwhile; egress_denied: the "
+        "egress proxy refused a connection of a restricted task).", required=True,
         enum=("decision", "task_end", "file", "auth_failure", "rate_limit", "policy_reload", "invalid_request",
-              "not_found", "checkpoint", "audit_outage"),
+              "not_found", "checkpoint", "audit_outage", "egress_denied"),
     ),
     Field("producer", "string", "Who wrote the event.", required=True, enum=("mcp-gateway",)),
     Field("transport", "string", "Edge the call came through ('internal' for the gateway's own events).",
@@ -116,7 +117,23 @@ FIELDS: tuple[Field, ...] = (
     Field("cpu_time_ms", "integer", "Task CPU time, milliseconds.", minimum=0),
     Field("max_memory_kb", "integer", "Task peak resident memory, KiB.", minimum=0),
     Field("sandbox_violation", "string",
-          "Limit that ended the task: wall_timeout, cpu_time, file_size, output_truncated, ..."),
+          "Limit that ended the task: wall_timeout, cpu_time, file_size, oom, pids, egress, output_truncated, ..."),
+    Field("egress_bytes_sent", "integer",
+          "task_end of a restricted task: payload bytes the egress proxy carried to its destinations.", minimum=0),
+    Field("egress_bytes_received", "integer",
+          "task_end of a restricted task: payload bytes the egress proxy carried back from them.", minimum=0),
+    Field("egress_host", "string",
+          "egress_denied: the host (name or address) the connection asked for, at most 255 chars; empty when "
+          "the request did not name one."),
+    Field("egress_port", "integer", "egress_denied: the port the connection asked for (0 when none).",
+          minimum=0),
+    Field("egress_reason", "string",
+          "egress_denied: why (not_allowed: not on the task's allow-list; ip_literal; forbidden_address: "
+          "loopback, private, link-local or another non-global address the operator did not allow; "
+          "gateway_port; sni_mismatch: the TLS server name is not the CONNECT host; not_tls; bad_request; "
+          "connections_cap; bytes_cap).",
+          enum=("not_allowed", "ip_literal", "forbidden_address", "gateway_port", "sni_mismatch", "not_tls",
+                "bad_request", "connections_cap", "bytes_cap")),
     Field("workspace", "string", "Workspace id (in the tenant) a task or file call used."),
     Field("file_path", "string", "File call: the workspace-relative path, at most 1024 chars."),
     Field("error_code", "integer", "Project error code (design section 5) when the call failed.", minimum=1000),

@@ -378,6 +378,8 @@ def _status_response(record: TaskRecord) -> mcp_pb2.TaskStatusResponse:
             max_memory_kb=u.max_memory_kb,
             io_read_bytes=u.io_read_bytes,
             io_write_bytes=u.io_write_bytes,
+            egress_bytes_sent=u.egress_bytes_sent,
+            egress_bytes_received=u.egress_bytes_received,
         ),
         execution_time_ms=r.execution_time_ms,
     ))

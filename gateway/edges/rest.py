@@ -133,7 +133,8 @@ class SandboxConfigBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     enabled: bool = Field(True, description="Ignored: the sandbox cannot be disabled.")
     network_access: Literal["NETWORK_NONE", "NETWORK_LOOPBACK", "NETWORK_HOST", "NETWORK_RESTRICTED"] = Field(
-        "NETWORK_NONE", description="NETWORK_RESTRICTED (a host allow-list) cannot be enforced yet: 4001."
+        "NETWORK_NONE", description="NETWORK_RESTRICTED: egress only through the gateway's proxy, to the hosts "
+        "policy allows (root gateways; otherwise 4001)."
     )
     resource_limits: ResourceLimitsBody = Field(default_factory=ResourceLimitsBody)
     rw_paths: list[SandboxPath] = Field(default_factory=list)
@@ -193,6 +194,12 @@ class ResourceUsageBody(BaseModel):
     max_memory_kb: int = Field(description="Peak resident set size, KiB.")
     io_read_bytes: int = Field(description="Bytes read from block devices.")
     io_write_bytes: int = Field(description="Bytes written to block devices.")
+    egress_bytes_sent: int = Field(
+        0, description="Network restricted: payload bytes the egress proxy carried to the task's destinations."
+    )
+    egress_bytes_received: int = Field(
+        0, description="Network restricted: payload bytes the egress proxy carried back from them."
+    )
 
 
 class TaskResultBody(BaseModel):
@@ -372,6 +379,8 @@ def _task_json(record: TaskRecord) -> dict[str, Any]:
                 "max_memory_kb": r.resource_usage.max_memory_kb,
                 "io_read_bytes": r.resource_usage.io_read_bytes,
                 "io_write_bytes": r.resource_usage.io_write_bytes,
+                "egress_bytes_sent": r.resource_usage.egress_bytes_sent,
+                "egress_bytes_received": r.resource_usage.egress_bytes_received,
             },
             "execution_time_ms": r.execution_time_ms,
         }

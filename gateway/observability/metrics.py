@@ -37,6 +37,10 @@ __all__ = [
     "AUTH_FAILURES",
     "BUILD_INFO",
     "CROSS_TENANT_PROBES",
+    "EGRESS_BYTES",
+    "EGRESS_CONNECTIONS",
+    "EGRESS_DENIED",
+    "EGRESS_OPEN",
     "ERRORS",
     "GRPC_DECODE_ERRORS",
     "IN_FLIGHT",
@@ -84,7 +88,9 @@ LABEL_VALUES: dict[str, frozenset[str] | re.Pattern[str]] = {
     "code": re.compile(r"^[1-6][0-9]{3}$"),  # gateway.errors codes (design section 5)
     "type": re.compile(r"^[A-Z][A-Za-z]+$"),  # the error class (gateway.errors)
     "task_type": frozenset({"COMMAND", "FILE", "HTTP_REQUEST"}),
-    "kind": frozenset({"wall_timeout", "cpu_time", "file_size", "oom", "pids", "output_truncated", "other"}),
+    "kind": frozenset({"wall_timeout", "cpu_time", "file_size", "oom", "pids", "egress", "output_truncated",
+                       "other"}),
+    "direction": frozenset({"sent", "received"}),
     "engine": frozenset({"embedded", "wasm", "opa"}),
     "outcome": frozenset({"allow", "deny", "error"}),
     "result": frozenset({"hit", "miss", "applied", "rejected", "unchanged", "written", "failed", "dropped"}),
@@ -205,9 +211,21 @@ SANDBOX_RUN_SECONDS = Histogram(
 )
 SANDBOX_LIMIT_HITS = Counter(
     "mcp_sandbox_limit_hits_total",
-    "Tasks ended by a sandbox limit, by kind: wall_timeout, cpu_time, file_size, oom, pids, "
+    "Tasks ended by a sandbox limit, by kind: wall_timeout, cpu_time, file_size, oom, pids, egress, "
     "output_truncated (other: a reason this version does not name).",
     ["kind"],
+)
+EGRESS_DENIED = Counter(
+    "mcp_egress_denied_total",
+    "Connections of restricted tasks the egress proxy refused, by reason (gateway.egress.proxy.REASONS).",
+    ["reason"],
+)
+EGRESS_CONNECTIONS = Counter("mcp_egress_connections_total", "Connections restricted tasks made to the egress proxy.")
+EGRESS_OPEN = Gauge("mcp_egress_open_connections", "Connections to the egress proxy open now.")
+EGRESS_BYTES = Counter(
+    "mcp_egress_bytes_total",
+    "Payload bytes the egress proxy carried for restricted tasks: sent (to destinations) or received, bytes.",
+    ["direction"],
 )
 TASK_SLOTS = Gauge("mcp_task_slots", "Sandboxes this process runs at once at most (tasks.max_concurrent).")
 TASK_QUEUE_CAPACITY = Gauge("mcp_task_queue_capacity", "Tasks this process queues at most (tasks.max_queued).")

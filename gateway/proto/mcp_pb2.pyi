@@ -201,16 +201,20 @@ class TaskResult(_message.Message):
     def __init__(self, exit_code: _Optional[int] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., resource_usage: _Optional[_Union[ResourceUsage, _Mapping]] = ..., execution_time_ms: _Optional[int] = ...) -> None: ...
 
 class ResourceUsage(_message.Message):
-    __slots__ = ("cpu_time_ms", "max_memory_kb", "io_read_bytes", "io_write_bytes")
+    __slots__ = ("cpu_time_ms", "max_memory_kb", "io_read_bytes", "io_write_bytes", "egress_bytes_sent", "egress_bytes_received")
     CPU_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_MEMORY_KB_FIELD_NUMBER: _ClassVar[int]
     IO_READ_BYTES_FIELD_NUMBER: _ClassVar[int]
     IO_WRITE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     cpu_time_ms: int
     max_memory_kb: int
     io_read_bytes: int
     io_write_bytes: int
-    def __init__(self, cpu_time_ms: _Optional[int] = ..., max_memory_kb: _Optional[int] = ..., io_read_bytes: _Optional[int] = ..., io_write_bytes: _Optional[int] = ...) -> None: ...
+    egress_bytes_sent: int
+    egress_bytes_received: int
+    def __init__(self, cpu_time_ms: _Optional[int] = ..., max_memory_kb: _Optional[int] = ..., io_read_bytes: _Optional[int] = ..., io_write_bytes: _Optional[int] = ..., egress_bytes_sent: _Optional[int] = ..., egress_bytes_received: _Optional[int] = ...) -> None: ...
 
 class TaskOutputChunk(_message.Message):
     __slots__ = ("task_id", "type", "data", "timestamp_ms", "offset")

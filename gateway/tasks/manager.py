@@ -41,6 +41,8 @@ from opentelemetry import context as otel_context
 import sandbox
 from gateway.audit.log import AuditError, AuditLog, redact_command
 from gateway.config import SandboxSettings, TaskSettings
+from gateway.egress.allowlist import AllowList
+from gateway.egress.proxy import Denial, EgressProxy, EgressTask
 from gateway.errors import DependencyUnavailable, RateLimited, SandboxSetupFailed, StorageError
 from gateway.observability.metrics import (
     SANDBOX_LIMIT_HITS,
@@ -88,11 +90,14 @@ class Isolation:
     cgroups  reusable per-task cgroup slots, or None (see ``sandbox.cgroup``)
     netns    network namespaces made ahead for tasks without network (root only), or None
              (see ``sandbox.netns``)
+    egress   the proxy of ``restricted`` tasks (root only), or None: such tasks are then
+             refused (``gateway.egress``)
     """
 
     uids: sandbox.UidPool | None
     cgroups: sandbox.CgroupPool | None
     netns: sandbox.NetnsPool | None = None
+    egress: EgressProxy | None = None
 
     @property
     def cgroup_version(self) -> int | None:
@@ -101,14 +106,17 @@ class Isolation:
 
     @property
     def enforced(self) -> frozenset[str]:
-        """Per-task limits this host enforces, from {"memory", "swap", "pids", "cpu"}.
-        Memory always (RLIMIT_AS without a memory cgroup); pids by the pids cgroup or, with
-        a uid per task, by RLIMIT_NPROC on that uid."""
+        """Per-task limits this host enforces, from {"memory", "swap", "pids", "cpu",
+        "egress"}. Memory always (RLIMIT_AS without a memory cgroup); pids by the pids cgroup
+        or, with a uid per task, by RLIMIT_NPROC on that uid; egress (the restricted network's
+        allow-list) by the egress proxy."""
         found = {"memory"}
         if self.cgroups is not None:
             found |= self.cgroups.controllers
         if self.uids is not None:
             found.add("pids")
+        if self.egress is not None:
+            found.add("egress")
         return frozenset(found)
 
 
@@ -469,6 +477,7 @@ class TaskManager:
             outcome = self._runner(
                 spec, cancel=job.cancel, bwrap_path=self._sandbox.bwrap_path,
                 cgroups=self._isolation.cgroups, on_output=output.add, netns=self._isolation.netns,
+                egress=self._egress(job) if job.plan.network == "restricted" else None,
             )
         except sandbox.SandboxError as exc:
             return TaskStatus.FAILED, TaskResult.not_run(str(exc))
@@ -644,6 +653,21 @@ class TaskManager:
             run_as=lease.run_as,
         )
 
+    def _egress(self, job: _Job) -> sandbox.EgressAttach:
+        """The proxy session maker of a restricted job: its allow-list, its refusals audited as
+        ``egress_denied``. Raises SandboxSetupError without a proxy (not root)."""
+        proxy = self._isolation.egress
+        if proxy is None:
+            raise sandbox.SandboxSetupError("the restricted network needs the gateway to run as root")
+
+        def on_denied(denial: Denial) -> None:
+            self._audit.emit(
+                "egress_denied", job.ctx, job.principal, defer=True, task_id=job.record.task_id,
+                egress_host=denial.host[:255], egress_port=denial.port, egress_reason=denial.reason,
+            )
+
+        return proxy.attach(EgressTask(job.record.task_id, AllowList.parse(job.plan.allowed_hosts), on_denied))
+
     def _audit_end(self, job: _Job, status: TaskStatus, result: TaskResult, error_code: int | None = None) -> None:
         try:
             self._audit.emit(
@@ -662,6 +686,9 @@ class TaskManager:
                 max_memory_kb=result.resource_usage.max_memory_kb,
                 sandbox_violation=result.limit_reason,
                 response_bytes=result.output_bytes,
+                **({"egress_bytes_sent": result.resource_usage.egress_bytes_sent,
+                    "egress_bytes_received": result.resource_usage.egress_bytes_received}
+                   if job.plan.network == "restricted" else {}),
                 error_code=error_code,
             )
         except AuditError as exc:
@@ -690,6 +717,8 @@ def _to_result(outcome: sandbox.SandboxResult) -> TaskResult:
             max_memory_kb=usage.max_memory_kb,
             io_read_bytes=usage.io_read_bytes,
             io_write_bytes=usage.io_write_bytes,
+            egress_bytes_sent=usage.egress_bytes_sent,
+            egress_bytes_received=usage.egress_bytes_received,
         ),
         execution_time_ms=round(outcome.duration_ms),
         error=outcome.setup_error,

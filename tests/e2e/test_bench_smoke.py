@@ -39,6 +39,8 @@ TABLES: dict[str, tuple[str, ...]] = {
                               r"^library +\| +[\d.]+ \| +[\d.]+ \| +1\.00 \| +[\d.]+ \|",
                               r"^gRPC wait +\| +[\d.]+ \| +[\d.]+ \| +[\d.]+ \| +[\d.]+ \| +-?[\d.]+$",
                               r"^REST wait +\| +[\d.]+ \| +[\d.]+ \| +[\d.]+ \| +[\d.]+ \| +-?[\d.]+$"),
+    "egress.py": (r"^what +\| network +\| median ms \| +MB/s", r"^download +\| restricted \| +[\d.]+ \|",
+                  r"^download through the proxy / host network: [\d.]+", r"^small HTTPS request: the proxy adds"),
     "load.py": (r"^type +request +\| requests \| failures \| p50 ms \| p95 ms \| p99 ms",
                 r"^REST +execute +\| +\d+ \| +\d+ \| +[\d.]+ \|", r"^gRPC +status +\| +\d+ \| +\d+ \| +[\d.]+ \|",
                 r"^gateway VmRSS: start [\d.]+ MB, after a fifth of the run [\d.]+ MB, end [\d.]+ MB",

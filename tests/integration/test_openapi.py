@@ -38,14 +38,15 @@ METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
 
 def _asks_unenforceable(body: Any, unenforced: set[str]) -> bool:
-    """Whether an execute body asks for what this host cannot enforce: NETWORK_RESTRICTED,
-    or a cpu / pids / io limit without its cgroup controller. The service refuses those with
+    """Whether an execute body asks for what this host cannot enforce: NETWORK_RESTRICTED
+    without the egress proxy (a gateway not running as root), or a cpu / pids / io limit
+    without its cgroup controller. The service refuses those with
     4001 (SandboxSetupFailed, HTTP 500 per design section 5) on purpose, which schemathesis'
     not_a_server_error check cannot tell from a crash; every other 5xx still fails the run."""
     config = body.get("sandbox_config") if isinstance(body, dict) else None
     if not isinstance(config, dict):
         return False
-    if config.get("network_access") == "NETWORK_RESTRICTED":
+    if config.get("network_access") == "NETWORK_RESTRICTED" and "egress" in unenforced:
         return True
     limits = config.get("resource_limits")
     if not isinstance(limits, dict):
@@ -112,7 +113,7 @@ def test_schemathesis_finds_nothing(api: tuple[GatewayProcess, str], client: htt
     cmd = [str(ST), "run", f"{gw.http_url}/openapi.json", "--checks", "all", "--max-examples", "40",
            "--seed", "13", "--workers", "1", "--request-timeout", "20", "--generation-database", "none",
            "--continue-on-failure", "--no-color", "-H", f"Authorization: Bearer {key}"]
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": __name__, UNENFORCED_ENV: ",".join({"cpu", "pids", "io"} - enforced),
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": __name__, UNENFORCED_ENV: ",".join({"cpu", "pids", "io", "egress"} - enforced),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     start = time.monotonic()
     # cwd: st keeps its .hypothesis and .schemathesis directories there. One worker: with more,

@@ -42,7 +42,8 @@ def test_published_field_numbers() -> None:
                                    "completed_at": 6, "metadata": 7}
     assert _fields("TaskResult") == {"exit_code": 1, "stdout": 2, "stderr": 3, "resource_usage": 4,
                                      "execution_time_ms": 5}
-    assert _fields("ResourceUsage") == {"cpu_time_ms": 1, "max_memory_kb": 2, "io_read_bytes": 3, "io_write_bytes": 4}
+    assert _fields("ResourceUsage") == {"cpu_time_ms": 1, "max_memory_kb": 2, "io_read_bytes": 3, "io_write_bytes": 4,
+                                        "egress_bytes_sent": 5, "egress_bytes_received": 6}
     assert _fields("TaskOutputChunk") == {"task_id": 1, "type": 2, "data": 3, "timestamp_ms": 4, "offset": 5}
     assert _fields("TaskStatusRequest") == {"task_id": 1, "offset": 2}
     assert _fields("ReadFileRequest") == {"path": 1, "workspace": 2}

@@ -125,7 +125,7 @@ def test_etc_files_name_the_run_as_user():
         ({"cwd": "/usr"}, "under /workspace or /tmp"),
         ({"cwd": "/workspace/../etc"}, "'..'"),
         ({"hostname": "bad host"}, "hostname"),
-        ({"network": NetworkMode.RESTRICTED}, "restricted network mode is not supported yet"),
+        ({"network": NetworkMode.RESTRICTED}, "restricted network needs the namespace and proxy listener"),
         ({"profile": "nope"}, "unknown seccomp profile"),
         ({"limits": Limits(timeout_s=0)}, "timeout_s"),
         ({"limits": Limits(memory_bytes=0)}, "memory_bytes"),

@@ -79,7 +79,7 @@ class FakeRunner:
 
     def __call__(self, spec: sandbox.SandboxSpec, *, cancel: threading.Event, bwrap_path: str,
                  cgroups: sandbox.CgroupPool | None, on_output: sandbox.OutputListener,
-                 netns: sandbox.NetnsPool | None) -> sandbox.SandboxResult:
+                 netns: sandbox.NetnsPool | None, egress: sandbox.EgressAttach | None) -> sandbox.SandboxResult:
         name = spec.argv[1]
         with self._lock:
             self.calls.append(name)

@@ -61,9 +61,18 @@ violations contains ["command.privileged_tool", reason] if {
 	reason := concat("", ["'", program, "' is a privilege tool and is never allowed"])
 }
 
+# With network 'restricted' the gateway's egress proxy bounds where a network tool can go
+# (the decision's allowed_hosts), so curl, wget, git and the like may run; in every other
+# mode they stay refused.
+egress_bounded if {
+	requested_network == "restricted"
+	network_permitted
+}
+
 violations contains ["network.network_tool", reason] if {
 	is_command
 	program_network_tool
+	not egress_bounded
 	reason := concat("", ["'", program, "' is a network tool and is not allowed"])
 }
 
@@ -137,6 +146,7 @@ violations contains ["command.privileged_tool", reason] if {
 violations contains ["network.network_tool", reason] if {
 	some w in inspected_words
 	cfg.commands.network_tools[w]
+	not egress_bounded
 	reason := concat("", ["the arguments of '", program, "' run '", w, "', a network tool"])
 }
 

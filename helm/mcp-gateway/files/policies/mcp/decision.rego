@@ -121,6 +121,14 @@ permitted if {
 	program_allowed
 }
 
+# A network tool, with its traffic bounded by the egress proxy (commands.rego).
+permitted if {
+	is_command
+	action_permitted
+	program_network_tool
+	egress_bounded
+}
+
 permitted if {
 	is_file_action
 	action_permitted
