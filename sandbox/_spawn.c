@@ -367,6 +367,76 @@ done:
     return result;
 }
 
+/* work(arg) with the calling thread in another network namespace, netns_fd or a new one
+ * when it is -1 (unshare), then the thread back in its own (setns(2) acts per thread).
+ * Returns 0 or an errno; *back is 0 when the way back failed and the thread is left there. */
+static int in_netns(int netns_fd, int (*work)(void *), void *arg, int *back) {
+    int own, err = 0;
+
+    *back = 1;
+    own = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (own < 0)
+        return errno;
+    if ((netns_fd >= 0 ? setns(netns_fd, CLONE_NEWNET) : unshare(CLONE_NEWNET)) != 0) {
+        err = errno;
+    } else {
+        err = work(arg);
+        if (setns(own, CLONE_NEWNET) != 0) {
+            *back = 0;
+            err = errno;
+        }
+    }
+    close(own);
+    return err;
+}
+
+static PyObject *netns_error(const char *name, int err, int back) {
+    errno = err;
+    if (!back)
+        return PyErr_Format(PyExc_OSError, "%s: this thread could not return to its network namespace: %s",
+                            name, strerror(err));
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+/* The fd of the namespace the thread is in now. */
+static int open_current_netns(void *arg) {
+    int *fd = arg;
+    *fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    return *fd < 0 ? errno : 0;
+}
+
+struct listener {
+    int port;
+    int sock;
+};
+
+/* lo up, and a TCP socket listening on 127.0.0.1:port, in the thread's namespace. */
+static int listen_on_lo(void *arg) {
+    struct listener *l = arg;
+    struct ifreq ifr;
+    struct sockaddr_in addr;
+    int one = 1;
+
+    l->sock = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (l->sock < 0)
+        return errno;
+    memset(&ifr, 0, sizeof ifr);
+    strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+    if (ioctl(l->sock, SIOCGIFFLAGS, &ifr) != 0)
+        return errno;
+    ifr.ifr_flags |= IFF_UP;
+    if (ioctl(l->sock, SIOCSIFFLAGS, &ifr) != 0)
+        return errno;
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)l->port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (setsockopt(l->sock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(l->sock, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(l->sock, 128) != 0)
+        return errno;
+    return 0;
+}
+
 PyDoc_STRVAR(new_netns_doc,
 "new_netns() -> fd\n\n"
 "A new network namespace (only lo, down), as an O_CLOEXEC fd of its nsfs file. Made by the\n"
@@ -376,35 +446,15 @@ PyDoc_STRVAR(new_netns_doc,
 "says so and the calling thread is left in the new namespace: it must do nothing more.");
 
 static PyObject *new_netns(PyObject *self, PyObject *unused) {
-    int own, fresh = -1, err = 0, back = 1;
+    int fresh = -1, err, back;
 
     Py_BEGIN_ALLOW_THREADS
-    own = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-    if (own < 0) {
-        err = errno;
-    } else {
-        if (unshare(CLONE_NEWNET) != 0) {
-            err = errno;
-        } else {
-            fresh = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-            if (fresh < 0)
-                err = errno;
-            if (setns(own, CLONE_NEWNET) != 0) {
-                back = 0;
-                err = errno;
-            }
-        }
-        close(own);
-    }
+    err = in_netns(-1, open_current_netns, &fresh, &back);
     Py_END_ALLOW_THREADS
-    if (!back || fresh < 0) {
+    if (err != 0 || !back) {
         if (fresh >= 0)
             close(fresh);
-        errno = err;
-        if (!back)
-            return PyErr_Format(PyExc_OSError, "new_netns: this thread could not return to its "
-                                "network namespace: %s", strerror(err));
-        return PyErr_SetFromErrno(PyExc_OSError);
+        return netns_error("new_netns", err, back);
     }
     return PyLong_FromLong(fresh);
 }
@@ -419,56 +469,24 @@ PyDoc_STRVAR(netns_listen_doc,
 "Raises OSError; when the way back failed the error says so, as for new_netns().");
 
 static PyObject *netns_listen(PyObject *self, PyObject *args) {
-    int netns_fd, port, own, sock = -1, err = 0, back = 1, one = 1;
-    struct ifreq ifr;
-    struct sockaddr_in addr;
+    int netns_fd, err, back;
+    struct listener l = {0, -1};
 
-    if (!PyArg_ParseTuple(args, "ii:netns_listen", &netns_fd, &port))
+    if (!PyArg_ParseTuple(args, "ii:netns_listen", &netns_fd, &l.port))
         return NULL;
-    if (port <= 0 || port > 65535) {
-        PyErr_SetString(PyExc_ValueError, "port must be 1-65535");
+    if (l.port <= 0 || l.port > 65535 || netns_fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "netns_fd must be an fd and port 1-65535");
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    own = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-    if (own < 0) {
-        err = errno;
-    } else {
-        if (setns(netns_fd, CLONE_NEWNET) != 0) {
-            err = errno;
-        } else {
-            sock = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-            memset(&ifr, 0, sizeof ifr);
-            strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
-            memset(&addr, 0, sizeof addr);
-            addr.sin_family = AF_INET;
-            addr.sin_port = htons((uint16_t)port);
-            addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-            if (sock < 0 || ioctl(sock, SIOCGIFFLAGS, &ifr) != 0)
-                err = errno;
-            else if ((ifr.ifr_flags |= IFF_UP), ioctl(sock, SIOCSIFFLAGS, &ifr) != 0)
-                err = errno;
-            else if (setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-                     bind(sock, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(sock, 128) != 0)
-                err = errno;
-            if (setns(own, CLONE_NEWNET) != 0) {
-                back = 0;
-                err = errno;
-            }
-        }
-        close(own);
-    }
+    err = in_netns(netns_fd, listen_on_lo, &l, &back);
     Py_END_ALLOW_THREADS
     if (err != 0 || !back) {
-        if (sock >= 0)
-            close(sock);
-        errno = err;
-        if (!back)
-            return PyErr_Format(PyExc_OSError, "netns_listen: this thread could not return to its "
-                                "network namespace: %s", strerror(err));
-        return PyErr_SetFromErrno(PyExc_OSError);
+        if (l.sock >= 0)
+            close(l.sock);
+        return netns_error("netns_listen", err, back);
     }
-    return PyLong_FromLong(sock);
+    return PyLong_FromLong(l.sock);
 }
 
 static PyMethodDef methods[] = {

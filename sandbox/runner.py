@@ -57,10 +57,10 @@ from typing import Any
 
 from sandbox.bwrap import SpawnFds, build_argv, etc_files, validate
 from sandbox.cgroup import CgroupPool, CgroupSlot, CgroupStats
-from sandbox.netns import PROXY_PORT, NetnsPool, fresh_netns, proxy_listener
 from sandbox.errors import SandboxSetupError, SandboxUnavailable
 from sandbox.limits import ChildSetup, rlimits_for, spawn
 from sandbox.mounts import create_workspace, open_bind_source, open_workspace
+from sandbox.netns import PROXY_PORT, NetnsPool, fresh_netns, proxy_listener
 from sandbox.seccomp import compile_filter
 from sandbox.spec import (
     EgressAttach,
@@ -116,9 +116,9 @@ def run(
     ``egress``: required for ``NetworkMode.RESTRICTED`` (root only): the proxy that serves
     the listener made inside the run's namespace (see ``EgressAttach``); its refusal notes
     join the run's stderr, what it carried its usage, a cap it hit limit reason "egress".
-    Returns a ``SandboxResult`` for every
-    run that was spawned (setup failures too: ``setup_error``, ``exit_code == -1``), and
-    only once every process of the run has been reaped. Raises ``SandboxSetupError`` for an
+    Returns a ``SandboxResult`` for every run that was spawned (setup failures too:
+    ``setup_error``, ``exit_code == -1``), and only once every process of the run has been
+    reaped. Raises ``SandboxSetupError`` for an
     invalid spec or a limit this host cannot enforce (nothing spawned), and
     ``SandboxUnavailable`` when bwrap cannot be executed at all.
     """

@@ -407,6 +407,15 @@ def security() -> Dashboard:
     d.add(timeseries("Sandbox limit hits by kind", "Tasks ended by a sandbox limit per second.",
                      [by("kind", "mcp_sandbox_limit_hits_total")], "ops", stack=True), 12)
     d.add(tasks_by_status(), 12)
+    d.add(timeseries("Egress refusals by reason",
+                     "Connections of restricted tasks the egress proxy refused, per second (not_allowed, ip_literal, "
+                     "forbidden_address, gateway_port, sni_mismatch, ...). Each is an egress_denied audit event "
+                     "naming the task, host and port.",
+                     [by("reason", "mcp_egress_denied_total")], "ops", stack=True), 12)
+    d.add(timeseries("Egress traffic",
+                     "Payload bytes the egress proxy carried for restricted tasks, per second: sent to their "
+                     "destinations and received from them.",
+                     [by("direction", "mcp_egress_bytes_total")], "Bps"), 12)
 
     d.row("Authentication and rate limiting")
     d.add(timeseries("Auth failures by reason", "Calls refused by authentication or authorization, per second.",

@@ -26,11 +26,16 @@ test_network_tool_denied if {
 	not allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "wget", "args": ["http://example.com"], "cwd": "/workspace", "env_keys": []}}
 }
 
-test_network_tool_allowed_only_behind_the_egress_proxy if {
-	restricted := {"principal": {"id": "ci", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "curl", "args": ["-sS", "https://pypi.org/simple/"], "cwd": "/workspace", "env_keys": []}, "network": {"access": "restricted", "hosts": []}}
-	allow with input as restricted with data.mcp.config.roles.user.network.restricted as true
-	not allow with input as restricted
-	not allow with input as object.union(restricted, {"network": {"access": "loopback", "hosts": []}}) with data.mcp.config.roles.user.network.restricted as true
+test_network_tool_allowed_behind_the_egress_proxy if {
+	allow with input as {"principal": {"id": "ci", "tenant": "t1", "roles": ["user", "egress"], "scopes": []}, "action": "command.execute", "command": {"name": "curl", "args": ["-sS", "https://pypi.org/simple/"], "cwd": "/workspace", "env_keys": []}, "network": {"access": "restricted", "hosts": []}}
+}
+
+test_network_tool_denied_without_a_role_granting_restricted if {
+	not allow with input as {"principal": {"id": "ci", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "command.execute", "command": {"name": "curl", "args": ["-sS", "https://pypi.org/simple/"], "cwd": "/workspace", "env_keys": []}, "network": {"access": "restricted", "hosts": []}}
+}
+
+test_network_tool_denied_in_other_modes_whatever_the_roles if {
+	not allow with input as {"principal": {"id": "ci", "tenant": "t1", "roles": ["user", "egress"], "scopes": []}, "action": "command.execute", "command": {"name": "curl", "args": ["-sS", "https://pypi.org/simple/"], "cwd": "/workspace", "env_keys": []}, "network": {"access": "loopback", "hosts": []}}
 }
 
 test_unknown_tool_denied if {

@@ -158,17 +158,18 @@ def workspace(new_workspace: Callable[..., str], run_as: RunAs) -> str:
 @pytest.fixture
 def sbx(workspace: str, run_as: RunAs, cgroup_pool: CgroupPool | None,
         netns_pool: NetnsPool) -> Callable[..., SandboxResult]:
-    """``sbx(*argv, timeout_s=10, cgroups=True, **limit_and_spec_fields)`` runs argv in the
-    real sandbox as this test's uid, in its workspace, charged to the cgroup pool (unless
-    ``cgroups=False``: the RLIMIT fallback). ``run_as=``/``workspace=`` override those."""
+    """``sbx(*argv, timeout_s=10, cgroups=True, egress=None, **limit_and_spec_fields)`` runs
+    argv in the real sandbox as this test's uid, in its workspace, charged to the cgroup pool
+    (unless ``cgroups=False``: the RLIMIT fallback). ``run_as=``/``workspace=`` override
+    those; ``egress`` serves a ``NetworkMode.RESTRICTED`` run (``sandbox.run``)."""
 
-    def _run(*argv: str, cancel: Any = None, cgroups: bool = True, **kw: Any) -> SandboxResult:
+    def _run(*argv: str, cancel: Any = None, cgroups: bool = True, egress: Any = None, **kw: Any) -> SandboxResult:
         limit_fields = {k: kw.pop(k) for k in list(kw) if k in Limits.__dataclass_fields__}
         limit_fields.setdefault("timeout_s", 10.0)
         kw.setdefault("run_as", run_as)
         kw.setdefault("workspace", workspace)
         spec = SandboxSpec(argv=argv, limits=Limits(**limit_fields), **kw)
-        return run(spec, cancel=cancel, cgroups=cgroup_pool if cgroups else None, netns=netns_pool)
+        return run(spec, cancel=cancel, cgroups=cgroup_pool if cgroups else None, netns=netns_pool, egress=egress)
 
     return _run
 

@@ -22,6 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.egress.allowlist import AllowList, Destinations
+from gateway.egress.proxy import Denial, EgressLimits, EgressProxy, EgressTask
+from sandbox import NetworkMode
 from tests.conftest import REPO, GatewayProcess, start_gateway
 from tests.egress_hosts import BIG_BYTES, HELLO, PACKAGE_VALUE, EgressHosts
 
@@ -219,6 +222,31 @@ def test_a_large_download_counts_its_bytes(gw: GatewayProcess, http: httpx.Clien
     end = [e for e in gw.audit_events() if e["event_type"] == "task_end"
            and e.get("task_id") == task["task_info"]["task_id"]]
     assert end[0]["egress_bytes_received"] == usage["egress_bytes_received"]
+
+
+@pytest.mark.parametrize(("limits", "script", "reason"), [
+    (EgressLimits(max_bytes=1 << 20), "curl -sS -o /dev/null http://allowed.test/big.bin", "bytes_cap"),
+    (EgressLimits(max_connections=2),
+     "for i in 1 2 3; do curl -sS --fail -o /dev/null http://allowed.test/hello.txt || exit 7; done",
+     "connections_cap"),
+])
+def test_an_egress_cap_refuses_traffic_and_ends_the_run_with_limit_reason_egress(
+        sbx: Any, hosts: EgressHosts, limits: EgressLimits, script: str, reason: str) -> None:
+    # The library path (sandbox.run with the gateway's proxy), as the containment suite runs it.
+    proxy = EgressProxy(Destinations([hosts.network]), limits, hosts.names)
+    refused: list[Denial] = []
+    try:
+        attach = proxy.attach(EgressTask("task-cap", AllowList.parse(["allowed.test"]), refused.append))
+        result = sbx("sh", "-c", script, network=NetworkMode.RESTRICTED, egress=attach, timeout_s=30)
+    finally:
+        proxy.close()
+    assert result.limit_reason == "egress", result
+    assert result.exit_code != 0
+    assert [d.reason for d in refused] == [reason]
+    assert "mcp-gateway egress: refused: the task's" in result.stderr.decode()
+    if reason == "bytes_cap":
+        total = result.usage.egress_bytes_sent + result.usage.egress_bytes_received
+        assert (1 << 20) < total <= (1 << 20) + 512 * 1024  # cut within one read of the cap
 
 
 def test_other_network_modes_keep_network_tools_refused(http: httpx.Client) -> None:
