@@ -213,7 +213,9 @@ class LimitSettings(BaseModel):
     max_env_bytes: int = Field(64 << 10, ge=1, description="Total size of env keys and values, bytes.")
     max_metadata: int = Field(64, ge=0, description="Number of metadata entries.")
     max_metadata_bytes: int = Field(16 << 10, ge=1, description="Total size of metadata, bytes.")
-    max_paths: int = Field(64, ge=0, description="Paths in each of ro_paths/rw_paths/denied_paths.")
+    max_paths: int = Field(
+        64, ge=0, description="Entries in each of ro_paths/rw_paths/denied_paths/allowed_hosts."
+    )
     max_request_bytes: int = Field(1 << 20, ge=1024, description="Largest request body/message, bytes.")
 
     @property

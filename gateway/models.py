@@ -305,6 +305,8 @@ class ExecuteRequest:
         cpu_cores: requested CPU share in cores, 0 meaning "what policy grants".
         io_weight: requested IO weight, 0 meaning "what policy grants".
         ro_paths, rw_paths, denied_paths: requested path narrowing.
+        hosts: ``restricted``: the requested egress allow-list (narrowing what policy
+            grants; ``gateway.egress.allowlist`` syntax); empty for the whole grant.
         wait_s: how long the call that creates the task waits for its final state before
             it answers, seconds (0: it answers once the task is queued); at most
             ``tasks.max_wait_s``. Not part of the task.
@@ -324,6 +326,7 @@ class ExecuteRequest:
     ro_paths: tuple[str, ...] = ()
     rw_paths: tuple[str, ...] = ()
     denied_paths: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
     wait_s: float = 0.0
 
 
@@ -344,6 +347,8 @@ class ExecutionPlan:
         ro_paths, rw_paths: extra host paths bound read-only / read-write.
         allowed_hosts: ``restricted``: the egress allow-list the decision granted
             (``gateway.egress.allowlist`` syntax, checked when the plan was made).
+        requested_hosts: ``restricted``: the hosts the request named (each on the grant,
+            as policy checked), or empty; a connection must match both lists.
     """
 
     argv: tuple[str, ...]
@@ -358,6 +363,7 @@ class ExecutionPlan:
     ro_paths: tuple[str, ...] = ()
     rw_paths: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
+    requested_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

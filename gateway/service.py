@@ -710,6 +710,13 @@ class GatewayService:
                 raise InvalidParameter(f"more than {lim.max_paths} {name}", details={"field": name})
             if any(not p.startswith("/") for p in paths):
                 raise InvalidFormat(f"{name} must be absolute paths", details={"field": name})
+        _no_nul("allowed_hosts", req.hosts)
+        if len(req.hosts) > lim.max_paths:
+            raise InvalidParameter(f"more than {lim.max_paths} allowed_hosts", details={"field": "allowed_hosts"})
+        try:
+            AllowList.parse(req.hosts)
+        except ValueError as exc:
+            raise InvalidFormat(str(exc), details={"field": "allowed_hosts"}) from exc
         maxima = self._settings.sandbox
         if req.timeout_s > maxima.max_timeout_s:
             raise InvalidParameter(
@@ -757,7 +764,7 @@ class GatewayService:
                 "cwd": cwd,
                 "env_keys": sorted(req.env),
             },
-            "network": {"access": req.network or "none", "hosts": []},
+            "network": {"access": req.network or "none", "hosts": list(req.hosts)},
             "resources": {
                 "timeout_s": req.timeout_s,
                 "memory_bytes": req.memory_bytes,
@@ -816,6 +823,7 @@ class GatewayService:
             ro_paths=ro_paths,
             rw_paths=rw_paths,
             allowed_hosts=allowed_hosts,
+            requested_hosts=req.hosts if network == "restricted" else (),
         )
 
     def _refuse_gateway_paths(self, paths: tuple[str, ...]) -> None:

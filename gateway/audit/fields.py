@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FIELDS", "FIELD_NAMES", "SCHEMA_ID", "Field", "json_schema"]
+__all__ = ["EGRESS_REASONS", "FIELDS", "FIELD_NAMES", "SCHEMA_ID", "Field", "json_schema"]
 
 SCHEMA_ID = "urn:mcp-security-gateway:schema:mcp_audit_v1"
 
@@ -44,6 +44,10 @@ class Field:
 
 
 _HEX64 = "^[0-9a-f]{64}$"
+
+#: Why the egress proxy refused a connection (``egress_reason``; gateway.egress.proxy).
+EGRESS_REASONS = ("not_allowed", "ip_literal", "forbidden_address", "gateway_port", "sni_mismatch", "not_tls",
+                  "bad_request", "connections_cap", "bytes_cap")
 
 FIELDS: tuple[Field, ...] = (
     Field("schema_version", "string", "Audit schema version.", required=True, enum=("1",)),
@@ -132,8 +136,7 @@ FIELDS: tuple[Field, ...] = (
           "loopback, private, link-local or another non-global address the operator did not allow; "
           "gateway_port; sni_mismatch: the TLS server name is not the CONNECT host; not_tls; bad_request; "
           "connections_cap; bytes_cap).",
-          enum=("not_allowed", "ip_literal", "forbidden_address", "gateway_port", "sni_mismatch", "not_tls",
-                "bad_request", "connections_cap", "bytes_cap")),
+          enum=EGRESS_REASONS),
     Field("workspace", "string", "Workspace id (in the tenant) a task or file call used."),
     Field("file_path", "string", "File call: the workspace-relative path, at most 1024 chars."),
     Field("error_code", "integer", "Project error code (design section 5) when the call failed.", minimum=1000),

@@ -351,6 +351,7 @@ def _execute_request(msg: mcp_pb2.CommandRequest, wait_s: float = 0.0) -> Execut
         ro_paths=tuple(sc.ro_paths),
         rw_paths=tuple(sc.rw_paths),
         denied_paths=tuple(sc.denied_paths),
+        hosts=tuple(sc.allowed_hosts),
         wait_s=wait_s,
     )
 

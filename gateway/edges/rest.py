@@ -123,6 +123,13 @@ class ResourceLimitsBody(BaseModel):
 # with the same codes over gRPC).
 Text = Annotated[str, Field(json_schema_extra={"pattern": "^[^\\u0000]*$"})]  # no NUL byte (2001)
 EnvName = Annotated[str, Field(json_schema_extra={"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"})]  # 2003
+_LABEL = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+# A name or *.domain (two labels or more), with an optional :port: what gateway.egress.allowlist
+# parses (which also takes IP literals, and a trailing dot), as its refusals (2003) say.
+HostEntry = Annotated[str, Field(
+    max_length=253, json_schema_extra={"pattern": f"^(\\*\\.{_LABEL}\\.)?{_LABEL}(\\.{_LABEL})*(:{_PORT})?$"},
+    description="A host name, or *.domain for the names below it, with an optional :port.")]
 SandboxPath = Annotated[str, Field(json_schema_extra={"pattern": "^/[^\\u0000]*$"},
                                    description="An absolute path inside the sandbox.")]  # 2003
 
@@ -140,6 +147,11 @@ class SandboxConfigBody(BaseModel):
     rw_paths: list[SandboxPath] = Field(default_factory=list)
     ro_paths: list[SandboxPath] = Field(default_factory=list)
     denied_paths: list[SandboxPath] = Field(default_factory=list)
+    allowed_hosts: list[HostEntry] = Field(
+        default_factory=list,
+        description="NETWORK_RESTRICTED: the hosts this task needs (name, *.domain, each with an optional :port), "
+        "each on the policy's allow-list; the task then reaches only hosts both name. Empty: what policy allows.",
+    )
 
 
 class CommandBody(BaseModel):
@@ -347,6 +359,7 @@ def _execute_request(body: CommandBody, wait_s: float = 0.0) -> ExecuteRequest:
         ro_paths=tuple(sc.ro_paths) if sc else (),
         rw_paths=tuple(sc.rw_paths) if sc else (),
         denied_paths=tuple(sc.denied_paths) if sc else (),
+        hosts=tuple(sc.allowed_hosts) if sc else (),
         wait_s=wait_s,
     )
 
@@ -607,7 +620,7 @@ def _document_limits(schemas: dict[str, Any], settings: Settings) -> None:
     command["env"]["maxProperties"] = lim.max_env
     command["metadata"]["maxProperties"] = lim.max_metadata
     schemas["ResourceLimitsBody"]["properties"]["cpu_limit"]["maximum"] = box.max_cpu_cores
-    for name in ("rw_paths", "ro_paths", "denied_paths"):
+    for name in ("rw_paths", "ro_paths", "denied_paths", "allowed_hosts"):
         sandbox_config[name]["maxItems"] = lim.max_paths
     for name, cap in (("command", lim.max_command_bytes), ("args", lim.max_args_bytes),
                       ("env", lim.max_env_bytes), ("metadata", lim.max_metadata_bytes)):

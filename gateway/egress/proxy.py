@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 
 import h11
 
-from gateway.audit.fields import FIELDS
+from gateway.audit.fields import EGRESS_REASONS
 from gateway.egress.allowlist import AllowList, Destinations, ip_literal, normalize_host
 from gateway.egress.sni import Incomplete, NotClientHello, read_sni
 from gateway.observability.metrics import EGRESS_BYTES, EGRESS_CONNECTIONS, EGRESS_DENIED, EGRESS_OPEN
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 #: The reason codes, as the audit field ``egress_reason`` declares them (its description says
 #: what each means).
-REASONS: tuple[str, ...] = next(f.enum for f in FIELDS if f.name == "egress_reason")
+REASONS = EGRESS_REASONS
 _HEAD_LIMIT = 16 * 1024
 _HEAD_TIMEOUT_S = 10.0
 _HELLO_TIMEOUT_S = 10.0
@@ -90,12 +90,14 @@ class EgressLimits:
 
 @dataclass(frozen=True)
 class EgressTask:
-    """What the proxy needs of one task: its id (logs), its allow-list, and where refusals
-    go (called on the proxy's thread; it must not block for long)."""
+    """What the proxy needs of one task: its id (logs), its allow-list, where refusals go
+    (called on the proxy's thread; it must not block for long), and the hosts the request
+    named, when it named any: a connection must then match both lists."""
 
     task_id: str
     allow: AllowList
     on_denied: Callable[[Denial], None]
+    requested: AllowList | None = None
 
 
 class _Refused(Exception):
@@ -118,6 +120,11 @@ class EgressProxy:
         self._destinations = destinations
         self._limits = limits
         self._static = {normalize_host(k): ipaddress.ip_address(v) for k, v in (static_hosts or {}).items()}
+        # Series at 0 from the start, so the first refusal shows in rate() (metrics.start_series).
+        for reason in REASONS:
+            EGRESS_DENIED.labels(reason)
+        for direction in ("sent", "received"):
+            EGRESS_BYTES.labels(direction)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="egress-proxy", daemon=True)
         self._thread.start()
@@ -307,6 +314,9 @@ class _Session:
         host = normalize_host(host)
         literal = ip_literal(host)
         rule = self._task.allow.match(host, port)
+        if rule is not None and self._task.requested is not None and self._task.requested.match(host, port) is None:
+            raise _Refused(Denial(host, port, "not_allowed",
+                                  f"{host}:{port} is not among the hosts the task asked for ({self._task.requested})"))
         destinations = self._proxy._destinations
         if literal is not None:
             if rule is None or not destinations.operator_allows(literal):

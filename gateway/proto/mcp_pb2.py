@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17gateway/proto/mcp.proto\x12\x03mcp\"\x0f\n\rHealthRequest\"I\n\x0eHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x04\"\xc3\x02\n\x0e\x43ommandRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\x12)\n\x03\x65nv\x18\x03 \x03(\x0b\x32\x1c.mcp.CommandRequest.EnvEntry\x12\x10\n\x03\x63wd\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x0f\n\x07timeout\x18\x05 \x01(\r\x12\x33\n\x08metadata\x18\x06 \x03(\x0b\x32!.mcp.CommandRequest.MetadataEntry\x12*\n\x0esandbox_config\x18\x07 \x01(\x0b\x32\x12.mcp.SandboxConfig\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04_cwd\"\xb4\x01\n\rSandboxConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12*\n\x0enetwork_access\x18\x02 \x01(\x0e\x32\x12.mcp.NetworkAccess\x12,\n\x0fresource_limits\x18\x03 \x01(\x0b\x32\x13.mcp.ResourceLimits\x12\x10\n\x08rw_paths\x18\x04 \x03(\t\x12\x10\n\x08ro_paths\x18\x05 \x03(\t\x12\x14\n\x0c\x64\x65nied_paths\x18\x06 \x03(\t\"`\n\x0eResourceLimits\x12\x11\n\tcpu_limit\x18\x01 \x01(\x02\x12\x14\n\x0cmemory_limit\x18\x02 \x01(\x04\x12\x12\n\npids_limit\x18\x03 \x01(\r\x12\x11\n\tio_weight\x18\x04 \x01(\r\"[\n\x13TaskCreatedResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1f\n\x06status\x18\x02 \x01(\x0e\x32\x0f.mcp.TaskStatus\x12\x12\n\ncreated_at\x18\x03 \x01(\t\"S\n\x15\x45xecuteAndWaitRequest\x12$\n\x07request\x18\x01 \x01(\x0b\x32\x13.mcp.CommandRequest\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\r\"4\n\x11TaskStatusRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"g\n\x12TaskStatusResponse\x12 \n\ttask_info\x18\x01 \x01(\x0b\x32\r.mcp.TaskInfo\x12$\n\x06result\x18\x02 \x01(\x0b\x32\x0f.mcp.TaskResultH\x00\x88\x01\x01\x42\t\n\x07_result\"\xa6\x02\n\x08TaskInfo\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12 \n\ttask_type\x18\x02 \x01(\x0e\x32\r.mcp.TaskType\x12\x1f\n\x06status\x18\x03 \x01(\x0e\x32\x0f.mcp.TaskStatus\x12\x12\n\ncreated_at\x18\x04 \x01(\t\x12\x17\n\nstarted_at\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0c\x63ompleted_at\x18\x06 \x01(\tH\x01\x88\x01\x01\x12-\n\x08metadata\x18\x07 \x03(\x0b\x32\x1b.mcp.TaskInfo.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_started_atB\x0f\n\r_completed_at\"\x99\x01\n\nTaskResult\x12\x16\n\texit_code\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06stdout\x18\x02 \x01(\t\x12\x0e\n\x06stderr\x18\x03 \x01(\t\x12*\n\x0eresource_usage\x18\x04 \x01(\x0b\x32\x12.mcp.ResourceUsage\x12\x19\n\x11\x65xecution_time_ms\x18\x05 \x01(\x04\x42\x0c\n\n_exit_code\"\xa4\x01\n\rResourceUsage\x12\x13\n\x0b\x63pu_time_ms\x18\x01 \x01(\x04\x12\x15\n\rmax_memory_kb\x18\x02 \x01(\x04\x12\x15\n\rio_read_bytes\x18\x03 \x01(\x04\x12\x16\n\x0eio_write_bytes\x18\x04 \x01(\x04\x12\x19\n\x11\x65gress_bytes_sent\x18\x05 \x01(\x04\x12\x1d\n\x15\x65gress_bytes_received\x18\x06 \x01(\x04\"z\n\x0fTaskOutputChunk\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\"\n\x04type\x18\x02 \x01(\x0e\x32\x14.mcp.OutputChunkType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x04\x12\x0e\n\x06offset\x18\x05 \x01(\x04\"2\n\x0fReadFileRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\tworkspace\x18\x02 \x01(\t\"b\n\x10ReadFileResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x11\n\tmime_type\x18\x03 \x01(\t\x12\x12\n\x05\x65rror\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_error\"g\n\x10WriteFileRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63reate_dirs\x18\x03 \x01(\x08\x12\x0c\n\x04mode\x18\x04 \x01(\r\x12\x11\n\tworkspace\x18\x05 \x01(\t\"V\n\x11WriteFileResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x15\n\rbytes_written\x18\x02 \x01(\x04\x12\x12\n\x05\x65rror\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_error\"G\n\x11\x44\x65leteFileRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\trecursive\x18\x02 \x01(\x08\x12\x11\n\tworkspace\x18\x03 \x01(\t\"Q\n\x12\x44\x65leteFileResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07success\x18\x02 \x01(\x08\x12\x12\n\x05\x65rror\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_error*K\n\rNetworkAccess\x12\x10\n\x0cNETWORK_NONE\x10\x00\x12\x10\n\x0cNETWORK_HOST\x10\x01\x12\x16\n\x12NETWORK_RESTRICTED\x10\x02*\x8e\x01\n\nTaskStatus\x12\x10\n\x0cTASK_CREATED\x10\x00\x12\x0f\n\x0bTASK_QUEUED\x10\x01\x12\x10\n\x0cTASK_RUNNING\x10\x02\x12\x12\n\x0eTASK_COMPLETED\x10\x03\x12\x0f\n\x0bTASK_FAILED\x10\x04\x12\x12\n\x0eTASK_CANCELLED\x10\x05\x12\x12\n\x0eTASK_TIMED_OUT\x10\x06*B\n\x08TaskType\x12\x10\n\x0cTASK_COMMAND\x10\x00\x12\r\n\tTASK_FILE\x10\x01\x12\x15\n\x11TASK_HTTP_REQUEST\x10\x02*[\n\x0fOutputChunkType\x12\x10\n\x0c\x43HUNK_STDOUT\x10\x00\x12\x10\n\x0c\x43HUNK_STDERR\x10\x01\x12\x13\n\x0f\x43HUNK_EXIT_CODE\x10\x02\x12\x0f\n\x0b\x43HUNK_EVENT\x10\x03\x32\xc7\x04\n\nMcpService\x12\x31\n\x06Health\x12\x12.mcp.HealthRequest\x1a\x13.mcp.HealthResponse\x12?\n\x0e\x45xecuteCommand\x12\x13.mcp.CommandRequest\x1a\x18.mcp.TaskCreatedResponse\x12@\n\rGetTaskStatus\x12\x16.mcp.TaskStatusRequest\x1a\x17.mcp.TaskStatusResponse\x12\x42\n\x10StreamTaskOutput\x12\x16.mcp.TaskStatusRequest\x1a\x14.mcp.TaskOutputChunk0\x01\x12=\n\nCancelTask\x12\x16.mcp.TaskStatusRequest\x1a\x17.mcp.TaskStatusResponse\x12\x37\n\x08ReadFile\x12\x14.mcp.ReadFileRequest\x1a\x15.mcp.ReadFileResponse\x12:\n\tWriteFile\x12\x15.mcp.WriteFileRequest\x1a\x16.mcp.WriteFileResponse\x12=\n\nDeleteFile\x12\x16.mcp.DeleteFileRequest\x1a\x17.mcp.DeleteFileResponse\x12L\n\x15\x45xecuteCommandAndWait\x12\x1a.mcp.ExecuteAndWaitRequest\x1a\x17.mcp.TaskStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17gateway/proto/mcp.proto\x12\x03mcp\"\x0f\n\rHealthRequest\"I\n\x0eHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x04\"\xc3\x02\n\x0e\x43ommandRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\x12)\n\x03\x65nv\x18\x03 \x03(\x0b\x32\x1c.mcp.CommandRequest.EnvEntry\x12\x10\n\x03\x63wd\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x0f\n\x07timeout\x18\x05 \x01(\r\x12\x33\n\x08metadata\x18\x06 \x03(\x0b\x32!.mcp.CommandRequest.MetadataEntry\x12*\n\x0esandbox_config\x18\x07 \x01(\x0b\x32\x12.mcp.SandboxConfig\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04_cwd\"\xcb\x01\n\rSandboxConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12*\n\x0enetwork_access\x18\x02 \x01(\x0e\x32\x12.mcp.NetworkAccess\x12,\n\x0fresource_limits\x18\x03 \x01(\x0b\x32\x13.mcp.ResourceLimits\x12\x10\n\x08rw_paths\x18\x04 \x03(\t\x12\x10\n\x08ro_paths\x18\x05 \x03(\t\x12\x14\n\x0c\x64\x65nied_paths\x18\x06 \x03(\t\x12\x15\n\rallowed_hosts\x18\x07 \x03(\t\"`\n\x0eResourceLimits\x12\x11\n\tcpu_limit\x18\x01 \x01(\x02\x12\x14\n\x0cmemory_limit\x18\x02 \x01(\x04\x12\x12\n\npids_limit\x18\x03 \x01(\r\x12\x11\n\tio_weight\x18\x04 \x01(\r\"[\n\x13TaskCreatedResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1f\n\x06status\x18\x02 \x01(\x0e\x32\x0f.mcp.TaskStatus\x12\x12\n\ncreated_at\x18\x03 \x01(\t\"S\n\x15\x45xecuteAndWaitRequest\x12$\n\x07request\x18\x01 \x01(\x0b\x32\x13.mcp.CommandRequest\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\r\"4\n\x11TaskStatusRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"g\n\x12TaskStatusResponse\x12 \n\ttask_info\x18\x01 \x01(\x0b\x32\r.mcp.TaskInfo\x12$\n\x06result\x18\x02 \x01(\x0b\x32\x0f.mcp.TaskResultH\x00\x88\x01\x01\x42\t\n\x07_result\"\xa6\x02\n\x08TaskInfo\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12 \n\ttask_type\x18\x02 \x01(\x0e\x32\r.mcp.TaskType\x12\x1f\n\x06status\x18\x03 \x01(\x0e\x32\x0f.mcp.TaskStatus\x12\x12\n\ncreated_at\x18\x04 \x01(\t\x12\x17\n\nstarted_at\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0c\x63ompleted_at\x18\x06 \x01(\tH\x01\x88\x01\x01\x12-\n\x08metadata\x18\x07 \x03(\x0b\x32\x1b.mcp.TaskInfo.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_started_atB\x0f\n\r_completed_at\"\x99\x01\n\nTaskResult\x12\x16\n\texit_code\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06stdout\x18\x02 \x01(\t\x12\x0e\n\x06stderr\x18\x03 \x01(\t\x12*\n\x0eresource_usage\x18\x04 \x01(\x0b\x32\x12.mcp.ResourceUsage\x12\x19\n\x11\x65xecution_time_ms\x18\x05 \x01(\x04\x42\x0c\n\n_exit_code\"\xa4\x01\n\rResourceUsage\x12\x13\n\x0b\x63pu_time_ms\x18\x01 \x01(\x04\x12\x15\n\rmax_memory_kb\x18\x02 \x01(\x04\x12\x15\n\rio_read_bytes\x18\x03 \x01(\x04\x12\x16\n\x0eio_write_bytes\x18\x04 \x01(\x04\x12\x19\n\x11\x65gress_bytes_sent\x18\x05 \x01(\x04\x12\x1d\n\x15\x65gress_bytes_received\x18\x06 \x01(\x04\"z\n\x0fTaskOutputChunk\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\"\n\x04type\x18\x02 \x01(\x0e\x32\x14.mcp.OutputChunkType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x04\x12\x0e\n\x06offset\x18\x05 \x01(\x04\"2\n\x0fReadFileRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\tworkspace\x18\x02 \x01(\t\"b\n\x10ReadFileResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x11\n\tmime_type\x18\x03 \x01(\t\x12\x12\n\x05\x65rror\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_error\"g\n\x10WriteFileRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63reate_dirs\x18\x03 \x01(\x08\x12\x0c\n\x04mode\x18\x04 \x01(\r\x12\x11\n\tworkspace\x18\x05 \x01(\t\"V\n\x11WriteFileResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x15\n\rbytes_written\x18\x02 \x01(\x04\x12\x12\n\x05\x65rror\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_error\"G\n\x11\x44\x65leteFileRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\trecursive\x18\x02 \x01(\x08\x12\x11\n\tworkspace\x18\x03 \x01(\t\"Q\n\x12\x44\x65leteFileResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07success\x18\x02 \x01(\x08\x12\x12\n\x05\x65rror\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_error*K\n\rNetworkAccess\x12\x10\n\x0cNETWORK_NONE\x10\x00\x12\x10\n\x0cNETWORK_HOST\x10\x01\x12\x16\n\x12NETWORK_RESTRICTED\x10\x02*\x8e\x01\n\nTaskStatus\x12\x10\n\x0cTASK_CREATED\x10\x00\x12\x0f\n\x0bTASK_QUEUED\x10\x01\x12\x10\n\x0cTASK_RUNNING\x10\x02\x12\x12\n\x0eTASK_COMPLETED\x10\x03\x12\x0f\n\x0bTASK_FAILED\x10\x04\x12\x12\n\x0eTASK_CANCELLED\x10\x05\x12\x12\n\x0eTASK_TIMED_OUT\x10\x06*B\n\x08TaskType\x12\x10\n\x0cTASK_COMMAND\x10\x00\x12\r\n\tTASK_FILE\x10\x01\x12\x15\n\x11TASK_HTTP_REQUEST\x10\x02*[\n\x0fOutputChunkType\x12\x10\n\x0c\x43HUNK_STDOUT\x10\x00\x12\x10\n\x0c\x43HUNK_STDERR\x10\x01\x12\x13\n\x0f\x43HUNK_EXIT_CODE\x10\x02\x12\x0f\n\x0b\x43HUNK_EVENT\x10\x03\x32\xc7\x04\n\nMcpService\x12\x31\n\x06Health\x12\x12.mcp.HealthRequest\x1a\x13.mcp.HealthResponse\x12?\n\x0e\x45xecuteCommand\x12\x13.mcp.CommandRequest\x1a\x18.mcp.TaskCreatedResponse\x12@\n\rGetTaskStatus\x12\x16.mcp.TaskStatusRequest\x1a\x17.mcp.TaskStatusResponse\x12\x42\n\x10StreamTaskOutput\x12\x16.mcp.TaskStatusRequest\x1a\x14.mcp.TaskOutputChunk0\x01\x12=\n\nCancelTask\x12\x16.mcp.TaskStatusRequest\x1a\x17.mcp.TaskStatusResponse\x12\x37\n\x08ReadFile\x12\x14.mcp.ReadFileRequest\x1a\x15.mcp.ReadFileResponse\x12:\n\tWriteFile\x12\x15.mcp.WriteFileRequest\x1a\x16.mcp.WriteFileResponse\x12=\n\nDeleteFile\x12\x16.mcp.DeleteFileRequest\x1a\x17.mcp.DeleteFileResponse\x12L\n\x15\x45xecuteCommandAndWait\x12\x1a.mcp.ExecuteAndWaitRequest\x1a\x17.mcp.TaskStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,14 +37,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMMANDREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_TASKINFO_METADATAENTRY']._loaded_options = None
   _globals['_TASKINFO_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_NETWORKACCESS']._serialized_start=2313
-  _globals['_NETWORKACCESS']._serialized_end=2388
-  _globals['_TASKSTATUS']._serialized_start=2391
-  _globals['_TASKSTATUS']._serialized_end=2533
-  _globals['_TASKTYPE']._serialized_start=2535
-  _globals['_TASKTYPE']._serialized_end=2601
-  _globals['_OUTPUTCHUNKTYPE']._serialized_start=2603
-  _globals['_OUTPUTCHUNKTYPE']._serialized_end=2694
+  _globals['_NETWORKACCESS']._serialized_start=2336
+  _globals['_NETWORKACCESS']._serialized_end=2411
+  _globals['_TASKSTATUS']._serialized_start=2414
+  _globals['_TASKSTATUS']._serialized_end=2556
+  _globals['_TASKTYPE']._serialized_start=2558
+  _globals['_TASKTYPE']._serialized_end=2624
+  _globals['_OUTPUTCHUNKTYPE']._serialized_start=2626
+  _globals['_OUTPUTCHUNKTYPE']._serialized_end=2717
   _globals['_HEALTHREQUEST']._serialized_start=32
   _globals['_HEALTHREQUEST']._serialized_end=47
   _globals['_HEALTHRESPONSE']._serialized_start=49
@@ -56,39 +56,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMMANDREQUEST_METADATAENTRY']._serialized_start=393
   _globals['_COMMANDREQUEST_METADATAENTRY']._serialized_end=440
   _globals['_SANDBOXCONFIG']._serialized_start=451
-  _globals['_SANDBOXCONFIG']._serialized_end=631
-  _globals['_RESOURCELIMITS']._serialized_start=633
-  _globals['_RESOURCELIMITS']._serialized_end=729
-  _globals['_TASKCREATEDRESPONSE']._serialized_start=731
-  _globals['_TASKCREATEDRESPONSE']._serialized_end=822
-  _globals['_EXECUTEANDWAITREQUEST']._serialized_start=824
-  _globals['_EXECUTEANDWAITREQUEST']._serialized_end=907
-  _globals['_TASKSTATUSREQUEST']._serialized_start=909
-  _globals['_TASKSTATUSREQUEST']._serialized_end=961
-  _globals['_TASKSTATUSRESPONSE']._serialized_start=963
-  _globals['_TASKSTATUSRESPONSE']._serialized_end=1066
-  _globals['_TASKINFO']._serialized_start=1069
-  _globals['_TASKINFO']._serialized_end=1363
+  _globals['_SANDBOXCONFIG']._serialized_end=654
+  _globals['_RESOURCELIMITS']._serialized_start=656
+  _globals['_RESOURCELIMITS']._serialized_end=752
+  _globals['_TASKCREATEDRESPONSE']._serialized_start=754
+  _globals['_TASKCREATEDRESPONSE']._serialized_end=845
+  _globals['_EXECUTEANDWAITREQUEST']._serialized_start=847
+  _globals['_EXECUTEANDWAITREQUEST']._serialized_end=930
+  _globals['_TASKSTATUSREQUEST']._serialized_start=932
+  _globals['_TASKSTATUSREQUEST']._serialized_end=984
+  _globals['_TASKSTATUSRESPONSE']._serialized_start=986
+  _globals['_TASKSTATUSRESPONSE']._serialized_end=1089
+  _globals['_TASKINFO']._serialized_start=1092
+  _globals['_TASKINFO']._serialized_end=1386
   _globals['_TASKINFO_METADATAENTRY']._serialized_start=393
   _globals['_TASKINFO_METADATAENTRY']._serialized_end=440
-  _globals['_TASKRESULT']._serialized_start=1366
-  _globals['_TASKRESULT']._serialized_end=1519
-  _globals['_RESOURCEUSAGE']._serialized_start=1522
-  _globals['_RESOURCEUSAGE']._serialized_end=1686
-  _globals['_TASKOUTPUTCHUNK']._serialized_start=1688
-  _globals['_TASKOUTPUTCHUNK']._serialized_end=1810
-  _globals['_READFILEREQUEST']._serialized_start=1812
-  _globals['_READFILEREQUEST']._serialized_end=1862
-  _globals['_READFILERESPONSE']._serialized_start=1864
-  _globals['_READFILERESPONSE']._serialized_end=1962
-  _globals['_WRITEFILEREQUEST']._serialized_start=1964
-  _globals['_WRITEFILEREQUEST']._serialized_end=2067
-  _globals['_WRITEFILERESPONSE']._serialized_start=2069
-  _globals['_WRITEFILERESPONSE']._serialized_end=2155
-  _globals['_DELETEFILEREQUEST']._serialized_start=2157
-  _globals['_DELETEFILEREQUEST']._serialized_end=2228
-  _globals['_DELETEFILERESPONSE']._serialized_start=2230
-  _globals['_DELETEFILERESPONSE']._serialized_end=2311
-  _globals['_MCPSERVICE']._serialized_start=2697
-  _globals['_MCPSERVICE']._serialized_end=3280
+  _globals['_TASKRESULT']._serialized_start=1389
+  _globals['_TASKRESULT']._serialized_end=1542
+  _globals['_RESOURCEUSAGE']._serialized_start=1545
+  _globals['_RESOURCEUSAGE']._serialized_end=1709
+  _globals['_TASKOUTPUTCHUNK']._serialized_start=1711
+  _globals['_TASKOUTPUTCHUNK']._serialized_end=1833
+  _globals['_READFILEREQUEST']._serialized_start=1835
+  _globals['_READFILEREQUEST']._serialized_end=1885
+  _globals['_READFILERESPONSE']._serialized_start=1887
+  _globals['_READFILERESPONSE']._serialized_end=1985
+  _globals['_WRITEFILEREQUEST']._serialized_start=1987
+  _globals['_WRITEFILEREQUEST']._serialized_end=2090
+  _globals['_WRITEFILERESPONSE']._serialized_start=2092
+  _globals['_WRITEFILERESPONSE']._serialized_end=2178
+  _globals['_DELETEFILEREQUEST']._serialized_start=2180
+  _globals['_DELETEFILEREQUEST']._serialized_end=2251
+  _globals['_DELETEFILERESPONSE']._serialized_start=2253
+  _globals['_DELETEFILERESPONSE']._serialized_end=2334
+  _globals['_MCPSERVICE']._serialized_start=2720
+  _globals['_MCPSERVICE']._serialized_end=3303
 # @@protoc_insertion_point(module_scope)

@@ -100,20 +100,22 @@ class CommandRequest(_message.Message):
     def __init__(self, command: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., timeout: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., sandbox_config: _Optional[_Union[SandboxConfig, _Mapping]] = ...) -> None: ...
 
 class SandboxConfig(_message.Message):
-    __slots__ = ("enabled", "network_access", "resource_limits", "rw_paths", "ro_paths", "denied_paths")
+    __slots__ = ("enabled", "network_access", "resource_limits", "rw_paths", "ro_paths", "denied_paths", "allowed_hosts")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     NETWORK_ACCESS_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_LIMITS_FIELD_NUMBER: _ClassVar[int]
     RW_PATHS_FIELD_NUMBER: _ClassVar[int]
     RO_PATHS_FIELD_NUMBER: _ClassVar[int]
     DENIED_PATHS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_HOSTS_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     network_access: NetworkAccess
     resource_limits: ResourceLimits
     rw_paths: _containers.RepeatedScalarFieldContainer[str]
     ro_paths: _containers.RepeatedScalarFieldContainer[str]
     denied_paths: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, enabled: _Optional[bool] = ..., network_access: _Optional[_Union[NetworkAccess, str]] = ..., resource_limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., rw_paths: _Optional[_Iterable[str]] = ..., ro_paths: _Optional[_Iterable[str]] = ..., denied_paths: _Optional[_Iterable[str]] = ...) -> None: ...
+    allowed_hosts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, enabled: _Optional[bool] = ..., network_access: _Optional[_Union[NetworkAccess, str]] = ..., resource_limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., rw_paths: _Optional[_Iterable[str]] = ..., ro_paths: _Optional[_Iterable[str]] = ..., denied_paths: _Optional[_Iterable[str]] = ..., allowed_hosts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ResourceLimits(_message.Message):
     __slots__ = ("cpu_limit", "memory_limit", "pids_limit", "io_weight")

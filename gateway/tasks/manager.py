@@ -666,7 +666,9 @@ class TaskManager:
                 egress_host=denial.host[:255], egress_port=denial.port, egress_reason=denial.reason,
             )
 
-        return proxy.attach(EgressTask(job.record.task_id, AllowList.parse(job.plan.allowed_hosts), on_denied))
+        plan = job.plan
+        narrowed = AllowList.parse(plan.requested_hosts) if plan.requested_hosts else None
+        return proxy.attach(EgressTask(job.record.task_id, AllowList.parse(plan.allowed_hosts), on_denied, narrowed))
 
     def _audit_end(self, job: _Job, status: TaskStatus, result: TaskResult, error_code: int | None = None) -> None:
         try:

@@ -14,7 +14,8 @@ so a rule that fires too often, too rarely or on the wrong event is caught.
   (must not).
 - ``s4_many_calls``: TLS; 120 executions in one session (``mcp-session-id``) over REST:
   calls 101 to 120 fire.
-- ``gateway``: TLS; a command policy denies, a wall-clock limit, a bad API key, another
+- ``gateway``: TLS; a command policy denies, a wall-clock limit, a restricted task's refused
+  connection (root only: the egress proxy), a bad API key, another
   tenant's task probed, a policy reload, and an audit webhook in ``fail`` mode that goes
   down and comes back (the ``audit_outage`` event).
 - ``stdio`` (derived, must not fire): the events of S2, S3 and S4 as a stdio session would
@@ -135,7 +136,8 @@ def _gateway(env: _Env, name: str, *, tls: bool, extra: dict[str, Any] | None = 
     keys = {"alice": new_api_key(), "mallory": new_api_key()}
     config: dict[str, Any] = {
         "auth": {"api_keys": [
-            {"hash": hash_api_key(keys["alice"]), "principal": "alice", "tenant": "acme", "scopes": ALL_SCOPES},
+            {"hash": hash_api_key(keys["alice"]), "principal": "alice", "tenant": "acme", "scopes": ALL_SCOPES,
+             "roles": ["user", "egress"]},
             {"hash": hash_api_key(keys["mallory"]), "principal": "mallory", "tenant": "globex",
              "scopes": ALL_SCOPES},
         ]},
@@ -251,6 +253,19 @@ def gateway_events(env: _Env) -> Recording:
             assert _wait_task(alice, slow)["task_info"]["status"] == "TIMED_OUT"
             expected.append(Expected("MCP Sandbox Limit Hit", {"event_type": "task_end", "task_id": slow}))
 
+            # A restricted task (the role 'egress', an empty allow-list) tries to get out.
+            out = alice.post("/v1/execute", params={"wait": 30}, json={
+                "command": "curl", "args": ["-sS", "http://exfil.example/"], "timeout": 20,
+                "sandbox_config": {"network_access": "NETWORK_RESTRICTED"}})
+            assert out.status_code == 200 and out.json()["task_info"]["status"] == "COMPLETED", out.text
+            expected.append(Expected("MCP Egress Refused", {"event_type": "egress_denied",
+                                                            "task_id": out.json()["task_info"]["task_id"]}))
+            # The webhook's queue holds 6 events: let it drain before the calls below.
+            deadline = time.monotonic() + 10
+            while len(collector.received) < len(_trail(gw)):
+                assert time.monotonic() < deadline, "the audit webhook did not catch up"
+                time.sleep(0.05)
+
             bogus = alice.get(f"/v1/tasks/{slow}", headers={"authorization": "Bearer mgw_" + "A" * 43})
             assert bogus.status_code == 401, bogus.text
             expected.append(Expected("MCP Authentication Failure", {"event_type": "auth_failure"}))
@@ -259,7 +274,8 @@ def gateway_events(env: _Env) -> Recording:
                 assert mallory.get(f"/v1/tasks/{slow}").status_code == 404
             expected.append(Expected("MCP Cross-Tenant Probe", {"event_type": "not_found", "task_id": slow}))
 
-            assert alice.post("/v1/policy/reload").status_code == 200
+            reloaded = alice.post("/v1/policy/reload")
+            assert reloaded.status_code == 200, reloaded.text
             expected.append(Expected("MCP Policy Reload", {"event_type": "policy_reload"}))
 
             # The collector goes away: the webhook queue fills and calls are refused (5001)...

@@ -40,7 +40,7 @@ BASELINE = {
     "MCP Excessive Tool Invocations": "NOTICE",
 }
 GATEWAY_RULES = {"MCP Command Denied by Policy", "MCP Sandbox Limit Hit", "MCP Authentication Failure",
-                 "MCP Cross-Tenant Probe", "MCP Policy Reload", "MCP Audit Sink Failure"}
+                 "MCP Cross-Tenant Probe", "MCP Policy Reload", "MCP Audit Sink Failure", "MCP Egress Refused"}
 # Values that differ from run to run (ports, ids, keys, timings), left out when a new
 # recording is compared with the fixtures.
 PER_RUN = {"mcp.server_port", "mcp.task_id", "mcp.credential_sha256", "mcp.duration_ms", "mcp.failed_events",

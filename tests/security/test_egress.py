@@ -97,10 +97,11 @@ def _metric(gw: GatewayProcess, name: str) -> float:
 
 
 def run(http: httpx.Client, script: str, env: dict[str, str] | None = None, network: str = "NETWORK_RESTRICTED",
-        timeout: int = 60) -> dict[str, Any]:
-    """``sh -c script`` through the gateway, waited for; the final task body."""
+        timeout: int = 60, hosts: list[str] | None = None) -> dict[str, Any]:
+    """``sh -c script`` through the gateway, waited for; the final task body. ``hosts``:
+    the request's own allow-list (``sandbox_config.allowed_hosts``)."""
     body = {"command": "sh", "args": ["-c", script], "env": env or {}, "timeout": timeout,
-            "sandbox_config": {"network_access": network}}
+            "sandbox_config": {"network_access": network, "allowed_hosts": hosts or []}}
     answer = http.post("/v1/execute", params={"wait": timeout + 30}, json=body)
     assert answer.status_code == 200, answer.text
     return answer.json()
@@ -157,6 +158,22 @@ def test_a_refused_destination_is_explained_and_audited(gw: GatewayProcess, http
     if url.startswith("http://"):
         assert result["stdout"].strip() == "403"  # the proxy's answer
     assert denials(gw, task["task_info"]["task_id"]) == [(host, port, reason)] * 2
+
+
+def test_a_task_that_names_its_hosts_reaches_only_those(gw: GatewayProcess, http: httpx.Client) -> None:
+    task = run(http, "curl -sS http://files.allowed.test/hello.txt; curl -sS --fail http://allowed.test/hello.txt",
+               hosts=["files.allowed.test"])
+    assert task["result"]["stdout"].encode() == HELLO, task["result"]
+    assert "is not among the hosts the task asked for (files.allowed.test)" in task["result"]["stderr"]
+    assert denials(gw, task["task_info"]["task_id"]) == [("allowed.test", 80, "not_allowed")]
+    # Naming a host the policy does not allow is refused before anything runs.
+    answer = http.post("/v1/execute", json={"command": "curl", "args": ["http://other.test/"], "sandbox_config": {
+        "network_access": "NETWORK_RESTRICTED", "allowed_hosts": ["other.test"]}})
+    assert answer.status_code == 403 and answer.json()["error"]["code"] == 3002, answer.text
+    assert "'other.test' is not on the network allow-list" in answer.json()["error"]["message"]
+    bad = http.post("/v1/execute", json={"command": "true", "sandbox_config": {
+        "network_access": "NETWORK_RESTRICTED", "allowed_hosts": ["http://allowed.test/"]}})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == 2003, bad.text
 
 
 def test_a_connect_whose_sni_is_not_its_host_is_refused(gw: GatewayProcess, http: httpx.Client,

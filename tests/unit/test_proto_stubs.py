@@ -34,7 +34,8 @@ def test_published_field_numbers() -> None:
     assert _fields("CommandRequest") == {
         "command": 1, "args": 2, "env": 3, "cwd": 4, "timeout": 5, "metadata": 6, "sandbox_config": 7}
     assert _fields("SandboxConfig") == {
-        "enabled": 1, "network_access": 2, "resource_limits": 3, "rw_paths": 4, "ro_paths": 5, "denied_paths": 6}
+        "enabled": 1, "network_access": 2, "resource_limits": 3, "rw_paths": 4, "ro_paths": 5, "denied_paths": 6,
+        "allowed_hosts": 7}
     assert _fields("ResourceLimits") == {"cpu_limit": 1, "memory_limit": 2, "pids_limit": 3, "io_weight": 4}
     assert _fields("TaskCreatedResponse") == {"task_id": 1, "status": 2, "created_at": 3}
     assert _fields("TaskStatusResponse") == {"task_info": 1, "result": 2}
