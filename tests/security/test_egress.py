@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +265,20 @@ def test_an_egress_cap_refuses_traffic_and_ends_the_run_with_limit_reason_egress
     if reason == "bytes_cap":
         total = result.usage.egress_bytes_sent + result.usage.egress_bytes_received
         assert (1 << 20) < total <= (1 << 20) + 512 * 1024  # cut within one read of the cap
+
+
+def test_concurrent_tasks_each_count_only_their_own_traffic(gw: GatewayProcess) -> None:
+    # Four restricted tasks at once (the gateway's four sandbox slots), each fetching the
+    # big file a different number of times: every session's counters are its own.
+    def fetch(times: int) -> dict[str, Any]:
+        with httpx.Client(base_url=gw.http_url, timeout=120) as client:
+            return run(client, f"for i in $(seq {times}); do curl -sS -o /dev/null http://allowed.test/big.bin; done")
+
+    with ThreadPoolExecutor(4) as pool:
+        tasks = list(pool.map(fetch, [1, 2, 3, 4]))
+    for times, task in enumerate(tasks, start=1):
+        received = task["result"]["resource_usage"]["egress_bytes_received"]
+        assert times * BIG_BYTES < received < times * (BIG_BYTES + 4096), (times, task["result"])
 
 
 def test_other_network_modes_keep_network_tools_refused(http: httpx.Client) -> None:
