@@ -613,7 +613,7 @@ class EgressSettings(BaseModel):
         "over it, limit reason 'egress'.",
     )
     max_open_connections: int = Field(
-        32, ge=1, le=4096, description="Connections of one task open at once (each buffers up to 1 MiB)."
+        32, ge=1, le=4096, description="Connections of one task open at once (each buffers up to about 0.7 MiB)."
     )
     connect_timeout_s: float = Field(10.0, gt=0, le=120, description="Timeout of one connection attempt, seconds.")
 

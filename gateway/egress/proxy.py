@@ -26,9 +26,9 @@ A refusal answers ``403`` with a one-line reason (also written to the task's std
 
 Bounds, per task: ``max_open_connections`` at once and ``max_connections`` in all;
 ``max_bytes`` both ways (then every connection is cut and the run ends with limit reason
-"egress"); at most 512 KiB buffered per direction and connection (two reads). The loop runs in the gateway
-process, so its CPU and memory are the gateway's (metrics, cgroup). Nothing is shared
-between gateway processes.
+"egress"); per connection and direction, at most 256 KiB read ahead (two reads of 128 KiB)
+plus asyncio's 64 KiB write buffer. The loop runs in the gateway process, so its CPU and
+memory are the gateway's (metrics, cgroup). Nothing is shared between gateway processes.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ REASONS = EGRESS_REASONS
 _HEAD_LIMIT = 16 * 1024
 _HEAD_TIMEOUT_S = 10.0
 _HELLO_TIMEOUT_S = 10.0
-_BUFFER = 256 * 1024  # per read, and what a stream buffers before it stops reading
+_BUFFER = 128 * 1024  # per read; a stream buffers twice this before it stops reading
 _HOP_BY_HOP = {b"connection", b"proxy-connection", b"keep-alive", b"proxy-authorization", b"proxy-authenticate",
                b"te", b"trailer", b"upgrade", b"host"}
 
