@@ -187,6 +187,13 @@ def test_tasks_left_running_by_a_dead_gateway_are_failed_on_restart(state_root: 
             while http.get(f"/v1/tasks/{task_id}").json()["task_info"]["status"] != "RUNNING":
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
+            # RUNNING is stored before the spawn: wait for the command itself (bwrap's pid 1
+            # has armed --die-with-parent by the time it starts the command). A kill inside
+            # bwrap's own setup can leave its pid 1 behind (gateway.app._isolation); the
+            # restart's sweep below is what ends those.
+            while subprocess.run(["pgrep", "-f", "^sleep 37.5"], capture_output=True).returncode != 0:
+                assert time.monotonic() < deadline, "the sandboxed sleep never started"
+                time.sleep(0.05)
             if http.get("/health/ready").json()["sandbox"]["cgroup_version"] is not None:
                 assert _cgroup_dirs_of(gw.proc.pid), "the gateway runs tasks in cgroups it made"
     finally:
