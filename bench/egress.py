@@ -34,8 +34,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import sandbox  # noqa: E402
-from gateway.egress.allowlist import AllowList, Destinations  # noqa: E402
-from gateway.egress.proxy import Denial, EgressLimits, EgressProxy, EgressTask  # noqa: E402
+from gateway.config import EgressSettings  # noqa: E402
+from gateway.egress.allowlist import AllowList  # noqa: E402
+from gateway.egress.proxy import Denial, EgressProxy, EgressTask  # noqa: E402
 from tests.egress_hosts import EgressHosts  # noqa: E402
 
 FIRST_UID = 270_000
@@ -53,7 +54,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         os.chmod(workdir, 0o711)
         hosts = EgressHosts.start(Path(workdir))
-        proxy = EgressProxy(Destinations([hosts.network]), EgressLimits(), hosts.names)
+        proxy = EgressProxy(EgressSettings(allow_networks=[hosts.network], static_hosts=hosts.names))
         library = Library(("true",), FIRST_UID, 1)
         try:
             with open(hosts.root / "bench.bin", "wb") as fh:

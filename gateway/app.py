@@ -45,8 +45,7 @@ from gateway.policy.active import ActivePolicy, check_bundle, check_source
 from gateway.policy.opa import OpaEngine
 from gateway.ratelimit import RateLimiter, SharedBuckets
 from gateway.service import READINESS_REFRESH_S, GatewayService
-from gateway.egress.allowlist import Destinations
-from gateway.egress.proxy import EgressLimits, EgressProxy
+from gateway.egress.proxy import EgressProxy
 from gateway.tasks import Isolation, TaskManager, TaskStore, open_store
 from gateway.tasks.workspaces import WorkspaceManager
 from gateway.tls import TlsFiles
@@ -342,14 +341,7 @@ def _isolation(settings: Settings) -> Isolation:
     if os.geteuid() != 0:
         return Isolation(uids, cgroups)
     netns = sandbox.NetnsPool(spare=min(settings.tasks.max_concurrent, 8))
-    cfg = settings.egress
-    egress = EgressProxy(
-        Destinations(cfg.allow_networks),
-        EgressLimits(max_bytes=cfg.max_bytes, max_connections=cfg.max_connections,
-                     max_open_connections=cfg.max_open_connections, connect_timeout_s=cfg.connect_timeout_s),
-        cfg.static_hosts,
-    )
-    return Isolation(uids, cgroups, netns, egress)
+    return Isolation(uids, cgroups, netns, EgressProxy(settings.egress))
 
 
 def _uid_pool(settings: Settings) -> sandbox.UidPool | None:

@@ -47,18 +47,16 @@ from urllib.parse import urlsplit
 import h11
 
 from gateway.audit.fields import EGRESS_REASONS
+from gateway.config import EgressSettings
 from gateway.egress.allowlist import AllowList, Destinations, ip_literal, normalize_host
 from gateway.egress.sni import Incomplete, NotClientHello, read_sni
 from gateway.observability.metrics import EGRESS_BYTES, EGRESS_CONNECTIONS, EGRESS_DENIED, EGRESS_OPEN
 from sandbox import EgressUsage
 
-__all__ = ["REASONS", "Denial", "EgressLimits", "EgressProxy", "EgressTask"]
+__all__ = ["Denial", "EgressProxy", "EgressTask"]
 
 log = logging.getLogger(__name__)
 
-#: The reason codes, as the audit field ``egress_reason`` declares them (its description says
-#: what each means).
-REASONS = EGRESS_REASONS
 _HEAD_LIMIT = 16 * 1024
 _HEAD_TIMEOUT_S = 10.0
 _HELLO_TIMEOUT_S = 10.0
@@ -75,17 +73,6 @@ class Denial:
     port: int
     reason: str
     detail: str
-
-
-@dataclass(frozen=True)
-class EgressLimits:
-    """Per-task caps (0: none): ``max_bytes`` both ways, ``max_connections`` in all, and
-    ``max_open_connections`` at once (always bounded); ``connect_timeout_s`` per attempt."""
-
-    max_bytes: int = 0
-    max_connections: int = 0
-    max_open_connections: int = 32
-    connect_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -112,16 +99,17 @@ class _Failed(Exception):
 
 
 class EgressProxy:
-    """The process's proxy (module docstring). ``destinations``: the operator's address
-    rules; ``static_hosts``: names resolved to fixed addresses instead of DNS."""
+    """The process's proxy (module docstring), bounded by the operator's ``egress`` settings:
+    the address rules (``allow_networks``), names pinned to addresses (``static_hosts``) and
+    the per-task caps (``max_bytes``, ``max_connections``, ``max_open_connections``,
+    ``connect_timeout_s``)."""
 
-    def __init__(self, destinations: Destinations, limits: EgressLimits,
-                 static_hosts: dict[str, str] | None = None) -> None:
-        self._destinations = destinations
-        self._limits = limits
-        self._static = {normalize_host(k): ipaddress.ip_address(v) for k, v in (static_hosts or {}).items()}
+    def __init__(self, settings: EgressSettings) -> None:
+        self._destinations = Destinations(settings.allow_networks)
+        self._limits = settings
+        self._static = {normalize_host(k): ipaddress.ip_address(v) for k, v in settings.static_hosts.items()}
         # Series at 0 from the start, so the first refusal shows in rate() (metrics.start_series).
-        for reason in REASONS:
+        for reason in EGRESS_REASONS:
             EGRESS_DENIED.labels(reason)
         for direction in ("sent", "received"):
             EGRESS_BYTES.labels(direction)
@@ -134,9 +122,8 @@ class EgressProxy:
 
         def attach(listener: socket.socket, notes_fd: int) -> _Session:
             session = _Session(self, task, notes_fd)
-            future = asyncio.run_coroutine_threadsafe(session.serve(listener), self._loop)
             try:
-                future.result(timeout=10)
+                self._run(session.serve(listener))
             except BaseException:
                 listener.close()
                 raise
@@ -254,7 +241,7 @@ class _Session:
     def _admit(self, host: str, port: int) -> None:
         """Count one more connection to ``host``:``port``, or refuse it by the task's caps."""
         limits = self._limits
-        if self._limit_hit and limits.max_bytes and self._sent + self._received > limits.max_bytes:
+        if limits.max_bytes and self._sent + self._received > limits.max_bytes:
             raise _Refused(Denial(host, port, "bytes_cap",
                                   f"the task's egress cap of {limits.max_bytes} bytes is used up"))
         if limits.max_connections and self._connections >= limits.max_connections:
@@ -273,9 +260,9 @@ class _Session:
         to send first (the ClientHello, or the rewritten HTTP request head)."""
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _HEAD_TIMEOUT_S)
-        except asyncio.LimitOverrunError as exc:
-            raise _Refused(Denial("", 0, "bad_request", "a request head over 16 KiB"), 431) from exc
-        if len(head) > _HEAD_LIMIT:
+        except asyncio.LimitOverrunError:
+            head = b""  # no end in a whole buffer: longer still
+        if not head or len(head) > _HEAD_LIMIT:
             raise _Refused(Denial("", 0, "bad_request", "a request head over 16 KiB"), 431)
         request = _parse_head(head)
         if request.method == b"CONNECT":

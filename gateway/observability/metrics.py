@@ -217,7 +217,7 @@ SANDBOX_LIMIT_HITS = Counter(
 )
 EGRESS_DENIED = Counter(
     "mcp_egress_denied_total",
-    "Connections of restricted tasks the egress proxy refused, by reason (gateway.egress.proxy.REASONS).",
+    "Connections of restricted tasks the egress proxy refused, by reason (the audit field egress_reason).",
     ["reason"],
 )
 EGRESS_CONNECTIONS = Counter("mcp_egress_connections_total", "Connections restricted tasks made to the egress proxy.")

@@ -23,8 +23,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.egress.allowlist import AllowList, Destinations
-from gateway.egress.proxy import Denial, EgressLimits, EgressProxy, EgressTask
+from gateway.config import EgressSettings
+from gateway.egress.allowlist import AllowList
+from gateway.egress.proxy import Denial, EgressProxy, EgressTask
 from sandbox import NetworkMode
 from tests.conftest import REPO, GatewayProcess, start_gateway
 from tests.egress_hosts import BIG_BYTES, HELLO, PACKAGE_VALUE, EgressHosts
@@ -243,15 +244,15 @@ def test_a_large_download_counts_its_bytes(gw: GatewayProcess, http: httpx.Clien
 
 
 @pytest.mark.parametrize(("limits", "script", "reason"), [
-    (EgressLimits(max_bytes=1 << 20), "curl -sS -o /dev/null http://allowed.test/big.bin", "bytes_cap"),
-    (EgressLimits(max_connections=2),
+    ({"max_bytes": 1 << 20}, "curl -sS -o /dev/null http://allowed.test/big.bin", "bytes_cap"),
+    ({"max_connections": 2},
      "for i in 1 2 3; do curl -sS --fail -o /dev/null http://allowed.test/hello.txt || exit 7; done",
      "connections_cap"),
 ])
 def test_an_egress_cap_refuses_traffic_and_ends_the_run_with_limit_reason_egress(
-        sbx: Any, hosts: EgressHosts, limits: EgressLimits, script: str, reason: str) -> None:
+        sbx: Any, hosts: EgressHosts, limits: dict[str, int], script: str, reason: str) -> None:
     # The library path (sandbox.run with the gateway's proxy), as the containment suite runs it.
-    proxy = EgressProxy(Destinations([hosts.network]), limits, hosts.names)
+    proxy = EgressProxy(EgressSettings(allow_networks=[hosts.network], static_hosts=hosts.names, **limits))
     refused: list[Denial] = []
     try:
         attach = proxy.attach(EgressTask("task-cap", AllowList.parse(["allowed.test"]), refused.append))
