@@ -36,6 +36,7 @@ from gateway.audit.signing import CheckpointSigner, create_signing_key, load_sig
 from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.edges.grpc_server import GrpcEdge, create_grpc_server
+from gateway.edges.mcp_server import McpEdge, McpHttpApp
 from gateway.edges.rest import GatewayHttpProtocol, create_app
 from gateway.errors import GatewayError, PolicyEngineError
 from gateway.observability.metrics import STORE_LOCK_HELD
@@ -564,6 +565,10 @@ async def serve(
     app = create_app(runtime.service, settings.host, lambda: http_port, settings.limits.max_request_bytes,
                      gate=EdgeGate("http", admission.http_in_flight, admission.max_wait_ms / 1000),
                      settings=settings)
+    mcp_edge = McpEdge(runtime.service, settings) if settings.mcp.enabled else None
+    if mcp_edge is not None:
+        app.router.routes.extend(
+            McpHttpApp(mcp_edge, runtime.service, settings, settings.host, lambda: http_port).routes())
     tls = runtime.tls
     web = _Uvicorn(uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="off", http=GatewayHttpProtocol,
@@ -581,12 +586,16 @@ async def serve(
     hangup = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, hangup.set)
 
+    mcp_sessions = contextlib.AsyncExitStack()
+    if mcp_edge is not None:
+        await mcp_sessions.enter_async_context(mcp_edge.run())
     await grpc_edge.start()
     web_task = asyncio.create_task(web.serve(sockets=[http_sock]))
     while not web.started and not web_task.done():
         await asyncio.sleep(0.01)
     if web_task.done():
         await grpc_edge.stop(0)
+        await mcp_sessions.aclose()
         raise StartupError(f"HTTP server failed to start: {web_task.exception()}")
     # What start-up made (modules, settings, the service) lives as long as the process: out of
     # the collector's sight, a full collection scans only what requests made since (a pause
@@ -620,6 +629,7 @@ async def serve(
             background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await background
+    await mcp_sessions.aclose()  # MCP sessions end (their calls are cancelled) before the HTTP server stops
     web.should_exit = True
     await grpc_edge.stop(_EDGE_STOP_GRACE_S)
     await web_task

@@ -8,6 +8,12 @@ applies its ``auth`` and ``rate_limits`` sections without a restart. Exit status
 clean shutdown, 2 for bad flags or settings, 3 when the gateway cannot start (the message
 says what to fix), 4 when a shared task store's owner lock was lost.
 
+``mcp-gateway mcp-stdio [--url URL] [--token T] [--ca-file F] [--client-cert F --client-key F]``
+serves MCP on stdin/stdout for agents that launch their servers as subprocesses, forwarding
+every request to a running gateway's ``/mcp`` (URL default ``$MCP_GATEWAY_URL``, else
+http://127.0.0.1:8080; token default ``$MCP_GATEWAY_TOKEN``): see
+:mod:`gateway.edges.mcp_stdio`. Exit status 0 once stdin closes, 2 for bad flags.
+
 ``mcp-gateway policy eval --input FILE``, ``policy test`` and ``policy check``: see
 :mod:`gateway.policy.cli`.
 
@@ -71,6 +77,15 @@ def _parser() -> argparse.ArgumentParser:
         "--dev", action="store_true", default=None,
         help="development mode: calls without credentials are the 'anonymous' principal (loopback only)",
     )
+    stdio = sub.add_parser("mcp-stdio", help="MCP over stdin/stdout, forwarded to a running gateway's /mcp")
+    stdio.add_argument("--url", default=os.environ.get("MCP_GATEWAY_URL", "http://127.0.0.1:8080"),
+                       help="the gateway's URL, or its MCP endpoint (.../mcp); default $MCP_GATEWAY_URL, else "
+                       "http://127.0.0.1:8080")
+    stdio.add_argument("--token", default=os.environ.get("MCP_GATEWAY_TOKEN"),
+                       help="API key or JWT, sent as a bearer token (default $MCP_GATEWAY_TOKEN)")
+    stdio.add_argument("--ca-file", help="PEM CA bundle that verifies the gateway's certificate")
+    stdio.add_argument("--client-cert", help="PEM client certificate for mTLS")
+    stdio.add_argument("--client-key", help="PEM key of --client-cert")
     policy = sub.add_parser("policy", help="evaluate, test or check a policy bundle")
     psub = policy.add_subparsers(dest="policy_command", required=True)
     ev = psub.add_parser("eval", help="print the decision for one input (design section 6 shape)")
@@ -94,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "mcp-stdio":
+        return _mcp_stdio(args)
     if args.command == "policy":
         from gateway.policy.cli import run_policy_command
 
@@ -144,6 +161,20 @@ def _serve(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"mcp-gateway: cannot start: {exc}", file=sys.stderr)
         return 3
+
+
+def _mcp_stdio(args: argparse.Namespace) -> int:
+    import logging
+
+    from gateway.edges.mcp_stdio import BridgeSettings, run_bridge
+
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="mcp-gateway mcp-stdio: %(message)s")
+    if args.client_key and not args.client_cert:
+        print("mcp-gateway: --client-key needs --client-cert", file=sys.stderr)
+        return 2
+    url = args.url.rstrip("/")
+    url = url if url.endswith("/mcp") else url + "/mcp"
+    return run_bridge(BridgeSettings(url, args.token, args.ca_file, args.client_cert, args.client_key))
 
 
 # --- token / apikey: credentials for development and operators -------------------------

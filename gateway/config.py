@@ -658,6 +658,46 @@ class AdmissionSettings(BaseModel):
     )
 
 
+class McpSettings(BaseModel):
+    """The MCP edge (``gateway.edges.mcp_server``): streamable HTTP at ``/mcp`` on the HTTP
+    port. DNS-rebinding protection checks every request's ``Host`` and ``Origin`` against
+    the lists below; empty lists are derived from ``host``: a loopback bind allows the
+    loopback names, a bind to one address allows that address, and a wildcard bind
+    (0.0.0.0, ::) checks ``Host`` only when ``allowed_hosts`` names the service's names."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="Serve /mcp (and its RFC 9728 metadata).")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values /mcp answers (host, host:port or host:* for any port); empty = derived "
+        "from the bind address.",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Origin header values /mcp answers (a request without Origin is not a browser's and passes); "
+        "empty = derived from the bind address.",
+    )
+    resource_url: str | None = Field(
+        None, pattern=r"^https?://",
+        description="This server's MCP URL as clients reach it (RFC 9728 'resource'), e.g. "
+        "https://gw.example.com/mcp; default: built from each request's scheme and Host.",
+    )
+    authorization_servers: list[str] = Field(
+        default_factory=list,
+        description="OAuth authorization servers whose tokens this gateway accepts, for the RFC 9728 document; "
+        "empty = the JWT issuers of auth.jwt.",
+    )
+    session_idle_timeout_s: float = Field(
+        1800.0, gt=0, le=86_400, description="An MCP session without a request for this long is closed, seconds."
+    )
+    max_sessions: int = Field(1000, ge=1, le=100_000, description="MCP sessions open at once; more are refused (503).")
+    max_result_bytes: int = Field(
+        1 << 20, ge=1024, le=64 << 20,
+        description="Largest tool result (text and structured content together), bytes; larger output is cut "
+        "and marked truncated.",
+    )
+
+
 class Settings(BaseSettings):
     """All gateway settings. See the module docstring for the source precedence."""
 
@@ -689,6 +729,7 @@ class Settings(BaseSettings):
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     egress: EgressSettings = Field(default_factory=EgressSettings)
+    mcp: McpSettings = Field(default_factory=McpSettings)
 
     @model_validator(mode="after")
     def _safe_bind(self) -> Settings:

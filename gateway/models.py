@@ -18,6 +18,7 @@ __all__ = [
     "Decision",
     "addressed_host",
     "ExecutionPlan",
+    "McpCall",
     "OutputChunk",
     "OutputKind",
     "ExecuteRequest",
@@ -135,6 +136,25 @@ class Principal:
 
 
 @dataclass(frozen=True)
+class McpCall:
+    """One MCP ``tools/call`` (design section 12), for audit events and policy context.
+
+    Attributes:
+        tool: the tool called, e.g. ``execute_command``.
+        jsonrpc_id: the JSON-RPC request id, as text (a number's decimal digits).
+        protocol_version: the MCP revision the client speaks, e.g. ``2025-11-25``.
+        client_name: the client's name from the handshake (``clientInfo.name``), or empty.
+        client_version: the client's version from the handshake, or empty.
+    """
+
+    tool: str
+    jsonrpc_id: str
+    protocol_version: str
+    client_name: str = ""
+    client_version: str = ""
+
+
+@dataclass(frozen=True)
 class RequestContext:
     """Transport facts about one call, for policy ``context`` and audit events.
 
@@ -154,6 +174,7 @@ class RequestContext:
         client_process: the caller's client software (its user agent), or ``unknown``.
         trace_context: the W3C Trace Context the caller sent (``traceparent``,
             ``tracestate``: HTTP headers or gRPC metadata), to continue its trace.
+        mcp: the MCP ``tools/call`` this call serves; None on the other edges.
     """
 
     transport: str
@@ -167,6 +188,7 @@ class RequestContext:
     request_bytes: int = 0
     client_process: str = "unknown"
     trace_context: tuple[tuple[str, str], ...] = ()
+    mcp: McpCall | None = None
 
     @classmethod
     def for_call(

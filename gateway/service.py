@@ -29,6 +29,7 @@ status codes; they hold no logic of their own.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
 import os
@@ -54,6 +55,7 @@ from gateway.errors import (
     InternalError,
     InvalidFormat,
     InvalidParameter,
+    InvalidRequest,
     MissingParameter,
     NetworkDenied,
     NotFound,
@@ -96,10 +98,10 @@ from gateway.models import (
 from gateway.policy.active import ActivePolicy
 from gateway.ratelimit import RateLimiter
 from gateway.tasks import TaskManager, TaskStore
-from gateway.tasks.store import TaskQuota
+from gateway.tasks.store import TaskQuery, TaskQuota
 from gateway.tasks.workspaces import WORKSPACE_ID_PATTERN, WorkspaceManager
 
-__all__ = ["FileContent", "GatewayService", "HealthInfo", "TASK_ID_PATTERN", "new_task_id"]
+__all__ = ["FileContent", "GatewayService", "HealthInfo", "TASK_ID_PATTERN", "TaskPage", "new_task_id"]
 
 log = logging.getLogger("gateway.service")
 
@@ -118,6 +120,7 @@ _NETWORK_ORDER = ("none", "loopback", "restricted", "host")
 _SANDBOX_CWD = "/workspace"
 _CANCEL_WAIT_S = 10.0  # CancelTask waits this long for the final state, seconds
 _MAX_OFFSET = 2**63 - 1
+_MAX_PAGE = 100  # tasks per list_tasks page, at most
 
 
 def new_task_id() -> str:
@@ -132,6 +135,15 @@ class FileContent:
     path: str
     content: bytes
     mime_type: str
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of :meth:`GatewayService.list_tasks`: ``tasks`` newest first, and the
+    ``next_page_token`` that continues after them (None on the last page)."""
+
+    tasks: tuple[TaskRecord, ...]
+    next_page_token: str | None
 
 
 @dataclass(frozen=True)
@@ -244,7 +256,7 @@ class GatewayService:
         Raises:
             PermissionDenied (1003): the principal lacks ``policy:read``.
         """
-        self._authorize(principal, ctx, "policy:read")
+        self.authorize(principal, ctx, "policy:read")
         return self._policy_status()
 
     def reload_policy(self, principal: Principal, ctx: RequestContext) -> dict[str, Any]:
@@ -256,7 +268,7 @@ class GatewayService:
             PolicyEngineError (5003): the bundle was rejected (the active one stays), or
                 OPA loads the bundle itself.
         """
-        self._authorize(principal, ctx, "policy:admin")
+        self.authorize(principal, ctx, "policy:admin")
         try:
             result = self._policy.reload()
         except PolicyEngineError as exc:
@@ -284,13 +296,29 @@ class GatewayService:
             what :meth:`authenticate` raises; RateLimited (4290) when the principal has
             its limit of calls in flight (audited as ``rate_limit``); what ``fn`` raises.
         """
+        return self._call(ctx, lambda: self.authenticate(ctx, credentials), fn, args, kwargs)
+
+    def call_as(self, ctx: RequestContext, principal: Principal, fn: Callable[..., T], /, *args: Any,
+                **kwargs: Any) -> T:
+        """:meth:`call` for a caller the edge authenticated already (with :meth:`authenticate`)
+        for the connection or request that carries this call: an MCP ``tools/call`` rides
+        a POST whose credentials were checked before the MCP session saw it.
+
+        Raises:
+            RateLimited (4290): the principal has its limit of calls in flight (audited as
+                ``rate_limit``); what ``fn`` raises.
+        """
+        return self._call(ctx, lambda: principal, fn, args, kwargs)
+
+    def _call(self, ctx: RequestContext, identify: Callable[[], Principal], fn: Callable[..., T],
+              args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         start = time.perf_counter()
         status = "ok"
         with call_span(ctx.transport, ctx.method, ctx.client_addr, ctx.trace_context) as current, \
                 bind_call(ctx.request_id):
             try:
                 with stage("authenticate"):
-                    principal = self.authenticate(ctx, credentials)
+                    principal = identify()
                 current.set_attributes({"mcp.principal": principal.id, "mcp.tenant": principal.tenant})
                 key = (principal.tenant, principal.id)
                 try:
@@ -349,25 +377,33 @@ class GatewayService:
             raise
         return principal
 
-    def _authorize(self, principal: Principal, ctx: RequestContext, scope: str) -> None:
-        """PermissionDenied (1003), audited, unless ``principal`` holds ``scope``."""
+    def authorize(self, principal: Principal, ctx: RequestContext, scope: str) -> None:
+        """Check that ``principal`` holds ``scope`` (every use case does this itself; an
+        edge asks too where its protocol answers a missing scope before the call runs,
+        as MCP over HTTP does with 403).
+
+        Raises:
+            PermissionDenied (1003): it does not; audited as ``auth_failure`` with reason
+                ``missing_scope``.
+        """
         if scope in principal.scopes:
             return
         AUTH_FAILURES.labels(principal.auth_scheme, "missing_scope").inc()
         self._audit.emit("auth_failure", ctx, principal, auth_reason="missing_scope", error_code=1003)
         raise PermissionDenied(f"missing scope {scope}", details={"scope": scope})
 
-    def refuse_malformed(self, principal: Principal, ctx: RequestContext, error: InvalidFormat) -> None:
-        """Refuse an authenticated call whose body does not decode (the edge found it), with
-        an ``invalid_request`` audit event (``error_code`` 2003, ``request_bytes`` as sent);
+    def refuse_malformed(self, principal: Principal, ctx: RequestContext, error: InvalidRequest) -> None:
+        """Refuse an authenticated call whose body does not decode, or (over MCP) whose tool
+        arguments do not match the tool's schema (the edge found it), with an
+        ``invalid_request`` audit event (``error_code`` 2001-2003, ``request_bytes`` as sent);
         never returns.
 
         Raises:
-            InvalidFormat (2003): ``error``, always, once audited.
+            InvalidRequest (2001-2003): ``error``, always, once audited.
             AuditError (5001): the refusal could not be audited.
         """
         self._audit.emit("invalid_request", ctx, principal, error_code=error.code,
-                         request_bytes=ctx.request_bytes)
+                         request_bytes=ctx.request_bytes, **self._mcp_counts(principal, ctx))
         raise error
 
     # -- commands -------------------------------------------------------------
@@ -386,8 +422,8 @@ class GatewayService:
             StorageError (5002): the task could not be stored (nothing runs; its ``allow``
                 decision is closed by a ``task_end`` FAILED event with 5002).
         """
-        self._authorize(principal, ctx, "tasks:execute")
-        count = self._audit.count_call(ctx, principal)
+        self.authorize(principal, ctx, "tasks:execute")
+        counts = self._audit.count_call(ctx, principal)
         self._validate(req)
         workspace = req.metadata.get("workspace")
         if workspace is not None:
@@ -397,11 +433,11 @@ class GatewayService:
         try:
             decision = self._decide(policy_input)
         except PolicyEngineError as exc:
-            self._audit_decision(ctx, principal, req, None, count, error_code=exc.code, reason=exc.message)
+            self._audit_decision(ctx, principal, req, None, counts, error_code=exc.code, reason=exc.message)
             raise
         if not decision.allow:
             denied = _denial(decision)
-            self._audit_decision(ctx, principal, req, decision, count, error_code=denied.code)
+            self._audit_decision(ctx, principal, req, decision, counts, error_code=denied.code)
             raise denied
         try:
             # The request may still be refused after policy allowed it (paths outside the
@@ -416,11 +452,11 @@ class GatewayService:
             self._tasks.reserve(principal, principal_quota=principal_quota, tenant_quota=tenant_quota)
         except GatewayError as exc:
             limit = str(exc.details.get("limit", "queue")) if isinstance(exc, RateLimited) else None
-            self._audit_decision(ctx, principal, req, decision, count, error_code=exc.code, rate_limit=limit)
+            self._audit_decision(ctx, principal, req, decision, counts, error_code=exc.code, rate_limit=limit)
             raise
         task_id = new_task_id()
         try:
-            self._audit_decision(ctx, principal, req, decision, count, task_id=task_id)
+            self._audit_decision(ctx, principal, req, decision, counts, task_id=task_id)
         except BaseException:
             self._tasks.release(principal)
             raise
@@ -467,7 +503,7 @@ class GatewayService:
             AuditError (5001): that event could not be written.
             StorageError (5002): the store failed.
         """
-        self._authorize(principal, ctx, scope)
+        self.authorize(principal, ctx, scope)
         if not TASK_ID_PATTERN.match(task_id):
             raise InvalidFormat(
                 "task_id must be 'task-' followed by 32 lowercase hex digits",
@@ -481,9 +517,58 @@ class GatewayService:
             if cross_tenant:
                 CROSS_TENANT_PROBES.inc()
             self._audit.emit("not_found", ctx, principal, task_id=task_id, error_code=NotFound.code,
-                             cross_tenant=cross_tenant)
+                             cross_tenant=cross_tenant, **self._mcp_counts(principal, ctx))
             raise NotFound(f"task {task_id} not found", details={"task_id": task_id})
+        self._audit_tool_call(principal, ctx, task_id=task_id)
         return record
+
+    def list_tasks(
+        self, principal: Principal, ctx: RequestContext, *, status: str | None = None, since_ns: int = 0,
+        limit: int = 20, page_token: str | None = None,
+    ) -> TaskPage:
+        """The caller's tasks (a tenant admin: every task of its tenant), newest first, one
+        page of at most ``limit``; the same visibility as :meth:`get_task`.
+
+        Args:
+            status: only tasks in this state (a :class:`TaskStatus` name), or all.
+            since_ns: only tasks created at or after this time, unix nanoseconds (0: all).
+            limit: tasks per page, 1-100.
+            page_token: the previous page's ``next_page_token`` (opaque), or None for the first.
+
+        Raises:
+            PermissionDenied (1003): the principal lacks ``tasks:read``.
+            InvalidParameter (2001): ``status``, ``since_ns`` or ``limit`` out of range.
+            InvalidFormat (2003): ``page_token`` is not one this gateway issued.
+            StorageError (5002): the store failed.
+        """
+        self.authorize(principal, ctx, "tasks:read")
+        if not 1 <= limit <= _MAX_PAGE:
+            raise InvalidParameter(f"limit must be between 1 and {_MAX_PAGE}", details={"field": "limit"})
+        if not 0 <= since_ns <= _MAX_OFFSET:
+            raise InvalidParameter("since must be a time after 1970", details={"field": "since"})
+        try:
+            state = TaskStatus[status] if status else None
+        except KeyError:
+            raise InvalidParameter(f"status must be one of {', '.join(s.name for s in TaskStatus)}",
+                                   details={"field": "status"}) from None
+        query = TaskQuery(principal.tenant, None if principal.tenant_admin else principal.id, state, since_ns,
+                          _page_cursor(page_token) if page_token else None, limit)
+        records = self._store.list_tasks(query)
+        self._audit_tool_call(principal, ctx)
+        last = records[-1] if len(records) == limit else None
+        return TaskPage(tuple(records), _page_token(last) if last is not None else None)
+
+    def _audit_tool_call(self, principal: Principal, ctx: RequestContext, **fields: Any) -> None:
+        """An MCP ``tools/call``'s one audit event, for tools with no decision or file
+        event of their own (reading tasks); nothing on the other edges."""
+        if ctx.mcp is not None:
+            self._audit.emit("tool_call", ctx, principal, request_bytes=ctx.request_bytes,
+                             **self._mcp_counts(principal, ctx), **fields)
+
+    def _mcp_counts(self, principal: Principal, ctx: RequestContext) -> dict[str, int]:
+        """The session counters of an MCP ``tools/call``'s one event, where the call ends
+        in no decision or file event (every ``tools/call`` counts); nothing on other edges."""
+        return self._audit.count_call(ctx, principal) if ctx.mcp is not None else {}
 
     async def cancel_task(self, principal: Principal, ctx: RequestContext, task_id: str) -> TaskRecord:
         """Cancel the caller's task and return it once final (CANCELLED, or the state it
@@ -496,8 +581,19 @@ class GatewayService:
             InvalidFormat (2003) / NotFound (6001) / StorageError (5002): as ``get_task``.
         """
         record = await asyncio.to_thread(self.get_task, principal, ctx, task_id, scope="tasks:cancel")
+        return await self.abandon_task(record)
+
+    async def abandon_task(self, record: TaskRecord) -> TaskRecord:
+        """Cancel ``record``, a task the caller has just created (``execute_command``) and
+        no longer waits for (an MCP client cancelled its ``tools/call``); returns it as
+        :meth:`cancel_task` does.
+
+        Raises:
+            StorageError (5002): the store failed.
+        """
         if record.final:
             return record
+        task_id = record.task_id
         if await asyncio.to_thread(self._tasks.cancel_local, task_id) is None:
             # run by another replica (or it just ended): ask its owner
             await asyncio.to_thread(self._store.request_cancel, task_id)
@@ -518,6 +614,34 @@ class GatewayService:
             return record
         current = await self._tasks.wait_final(record.task_id, wait_s)
         return current if current is not None else record
+
+    def follow_task(self, record: TaskRecord, offset: int = 0) -> AsyncIterator[OutputChunk]:
+        """The output log of ``record``, a task the caller has just created
+        (``execute_command``, which authorized it), from entry ``offset`` on, live, ending
+        with the EXIT_CODE entry: what an edge that waits for the task streams meanwhile.
+
+        Raises (while iterating):
+            StorageError (5002): the store failed.
+        """
+        return self._tasks.follow(record.task_id, offset)
+
+    def read_output(
+        self, principal: Principal, ctx: RequestContext, task_id: str, offset: int, limit: int
+    ) -> list[OutputChunk]:
+        """Up to ``limit`` entries of the caller's task output log from entry ``offset``,
+        as stored now (no waiting; an empty list past the end).
+
+        Raises:
+            PermissionDenied (1003): the principal lacks ``tasks:read``.
+            InvalidParameter (2001): ``offset`` is negative or too large, ``limit`` below 1.
+            InvalidFormat (2003) / NotFound (6001) / StorageError (5002): as ``get_task``.
+        """
+        if not 0 <= offset <= _MAX_OFFSET:
+            raise InvalidParameter("offset must be between 0 and 2^63-1", details={"field": "offset"})
+        if limit < 1:
+            raise InvalidParameter("limit must be at least 1", details={"field": "limit"})
+        self.get_task(principal, ctx, task_id)
+        return self._store.read_output(task_id, offset, limit)
 
     def stream_output(
         self, principal: Principal, ctx: RequestContext, task_id: str, offset: int
@@ -602,8 +726,8 @@ class GatewayService:
     ) -> str:
         """Scope, validation, policy decision and its audit event for one file call;
         returns the workspace-relative path to act on."""
-        self._authorize(principal, ctx, scope)
-        count = self._audit.count_call(ctx, principal, file=True)
+        self.authorize(principal, ctx, scope)
+        counts = self._audit.count_call(ctx, principal, file=True)
         _check_workspace_id(workspace, "workspace")
         # Policy sees the canonical sandbox path (/workspace/<rel>), so path roots apply to
         # relative paths too; a path that leaves the workspace reaches policy as given, so
@@ -624,7 +748,7 @@ class GatewayService:
         tool = action.replace(".", "_")  # file_read, file_write, file_delete
         audit = {"tool_name": tool, "workspace": workspace, "file_path": clip(path, 1024) or ".",
                  "request_bytes": request_bytes if request_bytes is not None else ctx.request_bytes,
-                 "file_access_count": count}
+                 **counts}
         try:
             decision = self._decide(policy_input)
         except PolicyEngineError as exc:
@@ -785,12 +909,16 @@ class GatewayService:
 
     @staticmethod
     def _context_input(ctx: RequestContext) -> dict[str, Any]:
-        return {
+        context: dict[str, Any] = {
             "transport": ctx.transport,
             "client_addr": ctx.client_addr,
             "request_id": ctx.request_id,
             "time_ns": time.time_ns(),
         }
+        if ctx.mcp is not None:
+            context["mcp"] = {"tool": ctx.mcp.tool, "protocol_version": ctx.mcp.protocol_version,
+                              "client_name": ctx.mcp.client_name, "client_version": ctx.mcp.client_version}
+        return context
 
     def _plan(self, req: ExecuteRequest, cwd: str, decision: Decision) -> ExecutionPlan:
         grant = decision.sandbox
@@ -843,7 +971,7 @@ class GatewayService:
         principal: Principal,
         req: ExecuteRequest,
         decision: Decision | None,
-        invoke_count: int,
+        counts: dict[str, int],
         *,
         task_id: str | None = None,
         error_code: int | None = None,
@@ -860,7 +988,7 @@ class GatewayService:
             command_sha256=_sha256(req.command),
             args_sha256=args_sha256(req.args),
             request_bytes=ctx.request_bytes,
-            tool_invoke_count=invoke_count,
+            **counts,
             error_code=error_code,
             rate_limit=rate_limit,
             **self._decision_fields(decision, reason),
@@ -910,6 +1038,24 @@ def _check_workspace_id(workspace: str, field: str) -> None:
 def _visible(record: TaskRecord, principal: Principal) -> bool:
     """Tasks are the tenant's: its admins see them all, other principals their own."""
     return record.tenant == principal.tenant and (record.principal_id == principal.id or principal.tenant_admin)
+
+
+def _page_token(last: TaskRecord) -> str:
+    """An opaque cursor after ``last``: its creation time and id, base64url. It names no
+    tenant or principal: a page is always read with the caller's own visibility, so a
+    forged token can only move the cursor within what the caller may see anyway."""
+    return base64.urlsafe_b64encode(f"{last.created_at_ns}:{last.task_id}".encode()).decode().rstrip("=")
+
+
+def _page_cursor(token: str) -> tuple[int, str]:
+    """The ``(created_at_ns, task_id)`` of a :func:`_page_token`; InvalidFormat (2003) otherwise."""
+    try:
+        created, _, task_id = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode().partition(":")
+        if created.isdigit() and TASK_ID_PATTERN.match(task_id) and len(created) <= 19:
+            return int(created), task_id
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise InvalidFormat("page_token is not a token this gateway issued", details={"field": "page_token"})
 
 
 def _no_nul(field: str, values: Any) -> None:

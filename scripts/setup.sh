@@ -44,3 +44,16 @@ if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m p
   echo "setup: pip install failed (log above)" >&2
   exit 1
 fi
+
+# The MCP Inspector CLI, a real MCP client the end-to-end tests drive (pinned, from npm, once
+# into the ignored tools folder). Without Node the test that needs it is skipped, saying so.
+inspector=.tools/inspector
+if [ -n "$extras" ] && command -v npm >/dev/null 2>&1 && [ ! -x "$inspector/node_modules/.bin/mcp-inspector" ]; then
+  mkdir -p "$inspector"
+  if ! (cd "$inspector" && HOME="$PWD" npm install --no-audit --no-fund --save-exact --loglevel=error \
+        @modelcontextprotocol/inspector@2.12.0) >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup: npm install of the MCP Inspector failed (log above)" >&2
+    exit 1
+  fi
+fi

@@ -69,9 +69,11 @@ FIELDS: tuple[Field, ...] = (
         "its body does not decode, error_code 2003; not_found: a call named a task the caller cannot "
         "see, answered 6001; checkpoint: a signature over the chain head; audit_outage: written when "
         "a failing audit sink writes again, naming it and the calls refused meanwhile; egress_denied: the "
-        "egress proxy refused a connection of a restricted task).", required=True,
+        "egress proxy refused a connection of a restricted task; tool_call: an MCP tools/call that neither "
+        "runs a command nor touches a file, e.g. get_task: those two are audited by their decision and file "
+        "events).", required=True,
         enum=("decision", "task_end", "file", "auth_failure", "rate_limit", "policy_reload", "invalid_request",
-              "not_found", "checkpoint", "audit_outage", "egress_denied"),
+              "not_found", "checkpoint", "audit_outage", "egress_denied", "tool_call"),
     ),
     Field("producer", "string", "Who wrote the event.", required=True, enum=("mcp-gateway",)),
     Field("transport", "string", "Edge the call came through ('internal' for the gateway's own events).",
@@ -94,7 +96,15 @@ FIELDS: tuple[Field, ...] = (
           "principal_concurrent_tasks, tenant_concurrent_tasks, queue, principal_in_flight or "
           "workspace_busy (the workspace is held by another replica's tasks)."),
     Field("task_id", "string", "Task the event belongs to.", pattern="^task-[0-9a-f]{32}$"),
-    Field("tool_name", "string", "Tool invoked, e.g. 'execute_command'."),
+    Field("tool_name", "string",
+          "Tool invoked, e.g. 'execute_command' (for file calls over gRPC and REST: file_read, file_write, "
+          "file_delete; over MCP the tool's own name)."),
+    Field("jsonrpc_id", "string", "MCP tools/call: the JSON-RPC request id, as text, at most 128 chars."),
+    Field("protocol_version", "string", "MCP tools/call: the protocol revision the client speaks, e.g. 2025-11-25."),
+    Field("client_name", "string",
+          "MCP tools/call: the client's name from the handshake (clientInfo.name), at most 128 chars."),
+    Field("client_version", "string",
+          "MCP tools/call: the client's version from the handshake (clientInfo.version), at most 128 chars."),
     Field("command", "string", "Command line with secret-looking values redacted, at most 1024 chars."),
     Field("command_sha256", "string", "SHA-256 of the command name (hex).", pattern=_HEX64),
     Field("args_sha256", "string", "SHA-256 of the JSON array of arguments (hex).", pattern=_HEX64),
@@ -106,8 +116,9 @@ FIELDS: tuple[Field, ...] = (
     Field("decision_id", "string", "Id of the policy decision."),
     Field("request_bytes", "integer", "Size of the request, bytes.", minimum=0),
     Field("response_bytes", "integer", "Size of the response, bytes.", minimum=0),
-    Field("tool_invoke_count", "integer", "Tool calls (executions) in this session so far, including this one.",
-          minimum=1),
+    Field("tool_invoke_count", "integer",
+          "Tool calls in this session so far, including this one: executions over gRPC and REST, every "
+          "tools/call over MCP.", minimum=1),
     Field("file_access_count", "integer", "File calls in this session so far, including this one.", minimum=1),
     Field("session_request_bytes", "integer", "Request bytes of this session so far, this call included.",
           minimum=0),

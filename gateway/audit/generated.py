@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.audit.fields import FIELDS, Field, json_schema
+from gateway.docgen import replace_section
 
 __all__ = ["DOC_MARKERS", "render"]
 
@@ -86,21 +87,6 @@ def _falco_table() -> str:
                   lambda f: (f"`mcp.{f.name}`", _FALCO_TYPE[f.type], f.description))
 
 
-def _doc(current: str, table: str, page: str = "docs/audit.md") -> str:
-    """``current`` (the text of ``page``) with the part between :data:`DOC_MARKERS` replaced
-    by ``table``.
-
-    Raises:
-        ValueError: when the page lacks the markers.
-    """
-    start, end = DOC_MARKERS
-    head, sep, rest = current.partition(start)
-    _, sep2, tail = rest.partition(end)
-    if not sep or not sep2:
-        raise ValueError(f"{page} lacks the markers {start!r} ... {end!r}")
-    return f"{head}{start}\n{table}\n{end}{tail}"
-
-
 def render(repo: Path) -> dict[Path, str]:
     """Every derived file under ``repo`` with the content it must have.
 
@@ -115,6 +101,6 @@ def render(repo: Path) -> dict[Path, str]:
     return {
         repo / "docs" / "schema" / "mcp_audit_v1.json": json.dumps(json_schema(), indent=2) + "\n",
         repo / "falco" / "pkg" / "mcpaudit" / "fields_gen.go": _go_fields(),
-        doc: _doc(doc.read_text(), _doc_table()),
-        readme: _doc(readme.read_text(), _falco_table(), "falco/README.md"),
+        doc: replace_section(doc.read_text(), DOC_MARKERS, _doc_table(), "docs/audit.md"),
+        readme: replace_section(readme.read_text(), DOC_MARKERS, _falco_table(), "falco/README.md"),
     }

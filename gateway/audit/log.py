@@ -485,13 +485,18 @@ class AuditLog:
 
     # -- events ----------------------------------------------------------------
 
-    def count_call(self, ctx: RequestContext, principal: Principal, *, file: bool = False) -> int:
-        """Count one tool call (``file``: a file call) of the caller's session.
+    def count_call(self, ctx: RequestContext, principal: Principal, *, file: bool = False) -> dict[str, int]:
+        """Count one call of the caller's session: an execution, or with ``file`` a file
+        call; over MCP (``ctx.mcp``) every ``tools/call`` also counts as a tool call.
 
         Returns:
-            the session's ``tool_invoke_count`` (or ``file_access_count``), this call included.
+            the counter fields of the call's event, this call included:
+            ``tool_invoke_count`` and/or ``file_access_count``.
         """
-        return self.sessions.count_call(principal.id, ctx.session_id, file=file)
+        tools, files = self.sessions.count_call(principal.id, ctx.session_id, tool=not file or ctx.mcp is not None,
+                                                file=file)
+        counts = {"tool_invoke_count": tools, "file_access_count": files}
+        return {k: v for k, v in counts.items() if v is not None}
 
     def _base(self, event_type: str, ctx: RequestContext | None, *, method: str = "") -> dict[str, Any]:
         """The keys every event has; ``ctx`` None for the gateway's own events."""
@@ -561,6 +566,12 @@ class AuditLog:
             if principal.credential_sha256 is not None:
                 event["credential_sha256"] = principal.credential_sha256
         event.update({k: v for k, v in fields.items() if v is not None})
+        if ctx is not None and ctx.mcp is not None:
+            call = ctx.mcp
+            event.update(tool_name=call.tool, jsonrpc_id=clip(call.jsonrpc_id, 128),
+                         protocol_version=clip(call.protocol_version, 64))
+            event.update({k: clip(v, 128) for k, v in (("client_name", call.client_name),
+                                                       ("client_version", call.client_version)) if v})
         unknown = set(event) - FIELD_NAMES
         if unknown:
             raise AuditError(f"unknown audit fields: {sorted(unknown)}")

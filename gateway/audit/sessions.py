@@ -57,19 +57,21 @@ class SessionCounters:
             self._sessions.popitem(last=False)
         return totals
 
-    def count_call(self, principal: str, session_id: str, *, file: bool) -> int:
-        """Count one tool call (``file``: a file call) of the session.
+    def count_call(self, principal: str, session_id: str, *, tool: bool, file: bool) -> tuple[int | None, int | None]:
+        """Count one call of the session: a tool call, a file call, or both (a file tool
+        called over MCP).
 
         Returns:
-            the session's ``tool_invoke_count`` (or ``file_access_count``), this call included.
+            the session's ``(tool_invoke_count, file_access_count)``, this call included;
+            None for a counter this call does not count.
         """
         with self._lock:
             totals = self._get((principal, session_id))
+            if tool:
+                totals.tool_invokes += 1
             if file:
                 totals.file_accesses += 1
-                return totals.file_accesses
-            totals.tool_invokes += 1
-            return totals.tool_invokes
+            return (totals.tool_invokes if tool else None, totals.file_accesses if file else None)
 
     def add_bytes(self, principal: str, session_id: str, request_bytes: int, response_bytes: int) -> tuple[int, int]:
         """Add an event's bytes to the session.

@@ -77,7 +77,7 @@ from gateway.models import (
 )
 from gateway.service import TASK_ID_PATTERN, GatewayService
 
-__all__ = ["CommandBody", "GatewayHttpProtocol", "create_app"]
+__all__ = ["CommandBody", "GatewayHttpProtocol", "create_app", "error_response", "read_capped", "request_context"]
 
 log = logging.getLogger(__name__)
 
@@ -335,6 +335,34 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.app_state = state
 
 
+def request_context(request: Request, method: str, server_host: str, server_port: int,
+                    transport: str | None = None) -> tuple[RequestContext, Credentials]:
+    """The context and credentials of one HTTP call: ``transport`` (default ``http`` or
+    ``https`` by the connection), the peer, the addressed host, the session (the
+    ``mcp-session-id`` or ``x-session-id`` header, else the connection), the trace context;
+    credentials are the ``Authorization`` header and the TLS client certificate the
+    handshake verified (see :class:`GatewayHttpProtocol`)."""
+    client = request.client
+    tls = request.url.scheme == "https"
+    state = request.scope.get("state", {})
+    headers = request.headers
+    ctx = RequestContext.for_call(
+        transport=transport or ("https" if tls else "http"),
+        method=method,
+        peer=f"{client.host}:{client.port}" if client else "",
+        server_host=server_host,
+        server_port=server_port,
+        request_bytes=int(headers.get("content-length") or 0),
+        user_agent=headers.get("user-agent"),
+        tls=tls,
+        connection_id=state.get(CONNECTION_STATE_KEY, ""),
+        session_header=headers.get("mcp-session-id") or headers.get("x-session-id"),
+        authority=headers.get("host"),
+        headers=headers,
+    )
+    return ctx, Credentials(authorization=headers.get("authorization"), client_cert=state.get(PEER_CERT_STATE_KEY))
+
+
 def _network(body: SandboxConfigBody | None) -> str | None:
     if body is None:
         return None
@@ -478,7 +506,7 @@ class _BodyTooLarge(InvalidParameter):
     this edge answers 413 (RFC 9110 section 15.5.14) instead of 400."""
 
 
-async def _read_capped(request: Request, cap: int) -> bytes:
+async def read_capped(request: Request, cap: int) -> bytes:
     """The request body, refused with 413/2001 once larger than ``cap`` bytes (also when it
     arrives chunked, without Content-Length)."""
     parts: list[bytes] = []
@@ -491,15 +519,18 @@ async def _read_capped(request: Request, cap: int) -> bytes:
     return b"".join(parts)
 
 
-def _error_response(error: GatewayError, status: int | None = None,
+def error_response(error: GatewayError, status: int | None = None,
                     headers: dict[str, str] | None = None) -> JSONResponse:
     """``error`` as the JSON error body with its HTTP status (``status`` overrides the
-    table's) and the headers its class calls for, plus ``headers``."""
+    table's) and the headers its class calls for (a ``WWW-Authenticate`` in ``headers``
+    replaces the class's own challenge), plus ``headers``."""
     headers = dict(headers or {})
     if status is None:
         status = 413 if isinstance(error, _BodyTooLarge) else status_for(error).http
     if isinstance(error, RateLimited):
         headers["Retry-After"] = str(error.retry_after_s)
+    elif "WWW-Authenticate" in headers:  # the caller's own challenge (MCP's names its metadata)
+        pass
     elif isinstance(error, PermissionDenied):  # RFC 6750 section 3.1
         scope = error.details.get("scope", "")
         headers["WWW-Authenticate"] = f'Bearer realm="mcp-gateway", error="insufficient_scope", scope="{scope}"'
@@ -516,12 +547,12 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
     something required is missing, else 2001; pydantic's report is in ``details.errors``."""
     problems = exc.errors()
     if any(p.get("type") == "json_invalid" for p in problems):
-        return _error_response(InvalidFormat("request body is not valid JSON"))
+        return error_response(InvalidFormat("request body is not valid JSON"))
     fields = [{"loc": [str(x) for x in p.get("loc", ())], "msg": str(p.get("msg", ""))} for p in problems[:20]]
     cls = MissingParameter if any(p.get("type") == "missing" for p in problems) else InvalidParameter
     if all(tuple(p.get("loc", ()))[:1] == ("body",) for p in problems):
-        return _error_response(cls("request body does not match the schema", details={"errors": fields}), 422)
-    return _error_response(cls("request parameters do not match the schema", details={"errors": fields}))
+        return error_response(cls("request body does not match the schema", details={"errors": fields}), 422)
+    return error_response(cls("request parameters do not match the schema", details={"errors": fields}))
 
 
 def _allowed_methods(app: FastAPI, scope: dict[str, Any]) -> str:
@@ -682,7 +713,7 @@ class AdmissionMiddleware:
         try:
             await slot.__aenter__()
         except RateLimited as exc:
-            await _error_response(exc)(scope, receive, send)
+            await error_response(exc)(scope, receive, send)
             return
         held = True
 
@@ -721,7 +752,7 @@ class BodyLimitMiddleware:
             length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
             if length is not None and (not length.isdigit() or int(length) > self._max):
                 error = _BodyTooLarge(f"request body larger than {self._max} bytes", details={"max": self._max})
-                await _error_response(error)(scope, receive, send)
+                await error_response(error)(scope, receive, send)
                 return
         await self._app(scope, receive, send)
 
@@ -751,25 +782,7 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
     app.openapi = lambda: _openapi_document(app, settings)  # type: ignore[method-assign]
 
     def caller(request: Request, method: str) -> tuple[RequestContext, Credentials]:
-        client = request.client
-        tls = request.url.scheme == "https"
-        state = request.scope.get("state", {})
-        headers = request.headers
-        ctx = RequestContext.for_call(
-            transport="https" if tls else "http",
-            method=method,
-            peer=f"{client.host}:{client.port}" if client else "",
-            server_host=server_host,
-            server_port=server_port(),
-            request_bytes=int(headers.get("content-length") or 0),
-            user_agent=headers.get("user-agent"),
-            tls=tls,
-            connection_id=state.get(CONNECTION_STATE_KEY, ""),
-            session_header=headers.get("mcp-session-id") or headers.get("x-session-id"),
-            authority=headers.get("host"),
-            headers=headers,
-        )
-        return ctx, Credentials(authorization=headers.get("authorization"), client_cert=state.get(PEER_CERT_STATE_KEY))
+        return request_context(request, method, server_host, server_port())
 
     async def call(request: Request, method: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Authenticate the caller, then ``fn(principal, ctx, *args, **kwargs)``, in one
@@ -783,7 +796,7 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-        return _error_response(exc)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -802,12 +815,12 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
                                      details={"allow": headers["Allow"]})
         else:
             error = InvalidParameter(str(exc.detail))
-        return _error_response(error, exc.status_code, headers)
+        return error_response(error, exc.status_code, headers)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error in REST handler", exc_info=exc)
-        return _error_response(InternalError("internal error"))
+        return error_response(InternalError("internal error"))
 
     @app.post("/v1/execute", response_model=TaskCreatedBody, status_code=202, tags=["tasks"],
               **_contract(InvalidParameter, MissingParameter, InvalidFormat, *_CALL_ERRORS, *_POLICY_ERRORS,
@@ -920,7 +933,7 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
         """Write the request body (raw bytes) to the file, atomically replacing it (scope
         ``files:write``). The caller is authenticated before the body is read."""
         principal, ctx = await authenticated(request, "PUT /v1/files")
-        content = await _read_capped(request, max_body_bytes)
+        content = await read_capped(request, max_body_bytes)
         written = await asyncio.to_thread(
             lambda: service.write_file(
                 principal, ctx, workspace, path, content, mode=_file_mode(mode), create_dirs=create_dirs

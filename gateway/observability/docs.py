@@ -11,6 +11,7 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
+from gateway.docgen import replace_section
 from gateway.observability import metrics as _metrics  # noqa: F401  (registers the metrics)
 
 __all__ = ["MARKERS", "render"]
@@ -40,10 +41,4 @@ def render(repo: Path) -> dict[Path, str]:
         ValueError: when the page lacks the markers.
     """
     page = repo / "docs" / "observability.md"
-    text = page.read_text()
-    start, end = MARKERS
-    head, sep, rest = text.partition(start)
-    _, sep2, tail = rest.partition(end)
-    if not sep or not sep2:
-        raise ValueError(f"{page} lacks the markers {start!r} ... {end!r}")
-    return {page: f"{head}{start}\n{_table()}\n{end}{tail}"}
+    return {page: replace_section(page.read_text(), MARKERS, _table(), "docs/observability.md")}

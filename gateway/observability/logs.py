@@ -185,3 +185,7 @@ def configure_logging(level: str, fmt: LogFormat = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    # The MCP SDK logs every session it opens and closes, with its id, at INFO: one line per
+    # agent connection, naming what a session hijack needs. Its warnings (refused Host or
+    # Origin, a session named by another principal) and errors still show; debug shows all.
+    logging.getLogger("mcp").setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)

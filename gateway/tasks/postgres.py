@@ -46,10 +46,12 @@ from gateway.tasks.store import (
     UNFINISHED_SQL,
     WAITING_SQL,
     Migration,
+    TaskQuery,
     TaskQuota,
     check_quota,
     chunk_from_row,
     chunk_params,
+    list_sql,
     orphan_result_json,
     pending_migrations,
     record_from_row,
@@ -107,9 +109,13 @@ _MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (tenant, workspace)
         )""",
     )),
+    (3, (  # task listing, newest first within a tenant
+        "CREATE INDEX mcp_tasks_by_tenant ON mcp_tasks (tenant, created_at_ns, task_id)",
+    )),
 )
+_COLUMNS = ", ".join(f"{c}::text" if c.endswith("_json") else c for c in TASK_COLUMNS)
 _SELECT_TASK = "SELECT {} FROM mcp_tasks WHERE task_id = %s".format(
-    ", ".join(f"{c}::text" if c.endswith("_json") else c for c in TASK_COLUMNS)
+    _COLUMNS
 )
 _INSERT_TASK = "INSERT INTO mcp_tasks ({}) VALUES ({})".format(
     ", ".join(TASK_COLUMNS), ", ".join("%s::jsonb" if c.endswith("_json") else "%s" for c in TASK_COLUMNS)
@@ -286,6 +292,13 @@ class PostgresTaskStore:
         with self._connection("get") as conn:
             row = conn.execute(_SELECT_TASK, (task_id,)).fetchone()
         return None if row is None else record_from_row(row)
+
+    def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
+        """Tasks matching ``query``, newest first (see :class:`TaskQuery`)."""
+        sql, params = list_sql(query, "mcp_tasks", "%s", _COLUMNS)
+        with self._connection("list_tasks") as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [record_from_row(row) for row in rows]
 
     def mark_running(self, task_id: str, started_at_ns: int) -> bool:
         """CREATED/QUEUED -> RUNNING at ``started_at_ns`` (unix ns); False when the task is

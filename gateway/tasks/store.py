@@ -26,7 +26,7 @@ import stat
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -45,7 +45,7 @@ from gateway.models import (
 if TYPE_CHECKING:
     from gateway.config import Settings
 
-__all__ = ["SqliteTaskStore", "TaskQuota", "TaskStore", "check_quota", "open_store"]
+__all__ = ["SqliteTaskStore", "TaskQuery", "TaskQuota", "TaskStore", "check_quota", "list_sql", "open_store"]
 
 
 class TaskQuota(NamedTuple):
@@ -94,6 +94,11 @@ class TaskStore(Protocol):
 
     def get(self, task_id: str) -> TaskRecord | None:
         """The task, or None when there is no such id."""
+        ...
+
+    def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
+        """Up to ``query.limit`` tasks of ``query.tenant`` matching ``query``, newest first
+        (by creation time, then id)."""
         ...
 
     def mark_running(self, task_id: str, started_at_ns: int) -> bool:
@@ -202,6 +207,42 @@ TASK_COLUMNS = (
     "decision_id", "created_at_ns", "started_at_ns", "completed_at_ns", "result_json", "owner", "workspace",
     "cancel_requested",
 )
+
+
+@dataclass(frozen=True)
+class TaskQuery:
+    """Which tasks :meth:`TaskStore.list_tasks` returns: those of ``tenant`` (and of
+    ``principal_id`` unless None), in ``status`` unless None, created at or after
+    ``since_ns`` (unix ns), strictly older than ``before`` (``(created_at_ns, task_id)`` of
+    the previous page's last task) unless None; at most ``limit``."""
+
+    tenant: str
+    principal_id: str | None
+    status: TaskStatus | None
+    since_ns: int
+    before: tuple[int, str] | None
+    limit: int
+
+
+def list_sql(query: TaskQuery, table: str, placeholder: str, columns: str) -> tuple[str, list[Any]]:
+    """The SELECT of :meth:`TaskStore.list_tasks` for both backends (``placeholder``: ``?``
+    or ``%s``), served by the index on (tenant, created_at_ns, task_id)."""
+    where, params = ["tenant = {p}"], [query.tenant]
+    if query.principal_id is not None:
+        where.append("principal_id = {p}")
+        params.append(query.principal_id)
+    if query.status is not None:
+        where.append("status = {p}")
+        params.append(query.status.value)
+    if query.since_ns:
+        where.append("created_at_ns >= {p}")
+        params.append(query.since_ns)
+    if query.before is not None:
+        where.append("(created_at_ns < {p} OR (created_at_ns = {p} AND task_id < {p}))")
+        params += [query.before[0], query.before[0], query.before[1]]
+    sql = (f"SELECT {columns} FROM {table} WHERE {' AND '.join(where)} "
+           "ORDER BY created_at_ns DESC, task_id DESC LIMIT {p}")
+    return sql.replace("{p}", placeholder), [*params, query.limit]
 
 
 def _status_in(statuses: set[TaskStatus] | frozenset[TaskStatus]) -> str:
@@ -370,6 +411,9 @@ _SQLITE_MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX tasks_purge ON tasks(status, completed_at_ns)",
         "DROP INDEX tasks_status",
     )),
+    (3, (  # task listing, newest first within a tenant
+        "CREATE INDEX tasks_by_tenant ON tasks(tenant, created_at_ns, task_id)",
+    )),
 )
 _CHECKPOINT_INTERVAL_S = 1.0  # how often committed WAL pages are copied into the database, seconds
 _SELECT_TASK = f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks WHERE task_id = ?"
@@ -526,6 +570,13 @@ class SqliteTaskStore:
         with self._guard() as db:
             row = db.execute(_SELECT_TASK, (task_id,)).fetchone()
         return None if row is None else record_from_row(row)
+
+    def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
+        """Tasks matching ``query``, newest first (see :class:`TaskQuery`)."""
+        sql, params = list_sql(query, "tasks", "?", ", ".join(TASK_COLUMNS))
+        with self._guard() as db:
+            rows = db.execute(sql, params).fetchall()
+        return [record_from_row(row) for row in rows]
 
     def mark_running(self, task_id: str, started_at_ns: int) -> bool:
         """CREATED/QUEUED -> RUNNING at ``started_at_ns`` (unix ns); False when the task is

@@ -5,6 +5,7 @@ the README's grpcurl / curl commands with certificates."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -21,12 +22,14 @@ from typing import Any
 
 import grpc
 import httpx
+import mcp_types as types
 import pytest
 from cryptography.hazmat.primitives import serialization
+from mcp import Client, StdioServerParameters
 
 from gateway.auth.apikeys import hash_api_key, new_api_key
 from gateway.proto import mcp_pb2, mcp_pb2_grpc
-from tests.conftest import GatewayProcess, start_gateway, wait_until
+from tests.conftest import GATEWAY_BIN, GatewayProcess, start_gateway, wait_until
 from tests.pki import CertificateAuthority, Issued
 
 ALL_TASK_SCOPES = ["tasks:execute", "tasks:read", "tasks:cancel", "files:read", "files:write"]
@@ -279,6 +282,23 @@ def test_mapped_client_certificate_over_https(mtls: TlsGateway, pki: Pki, who: s
         task_id = rest_execute_and_wait(http)
     assert_decision(decision_event(mtls, task_id), principal=who.replace("_", "-"), scheme="mtls",
                     credential=fingerprint(client), transport="https")
+
+
+def test_mapped_client_certificate_over_mcp_through_the_stdio_bridge(mtls: TlsGateway, pki: Pki) -> None:
+    """The MCP edge authenticates client certificates like the others; the stdio bridge
+    presents one (and trusts the gateway's CA) when told to."""
+    params = StdioServerParameters(command=str(GATEWAY_BIN), args=[
+        "mcp-stdio", "--url", mtls.https, "--ca-file", str(pki.ca.cert), "--client-cert", str(pki.agent.cert),
+        "--client-key", str(pki.agent.key)])
+
+    async def run() -> types.CallToolResult:
+        async with Client(params, mode="legacy", cache=None) as client:
+            return await client.call_tool("execute_command", {"command": "echo", "args": ["hi"]})
+
+    body = asyncio.run(run()).structured_content or {}
+    assert body["stdout"] == "hi\n"
+    assert_decision(decision_event(mtls, body["task_id"]), principal="agent", scheme="mtls",
+                    credential=fingerprint(pki.agent), transport="mcp")
 
 
 # -- 2. no client certificate --------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import hmac
@@ -19,7 +20,7 @@ from prometheus_client import REGISTRY
 from gateway.audit.log import AuditError, AuditLog
 from gateway.audit.sessions import SessionCounters
 from gateway.audit.sinks import FileSink, StdoutSink, WebhookSink
-from gateway.models import Principal, RequestContext, addressed_host
+from gateway.models import McpCall, Principal, RequestContext, addressed_host
 
 CTX = RequestContext(
     transport="http", method="POST /v1/execute", client_addr="127.0.0.1:5000", request_id="r1",
@@ -188,18 +189,33 @@ def test_stdout_gets_every_line_and_a_refused_one_is_taken_back_from_the_file(tm
 
 def test_sessions_count_per_principal_and_session() -> None:
     counters = SessionCounters(max_sessions=2)
-    assert [counters.count_call("alice", "s1", file=False) for _ in range(3)] == [1, 2, 3]
-    assert counters.count_call("bob", "s1", file=False) == 1  # the same id, another principal
-    assert counters.count_call("alice", "s1", file=True) == 1
+    assert [counters.count_call("alice", "s1", tool=True, file=False) for _ in range(3)] == [(1, None), (2, None),
+                                                                                            (3, None)]
+    assert counters.count_call("bob", "s1", tool=True, file=False) == (1, None)  # the same id, another principal
+    assert counters.count_call("alice", "s1", tool=False, file=True) == (None, 1)
+    assert counters.count_call("alice", "s1", tool=True, file=True) == (4, 2)  # a file tool over MCP
     assert counters.add_bytes("alice", "s1", 10, 100) == (10, 100)
     assert counters.add_bytes("alice", "s1", 5, 0) == (15, 100)
-    counters.count_call("carol", "s9", file=False)  # a third session: the least recent goes
-    assert counters.count_call("bob", "s1", file=False) == 1
+    counters.count_call("carol", "s9", tool=True, file=False)  # a third session: the least recent goes
+    assert counters.count_call("bob", "s1", tool=True, file=False) == (1, None)
+
+
+def test_mcp_calls_count_every_tool_and_carry_the_handshake(tmp_path: Path) -> None:
+    log = AuditLog(FileSink(tmp_path / "a.jsonl"))
+    mcp = dataclasses.replace(CTX, method="tools/call", mcp=McpCall("read_file", "7", "2025-11-25", "agent", "1.2"))
+    assert log.count_call(CTX, ALICE, file=True) == {"file_access_count": 1}
+    assert log.count_call(mcp, ALICE, file=True) == {"tool_invoke_count": 1, "file_access_count": 2}
+    assert log.count_call(mcp, ALICE) == {"tool_invoke_count": 2}
+    event = log.emit("file", mcp, ALICE, tool_name="file_read", file_path="a")
+    assert {k: event[k] for k in ("tool_name", "jsonrpc_id", "protocol_version", "client_name", "client_version",
+                                  "method")} == {
+        "tool_name": "read_file", "jsonrpc_id": "7", "protocol_version": "2025-11-25", "client_name": "agent",
+        "client_version": "1.2", "method": "tools/call"}
 
 
 def test_events_carry_the_session_totals(tmp_path: Path) -> None:
     log = AuditLog(FileSink(tmp_path / "a.jsonl"))
-    counts = [log.count_call(CTX, ALICE) for _ in range(2)]
+    counts = [log.count_call(CTX, ALICE)["tool_invoke_count"] for _ in range(2)]
     e1 = log.emit("decision", CTX, ALICE, decision="allow", request_bytes=100, tool_invoke_count=counts[0])
     e2 = log.emit("task_end", CTX, ALICE, status="COMPLETED", response_bytes=7000)
     assert (e1["session_request_bytes"], e1["session_response_bytes"]) == (100, 0)

@@ -26,7 +26,7 @@ from gateway.config import Settings
 from gateway.errors import RateLimited, StorageError
 from gateway.models import OutputChunk, OutputKind, ResourceUsage, TaskRecord, TaskResult, TaskStatus, TaskType
 from gateway.tasks import PostgresTaskStore, SqliteTaskStore, TaskStore, open_store
-from gateway.tasks.store import TaskQuota
+from gateway.tasks.store import TaskQuery, TaskQuota
 from tests.conftest import wait_until
 from tests.pg_server import PostgresServer
 
@@ -235,6 +235,37 @@ def test_purge_finished_deletes_old_final_tasks_and_their_output(store: TaskStor
     assert len(store.read_output(unfinished.task_id, 0, 10)) == 2
 
 
+def test_list_tasks_pages_newest_first_within_a_tenant(store: TaskStore) -> None:
+    # Two tasks share a creation time: the id orders them, so a page boundary between them
+    # neither repeats nor skips one.
+    mine = [_record(n, tenant="acme", principal_id="alice") for n in (1, 2, 3, 5)]
+    mine.append(_record(4, tenant="acme", principal_id="alice", created_at_ns=NOW_NS + 5))
+    others = [_record(10, tenant="acme", principal_id="carol"), _record(11, tenant="beta", principal_id="alice")]
+    for record in [*mine, *others]:
+        store.create(record)
+    store.finish(mine[0].task_id, TaskStatus.COMPLETED, NOW_NS + 100, _result())
+    newest_first = sorted(mine, key=lambda r: (r.created_at_ns, r.task_id), reverse=True)
+
+    def page(before: tuple[int, str] | None, **query: object) -> list[TaskRecord]:
+        fields: dict[str, object] = {"tenant": "acme", "principal_id": "alice", "status": None, "since_ns": 0,
+                                     "before": before, "limit": 2, **query}
+        return store.list_tasks(TaskQuery(**fields))  # type: ignore[arg-type]
+
+    seen: list[str] = []
+    before = None
+    while True:
+        records = page(before)
+        seen += [r.task_id for r in records]
+        if len(records) < 2:
+            break
+        before = (records[-1].created_at_ns, records[-1].task_id)
+    assert seen == [r.task_id for r in newest_first]
+    assert {r.task_id for r in page(None, principal_id=None, limit=100)} == {r.task_id for r in [*mine, others[0]]}
+    assert [r.task_id for r in page(None, status=TaskStatus.COMPLETED)] == [mine[0].task_id]
+    assert [r.task_id for r in page(None, since_ns=NOW_NS + 5, limit=100)] == [r.task_id for r in newest_first[:2]]
+    assert page(None, tenant="gamma") == []
+
+
 def test_a_closed_store_raises_storage_error(open_backend: Callable[[], TaskStore]) -> None:
     store = open_backend()
     store.close()
@@ -292,9 +323,9 @@ def test_sqlite_migrates_a_version_1_database_keeping_its_rows(tmp_path: Path) -
         store.close()
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
-        assert indexes == {"tasks_purge"}
+        assert indexes == {"tasks_purge", "tasks_by_tenant"}
     finally:
         db.close()
 
@@ -303,9 +334,9 @@ def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
     path = tmp_path / "tasks.db"
     SqliteTaskStore(path).close()
     db = sqlite3.connect(path)
-    db.execute("PRAGMA user_version=3")
+    db.execute("PRAGMA user_version=4")
     db.close()
-    with pytest.raises(StorageError, match="schema version 3, newer than this gateway"):
+    with pytest.raises(StorageError, match="schema version 4, newer than this gateway"):
         SqliteTaskStore(path)
 
 
@@ -492,7 +523,8 @@ def test_postgres_replicas_opening_at_once_migrate_once(postgres_dsn: str) -> No
         store.close()
     assert errors == [] and len(stores) == 4
     with psycopg.connect(postgres_dsn) as conn:
-        assert conn.execute("SELECT version FROM mcp_schema_migrations ORDER BY version").fetchall() == [(1,), (2,)]
+        versions = conn.execute("SELECT version FROM mcp_schema_migrations ORDER BY version").fetchall()
+        assert versions == [(1,), (2,), (3,)]
 
 
 def test_postgres_refuses_a_newer_schema(postgres_dsn: str) -> None:

@@ -1,0 +1,733 @@
+"""MCP edge (design section 12): the gateway's use cases as MCP tools over streamable HTTP.
+
+Built on the official SDK's low-level server (``mcp.server.lowlevel.Server``), which speaks
+both protocol revisions it knows (2025-11-25 with its ``initialize`` handshake and
+``Mcp-Session-Id``, 2026-07-28 without). ``tools/list`` answers :data:`TOOLS`;
+``tools/call`` decodes the arguments with the tool's pydantic model, calls the service as
+the principal the HTTP layer authenticated (in a worker thread: policy, store and audit
+calls block) and encodes a ``CallToolResult`` whose ``structuredContent`` matches the
+tool's ``outputSchema``, with the same JSON as its text block (MCP spec 2025-11-25,
+"Tools: structured content"). A refusal is a tool error (``isError``) carrying
+``{"error": {"code", "message", "details"}}`` with the project's code; only an unknown
+tool is a JSON-RPC error (-32602), as the spec asks.
+
+Each ``tools/call`` is one audit event, written by the service: an ``execute_command``'s
+``decision``, a file tool's ``file`` event, a ``tool_call`` for the others; each carries
+method ``tools/call``, ``tool_name``, ``jsonrpc_id``, ``protocol_version``, the client's
+name and version from the handshake and the session's ``tool_invoke_count``
+(``gateway.models.McpCall``). Arguments that do not match a tool's schema are refused
+with 2001/2002 and an ``invalid_request`` event.
+
+HTTP authorization (MCP spec 2025-11-25, "Authorization"; RFC 9728; RFC 6750), in
+:class:`McpHttpApp`, before the SDK sees a request:
+
+1. DNS-rebinding protection: ``Host`` and ``Origin`` against the lists built from the
+   server's own host settings (:func:`transport_security`); 421 / 403.
+2. Authentication by the same service call as every edge (API key, JWT, mTLS client
+   certificate; audited, rate limited); a failure answers 401 with
+   ``WWW-Authenticate: Bearer resource_metadata="<RFC 9728 URL>"`` (and
+   ``error="invalid_token"`` when a credential was presented).
+3. A ``tools/call`` of a tool whose scope the principal lacks answers 403 with
+   ``error="insufficient_scope", scope="<scope>"`` (audited ``missing_scope``).
+4. The SDK binds a session to the principal that opened it (``scope["user"]``): another
+   principal naming that ``Mcp-Session-Id`` gets 404, as for an unknown session.
+
+The SDK's own bearer middleware is not used: it knows only bearer tokens (no client
+certificates), audits nothing, and its challenges lack ``scope=`` and say
+``invalid_token`` when no token was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import dataclasses
+import ipaddress
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import anyio
+import mcp_types as types
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.lowlevel import Server
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway import __version__
+from gateway.config import Settings, is_loopback_host
+from gateway.edges.rest import ADMISSION_RELEASE_KEY, error_response, read_capped, request_context
+from gateway.errors import (
+    AuthError,
+    GatewayError,
+    InternalError,
+    InvalidFormat,
+    InvalidParameter,
+    MissingParameter,
+    PermissionDenied,
+)
+from gateway.models import SCOPES, ExecuteRequest, McpCall, OutputKind, Principal, RequestContext, TaskRecord
+from gateway.service import GatewayService
+
+__all__ = ["MCP_PATH", "METADATA_PATH", "McpEdge", "McpHttpApp", "TOOLS", "Tool", "transport_security"]
+
+log = logging.getLogger(__name__)
+
+MCP_PATH = "/mcp"
+#: RFC 9728 section 3.1: the well-known prefix, then the resource's path.
+METADATA_PATH = "/.well-known/oauth-protected-resource" + MCP_PATH
+_PRINCIPAL_KEY = "mcp.principal"
+_CONTEXT_KEY = "mcp.context"
+_READ_OUTPUT_MAX_ENTRIES = 1000
+
+
+# -- tool arguments and results ----------------------------------------------------------
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+TaskIdArg = Annotated[str, Field(description="The task's id: task- and 32 lowercase hex digits.",
+                                 pattern=r"^task-[0-9a-f]{32}$")]
+WorkspaceArg = Annotated[str, Field(description="Workspace id in your tenant.",
+                                    pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+PathArg = Annotated[str, Field(description="Path in the workspace: relative, or absolute under /workspace.",
+                               min_length=1)]
+
+
+class ExecuteCommandArgs(_Args):
+    """``execute_command``: what ``POST /v1/execute`` takes, flattened."""
+
+    command: str = Field(description="Program name (looked up in the sandbox PATH) or absolute path.", min_length=1)
+    args: list[str] = Field(default_factory=list, description="Arguments, each passed as is (no shell).")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+    cwd: str | None = Field(None, description="Working directory, relative to /workspace.")
+    workspace: str | None = Field(
+        None, description="Workspace id in your tenant (created when new) whose files the command sees at "
+        "/workspace; default: a fresh one named after the task.", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    timeout_s: int = Field(0, ge=0, le=2**32 - 1, description="Wall-clock limit, seconds; 0 = the server default.")
+    network: Literal["none", "loopback", "restricted", "host"] = Field(
+        "none", description="restricted: egress only through the gateway's proxy, to the hosts policy allows.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="network restricted: the hosts this task needs (each on the policy's "
+        "allow-list); empty = what policy allows.")
+    wait_s: float | None = Field(
+        None, ge=0, description="How long to wait for the command to end, seconds (at most the server's "
+        "tasks.max_wait_s, also the default); a task still running then is returned as it is: poll get_task.")
+
+
+class TaskArgs(_Args):
+    """``get_task`` and ``cancel_task``."""
+
+    task_id: TaskIdArg
+
+
+class ReadTaskOutputArgs(_Args):
+    """``read_task_output``."""
+
+    task_id: TaskIdArg
+    offset: int = Field(0, ge=0, le=2**63 - 1, description="First log entry to return (entries are numbered "
+                        "from 0; pass the previous answer's next_offset to continue).")
+    max_entries: int = Field(100, ge=1, le=_READ_OUTPUT_MAX_ENTRIES, description="Entries to return at most.")
+
+
+class ReadFileArgs(_Args):
+    """``read_file``."""
+
+    workspace: WorkspaceArg
+    path: PathArg
+
+
+class WriteFileArgs(_Args):
+    """``write_file``."""
+
+    workspace: WorkspaceArg = Field(description="Workspace id in your tenant; created when new.")
+    path: PathArg
+    content: str = Field(description="The file's new content (see encoding).")
+    encoding: Literal["utf-8", "base64"] = Field("utf-8", description="How content is encoded.")
+    mode: str = Field("", pattern=r"^(?:(?:0o)?0*[0-7]{1,3})?$",
+                      description="Permission bits in octal, e.g. 0644 (default 0644).")
+    create_dirs: bool = Field(False, description="Create missing parent directories.")
+
+
+class DeleteFileArgs(_Args):
+    """``delete_file``."""
+
+    workspace: WorkspaceArg
+    path: PathArg
+    recursive: bool = Field(False, description="Delete a directory and everything in it.")
+
+
+class ListTasksArgs(_Args):
+    """``list_tasks``."""
+
+    status: Literal["QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"] | None = Field(
+        None, description="Only tasks in this state.")
+    limit: int = Field(20, ge=1, le=100, description="Tasks per page, at most.")
+    page_token: str | None = Field(None, description="The previous page's next_page_token.", max_length=512)
+
+
+class UsageResult(BaseModel):
+    """Measured use of a finished task."""
+
+    cpu_time_ms: int = Field(description="User + system CPU time, milliseconds.")
+    max_memory_kb: int = Field(description="Peak resident set size, KiB.")
+    io_read_bytes: int
+    io_write_bytes: int
+    egress_bytes_sent: int
+    egress_bytes_received: int
+
+
+class TaskResult(BaseModel):
+    """A task: its state and, once final, its result (``execute_command``, ``get_task``,
+    ``cancel_task``)."""
+
+    task_id: str
+    status: str = Field(description="QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED or TIMED_OUT.")
+    final: bool = Field(description="The task has ended; the fields below are its result.")
+    exit_code: int | None = Field(description="Exit status (128+N when killed by signal N); null until final.")
+    stdout: str = Field(description="Captured standard output (UTF-8, invalid bytes replaced).")
+    stderr: str
+    stdout_truncated: bool = Field(description="stdout was cut (the sandbox's output cap or the MCP result cap).")
+    stderr_truncated: bool
+    limit_reason: str | None = Field(description="Which limit ended the task (wall_timeout, cpu_time, ...).")
+    error: str | None = Field(description="Why the sandbox failed to start (FAILED tasks).")
+    execution_time_ms: int | None = Field(description="Wall time from spawn to reap, milliseconds.")
+    usage: UsageResult | None
+    workspace: str = Field(description="The workspace whose files the command saw at /workspace.")
+    created_at_ns: int = Field(description="Unix nanoseconds.")
+
+
+class OutputEntry(BaseModel):
+    """One entry of a task's output log."""
+
+    offset: int
+    stream: str = Field(description="stdout, stderr, exit (text is the exit status) or event (JSON).")
+    text: str = Field(description="The entry's bytes as UTF-8 (invalid bytes replaced).")
+
+
+class TaskOutputResult(BaseModel):
+    """``read_task_output``: entries from ``offset`` as stored now."""
+
+    task_id: str
+    entries: list[OutputEntry]
+    next_offset: int = Field(description="Where to continue reading.")
+    complete: bool = Field(description="The exit entry was returned: the log has no more entries.")
+
+
+class FileReadResult(BaseModel):
+    """``read_file``."""
+
+    path: str
+    content: str
+    encoding: str = Field(description="utf-8, or base64 for content that is not UTF-8 text.")
+    mime_type: str
+    size_bytes: int
+
+
+class FileWrittenResult(BaseModel):
+    """``write_file``."""
+
+    path: str
+    bytes_written: int
+
+
+class FileDeletedResult(BaseModel):
+    """``delete_file``."""
+
+    path: str
+    deleted: bool
+
+
+class TaskListResult(BaseModel):
+    """``list_tasks``: the caller's tasks, newest first."""
+
+    tasks: list[TaskResult]
+    next_page_token: str | None = Field(description="Pass as page_token for the next page; null on the last.")
+
+
+# -- the tool table ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tool:
+    """One gateway tool.
+
+    Attributes:
+        name: the MCP tool name.
+        description: what it does, for the agent.
+        args: its arguments model (``inputSchema``).
+        result: its result model (``outputSchema``).
+        scope: the scope a caller needs (checked by the service; over HTTP a call without
+            it is refused with 403 first).
+        read_only / destructive: the tool's annotations (``readOnlyHint``, ``destructiveHint``).
+    """
+
+    name: str
+    description: str
+    args: type[_Args]
+    result: type[BaseModel]
+    scope: str
+    read_only: bool
+    destructive: bool = False
+
+    def definition(self) -> types.Tool:
+        """The ``tools/list`` entry: schemas from the models, annotations."""
+        return types.Tool(
+            name=self.name,
+            description=self.description,
+            input_schema=self.args.model_json_schema(),
+            output_schema=self.result.model_json_schema(),
+            annotations=types.ToolAnnotations(
+                read_only_hint=self.read_only, destructive_hint=self.destructive if not self.read_only else None,
+                idempotent_hint=self.read_only or None, open_world_hint=False,
+            ),
+        )
+
+
+TOOLS: tuple[Tool, ...] = (
+    Tool("execute_command",
+         "Run a command in the gateway's sandbox (bubblewrap + seccomp, no network unless policy allows) as "
+         "a task, after policy allows it, and wait for it to end. Progress notifications carry its output "
+         "while it runs; cancelling the call cancels the task. Returns the exit code and captured output.",
+         ExecuteCommandArgs, TaskResult, "tasks:execute", read_only=False, destructive=True),
+    Tool("get_task", "A task's state and, once it has ended, its result.", TaskArgs, TaskResult,
+         "tasks:read", read_only=True),
+    Tool("read_task_output",
+         "A task's output log from an offset: stdout and stderr entries in order, the exit entry last.",
+         ReadTaskOutputArgs, TaskOutputResult, "tasks:read", read_only=True),
+    Tool("cancel_task", "Cancel a task (its sandbox is killed); returns it once ended. A finished task is "
+         "returned as it is.", TaskArgs, TaskResult, "tasks:cancel", read_only=False, destructive=True),
+    Tool("list_tasks", "Your tasks (a tenant admin: the tenant's), newest first, a page at a time.",
+         ListTasksArgs, TaskListResult, "tasks:read", read_only=True),
+    Tool("read_file", "Read a file of a workspace.", ReadFileArgs, FileReadResult, "files:read", read_only=True),
+    Tool("write_file", "Write a file of a workspace, replacing it atomically.", WriteFileArgs, FileWrittenResult,
+         "files:write", read_only=False, destructive=True),
+    Tool("delete_file", "Delete a file (or, with recursive, a directory tree) of a workspace.", DeleteFileArgs,
+         FileDeletedResult, "files:write", read_only=False, destructive=True),
+)
+_BY_NAME = {tool.name: tool for tool in TOOLS}
+
+
+# -- encoding ------------------------------------------------------------------------------
+
+
+def _cut(text: str, max_bytes: int) -> tuple[str, bool]:
+    """``text`` cut to at most ``max_bytes`` UTF-8 bytes (on a character boundary)."""
+    data = text.encode()
+    if len(data) <= max_bytes:
+        return text, False
+    return data[:max_bytes].decode(errors="ignore"), True
+
+
+def _task_result(record: TaskRecord, max_output_bytes: int) -> dict[str, Any]:
+    """A task as :class:`TaskResult` JSON, stdout and stderr cut to ``max_output_bytes`` each."""
+    r = record.result
+    body: dict[str, Any] = {
+        "task_id": record.task_id, "status": record.status.name, "final": record.final, "exit_code": None,
+        "stdout": "", "stderr": "", "stdout_truncated": False, "stderr_truncated": False, "limit_reason": None,
+        "error": None, "execution_time_ms": None, "usage": None, "workspace": record.workspace,
+        "created_at_ns": record.created_at_ns,
+    }
+    if r is not None:
+        stdout, out_cut = _cut(r.stdout, max_output_bytes)
+        stderr, err_cut = _cut(r.stderr, max_output_bytes)
+        u = r.resource_usage
+        body.update(
+            exit_code=r.exit_code, stdout=stdout, stderr=stderr, stdout_truncated=r.stdout_truncated or out_cut,
+            stderr_truncated=r.stderr_truncated or err_cut, limit_reason=r.limit_reason, error=r.error,
+            execution_time_ms=r.execution_time_ms,
+            usage={"cpu_time_ms": u.cpu_time_ms, "max_memory_kb": u.max_memory_kb, "io_read_bytes": u.io_read_bytes,
+                   "io_write_bytes": u.io_write_bytes, "egress_bytes_sent": u.egress_bytes_sent,
+                   "egress_bytes_received": u.egress_bytes_received},
+        )
+    return body
+
+
+_STREAMS = {OutputKind.STDOUT: "stdout", OutputKind.STDERR: "stderr", OutputKind.EXIT_CODE: "exit",
+            OutputKind.EVENT: "event"}
+
+
+def _success(body: dict[str, Any]) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(text=json.dumps(body))], structured_content=body)
+
+
+def _failure(error: GatewayError) -> types.CallToolResult:
+    """A refusal as a tool error: the project's error body, and one line for the model."""
+    body = error.to_dict()
+    return types.CallToolResult(
+        content=[types.TextContent(text=f"error {error.code} ({type(error).__name__}): {error.message}")],
+        structured_content=body, is_error=True,
+    )
+
+
+def _argument_error(exc: ValidationError) -> GatewayError:
+    """pydantic's report on tool arguments as the project's error (2002 when something
+    required is missing, else 2001), as REST answers a body of the wrong shape."""
+    problems = exc.errors()
+    fields = [{"loc": [str(x) for x in p.get("loc", ())], "msg": str(p.get("msg", ""))} for p in problems[:20]]
+    cls = MissingParameter if any(p.get("type") == "missing" for p in problems) else InvalidParameter
+    return cls("tool arguments do not match the tool's input schema", details={"errors": fields})
+
+
+# -- the server ----------------------------------------------------------------------------
+
+
+class McpEdge:
+    """The MCP server: the SDK's low-level server with the gateway's tools, its streamable
+    HTTP session manager, and :meth:`run` for the serving process's lifetime.
+
+    Args:
+        service: the shared service layer.
+        settings: the server's settings (``mcp.*``, ``tasks.max_wait_s``, ``host``).
+    """
+
+    def __init__(self, service: GatewayService, settings: Settings) -> None:
+        self._service = service
+        self._settings = settings
+        self._max_wait_s = settings.tasks.max_wait_s
+        # stdout and stderr share the result cap with the JSON text block that repeats them.
+        self._max_output_bytes = settings.mcp.max_result_bytes // 4
+        self.server: Server[Any] = Server(
+            "mcp-gateway", version=__version__, title="MCP Security Gateway",
+            instructions="Runs commands in a sandbox after a policy decision; every call is audited.",
+            on_list_tools=self._list_tools, on_call_tool=self._call_tool,
+        )
+        self._tools = types.ListToolsResult(tools=[tool.definition() for tool in TOOLS])  # schemas built once
+        self.security = transport_security(settings)
+        # McpHttpApp checks Host and Origin before any request reaches the manager (which
+        # would check them again, the same way, without these settings).
+        self.sessions = StreamableHTTPSessionManager(
+            app=self.server, max_request_body_size=settings.limits.max_request_bytes,
+            session_idle_timeout=settings.mcp.session_idle_timeout_s, max_sessions=settings.mcp.max_sessions,
+        )
+
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        """Serve sessions while the context is open (once per instance)."""
+        async with self.sessions.run():
+            yield
+
+    async def _list_tools(self, ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        return self._tools
+
+
+    async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        tool = _BY_NAME.get(params.name)
+        if tool is None:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
+        request: Request | None = ctx.request
+        if request is None or _PRINCIPAL_KEY not in request.scope:  # only McpHttpApp serves this server
+            raise MCPError(code=types.INTERNAL_ERROR, message="no authenticated caller")
+        principal: Principal = request.scope[_PRINCIPAL_KEY]
+        arguments = params.arguments or {}
+        client = ctx.session.client_params.client_info if ctx.session.client_params is not None else None
+        call_ctx = dataclasses.replace(
+            request.scope[_CONTEXT_KEY], method="tools/call", request_id=uuid.uuid4().hex,
+            request_bytes=len(json.dumps(arguments)),
+            mcp=McpCall(tool.name, str(ctx.request_id), ctx.protocol_version,
+                        client.name if client is not None else "", client.version if client is not None else ""),
+        )
+        release: Callable[[], Awaitable[None]] | None = request.scope.get(ADMISSION_RELEASE_KEY)
+        try:
+            try:
+                args = tool.args.model_validate(arguments)
+            except ValidationError as exc:
+                error = _argument_error(exc)
+                await self._in_thread(call_ctx, principal, self._service.refuse_malformed, error)
+                raise AssertionError("refuse_malformed returned") from None
+            if tool.name == "execute_command":
+                assert isinstance(args, ExecuteCommandArgs)
+                body = await self._execute(ctx, call_ctx, principal, args, release)
+            else:
+                body = await self._run(tool.name, call_ctx, principal, args)
+        except GatewayError as exc:
+            return _failure(exc)
+        except Exception:
+            log.exception("MCP tool %s failed", tool.name)
+            return _failure(InternalError("internal error"))
+        return _success(body)
+
+    async def _in_thread(self, ctx: RequestContext, principal: Principal, fn: Callable[..., Any], *args: Any,
+                         **kwargs: Any) -> Any:
+        return await asyncio.to_thread(lambda: self._service.call_as(ctx, principal, fn, *args, **kwargs))
+
+    async def _execute(self, ctx: Any, call_ctx: RequestContext, principal: Principal, args: ExecuteCommandArgs,
+                       release: Callable[[], Awaitable[None]] | None) -> dict[str, Any]:
+        """Queue the command, stream its output as progress notifications while waiting for
+        its end, cancel it when the client cancels the call."""
+        wait_s = self._max_wait_s if args.wait_s is None else args.wait_s
+        req = ExecuteRequest(
+            command=args.command, args=tuple(args.args), env=dict(args.env), cwd=args.cwd, timeout_s=args.timeout_s,
+            metadata={"workspace": args.workspace} if args.workspace else {}, network=args.network,
+            hosts=tuple(args.allowed_hosts), wait_s=wait_s,
+        )
+        record = await self._in_thread(call_ctx, principal, self._service.execute_command, req)
+        if release is not None:  # the wait holds no admission slot, as REST's ?wait
+            await release()
+        progress = ctx.meta is not None and ctx.meta.get("progress_token", ctx.meta.get("progressToken")) is not None
+        follower = asyncio.create_task(self._report_output(ctx, record)) if progress else None
+        try:
+            record = await self._service.wait_task(record, req.wait_s)
+        except BaseException:
+            if not record.final:  # the client cancelled the call (or the session ended): so ends the task
+                with anyio.CancelScope(shield=True):
+                    await self._service.abandon_task(record)
+            raise
+        finally:
+            if follower is not None:
+                if record.final:  # let the last entries out before the result
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(asyncio.shield(follower), 1.0)
+                follower.cancel()
+                with contextlib.suppress(BaseException):
+                    await follower
+        return _task_result(record, self._max_output_bytes)
+
+    async def _report_output(self, ctx: Any, record: TaskRecord) -> None:
+        """Each stdout/stderr entry of the task's log as one progress notification:
+        ``progress`` the entry's offset + 1, ``message`` the stream and its text."""
+        try:
+            async for chunk in self._service.follow_task(record):
+                if chunk.kind in (OutputKind.STDOUT, OutputKind.STDERR):
+                    text, _ = _cut(chunk.data.decode(errors="replace"), 16 << 10)
+                    await ctx.session.report_progress(chunk.offset + 1, None, f"{_STREAMS[chunk.kind]}: {text}")
+        except GatewayError as exc:
+            log.warning("MCP progress for task %s stopped: %s", record.task_id, exc.message)
+
+    async def _run(self, name: str, ctx: RequestContext, principal: Principal, args: _Args) -> dict[str, Any]:
+        """Every tool but ``execute_command``: one service call, encoded."""
+        service = self._service
+        if isinstance(args, TaskArgs) and name == "get_task":
+            return _task_result(await self._in_thread(ctx, principal, service.get_task, args.task_id),
+                                self._max_output_bytes)
+        if isinstance(args, TaskArgs):  # cancel_task
+            return _task_result(await service.cancel_task(principal, ctx, args.task_id), self._max_output_bytes)
+        if isinstance(args, ReadTaskOutputArgs):
+            chunks = await self._in_thread(ctx, principal, service.read_output, args.task_id, args.offset,
+                                           args.max_entries)
+            entries, budget = [], self._max_output_bytes * 2
+            for chunk in chunks:
+                text = chunk.data.decode(errors="replace")
+                budget -= len(chunk.data)
+                if budget < 0 and entries:  # the rest on the next call
+                    break
+                entries.append({"offset": chunk.offset, "stream": _STREAMS[chunk.kind], "text": text})
+            return {"task_id": args.task_id, "entries": entries,
+                    "next_offset": entries[-1]["offset"] + 1 if entries else args.offset,
+                    "complete": bool(entries) and entries[-1]["stream"] == "exit"}
+        if isinstance(args, ListTasksArgs):
+            page = await self._in_thread(ctx, principal, service.list_tasks, status=args.status, limit=args.limit,
+                                         page_token=args.page_token)
+            return {"tasks": [_task_result(r, self._max_output_bytes // max(1, len(page.tasks))) for r in page.tasks],
+                    "next_page_token": page.next_page_token}
+        if isinstance(args, ReadFileArgs):
+            found = await self._in_thread(ctx, principal, service.read_file, args.workspace, args.path)
+            try:
+                content, encoding = found.content.decode(), "utf-8"
+            except UnicodeDecodeError:
+                content, encoding = base64.b64encode(found.content).decode(), "base64"
+            return {"path": found.path, "content": content, "encoding": encoding, "mime_type": found.mime_type,
+                    "size_bytes": len(found.content)}
+        if isinstance(args, WriteFileArgs):
+            if args.encoding == "base64":
+                try:
+                    data = base64.b64decode(args.content, validate=True)
+                except (binascii.Error, ValueError):
+                    raise InvalidFormat("content is not base64", details={"field": "content"}) from None
+            else:
+                data = args.content.encode()
+            mode = int(args.mode.removeprefix("0o"), 8) if args.mode else 0
+            written = await self._in_thread(ctx, principal, service.write_file, args.workspace, args.path, data,
+                                            mode=mode, create_dirs=args.create_dirs)
+            return {"path": args.path, "bytes_written": written}
+        if isinstance(args, DeleteFileArgs):
+            await self._in_thread(ctx, principal, service.delete_file, args.workspace, args.path,
+                                  recursive=args.recursive)
+            return {"path": args.path, "deleted": True}
+        raise InternalError(f"tool {name} has no handler")
+
+
+# -- HTTP: authorization in front of the SDK's transport --------------------------------
+
+
+def transport_security(settings: Settings) -> TransportSecuritySettings:
+    """DNS-rebinding protection for ``/mcp`` from the server's own host settings
+    (``mcp.allowed_hosts`` / ``mcp.allowed_origins``, else derived from ``host``): a
+    loopback bind answers only the loopback names; a bind to one address that address; a
+    wildcard bind checks ``Host`` only when the operator lists the service's names (it
+    cannot know them), and ``Origin`` always (a browser page may then call only from a
+    listed origin)."""
+    mcp = settings.mcp
+    host = settings.host
+    if is_loopback_host(host):
+        names = ["127.0.0.1", "localhost", "[::1]"]
+    elif _wildcard(host):
+        names = []
+    else:
+        names = [f"[{host}]" if ":" in host else host]
+    hosts = mcp.allowed_hosts or [entry for name in names for entry in (name, f"{name}:*")]
+    origins = mcp.allowed_origins or [f"{scheme}://{name}{port}" for name in names for scheme in ("http", "https")
+                                      for port in ("", ":*")]
+    if not hosts:  # wildcard bind, no names listed: Origin only (no Host check can pass)
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
+                                     allowed_origins=origins)
+
+
+def _wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+class McpHttpApp:
+    """The ASGI app of ``/mcp`` and its RFC 9728 document (the module docstring gives the
+    order of the checks), handing authenticated requests to the SDK's session manager.
+
+    Args:
+        edge: the MCP server.
+        service: the shared service layer (authentication, scopes, audit).
+        settings: the server's settings.
+        server_host: the bind address, for audit events.
+        server_port: a callable giving the bound HTTP port.
+    """
+
+    def __init__(self, edge: McpEdge, service: GatewayService, settings: Settings, server_host: str,
+                 server_port: Callable[[], int]) -> None:
+        self._edge = edge
+        self._service = service
+        self._settings = settings
+        self._server_host = server_host
+        self._server_port = server_port
+        self._check = TransportSecurityMiddleware(edge.security)
+        # Without a wildcard bind's names, Origin is still checked (a request without one is no browser's).
+        self._origins = settings.mcp.allowed_origins
+        self._check_origin_only = not edge.security.enable_dns_rebinding_protection
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Serve one ASGI call (https://asgi.readthedocs.io/en/latest/specs/www.html)."""
+        request = Request(scope, receive)
+        refusal = await self._check.validate_request(request, is_post=request.method == "POST")
+        if refusal is None and self._check_origin_only:
+            origin = request.headers.get("origin")
+            if origin is not None and origin not in self._origins:
+                refusal = JSONResponse({"error": "Invalid Origin header"}, status_code=403)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        if scope["path"] == METADATA_PATH:
+            await self._metadata(request)(scope, receive, send)
+            return
+        ctx, credentials = request_context(request, f"{request.method} {MCP_PATH}", self._server_host,
+                                           self._server_port(), transport="mcp")
+        body = b""
+        try:
+            principal = await asyncio.to_thread(self._service.authenticate, ctx, credentials)
+            if request.method == "POST":
+                body = await read_capped(request, self._settings.limits.max_request_bytes)
+                scope_needed = _scope_needed(body)
+                if scope_needed is not None:
+                    await asyncio.to_thread(self._service.authorize, principal, ctx, scope_needed)
+        except GatewayError as exc:
+            await self._refusal(request, exc)(scope, receive, send)
+            return
+        scope["user"] = AuthenticatedUser(AccessToken(
+            token="", client_id=f"{principal.tenant}/{principal.id}", scopes=list(principal.scopes),
+            subject=principal.id))
+        scope[_PRINCIPAL_KEY] = principal
+        scope[_CONTEXT_KEY] = ctx
+        await self._edge.sessions.handle_request(scope, _replay(body, receive), send)
+
+    def routes(self) -> list[Route]:
+        """The routes to add to the HTTP app: ``/mcp`` exactly (no redirect to ``/mcp/``)
+        and its RFC 9728 document."""
+        return [Route(MCP_PATH, self, methods=["GET", "POST", "DELETE"]),
+                Route(METADATA_PATH, self, methods=["GET"])]
+
+    def _resource(self, request: Request) -> str:
+        """This server's MCP URL (RFC 9728 ``resource``): ``mcp.resource_url``, else the
+        request's scheme and ``Host`` (checked against the allowed hosts already)."""
+        configured = self._settings.mcp.resource_url
+        if configured:
+            return configured
+        host = request.headers.get("host") or f"{self._server_host}:{self._server_port()}"
+        return f"{request.url.scheme}://{host}{MCP_PATH}"
+
+    def _metadata_url(self, request: Request) -> str:
+        resource = self._resource(request)
+        scheme, _, rest = resource.partition("://")
+        authority, _, path = rest.partition("/")
+        return f"{scheme}://{authority}/.well-known/oauth-protected-resource/{path}"
+
+    def _metadata(self, request: Request) -> JSONResponse:
+        """The RFC 9728 protected-resource metadata document."""
+        servers = self._settings.mcp.authorization_servers or (
+            [self._settings.auth.jwt.issuer] if self._settings.auth.jwt.issuer else [])
+        document: dict[str, Any] = {
+            "resource": self._resource(request),
+            "scopes_supported": list(SCOPES),
+            "bearer_methods_supported": ["header"],
+            "resource_name": "MCP Security Gateway",
+        }
+        if servers:
+            document["authorization_servers"] = servers
+        return JSONResponse(document, headers={"Cache-Control": "max-age=300"})
+
+    def _refusal(self, request: Request, error: GatewayError) -> JSONResponse:
+        """``error`` as the project's error body with the challenge MCP clients follow: the
+        RFC 9728 metadata URL on every 401 and 403 (RFC 9728 section 5.1)."""
+        metadata = f'resource_metadata="{self._metadata_url(request)}"'
+        if isinstance(error, PermissionDenied):  # RFC 6750 section 3.1
+            scope = error.details.get("scope", "")
+            challenge = f'Bearer error="insufficient_scope", scope="{scope}", {metadata}'
+        elif isinstance(error, AuthError):
+            presented = error.details.get("reason") not in ("missing_credentials", "client_certificate_required")
+            challenge = f'Bearer {metadata}' + (', error="invalid_token"' if presented else "")
+        else:
+            return error_response(error)
+        return error_response(error, headers={"WWW-Authenticate": challenge})
+
+
+def _scope_needed(body: bytes) -> str | None:
+    """The scope a ``tools/call`` of a gateway tool needs, read from the JSON-RPC body
+    (None for anything else: the SDK answers what does not parse)."""
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(message, dict) or message.get("method") != "tools/call":
+        return None
+    params = message.get("params")
+    name = params.get("name") if isinstance(params, dict) else None
+    tool = _BY_NAME.get(name) if isinstance(name, str) else None
+    return tool.scope if tool is not None else None
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """An ASGI ``receive`` that hands out ``body`` (already read) first, then waits on the
+    connection (for the disconnect)."""
+    sent = False
+
+    async def replayed() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        message: dict[str, Any] = await receive()
+        return message
+
+    return replayed
