@@ -562,10 +562,10 @@ async def serve(
         )
     except RuntimeError as exc:
         raise StartupError(str(exc)) from exc
+    http_gate = EdgeGate("http", admission.http_in_flight, admission.max_wait_ms / 1000)
     app = create_app(runtime.service, settings.host, lambda: http_port, settings.limits.max_request_bytes,
-                     gate=EdgeGate("http", admission.http_in_flight, admission.max_wait_ms / 1000),
-                     settings=settings)
-    mcp_edge = McpEdge(runtime.service, settings) if settings.mcp.enabled else None
+                     gate=http_gate, settings=settings)
+    mcp_edge = McpEdge(runtime.service, settings, http_gate) if settings.mcp.enabled else None
     if mcp_edge is not None:
         app.router.routes.extend(
             McpHttpApp(mcp_edge, runtime.service, settings, settings.host, lambda: http_port).routes())

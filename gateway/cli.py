@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     stdio.add_argument("--ca-file", help="PEM CA bundle that verifies the gateway's certificate")
     stdio.add_argument("--client-cert", help="PEM client certificate for mTLS")
     stdio.add_argument("--client-key", help="PEM key of --client-cert")
+    stdio.add_argument("--insecure-http", action="store_true",
+                       help="send the token over plain http to a host other than this one (never do this)")
     policy = sub.add_parser("policy", help="evaluate, test or check a policy bundle")
     psub = policy.add_subparsers(dest="policy_command", required=True)
     ev = psub.add_parser("eval", help="print the decision for one input (design section 6 shape)")
@@ -166,6 +168,9 @@ def _serve(args: argparse.Namespace) -> int:
 def _mcp_stdio(args: argparse.Namespace) -> int:
     import logging
 
+    import urllib.parse
+
+    from gateway.config import is_loopback_host
     from gateway.edges.mcp_stdio import BridgeSettings, run_bridge
 
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="mcp-gateway mcp-stdio: %(message)s")
@@ -174,6 +179,11 @@ def _mcp_stdio(args: argparse.Namespace) -> int:
         return 2
     url = args.url.rstrip("/")
     url = url if url.endswith("/mcp") else url + "/mcp"
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if url.startswith("http://") and args.token and not is_loopback_host(host) and not args.insecure_http:
+        print(f"mcp-gateway: refusing to send the token in clear to {host}: use https (or --insecure-http)",
+              file=sys.stderr)
+        return 2
     return run_bridge(BridgeSettings(url, args.token, args.ca_file, args.client_cert, args.client_key))
 
 

@@ -691,6 +691,10 @@ class McpSettings(BaseModel):
         1800.0, gt=0, le=86_400, description="An MCP session without a request for this long is closed, seconds."
     )
     max_sessions: int = Field(1000, ge=1, le=100_000, description="MCP sessions open at once; more are refused (503).")
+    max_sessions_per_principal: int = Field(
+        32, ge=1, le=100_000,
+        description="MCP sessions one principal may have open at once; more are refused (429/4290).",
+    )
     max_result_bytes: int = Field(
         1 << 20, ge=1024, le=64 << 20,
         description="Largest tool result (text and structured content together), bytes; larger output is cut "

@@ -145,6 +145,8 @@ class McpCall:
         protocol_version: the MCP revision the client speaks, e.g. ``2025-11-25``.
         client_name: the client's name from the handshake (``clientInfo.name``), or empty.
         client_version: the client's version from the handshake, or empty.
+        written: the audit event types written for this call so far (the audit log appends
+            them), so the edge can tell a refusal that no event recorded yet.
     """
 
     tool: str
@@ -152,6 +154,7 @@ class McpCall:
     protocol_version: str
     client_name: str = ""
     client_version: str = ""
+    written: list[str] = field(default_factory=list, compare=False)
 
 
 @dataclass(frozen=True)

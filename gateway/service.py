@@ -325,7 +325,7 @@ class GatewayService:
                     self._in_flight.enter(key)
                 except RateLimited as exc:
                     self._audit.emit("rate_limit", ctx, principal, rate_limit="principal_in_flight",
-                                     error_code=exc.code)
+                                     error_code=exc.code, **self._mcp_counts(principal, ctx))
                     raise
                 try:
                     with bind_call(ctx.request_id, principal.id, principal.tenant):
@@ -423,12 +423,12 @@ class GatewayService:
                 decision is closed by a ``task_end`` FAILED event with 5002).
         """
         self.authorize(principal, ctx, "tasks:execute")
-        counts = self._audit.count_call(ctx, principal)
         self._validate(req)
         workspace = req.metadata.get("workspace")
         if workspace is not None:
             _check_workspace_id(workspace, "metadata.workspace")
         cwd = _sandbox_cwd(req.cwd)
+        counts = self._audit.count_call(ctx, principal)  # the call is audited from here on
         policy_input = self._policy_input(principal, ctx, req, cwd)
         try:
             decision = self._decide(policy_input)
@@ -551,12 +551,29 @@ class GatewayService:
         except KeyError:
             raise InvalidParameter(f"status must be one of {', '.join(s.name for s in TaskStatus)}",
                                    details={"field": "status"}) from None
+        # One more than a page: a next page exists only when it does.
         query = TaskQuery(principal.tenant, None if principal.tenant_admin else principal.id, state, since_ns,
-                          _page_cursor(page_token) if page_token else None, limit)
+                          _page_cursor(page_token) if page_token else None, limit + 1)
         records = self._store.list_tasks(query)
         self._audit_tool_call(principal, ctx)
-        last = records[-1] if len(records) == limit else None
-        return TaskPage(tuple(records), _page_token(last) if last is not None else None)
+        page = records[:limit]
+        return TaskPage(tuple(page), _page_token(page[-1]) if len(records) > limit else None)
+
+    def audit_refusal(self, principal: Principal, ctx: RequestContext, error: GatewayError) -> None:
+        """Write the one audit event of an MCP ``tools/call`` that ``error`` refused before
+        any event of its own was written (``ctx.mcp.written`` is empty): arguments the
+        service found malformed (``invalid_request``) or anything else (``tool_call`` with
+        the error code), with the session's counters. Other edges answer such refusals
+        without an event.
+
+        Raises:
+            AuditError (5001): the event could not be written.
+        """
+        if ctx.mcp is None or ctx.mcp.written:
+            return
+        event = "invalid_request" if isinstance(error, InvalidRequest) else "tool_call"
+        self._audit.emit(event, ctx, principal, error_code=error.code, request_bytes=ctx.request_bytes,
+                         **self._mcp_counts(principal, ctx))
 
     def _audit_tool_call(self, principal: Principal, ctx: RequestContext, **fields: Any) -> None:
         """An MCP ``tools/call``'s one audit event, for tools with no decision or file
@@ -627,9 +644,9 @@ class GatewayService:
 
     def read_output(
         self, principal: Principal, ctx: RequestContext, task_id: str, offset: int, limit: int
-    ) -> list[OutputChunk]:
-        """Up to ``limit`` entries of the caller's task output log from entry ``offset``,
-        as stored now (no waiting; an empty list past the end).
+    ) -> tuple[TaskRecord, list[OutputChunk]]:
+        """The caller's task, and up to ``limit`` entries of its output log from entry
+        ``offset`` as stored now (no waiting; an empty list past the end).
 
         Raises:
             PermissionDenied (1003): the principal lacks ``tasks:read``.
@@ -640,8 +657,8 @@ class GatewayService:
             raise InvalidParameter("offset must be between 0 and 2^63-1", details={"field": "offset"})
         if limit < 1:
             raise InvalidParameter("limit must be at least 1", details={"field": "limit"})
-        self.get_task(principal, ctx, task_id)
-        return self._store.read_output(task_id, offset, limit)
+        record = self.get_task(principal, ctx, task_id)
+        return record, self._store.read_output(task_id, offset, limit)
 
     def stream_output(
         self, principal: Principal, ctx: RequestContext, task_id: str, offset: int
@@ -727,7 +744,6 @@ class GatewayService:
         """Scope, validation, policy decision and its audit event for one file call;
         returns the workspace-relative path to act on."""
         self.authorize(principal, ctx, scope)
-        counts = self._audit.count_call(ctx, principal, file=True)
         _check_workspace_id(workspace, "workspace")
         # Policy sees the canonical sandbox path (/workspace/<rel>), so path roots apply to
         # relative paths too; a path that leaves the workspace reaches policy as given, so
@@ -739,6 +755,7 @@ class GatewayService:
             policy_path = f"{_SANDBOX_CWD}/{rel}" if rel else _SANDBOX_CWD
         except FileDenied as exc:
             rel, refused, policy_path = "", exc, path
+        counts = self._audit.count_call(ctx, principal, file=True)  # the call is audited from here on
         policy_input = {
             "principal": self._principal_input(principal),
             "action": action,
@@ -1051,7 +1068,7 @@ def _page_cursor(token: str) -> tuple[int, str]:
     """The ``(created_at_ns, task_id)`` of a :func:`_page_token`; InvalidFormat (2003) otherwise."""
     try:
         created, _, task_id = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode().partition(":")
-        if created.isdigit() and TASK_ID_PATTERN.match(task_id) and len(created) <= 19:
+        if created.isascii() and created.isdigit() and int(created) <= _MAX_OFFSET and TASK_ID_PATTERN.match(task_id):
             return int(created), task_id
     except (ValueError, UnicodeDecodeError):
         pass

@@ -595,6 +595,8 @@ class AuditLog:
                 if defer:
                     self._defer(event)
                 raise
+        if ctx is not None and ctx.mcp is not None:
+            ctx.mcp.written.append(event_type)
         return event
 
 

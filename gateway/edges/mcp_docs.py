@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.docgen import replace_section
+from gateway.docgen import render_page
 from gateway.edges.mcp_server import TOOLS
 
 __all__ = ["MARKERS", "render"]
@@ -29,10 +29,5 @@ def _table() -> str:
 
 
 def render(repo: Path) -> dict[Path, str]:
-    """``docs/mcp.md`` under ``repo`` with its tools table regenerated.
-
-    Raises:
-        ValueError: when the page lacks the markers.
-    """
-    page = repo / "docs" / "mcp.md"
-    return {page: replace_section(page.read_text(), MARKERS, _table(), "docs/mcp.md")}
+    """``docs/mcp.md`` under ``repo`` with its tools table regenerated (see ``gateway.docgen``)."""
+    return render_page(repo, "docs/mcp.md", MARKERS, _table())

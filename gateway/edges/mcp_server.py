@@ -54,6 +54,7 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import mcp_types as types
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.lowlevel import Server
@@ -61,13 +62,20 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway import __version__
 from gateway.config import Settings, is_loopback_host
-from gateway.edges.rest import ADMISSION_RELEASE_KEY, error_response, read_capped, request_context
+from gateway.admission import EdgeGate
+from gateway.edges.rest import (
+    ADMISSION_RELEASE_KEY,
+    CONNECTION_STATE_KEY,
+    error_response,
+    read_capped,
+    request_context,
+)
 from gateway.errors import (
     AuthError,
     GatewayError,
@@ -76,6 +84,7 @@ from gateway.errors import (
     InvalidParameter,
     MissingParameter,
     PermissionDenied,
+    RateLimited,
 )
 from gateway.models import SCOPES, ExecuteRequest, McpCall, OutputKind, Principal, RequestContext, TaskRecord
 from gateway.service import GatewayService
@@ -332,8 +341,18 @@ def _cut(text: str, max_bytes: int) -> tuple[str, bool]:
     return data[:max_bytes].decode(errors="ignore"), True
 
 
-def _task_result(record: TaskRecord, max_output_bytes: int) -> dict[str, Any]:
-    """A task as :class:`TaskResult` JSON, stdout and stderr cut to ``max_output_bytes`` each."""
+def _result_bytes(body: dict[str, Any]) -> int:
+    """What a result with ``body`` weighs on the wire, bytes: ``structuredContent`` plus the
+    text block repeating it as a JSON string (escaped once more)."""
+    text = json.dumps(body)
+    return len(text.encode()) + len(json.dumps(text).encode())
+
+
+def _task_result(record: TaskRecord, max_result_bytes: int) -> dict[str, Any]:
+    """A task as :class:`TaskResult` JSON whose result weighs at most ``max_result_bytes``
+    (:func:`_result_bytes`): stdout and stderr are cut (and marked truncated) until it does.
+    Escaping can make a byte of output cost up to 12 on the wire (``\\u0001`` twice), so the
+    cut is found by weighing, halving the streams' share."""
     r = record.result
     body: dict[str, Any] = {
         "task_id": record.task_id, "status": record.status.name, "final": record.final, "exit_code": None,
@@ -341,19 +360,24 @@ def _task_result(record: TaskRecord, max_output_bytes: int) -> dict[str, Any]:
         "error": None, "execution_time_ms": None, "usage": None, "workspace": record.workspace,
         "created_at_ns": record.created_at_ns,
     }
-    if r is not None:
-        stdout, out_cut = _cut(r.stdout, max_output_bytes)
-        stderr, err_cut = _cut(r.stderr, max_output_bytes)
-        u = r.resource_usage
-        body.update(
-            exit_code=r.exit_code, stdout=stdout, stderr=stderr, stdout_truncated=r.stdout_truncated or out_cut,
-            stderr_truncated=r.stderr_truncated or err_cut, limit_reason=r.limit_reason, error=r.error,
-            execution_time_ms=r.execution_time_ms,
-            usage={"cpu_time_ms": u.cpu_time_ms, "max_memory_kb": u.max_memory_kb, "io_read_bytes": u.io_read_bytes,
-                   "io_write_bytes": u.io_write_bytes, "egress_bytes_sent": u.egress_bytes_sent,
-                   "egress_bytes_received": u.egress_bytes_received},
-        )
-    return body
+    if r is None:
+        return body
+    u = r.resource_usage
+    body.update(
+        exit_code=r.exit_code, limit_reason=r.limit_reason, error=r.error, execution_time_ms=r.execution_time_ms,
+        usage={"cpu_time_ms": u.cpu_time_ms, "max_memory_kb": u.max_memory_kb, "io_read_bytes": u.io_read_bytes,
+               "io_write_bytes": u.io_write_bytes, "egress_bytes_sent": u.egress_bytes_sent,
+               "egress_bytes_received": u.egress_bytes_received},
+    )
+    share = max_result_bytes
+    while True:
+        stdout, out_cut = _cut(r.stdout, share)
+        stderr, err_cut = _cut(r.stderr, share)
+        body.update(stdout=stdout, stderr=stderr, stdout_truncated=r.stdout_truncated or out_cut,
+                    stderr_truncated=r.stderr_truncated or err_cut)
+        if share == 0 or _result_bytes(body) <= max_result_bytes:
+            return body
+        share //= 2
 
 
 _STREAMS = {OutputKind.STDOUT: "stdout", OutputKind.STDERR: "stderr", OutputKind.EXIT_CODE: "exit",
@@ -392,14 +416,16 @@ class McpEdge:
     Args:
         service: the shared service layer.
         settings: the server's settings (``mcp.*``, ``tasks.max_wait_s``, ``host``).
+        gate: the HTTP edge's admission control: each service call of a tool takes a slot
+            (a 2025-11-25 call's response starts as an event stream at once, which gives
+            back the slot its HTTP request took); None = unbounded.
     """
 
-    def __init__(self, service: GatewayService, settings: Settings) -> None:
+    def __init__(self, service: GatewayService, settings: Settings, gate: EdgeGate | None = None) -> None:
         self._service = service
-        self._settings = settings
+        self._gate = gate
         self._max_wait_s = settings.tasks.max_wait_s
-        # stdout and stderr share the result cap with the JSON text block that repeats them.
-        self._max_output_bytes = settings.mcp.max_result_bytes // 4
+        self._max_result_bytes = settings.mcp.max_result_bytes
         self.server: Server[Any] = Server(
             "mcp-gateway", version=__version__, title="MCP Security Gateway",
             instructions="Runs commands in a sandbox after a policy decision; every call is audited.",
@@ -423,7 +449,6 @@ class McpEdge:
     async def _list_tools(self, ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         return self._tools
 
-
     async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         tool = _BY_NAME.get(params.name)
         if tool is None:
@@ -432,69 +457,100 @@ class McpEdge:
         if request is None or _PRINCIPAL_KEY not in request.scope:  # only McpHttpApp serves this server
             raise MCPError(code=types.INTERNAL_ERROR, message="no authenticated caller")
         principal: Principal = request.scope[_PRINCIPAL_KEY]
-        arguments = params.arguments or {}
-        client = ctx.session.client_params.client_info if ctx.session.client_params is not None else None
-        call_ctx = dataclasses.replace(
-            request.scope[_CONTEXT_KEY], method="tools/call", request_id=uuid.uuid4().hex,
-            request_bytes=len(json.dumps(arguments)),
-            mcp=McpCall(tool.name, str(ctx.request_id), ctx.protocol_version,
-                        client.name if client is not None else "", client.version if client is not None else ""),
-        )
+        call_ctx = self._call_context(ctx, request, tool)
         release: Callable[[], Awaitable[None]] | None = request.scope.get(ADMISSION_RELEASE_KEY)
+        if release is not None:  # the HTTP request's own slot: its work (authentication) is done
+            await release()
         try:
             try:
-                args = tool.args.model_validate(arguments)
+                args = tool.args.model_validate(params.arguments or {})
             except ValidationError as exc:
-                error = _argument_error(exc)
-                await self._in_thread(call_ctx, principal, self._service.refuse_malformed, error)
+                await self._in_thread(call_ctx, principal, self._service.refuse_malformed, _argument_error(exc))
                 raise AssertionError("refuse_malformed returned") from None
-            if tool.name == "execute_command":
-                assert isinstance(args, ExecuteCommandArgs)
-                body = await self._execute(ctx, call_ctx, principal, args, release)
+            if isinstance(args, ExecuteCommandArgs):
+                body = await self._execute(ctx, call_ctx, principal, args)
             else:
                 body = await self._run(tool.name, call_ctx, principal, args)
         except GatewayError as exc:
+            await self._audit_refusal(call_ctx, principal, exc)
             return _failure(exc)
         except Exception:
             log.exception("MCP tool %s failed", tool.name)
-            return _failure(InternalError("internal error"))
+            error = InternalError("internal error")
+            await self._audit_refusal(call_ctx, principal, error)
+            return _failure(error)
         return _success(body)
+
+    @staticmethod
+    def _call_context(ctx: Any, request: Request, tool: Tool) -> RequestContext:
+        """The context of one ``tools/call``: the HTTP request's, with the call's facts.
+        Its session is the MCP session; a 2026-07-28 call has none, so it is the connection
+        (whatever ``Mcp-Session-Id`` it sends: the SDK checks no session there, and a caller
+        must not pick the counters its events carry)."""
+        base: RequestContext = request.scope[_CONTEXT_KEY]
+        session_id = base.session_id
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            connection = request.scope.get("state", {}).get(CONNECTION_STATE_KEY) or base.client_addr
+            session_id = f"conn-{connection}"
+        params = ctx.session.client_params
+        client = params.client_info if params is not None else None
+        arguments = ctx.params.get("arguments") if isinstance(ctx.params, dict) else None
+        return dataclasses.replace(
+            base, method="tools/call", request_id=uuid.uuid4().hex, session_id=session_id,
+            request_bytes=len(json.dumps(arguments or {})),
+            mcp=McpCall(tool.name, str(ctx.request_id), ctx.protocol_version,
+                        client.name if client is not None else "", client.version if client is not None else ""),
+        )
+
+    async def _audit_refusal(self, ctx: RequestContext, principal: Principal, error: GatewayError) -> None:
+        """The call's one audit event when the refusal wrote none (see
+        ``GatewayService.audit_refusal``); a failure to write it is logged, and the caller
+        still gets the refusal."""
+        try:
+            await asyncio.to_thread(self._service.audit_refusal, principal, ctx, error)
+        except GatewayError as exc:
+            log.warning("MCP %s refusal (%s) not audited: %s", ctx.mcp.tool if ctx.mcp else "?", error.code,
+                        exc.message)
 
     async def _in_thread(self, ctx: RequestContext, principal: Principal, fn: Callable[..., Any], *args: Any,
                          **kwargs: Any) -> Any:
-        return await asyncio.to_thread(lambda: self._service.call_as(ctx, principal, fn, *args, **kwargs))
+        """``fn(principal, ctx, ...)`` through ``GatewayService.call_as`` in a worker thread,
+        holding an admission slot of the HTTP edge."""
+        async with self._gate.slot() if self._gate is not None else contextlib.nullcontext():
+            return await asyncio.to_thread(lambda: self._service.call_as(ctx, principal, fn, *args, **kwargs))
 
-    async def _execute(self, ctx: Any, call_ctx: RequestContext, principal: Principal, args: ExecuteCommandArgs,
-                       release: Callable[[], Awaitable[None]] | None) -> dict[str, Any]:
+    async def _execute(self, ctx: Any, call_ctx: RequestContext, principal: Principal,
+                       args: ExecuteCommandArgs) -> dict[str, Any]:
         """Queue the command, stream its output as progress notifications while waiting for
-        its end, cancel it when the client cancels the call."""
-        wait_s = self._max_wait_s if args.wait_s is None else args.wait_s
+        its end, and cancel the task when the client cancels the call."""
         req = ExecuteRequest(
             command=args.command, args=tuple(args.args), env=dict(args.env), cwd=args.cwd, timeout_s=args.timeout_s,
             metadata={"workspace": args.workspace} if args.workspace else {}, network=args.network,
-            hosts=tuple(args.allowed_hosts), wait_s=wait_s,
+            hosts=tuple(args.allowed_hosts), wait_s=self._max_wait_s if args.wait_s is None else args.wait_s,
         )
-        record = await self._in_thread(call_ctx, principal, self._service.execute_command, req)
-        if release is not None:  # the wait holds no admission slot, as REST's ?wait
-            await release()
-        progress = ctx.meta is not None and ctx.meta.get("progress_token", ctx.meta.get("progressToken")) is not None
+        # Shielded: a cancellation that arrives while the task is being created waits until
+        # it exists (and is then delivered below), so no task outlives a cancelled call.
+        with anyio.CancelScope(shield=True):
+            record: TaskRecord = await self._in_thread(call_ctx, principal, self._service.execute_command, req)
+        meta = ctx.meta or {}
+        progress = meta.get("progress_token", meta.get("progressToken")) is not None
         follower = asyncio.create_task(self._report_output(ctx, record)) if progress else None
         try:
             record = await self._service.wait_task(record, req.wait_s)
-        except BaseException:
-            if not record.final:  # the client cancelled the call (or the session ended): so ends the task
-                with anyio.CancelScope(shield=True):
+            if follower is not None and record.final:  # the last entries go out before the result
+                await asyncio.wait([follower], timeout=1.0)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                try:
                     await self._service.abandon_task(record)
+                except GatewayError as exc:
+                    log.warning("task %s of a cancelled MCP call was not cancelled: %s", record.task_id, exc.message)
             raise
         finally:
             if follower is not None:
-                if record.final:  # let the last entries out before the result
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(asyncio.shield(follower), 1.0)
                 follower.cancel()
-                with contextlib.suppress(BaseException):
-                    await follower
-        return _task_result(record, self._max_output_bytes)
+                await asyncio.wait([follower])
+        return _task_result(record, self._max_result_bytes)
 
     async def _report_output(self, ctx: Any, record: TaskRecord) -> None:
         """Each stdout/stderr entry of the task's log as one progress notification:
@@ -509,29 +565,29 @@ class McpEdge:
 
     async def _run(self, name: str, ctx: RequestContext, principal: Principal, args: _Args) -> dict[str, Any]:
         """Every tool but ``execute_command``: one service call, encoded."""
-        service = self._service
+        service, cap = self._service, self._max_result_bytes
         if isinstance(args, TaskArgs) and name == "get_task":
-            return _task_result(await self._in_thread(ctx, principal, service.get_task, args.task_id),
-                                self._max_output_bytes)
+            return _task_result(await self._in_thread(ctx, principal, service.get_task, args.task_id), cap)
         if isinstance(args, TaskArgs):  # cancel_task
-            return _task_result(await service.cancel_task(principal, ctx, args.task_id), self._max_output_bytes)
+            return _task_result(await service.cancel_task(principal, ctx, args.task_id), cap)
         if isinstance(args, ReadTaskOutputArgs):
-            chunks = await self._in_thread(ctx, principal, service.read_output, args.task_id, args.offset,
-                                           args.max_entries)
-            entries, budget = [], self._max_output_bytes * 2
-            for chunk in chunks:
-                text = chunk.data.decode(errors="replace")
-                budget -= len(chunk.data)
-                if budget < 0 and entries:  # the rest on the next call
+            record, chunks = await self._in_thread(ctx, principal, service.read_output, args.task_id, args.offset,
+                                                   args.max_entries)
+            entries: list[dict[str, Any]] = []
+            for chunk in chunks:  # whole entries, as many as the result cap takes (the rest: next call)
+                entry = {"offset": chunk.offset, "stream": _STREAMS[chunk.kind],
+                         "text": chunk.data.decode(errors="replace")}
+                if entries and _result_bytes({"entries": [*entries, entry]}) > cap - 512:
                     break
-                entries.append({"offset": chunk.offset, "stream": _STREAMS[chunk.kind], "text": text})
+                entries.append(entry)
+            ended = bool(entries) and entries[-1]["stream"] == "exit"
             return {"task_id": args.task_id, "entries": entries,
                     "next_offset": entries[-1]["offset"] + 1 if entries else args.offset,
-                    "complete": bool(entries) and entries[-1]["stream"] == "exit"}
+                    "complete": ended or (not chunks and record.final)}
         if isinstance(args, ListTasksArgs):
             page = await self._in_thread(ctx, principal, service.list_tasks, status=args.status, limit=args.limit,
                                          page_token=args.page_token)
-            return {"tasks": [_task_result(r, self._max_output_bytes // max(1, len(page.tasks))) for r in page.tasks],
+            return {"tasks": [_task_result(r, cap // max(1, len(page.tasks))) for r in page.tasks],
                     "next_page_token": page.next_page_token}
         if isinstance(args, ReadFileArgs):
             found = await self._in_thread(ctx, principal, service.read_file, args.workspace, args.path)
@@ -539,16 +595,21 @@ class McpEdge:
                 content, encoding = found.content.decode(), "utf-8"
             except UnicodeDecodeError:
                 content, encoding = base64.b64encode(found.content).decode(), "base64"
-            return {"path": found.path, "content": content, "encoding": encoding, "mime_type": found.mime_type,
+            body = {"path": found.path, "content": content, "encoding": encoding, "mime_type": found.mime_type,
                     "size_bytes": len(found.content)}
+            if _result_bytes(body) > cap:
+                raise InvalidParameter(f"the file ({len(found.content)} bytes) does not fit an MCP result "
+                                       f"(mcp.max_result_bytes {cap}); read it with GET /v1/files",
+                                       details={"field": "path", "max": cap})
+            return body
         if isinstance(args, WriteFileArgs):
+            data = args.content.encode()
             if args.encoding == "base64":
                 try:
                     data = base64.b64decode(args.content, validate=True)
                 except (binascii.Error, ValueError):
-                    raise InvalidFormat("content is not base64", details={"field": "content"}) from None
-            else:
-                data = args.content.encode()
+                    error = InvalidFormat("content is not base64", details={"field": "content"})
+                    await self._in_thread(ctx, principal, self._service.refuse_malformed, error)
             mode = int(args.mode.removeprefix("0o"), 8) if args.mode else 0
             written = await self._in_thread(ctx, principal, service.write_file, args.workspace, args.path, data,
                                             mode=mode, create_dirs=args.create_dirs)
@@ -616,16 +677,17 @@ class McpHttpApp:
         self._check = TransportSecurityMiddleware(edge.security)
         # Without a wildcard bind's names, Origin is still checked (a request without one is no browser's).
         self._origins = settings.mcp.allowed_origins
-        self._check_origin_only = not edge.security.enable_dns_rebinding_protection
+        self._host_checked = edge.security.enable_dns_rebinding_protection
+        self._max_sessions = settings.mcp.max_sessions_per_principal
+        self._sessions_of: dict[tuple[str, str], set[str]] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Serve one ASGI call (https://asgi.readthedocs.io/en/latest/specs/www.html)."""
         request = Request(scope, receive)
         refusal = await self._check.validate_request(request, is_post=request.method == "POST")
-        if refusal is None and self._check_origin_only:
-            origin = request.headers.get("origin")
-            if origin is not None and origin not in self._origins:
-                refusal = JSONResponse({"error": "Invalid Origin header"}, status_code=403)
+        if refusal is None and not self._host_checked and not _origin_allowed(request.headers.get("origin"),
+                                                                              self._origins):
+            refusal = JSONResponse({"error": "Invalid Origin header"}, status_code=403)
         if refusal is not None:
             await refusal(scope, receive, send)
             return
@@ -635,22 +697,58 @@ class McpHttpApp:
         ctx, credentials = request_context(request, f"{request.method} {MCP_PATH}", self._server_host,
                                            self._server_port(), transport="mcp")
         body = b""
+        opens_session = False
         try:
             principal = await asyncio.to_thread(self._service.authenticate, ctx, credentials)
             if request.method == "POST":
                 body = await read_capped(request, self._settings.limits.max_request_bytes)
-                scope_needed = _scope_needed(body)
+                method, tool = _rpc_call(body)
+                scope_needed = _BY_NAME[tool].scope if tool in _BY_NAME else None
                 if scope_needed is not None:
                     await asyncio.to_thread(self._service.authorize, principal, ctx, scope_needed)
+                opens_session = method == "initialize" and "mcp-session-id" not in request.headers
+                if opens_session:
+                    self._admit_session(principal)
         except GatewayError as exc:
             await self._refusal(request, exc)(scope, receive, send)
+            return
+        except ClientDisconnect:  # the client went away while its body was read: nobody to answer
             return
         scope["user"] = AuthenticatedUser(AccessToken(
             token="", client_id=f"{principal.tenant}/{principal.id}", scopes=list(principal.scopes),
             subject=principal.id))
         scope[_PRINCIPAL_KEY] = principal
         scope[_CONTEXT_KEY] = ctx
+        if opens_session:
+            send = self._noting_session(principal, send)
         await self._edge.sessions.handle_request(scope, _replay(body, receive), send)
+
+    def _admit_session(self, principal: Principal) -> None:
+        """RateLimited (4290) when ``principal`` has ``mcp.max_sessions_per_principal``
+        sessions open: one caller cannot take every session of the server
+        (``mcp.max_sessions``). Sessions the SDK has closed since (idle, DELETE) are
+        forgotten first."""
+        key = (principal.tenant, principal.id)
+        live = set(getattr(self._edge.sessions, "_server_instances", {}))  # the SDK's open sessions
+        held = self._sessions_of.get(key, set()) & live
+        self._sessions_of[key] = held
+        if len(held) >= self._max_sessions:
+            raise RateLimited(f"{len(held)} MCP sessions of yours are open (mcp.max_sessions_per_principal); "
+                              "close one (DELETE /mcp) or let it idle out", retry_after_s=5,
+                              details={"limit": "mcp_sessions"})
+
+    def _noting_session(self, principal: Principal, send: Any) -> Any:
+        """``send``, noting the session id the response names as ``principal``'s."""
+        key = (principal.tenant, principal.id)
+
+        async def noting(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                for name, value in message.get("headers", ()):
+                    if name.lower() == b"mcp-session-id":
+                        self._sessions_of.setdefault(key, set()).add(value.decode("latin-1"))
+            await send(message)
+
+        return noting
 
     def routes(self) -> list[Route]:
         """The routes to add to the HTTP app: ``/mcp`` exactly (no redirect to ``/mcp/``)
@@ -685,7 +783,9 @@ class McpHttpApp:
         }
         if servers:
             document["authorization_servers"] = servers
-        return JSONResponse(document, headers={"Cache-Control": "max-age=300"})
+        # Built from a Host nobody checked (a wildcard bind without mcp.allowed_hosts): no cache keeps it.
+        cacheable = self._host_checked or self._settings.mcp.resource_url
+        return JSONResponse(document, headers={"Cache-Control": "max-age=300" if cacheable else "no-store"})
 
     def _refusal(self, request: Request, error: GatewayError) -> JSONResponse:
         """``error`` as the project's error body with the challenge MCP clients follow: the
@@ -702,19 +802,27 @@ class McpHttpApp:
         return error_response(error, headers={"WWW-Authenticate": challenge})
 
 
-def _scope_needed(body: bytes) -> str | None:
-    """The scope a ``tools/call`` of a gateway tool needs, read from the JSON-RPC body
-    (None for anything else: the SDK answers what does not parse)."""
+def _rpc_call(body: bytes) -> tuple[str | None, str | None]:
+    """The JSON-RPC ``method`` of a request body and, for ``tools/call``, the tool's name
+    (None for what is not there or does not parse: the SDK answers that)."""
     try:
         message = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(message, dict) or message.get("method") != "tools/call":
-        return None
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
+        return None, None
+    if not isinstance(message, dict) or not isinstance(message.get("method"), str):
+        return None, None
     params = message.get("params")
-    name = params.get("name") if isinstance(params, dict) else None
-    tool = _BY_NAME.get(name) if isinstance(name, str) else None
-    return tool.scope if tool is not None else None
+    name = params.get("name") if message["method"] == "tools/call" and isinstance(params, dict) else None
+    return message["method"], name if isinstance(name, str) else None
+
+
+def _origin_allowed(origin: str | None, allowed: list[str]) -> bool:
+    """Whether a request's ``Origin`` passes ``allowed`` (exact, or ``scheme://host:*`` for
+    any port, as the SDK matches them); a request without one is no browser's and passes."""
+    if origin is None or origin in allowed:
+        return True
+    return any(entry.endswith(":*") and origin.startswith(entry[:-1]) and origin[len(entry) - 1:].isdigit()
+               for entry in allowed)
 
 
 def _replay(body: bytes, receive: Any) -> Any:

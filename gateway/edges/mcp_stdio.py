@@ -14,7 +14,8 @@ The bridge is an MCP server on stdio (the SDK's low-level server: the agent may 
 either protocol revision) whose ``tools/list`` and ``tools/call`` are forwarded to the
 gateway through the SDK's streamable HTTP client, progress notifications back and
 cancellation forth. It connects on the agent's first request, presenting the agent's own
-``clientInfo``, so the gateway's audit events name the agent, not the bridge. Refusals
+``clientInfo``, so the gateway's audit events name the agent, not the bridge; a connection
+that fails or drops (a gateway restart) is made again on the next request. Refusals
 arrive as the gateway's tool errors (``isError`` with the project's error code); a
 gateway that cannot be reached or refuses the credential answers every request with a
 JSON-RPC internal error saying why. Nothing but protocol goes to stdout: the SDK's
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 _CONNECT_TIMEOUT_S = 30.0
 # A command may run for up to tasks.max_wait_s (at most an hour) without output.
 _READ_TIMEOUT_S = 3700.0
+_RECONNECT_S = 1.0  # connection attempts at most this often, seconds
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,8 @@ class StdioBridge:
 
     def __init__(self, settings: BridgeSettings) -> None:
         self._settings = settings
-        self._wanted = anyio.Event()  # the agent sent its first request
-        self._ready = anyio.Event()  # the upstream client is connected, or failed
+        self._wanted = anyio.Event()  # a request waits for a connection
+        self._ready = anyio.Event()  # the connection attempt it waits for succeeded or failed
         self._client: Client | None = None
         self._failure: str | None = None
         self._refusal: str | None = None  # the last HTTP refusal the gateway answered
@@ -108,42 +110,59 @@ class StdioBridge:
 
         async def note_refusal(response: httpx2.Response) -> None:
             # The SDK's transport turns an HTTP refusal into "Server returned an error
-            # response"; the agent should learn the status (401: the credential, 403: a scope).
+            # response"; the agent should learn what the gateway said (401: the credential,
+            # 403: a scope, 429: a rate limit), from its error body and challenge.
             if response.status_code >= 400:
+                await response.aread()
+                try:
+                    error = response.json()["error"]
+                    said = f": error {int(error['code'])}: {str(error['message'])[:200]}"
+                except (ValueError, KeyError, TypeError):
+                    said = ""
                 challenge = response.headers.get("www-authenticate")
-                self._refusal = f"HTTP {response.status_code}" + (f" ({challenge})" if challenge else "")
+                self._refusal = f"HTTP {response.status_code}{said}" + (f" ({challenge})" if challenge else "")
 
         return httpx2.AsyncClient(headers=headers, verify=verify, event_hooks={"response": [note_refusal]},
                                   timeout=httpx2.Timeout(_CONNECT_TIMEOUT_S, read=_READ_TIMEOUT_S))
 
     async def _hold_upstream(self) -> None:
-        """Connect once the agent's first request names its client, and hold the
-        connection until the bridge stops (the client's tasks live in this task)."""
-        await self._wanted.wait()
-        try:
-            async with self._http_client() as http, Client(
-                streamable_http_client(self._settings.url, http_client=http), client_info=self._client_info,
-                cache=None,  # tools/list is asked each time: upstream tools come and go
-            ) as client:
-                self._client = client
+        """Hold the connection to the gateway in this task (the client's own tasks live in
+        it) for as long as the bridge runs: made when a request wants one, and made again
+        when the last attempt failed or the connection dropped (a gateway restart), at most
+        once per ``_RECONNECT_S``."""
+        while True:
+            await self._wanted.wait()
+            started = anyio.current_time()
+            try:
+                async with self._http_client() as http, Client(
+                    streamable_http_client(self._settings.url, http_client=http), client_info=self._client_info,
+                    cache=None,  # tools/list is asked each time: upstream tools come and go
+                ) as client:
+                    self._client, self._failure = client, None
+                    self._ready.set()
+                    await anyio.sleep_forever()
+            except Exception as exc:  # the waiting handlers report it to the agent
+                self._failure = self._refusal or _describe(exc)
+                log.warning("cannot use the gateway at %s: %s", self._settings.url, self._failure)
+            finally:
+                self._client = None
+                self._wanted = anyio.Event()
                 self._ready.set()
-                await anyio.sleep_forever()
-        except Exception as exc:  # the handlers report it to the agent
-            self._failure = self._refusal or _describe(exc)
-            log.error("cannot reach the gateway at %s: %s", self._settings.url, self._failure)
-        finally:
-            self._client = None
-            self._ready.set()
+            await anyio.sleep(max(0.0, _RECONNECT_S - (anyio.current_time() - started)))
 
     async def _upstream(self, ctx: Any) -> Client:
-        if not self._wanted.is_set():
-            params = ctx.session.client_params
-            self._client_info = params.client_info if params is not None else None
+        """The connected client; a request that finds none asks for one and waits for it."""
+        if self._client is None:
+            if self._client_info is None:  # the agent's, passed on so the gateway's audit names it
+                params = ctx.session.client_params
+                self._client_info = params.client_info if params is not None else None
+            if self._ready.is_set():  # the last attempt ended: a new one
+                self._ready = anyio.Event()
             self._wanted.set()
-        await self._ready.wait()
+            await self._ready.wait()
         if self._client is None:
             raise MCPError(code=types.INTERNAL_ERROR,
-                           message=f"the gateway at {self._settings.url} cannot be reached: {self._failure}")
+                           message=f"cannot use the gateway at {self._settings.url}: {self._failure}")
         return self._client
 
     async def _list_tools(self, ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
@@ -158,7 +177,14 @@ class StdioBridge:
 
         # A cancellation of this handler (the agent's notifications/cancelled) cancels the
         # forwarded request, which the client announces to the gateway in turn.
-        return await client.call_tool(params.name, params.arguments, progress_callback=progress)
+        self._refusal = None
+        try:
+            return await client.call_tool(params.name, params.arguments, progress_callback=progress)
+        except MCPError as exc:
+            refusal = self._refusal  # what the gateway answered (concurrent calls: the latest refusal)
+            if exc.code != types.INTERNAL_ERROR or refusal is None:
+                raise
+            raise MCPError(code=types.INTERNAL_ERROR, message=f"the gateway refused the call: {refusal}") from None
 
 
 def _describe(exc: BaseException) -> str:

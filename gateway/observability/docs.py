@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from gateway.docgen import replace_section
+from gateway.docgen import render_page
 from gateway.observability import metrics as _metrics  # noqa: F401  (registers the metrics)
 
 __all__ = ["MARKERS", "render"]
@@ -35,10 +35,5 @@ def _table() -> str:
 
 
 def render(repo: Path) -> dict[Path, str]:
-    """``docs/observability.md`` under ``repo`` with its metrics table regenerated.
-
-    Raises:
-        ValueError: when the page lacks the markers.
-    """
-    page = repo / "docs" / "observability.md"
-    return {page: replace_section(page.read_text(), MARKERS, _table(), "docs/observability.md")}
+    """``docs/observability.md`` under ``repo`` with its metrics table regenerated (see ``gateway.docgen``)."""
+    return render_page(repo, "docs/observability.md", MARKERS, _table())

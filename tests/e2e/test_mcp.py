@@ -34,20 +34,22 @@ ALL_SCOPES = ["tasks:execute", "tasks:read", "tasks:cancel", "files:read", "file
 LEGACY, MODERN = "legacy", "2026-07-28"
 AGENT = types.Implementation(name="e2e-agent", version="9.9")
 INSPECTOR = REPO / ".tools" / "inspector" / "node_modules" / ".bin" / "mcp-inspector"
+SESSIONS = 8  # mcp.max_sessions_per_principal of the gateway here (raw and Inspector sessions stay open)
 
 
 @pytest.fixture(scope="module")
 def keys() -> dict[str, str]:
-    return {name: new_api_key() for name in ("alice", "bob", "reader")}
+    return {name: new_api_key() for name in ("alice", "bob", "reader", "dave")}
 
 
 @pytest.fixture(scope="module")
 def gateway(state_root: Path, keys: dict[str, str]) -> Iterator[GatewayProcess]:
     state = Path(tempfile.mkdtemp(prefix="mcp-", dir=state_root))
-    entries = [("alice", "acme", ALL_SCOPES), ("bob", "beta", ALL_SCOPES), ("reader", "acme", ["tasks:read"])]
+    entries = [("alice", "acme", ALL_SCOPES), ("bob", "beta", ALL_SCOPES), ("reader", "acme", ["tasks:read"]),
+               ("dave", "acme", ALL_SCOPES)]
     config = {"auth": {"api_keys": [
         {"hash": hash_api_key(keys[name]), "principal": name, "tenant": tenant, "roles": ["user"], "scopes": scopes}
-        for name, tenant, scopes in entries]}}
+        for name, tenant, scopes in entries]}, "mcp": {"max_sessions_per_principal": SESSIONS}}
     (state / "gw.yaml").write_text(yaml.safe_dump(config))
     gw = start_gateway(state / "var", "--config", str(state / "gw.yaml"), dev=False)
     yield gw
@@ -228,6 +230,13 @@ def test_tasks_are_listed_and_read_back(gateway: GatewayProcess, keys: dict[str,
             created = [(await client.call_tool("execute_command", {"command": "echo", "args": [str(i)]}))
                        .structured_content or {} for i in range(3)]
             output = (await client.call_tool("read_task_output", {"task_id": created[0]["task_id"]}))
+            past = (await client.call_tool("read_task_output", {"task_id": created[0]["task_id"],
+                                                                "offset": output.structured_content["next_offset"]}))
+            assert past.structured_content == {"task_id": created[0]["task_id"], "entries": [],
+                                               "next_offset": output.structured_content["next_offset"],
+                                               "complete": True}
+            for token in ("garbage", base64.urlsafe_b64encode(b"9999999999999999999:task-" + b"0" * 32).decode()):
+                assert error_code(await client.call_tool("list_tasks", {"page_token": token})) == 2003
             pages, token = [], None
             while True:
                 args: dict[str, Any] = {"limit": 2, **({"page_token": token} if token else {})}
@@ -375,19 +384,57 @@ def test_each_tool_call_is_one_audit_event_with_the_handshake(gateway: GatewayPr
             await client.call_tool("delete_file", {"workspace": "audit-ws", "path": "f"})
             await client.call_tool("get_task", {"task_id": "task-" + "0" * 32})
             await client.call_tool("execute_command", {"command": 5})
+            await client.call_tool("execute_command", {"command": "echo", "args": ["a\x00b"]})
+            await client.call_tool("write_file", {"workspace": "audit-ws", "path": "f", "content": "!",
+                                                  "encoding": "base64"})
+            await client.call_tool("read_file", {"workspace": "audit-ws", "path": "f\x00"})
+            await client.call_tool("list_tasks", {"page_token": "garbage"})
 
     before = len(gateway.audit_events())
     asyncio.run(run())
     calls = [e for e in gateway.audit_events()[before:] if e["method"] == "tools/call" and e["event_type"] != "task_end"]
     assert [e["tool_name"] for e in calls] == ["execute_command", "get_task", "read_task_output", "list_tasks",
-                                               "write_file", "read_file", "delete_file", "get_task", "execute_command"]
+                                               "write_file", "read_file", "delete_file", "get_task", "execute_command",
+                                               "execute_command", "write_file", "read_file", "list_tasks"]
     assert [e["event_type"] for e in calls] == ["decision", "tool_call", "tool_call", "tool_call", "file", "file",
-                                                "file", "not_found", "invalid_request"]
-    assert [e["tool_invoke_count"] for e in calls] == list(range(1, 10))
-    assert len({e["jsonrpc_id"] for e in calls}) == 9
+                                                "file", "not_found", "invalid_request", "invalid_request",
+                                                "invalid_request", "invalid_request", "invalid_request"]
+    assert [e.get("error_code") for e in calls][-5:] == [2001, 2001, 2003, 2001, 2003]
+    assert [e["tool_invoke_count"] for e in calls] == list(range(1, 14))
+    assert len({e["jsonrpc_id"] for e in calls}) == 13
     assert {(e["session_id"], e["transport"], e["protocol_version"], e["client_name"], e["client_version"])
             for e in calls} == {(calls[0]["session_id"], "mcp", "2025-11-25", "e2e-agent", "9.9")}
     assert not calls[0]["session_id"].startswith("conn-")  # the MCP session
+
+
+def test_one_principal_cannot_hold_every_session(gateway: GatewayProcess, keys: dict[str, str]) -> None:
+    auth = {**MCP_HEADERS, "Authorization": f"Bearer {keys['dave']}"}
+    with httpx.Client(base_url=gateway.http_url, timeout=30) as http:
+        opened = [http.post("/mcp", json=INITIALIZE, headers=auth) for _ in range(SESSIONS)]
+        assert [r.status_code for r in opened] == [200] * SESSIONS
+        refused = http.post("/mcp", json=INITIALIZE, headers=auth)
+        other = http.post("/mcp", json=INITIALIZE, headers={**MCP_HEADERS, "Authorization": f"Bearer {keys['bob']}"})
+        closed = http.delete("/mcp", headers={**auth, "mcp-session-id": opened[0].headers["mcp-session-id"],
+                                              "mcp-protocol-version": "2025-11-25"})
+        again = http.post("/mcp", json=INITIALIZE, headers=auth)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == 4290 and "Retry-After" in refused.headers
+    assert other.status_code == 200 and closed.status_code == 200 and again.status_code == 200
+
+
+def test_a_sessionless_call_cannot_pick_its_session(gateway: GatewayProcess, keys: dict[str, str]) -> None:
+    """2026-07-28 has no sessions: a Mcp-Session-Id the caller sends there is no session the
+    SDK checked, so its events carry the connection, not the name it chose."""
+    async def run() -> None:
+        headers = {"Authorization": f"Bearer {keys['alice']}", "Mcp-Session-Id": "victim-session"}
+        async with httpx2.AsyncClient(headers=headers, timeout=60) as http, Client(
+                streamable_http_client(f"{gateway.http_url}/mcp", http_client=http), mode=MODERN, cache=None,
+        ) as client:
+            await client.call_tool("list_tasks", {"limit": 1})
+
+    before = len(gateway.audit_events())
+    asyncio.run(run())
+    (event,) = [e for e in gateway.audit_events()[before:] if e["method"] == "tools/call"]
+    assert event["protocol_version"] == MODERN and event["session_id"].startswith("conn-")
 
 
 # -- over stdio ------------------------------------------------------------------------------
@@ -452,7 +499,74 @@ def test_stdio_with_a_bad_credential_says_why(gateway: GatewayProcess) -> None:
 
     error = asyncio.run(run())
     assert error is not None and error.code == types.INTERNAL_ERROR
-    assert "cannot be reached: HTTP 401 (Bearer resource_metadata=" in error.error.message
+    assert f"cannot use the gateway at {gateway.http_url}/mcp: HTTP 401: error 1001: malformed API key (Bearer " \
+        "resource_metadata=" in error.error.message
+
+
+def test_stdio_connects_again_once_the_gateway_answers(gateway: GatewayProcess, keys: dict[str, str]) -> None:
+    """A bridge started before its gateway (or across a restart) answers with the reason
+    while it cannot connect, then connects on a later request."""
+    target_host, target_port = gateway.http_url.removeprefix("http://").rsplit(":", 1)
+
+    async def run() -> tuple[MCPError | None, list[str]]:
+        listening = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = listening.sockets[0].getsockname()[1]
+        listening.close()  # a port with nothing behind it, for now
+        await listening.wait_closed()
+
+        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_reader, up_writer = await asyncio.open_connection(target_host, int(target_port))
+
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(OSError):
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
+                dst.close()
+
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+        params = StdioServerParameters(command=str(GATEWAY_BIN), args=[
+            "mcp-stdio", "--url", f"http://127.0.0.1:{port}"], env={"MCP_GATEWAY_TOKEN": keys["alice"]})
+        async with Client(params, mode=LEGACY, client_info=AGENT, cache=None) as client:
+            try:
+                await client.list_tools()
+                down = None
+            except MCPError as exc:
+                down = exc
+            proxy = await asyncio.start_server(forward, "127.0.0.1", port)
+            try:
+                await asyncio.sleep(1.1)  # the bridge tries again at most once a second
+                names = [t.name for t in (await client.list_tools()).tools]
+            finally:
+                proxy.close()
+        return down, names
+
+    down, names = asyncio.run(run())
+    assert down is not None and "cannot use the gateway at http://127.0.0.1:" in down.error.message
+    assert "execute_command" in names
+
+
+def test_stdio_refuses_to_send_a_token_in_clear_off_this_host() -> None:
+    refused = subprocess.run([str(GATEWAY_BIN), "mcp-stdio", "--url", "http://gw.example.com", "--token", "mgw_x"],
+                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert refused.returncode == 2 and "refusing to send the token in clear to gw.example.com" in refused.stderr
+
+
+def test_stdio_passes_on_what_the_gateway_refused(gateway: GatewayProcess, keys: dict[str, str]) -> None:
+    async def run() -> tuple[types.CallToolResult, MCPError | None]:
+        async with stdio_session(gateway, keys["reader"]) as client:
+            allowed = await client.call_tool("list_tasks", {})
+            try:
+                await client.call_tool("execute_command", {"command": "true"})
+            except MCPError as exc:
+                return allowed, exc
+            return allowed, None
+
+    allowed, refused = asyncio.run(run())
+    assert not allowed.is_error
+    assert refused is not None and "refused the call: HTTP 403: error 1003: missing scope tasks:execute" in \
+        refused.error.message
 
 
 def test_stdio_writes_nothing_but_protocol_to_stdout(gateway: GatewayProcess, keys: dict[str, str]) -> None:

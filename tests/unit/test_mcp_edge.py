@@ -10,7 +10,16 @@ import pytest
 
 from gateway.config import Settings
 from gateway.edges.mcp_docs import render
-from gateway.edges.mcp_server import TOOLS, _cut, _scope_needed, transport_security
+from gateway.edges.mcp_server import (
+    TOOLS,
+    _cut,
+    _origin_allowed,
+    _result_bytes,
+    _rpc_call,
+    _task_result,
+    transport_security,
+)
+from gateway.models import ResourceUsage, TaskRecord, TaskResult, TaskStatus, TaskType
 
 REPO = Path(__file__).resolve().parent.parent.parent
 #: A non-loopback bind needs credentials and TLS configured (Settings refuses one without).
@@ -56,21 +65,44 @@ def test_a_wildcard_bind_checks_host_only_when_the_operator_names_the_service() 
     assert (named.allowed_hosts, named.allowed_origins) == (["gw.example.com"], ["https://app.example.com"])
 
 
-@pytest.mark.parametrize(("body", "scope"), [
-    ({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "execute_command"}}, "tasks:execute"),
-    ({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "delete_file"}}, "files:write"),
-    ({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "get_task"}}, "tasks:read"),
-    ({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "nope"}}, None),
-    ({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": ["execute_command"]}, None),
-    ({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, None),
-    ([{"method": "tools/call", "params": {"name": "execute_command"}}], None),
+@pytest.mark.parametrize(("body", "call"), [
+    ({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "execute_command"}},
+     ("tools/call", "execute_command")),
+    ({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": ["execute_command"]}, ("tools/call", None)),
+    ({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": 5}}, ("tools/call", None)),
+    ({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"name": "x"}}, ("initialize", None)),
+    ({"jsonrpc": "2.0", "id": 1, "method": 7}, (None, None)),
+    ([{"method": "tools/call", "params": {"name": "execute_command"}}], (None, None)),
 ])
-def test_the_scope_a_raw_tools_call_needs(body: object, scope: str | None) -> None:
-    assert _scope_needed(json.dumps(body).encode()) == scope
+def test_the_call_a_raw_body_makes(body: object, call: tuple[str | None, str | None]) -> None:
+    assert _rpc_call(json.dumps(body).encode()) == call
 
 
-def test_garbage_needs_no_scope_the_sdk_answers_it() -> None:
-    assert _scope_needed(b"\xff{not json") is None
+@pytest.mark.parametrize("body", [b"\xff{not json", b"[" * 200_000, b""])
+def test_what_does_not_parse_makes_no_call_the_sdk_answers_it(body: bytes) -> None:
+    assert _rpc_call(body) == (None, None)
+
+
+@pytest.mark.parametrize(("origin", "allowed"), [
+    (None, True), ("https://app.example.com", True), ("http://localhost:8080", True), ("http://localhost:", False),
+    ("http://localhost:80x", False), ("http://localhost.evil.com:80", False), ("https://evil.example", False),
+])
+def test_origins_match_exactly_or_by_any_port(origin: str | None, allowed: bool) -> None:
+    assert _origin_allowed(origin, ["https://app.example.com", "http://localhost:*"]) is allowed
+
+
+def test_a_task_result_fits_the_result_cap_whatever_the_output() -> None:
+    usage = ResourceUsage(cpu_time_ms=1, max_memory_kb=1, io_read_bytes=0, io_write_bytes=0)
+    result = TaskResult(exit_code=0, stdout="\x01" * 300_000, stderr="é" * 100_000, stdout_truncated=False,
+                        stderr_truncated=False, limit_reason=None, resource_usage=usage, execution_time_ms=5)
+    record = TaskRecord(task_id="task-" + "0" * 32, task_type=TaskType.COMMAND, status=TaskStatus.COMPLETED,
+                        tenant="t", principal_id="p", command="x", args=(), metadata={}, created_at_ns=1,
+                        decision_id="d", result=result)
+    body = _task_result(record, 64 << 10)
+    assert _result_bytes(body) <= 64 << 10
+    assert body["stdout_truncated"] and body["stderr_truncated"] and body["stdout"].startswith("\x01")
+    small = _task_result(record, 64 << 20)
+    assert not small["stdout_truncated"] and small["stdout"] == result.stdout
 
 
 def test_cut_keeps_whole_characters() -> None:
