@@ -590,7 +590,8 @@ def test_stdio_writes_nothing_but_protocol_to_stdout(gateway: GatewayProcess, ke
 # -- the MCP Inspector CLI ------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="Node is absent: the MCP Inspector CLI needs it")
+@pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None,
+                    reason="Node (with npm, which installs it) is absent: the MCP Inspector CLI needs it")
 def test_the_mcp_inspector_cli_lists_and_calls_execute_command(gateway: GatewayProcess, keys: dict[str, str],
                                                                 tmp_path: Path) -> None:
     assert INSPECTOR.exists(), "the test setup installs @modelcontextprotocol/inspector (scripts/setup.sh --test)"
