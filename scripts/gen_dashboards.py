@@ -292,6 +292,14 @@ def overview() -> Dashboard:
                      [(f"sum by (status) ({calls})", "{{status}}")], "reqps", stack=True), 8)
     d.add(tasks_by_status(), 8)
 
+    d.row("MCP")
+    d.add(timeseries("MCP tool calls", "tools/call per second by tool (ok or refused).",
+                     [by("tool", "mcp_tool_calls_total")], "reqps", stack=True), 8)
+    d.add(timeseries("MCP tool refusals", "Tool errors per second by tool and project error code.",
+                     [by("tool, status", "mcp_tool_calls_total", 'status!="ok"')], "reqps"), 8)
+    d.add(timeseries("MCP sessions open", "2025-11-25 sessions open on /mcp, per gateway (mcp.max_sessions).",
+                     [(sel("mcp_sessions_open"), "{{instance}}")], "short"), 8)
+
     d.row("Errors")
     d.add(timeseries("Server-side error ratio",
                      "Share of calls answering 5xxx, 4001 or 4002 (the availability SLO's errors), per gateway.",

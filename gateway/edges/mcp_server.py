@@ -86,6 +86,7 @@ from gateway.errors import (
     PermissionDenied,
     RateLimited,
 )
+from gateway.observability.metrics import MCP_SESSIONS, MCP_TOOL_CALLS
 from gateway.models import SCOPES, ExecuteRequest, McpCall, OutputKind, Principal, RequestContext, TaskRecord
 from gateway.service import GatewayService
 
@@ -439,6 +440,7 @@ class McpEdge:
             app=self.server, max_request_body_size=settings.limits.max_request_bytes,
             session_idle_timeout=settings.mcp.session_idle_timeout_s, max_sessions=settings.mcp.max_sessions,
         )
+        MCP_SESSIONS.set_function(lambda: len(getattr(self.sessions, "_server_instances", ())))
 
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[None]:
@@ -473,12 +475,15 @@ class McpEdge:
                 body = await self._run(tool.name, call_ctx, principal, args)
         except GatewayError as exc:
             await self._audit_refusal(call_ctx, principal, exc)
+            MCP_TOOL_CALLS.labels(tool.name, str(exc.code)).inc()
             return _failure(exc)
         except Exception:
             log.exception("MCP tool %s failed", tool.name)
             error = InternalError("internal error")
             await self._audit_refusal(call_ctx, principal, error)
+            MCP_TOOL_CALLS.labels(tool.name, str(error.code)).inc()
             return _failure(error)
+        MCP_TOOL_CALLS.labels(tool.name, "ok").inc()
         return _success(body)
 
     @staticmethod

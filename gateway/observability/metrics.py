@@ -44,6 +44,8 @@ __all__ = [
     "ERRORS",
     "GRPC_DECODE_ERRORS",
     "IN_FLIGHT",
+    "MCP_SESSIONS",
+    "MCP_TOOL_CALLS",
     "LABEL_VALUES",
     "POLICY_BUNDLE",
     "POLICY_CACHE",
@@ -76,12 +78,12 @@ __all__ = [
 #: admits only names the code itself writes (routes and RPC names, error codes, classes).
 LABEL_VALUES: dict[str, frozenset[str] | re.Pattern[str]] = {
     "transport": frozenset({"grpc", "http", "https", "mcp", "stdio"}),
-    # the REST routes as gateway/edges/rest.py names them, and the mcp.McpService RPCs
+    # the REST routes as gateway/edges/rest.py names them, the mcp.McpService RPCs, MCP's tools/call
     "method": frozenset({
         "POST /v1/execute", "GET /v1/tasks", "POST /v1/tasks/cancel", "GET /v1/tasks/stream", "GET /v1/files",
         "PUT /v1/files", "DELETE /v1/files", "GET /v1/policy", "POST /v1/policy/reload",
         "ExecuteCommand", "ExecuteCommandAndWait", "GetTaskStatus", "StreamTaskOutput", "CancelTask", "ReadFile",
-        "WriteFile", "DeleteFile",
+        "WriteFile", "DeleteFile", "tools/call",
     }),
     # calls: ok or the project error code; tasks: the final status
     "status": re.compile(r"^(?:ok|[1-6][0-9]{3}|COMPLETED|FAILED|CANCELLED|TIMED_OUT)$"),
@@ -102,6 +104,7 @@ LABEL_VALUES: dict[str, frozenset[str] | re.Pattern[str]] = {
     "sink": frozenset({"file", "stdout", "webhook"}),
     "version": re.compile(r"^[0-9A-Za-z.+-]{1,40}$"),
     "python_version": re.compile(r"^[0-9A-Za-z.+-]{1,40}$"),
+    "tool": re.compile(r"^[a-z_]{1,40}$"),  # the MCP edge's tools (gateway.edges.mcp_server.TOOLS)
 }
 
 POLICY_DECISIONS = Counter(
@@ -186,6 +189,16 @@ ERRORS = Counter(
     "mcp_errors_total",
     "Calls that failed, by the error's class and project code (design section 5).",
     ["type", "code"],
+)
+MCP_TOOL_CALLS = Counter(
+    "mcp_tool_calls_total",
+    "MCP tools/call by tool (the gateway's tools) and status: ok, or the project error code of the tool "
+    "error (an unknown tool is a protocol error and not counted).",
+    ["tool", "status"],
+)
+MCP_SESSIONS = Gauge(
+    "mcp_sessions_open",
+    "MCP sessions (protocol 2025-11-25) open on this gateway's /mcp; mcp.max_sessions bounds them.",
 )
 
 # -- tasks and sandboxes ----------------------------------------------------------

@@ -26,8 +26,10 @@ import yaml
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.auth.apikeys import hash_api_key, new_api_key
+from gateway.observability.metrics import LABEL_VALUES
 from tests.conftest import GATEWAY_BIN, REPO, GatewayProcess, start_gateway, wait_until
 
 ALL_SCOPES = ["tasks:execute", "tasks:read", "tasks:cancel", "files:read", "files:write"]
@@ -435,6 +437,23 @@ def test_a_sessionless_call_cannot_pick_its_session(gateway: GatewayProcess, key
     asyncio.run(run())
     (event,) = [e for e in gateway.audit_events()[before:] if e["method"] == "tools/call"]
     assert event["protocol_version"] == MODERN and event["session_id"].startswith("conn-")
+
+
+def test_tool_calls_and_sessions_are_counted(gateway: GatewayProcess, keys: dict[str, str]) -> None:
+    async def run() -> None:
+        async with session(gateway, keys["alice"]) as client:
+            await client.call_tool("list_tasks", {"limit": 1})
+            await client.call_tool("get_task", {"task_id": "task-" + "f" * 32})
+
+    asyncio.run(run())
+    with httpx.Client(base_url=gateway.http_url, timeout=30) as http:
+        families = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
+    calls = {(s.labels["tool"], s.labels["status"]): s.value for s in families["mcp_tool_calls"].samples
+             if s.name == "mcp_tool_calls_total"}
+    assert calls[("list_tasks", "ok")] >= 1 and calls[("get_task", "6001")] >= 1
+    assert all(LABEL_VALUES["tool"].match(tool) and LABEL_VALUES["status"].match(status)  # type: ignore[union-attr]
+               for tool, status in calls)
+    assert families["mcp_sessions_open"].samples[0].value >= 1  # sessions earlier tests left open
 
 
 # -- over stdio ------------------------------------------------------------------------------
