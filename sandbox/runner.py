@@ -46,6 +46,7 @@ import os
 import select
 import selectors
 import shutil
+import stat
 import signal
 import subprocess
 import tempfile
@@ -102,6 +103,8 @@ def run(
     on_output: OutputListener | None = None,
     netns: NetnsPool | None = None,
     egress: EgressAttach | None = None,
+    stdin: int | None = None,
+    keep_output: bool = True,
 ) -> SandboxResult:
     """Run ``spec.argv`` in a new bwrap + seccomp sandbox and wait for it (blocking).
 
@@ -116,6 +119,12 @@ def run(
     ``egress``: required for ``NetworkMode.RESTRICTED`` (root only): the proxy that serves
     the listener made inside the run's namespace (see ``EgressAttach``); its refusal notes
     join the run's stderr, what it carried its usage, a cap it hit limit reason "egress".
+    ``stdin``: a pipe or socket fd (the caller keeps its own copy) that becomes the
+    command's standard input instead of /dev/null: a long-lived server the caller talks to
+    (an MCP server over stdio); anything else (a terminal, a file) is refused.
+    ``keep_output=False`` (with ``on_output``): every byte the command writes goes to
+    ``on_output`` and none is kept, so ``limits.output_bytes`` does not apply and the
+    result's ``stdout`` / ``stderr`` are empty: output that runs for as long as the command.
     Returns a ``SandboxResult`` for every run that was spawned (setup failures too:
     ``setup_error``, ``exit_code == -1``), and only once every process of the run has been
     reaped. Raises ``SandboxSetupError`` for an
@@ -146,6 +155,10 @@ def run(
     #    drain the slot (kill anything left) before it is reused.
     # 9. classify: setup failure / exit / signal / which limit.
     validate(spec)
+    if stdin is not None:
+        _check_stdin(stdin)
+    if not keep_output and on_output is None:
+        raise SandboxSetupError("keep_output=False needs on_output: the output would go nowhere")
     root = os.geteuid() == 0
     if root and spec.run_as is None:
         raise SandboxSetupError("run_as is required when running as root: bwrap is never run as root")
@@ -223,23 +236,26 @@ def run(
             # and reopening a pipe checks the pipe inode's owner): scripts `tee /dev/stderr`.
             for fd in (out_w, err_w):
                 os.fchown(fd, run_as.uid, run_as.gid)
-        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        fds += [out_r, out_w, err_r, err_w, devnull]
+        # The command's stdin: /dev/null, or a copy of the caller's pipe (closed here once
+        # the child holds its own, like every fd handed over).
+        stdin_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if stdin is None else \
+            fcntl.fcntl(stdin, fcntl.F_DUPFD_CLOEXEC, 3)
+        fds += [out_r, out_w, err_r, err_w, stdin_fd]
         passed = [workspace_fd, *ro_fds, *rw_fds, seccomp_fd, *etc_fds.values(), status_w]
         started = time.monotonic()
         try:
-            pid = spawn(argv, (devnull, out_w, err_w), passed, child)
+            pid = spawn(argv, (stdin_fd, out_w, err_w), passed, child)
         except OSError as exc:  # a step of the child failed (e.g. setresuid, cgroup join)
             return _setup_failed(f"{exc.strerror}: {os.strerror(exc.errno or 0)}", started)
         finally:
             # The child holds its own copies now (or never started): ours close at once,
             # so the status pipe and the output pipes see EOF when the sandbox ends.
-            for fd in (*passed, out_w, err_w, devnull, *([] if netns_fd is None else [netns_fd])):
+            for fd in (*passed, out_w, err_w, stdin_fd, *([] if netns_fd is None else [netns_fd])):
                 fds.remove(fd)
                 os.close(fd)
         fds.remove(out_r)
         fds.remove(err_r)
-        result = _supervise(pid, out_r, err_r, spec, status_r, cancel, started, on_output, proxy)
+        result = _supervise(pid, out_r, err_r, spec, status_r, cancel, started, on_output, proxy, keep_output)
         if proxy is not None:
             result = _with_egress(result, proxy.finish())
         if slot is None:
@@ -357,16 +373,21 @@ def probe(
 
 
 class _Collector:
-    """Output of one stream: the first ``cap`` bytes, and whether more arrived."""
+    """Output of one stream: the first ``cap`` bytes, and whether more arrived; with
+    ``keep`` False, nothing is kept and every read passes through whole."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, keep: bool = True) -> None:
         self.cap = cap
+        self.keep = keep
         self.parts: list[bytes] = []
         self.kept = 0
         self.truncated = False
 
     def add(self, data: bytes) -> tuple[bytes, bool]:
-        """Keep what fits; returns (the bytes kept, True when this read started the truncation)."""
+        """Keep what fits; returns (the bytes kept, or with ``keep`` False all of them;
+        True when this read started the truncation)."""
+        if not self.keep:
+            return data, False
         room = self.cap - self.kept
         started_truncating = False
         if len(data) > room:
@@ -392,9 +413,10 @@ def _supervise(
     started: float,
     on_output: OutputListener | None,
     proxy: _Egress | None = None,
+    keep_output: bool = True,
 ) -> SandboxResult:
     cap = spec.limits.output_bytes
-    out, err = _Collector(cap), _Collector(cap)
+    out, err = _Collector(cap, keep_output), _Collector(cap, keep_output)
     status = bytearray()
     init_pid: int | None = None
     init_pidfd: int | None = None
@@ -522,6 +544,19 @@ class _Egress:
                     os.close(self._notes_w)
                     self._notes_w = None
         return self._usage
+
+
+def _check_stdin(fd: int) -> None:
+    """SandboxSetupError unless ``fd`` is an open pipe or socket: the only stdin a sandbox
+    gets besides /dev/null. A terminal would hand the command the caller's session (job
+    control, and on kernels without the TIOCSTI restriction, input injection past seccomp's
+    own refusal); a file or device is no conversation."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as exc:
+        raise SandboxSetupError(f"stdin: fd {fd} is not open ({exc.strerror})") from exc
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        raise SandboxSetupError(f"stdin: fd {fd} must be a pipe or a socket")
 
 
 def _setup(make: Callable[[], Any], what: str) -> Any:

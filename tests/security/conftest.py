@@ -161,15 +161,18 @@ def sbx(workspace: str, run_as: RunAs, cgroup_pool: CgroupPool | None,
     """``sbx(*argv, timeout_s=10, cgroups=True, egress=None, **limit_and_spec_fields)`` runs
     argv in the real sandbox as this test's uid, in its workspace, charged to the cgroup pool
     (unless ``cgroups=False``: the RLIMIT fallback). ``run_as=``/``workspace=`` override
-    those; ``egress`` serves a ``NetworkMode.RESTRICTED`` run (``sandbox.run``)."""
+    those; ``egress`` serves a ``NetworkMode.RESTRICTED`` run; ``stdin``, ``on_output`` and
+    ``keep_output`` go to ``sandbox.run`` as they are."""
 
-    def _run(*argv: str, cancel: Any = None, cgroups: bool = True, egress: Any = None, **kw: Any) -> SandboxResult:
+    def _run(*argv: str, cancel: Any = None, cgroups: bool = True, egress: Any = None, stdin: int | None = None,
+             on_output: Any = None, keep_output: bool = True, **kw: Any) -> SandboxResult:
         limit_fields = {k: kw.pop(k) for k in list(kw) if k in Limits.__dataclass_fields__}
         limit_fields.setdefault("timeout_s", 10.0)
         kw.setdefault("run_as", run_as)
         kw.setdefault("workspace", workspace)
         spec = SandboxSpec(argv=argv, limits=Limits(**limit_fields), **kw)
-        return run(spec, cancel=cancel, cgroups=cgroup_pool if cgroups else None, netns=netns_pool, egress=egress)
+        return run(spec, cancel=cancel, cgroups=cgroup_pool if cgroups else None, netns=netns_pool, egress=egress,
+                   stdin=stdin, on_output=on_output, keep_output=keep_output)
 
     return _run
 

@@ -367,3 +367,88 @@ def test_root_without_run_as_is_refused(workspace):
         run(SandboxSpec(argv=("true",), workspace=workspace))
     with pytest.raises(SandboxSetupError, match="must not be 0"):
         run(SandboxSpec(argv=("true",), workspace=workspace, run_as=RunAs(0, 0)))
+
+
+# -- interactive runs: a pipe as stdin, output streamed without a cap ---------------------
+
+
+def test_a_stdin_pipe_is_the_commands_input_and_its_only_extra(sbx):
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"hello\n")
+        os.close(write_end)
+        code = ("import os, sys\nextra=[]\nfor fd in range(3, 1024):\n"
+                "    try: os.fstat(fd)\n    except OSError: continue\n    extra.append(fd)\n"
+                "print(sys.stdin.read().strip(), extra, os.readlink('/proc/self/fd/0').split(':')[0])")
+        r = py(sbx, code, stdin=read_end)
+    finally:
+        os.close(read_end)
+    assert r.stdout == b"hello [] pipe\n", r.stderr
+
+
+def test_a_long_lived_command_converses_over_its_pipes(sbx):
+    """A server the caller talks to line by line while it runs (what an MCP server over stdio
+    is): each answer arrives before the next question is asked; closing stdin ends it."""
+    read_end, write_end = os.pipe()
+    answers: list[bytes] = []
+    answered = threading.Condition()
+
+    def on_output(stream: int, data: bytes, truncated: bool) -> None:
+        with answered:
+            answers.append(data)
+            answered.notify_all()
+
+    code = "import sys\nfor line in sys.stdin:\n    print(line.strip().upper(), flush=True)\n"
+    result: list = []
+    runner = threading.Thread(target=lambda: result.append(
+        py(sbx, code, stdin=read_end, on_output=on_output, keep_output=False, timeout_s=30)))
+    runner.start()
+    try:
+        for n, word in enumerate((b"one", b"two", b"three"), start=1):
+            os.write(write_end, word + b"\n")
+            with answered:
+                assert answered.wait_for(lambda n=n: b"".join(answers).count(b"\n") >= n, timeout=15), answers
+    finally:
+        os.close(write_end)
+        runner.join(30)
+        os.close(read_end)
+    assert b"".join(answers) == b"ONE\nTWO\nTHREE\n"
+    (r,) = result
+    assert (r.exit_code, r.limit_reason, r.stdout, r.stdout_truncated) == (0, None, b"", False)
+
+
+def test_streamed_output_is_neither_capped_nor_kept(sbx):
+    seen = {1: 0, 2: 0}
+
+    def on_output(stream: int, data: bytes, truncated: bool) -> None:
+        assert not truncated
+        seen[stream] += len(data)
+
+    r = sbx("sh", "-c", "head -c 3000000 /dev/zero; head -c 5000 /dev/zero >&2", output_bytes=1 << 20,
+            on_output=on_output, keep_output=False)
+    assert seen == {1: 3_000_000, 2: 5000}
+    assert (r.exit_code, r.stdout, r.stderr, r.stdout_truncated, r.stderr_truncated) == (0, b"", b"", False, False)
+
+
+def test_stdin_must_be_a_pipe_or_a_socket(sbx, tmp_path):
+    (tmp_path / "f").write_bytes(b"x")
+    terminal, other_side = os.openpty()
+    left, right = socket.socketpair()
+    refused = {"file": os.open(tmp_path / "f", os.O_RDONLY), "device": os.open(os.devnull, os.O_RDONLY),
+               "terminal": terminal}
+    try:
+        for what, fd in refused.items():
+            with pytest.raises(SandboxSetupError, match="must be a pipe or a socket"):
+                sbx("true", stdin=fd)
+                pytest.fail(f"a {what} was taken as stdin")
+        with pytest.raises(SandboxSetupError, match="is not open"):
+            sbx("true", stdin=999)
+        assert sbx("true", stdin=left.fileno()).exit_code == 0  # a socket is a conversation too
+        with pytest.raises(SandboxSetupError, match="needs on_output"):
+            sbx("true", keep_output=False)
+    finally:
+        for fd in (*refused.values(), other_side):
+            os.close(fd)
+        left.close()
+        right.close()
+
