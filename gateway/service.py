@@ -29,7 +29,6 @@ status codes; they hold no logic of their own.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import logging
 import os
@@ -38,6 +37,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from opentelemetry import trace
@@ -101,13 +101,18 @@ from gateway.tasks import TaskManager, TaskStore
 from gateway.tasks.store import TaskQuery, TaskQuota
 from gateway.tasks.workspaces import WORKSPACE_ID_PATTERN, WorkspaceManager
 
-__all__ = ["FileContent", "GatewayService", "HealthInfo", "TASK_ID_PATTERN", "TaskPage", "new_task_id"]
+__all__ = ["FileContent", "GatewayService", "HealthInfo", "PAGE_TOKEN_PATTERN", "TASK_ID_PATTERN", "TaskPage",
+           "new_task_id"]
 
 log = logging.getLogger("gateway.service")
 
 T = TypeVar("T")
 READINESS_REFRESH_S = 0.5  # how often serve() refreshes the readiness probes answer, seconds
 TASK_ID_PATTERN = re.compile(r"^task-[0-9a-f]{32}$")
+#: What list_tasks issues as a page token (creation time in unix ns, the task id): up to
+#: 8,999,999,999,999,999,999 ns, within int64 (documented to clients as an opaque string).
+PAGE_TOKEN_PATTERN = re.compile(r"^(?:[0-9]{1,18}|[1-8][0-9]{18})\.task-[0-9a-f]{32}$")
+_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DENY_BY_CATEGORY: dict[str, type[PolicyDenied]] = {
     "command": CommandDenied,
@@ -523,7 +528,7 @@ class GatewayService:
         return record
 
     def list_tasks(
-        self, principal: Principal, ctx: RequestContext, *, status: str | None = None, since_ns: int = 0,
+        self, principal: Principal, ctx: RequestContext, *, status: str | None = None, since: str | None = None,
         limit: int = 20, page_token: str | None = None,
     ) -> TaskPage:
         """The caller's tasks (a tenant admin: every task of its tenant), newest first, one
@@ -531,21 +536,22 @@ class GatewayService:
 
         Args:
             status: only tasks in this state (a :class:`TaskStatus` name), or all.
-            since_ns: only tasks created at or after this time, unix nanoseconds (0: all).
+            since: only tasks created at or after this RFC 3339 time (``2026-12-07T09:00:00Z``;
+                a time without an offset is UTC), or all.
             limit: tasks per page, 1-100.
             page_token: the previous page's ``next_page_token`` (opaque), or None for the first.
 
         Raises:
             PermissionDenied (1003): the principal lacks ``tasks:read``.
-            InvalidParameter (2001): ``status``, ``since_ns`` or ``limit`` out of range.
-            InvalidFormat (2003): ``page_token`` is not one this gateway issued.
+            InvalidParameter (2001): ``status`` or ``limit`` out of range.
+            InvalidFormat (2003): ``since`` is no RFC 3339 time; ``page_token`` is not one this
+                gateway issued.
             StorageError (5002): the store failed.
         """
         self.authorize(principal, ctx, "tasks:read")
         if not 1 <= limit <= _MAX_PAGE:
             raise InvalidParameter(f"limit must be between 1 and {_MAX_PAGE}", details={"field": "limit"})
-        if not 0 <= since_ns <= _MAX_OFFSET:
-            raise InvalidParameter("since must be a time after 1970", details={"field": "since"})
+        since_ns = _unix_ns(since) if since is not None else 0
         try:
             state = TaskStatus[status] if status else None
         except KeyError:
@@ -553,7 +559,7 @@ class GatewayService:
                                    details={"field": "status"}) from None
         # One more than a page: a next page exists only when it does.
         query = TaskQuery(principal.tenant, None if principal.tenant_admin else principal.id, state, since_ns,
-                          _page_cursor(page_token) if page_token else None, limit + 1)
+                          _page_cursor(page_token) if page_token is not None else None, limit + 1)
         records = self._store.list_tasks(query)
         self._audit_tool_call(principal, ctx)
         page = records[:limit]
@@ -1057,21 +1063,38 @@ def _visible(record: TaskRecord, principal: Principal) -> bool:
     return record.tenant == principal.tenant and (record.principal_id == principal.id or principal.tenant_admin)
 
 
+def _unix_ns(text: str) -> int:
+    """An RFC 3339 ``date-time`` (section 5.6: ``T`` or a space, ``Z`` or an offset, a leap
+    second read as :59) as unix nanoseconds, within 0 .. 2^63-1; InvalidFormat (2003)
+    otherwise."""
+    match = _RFC3339.fullmatch(text.strip())
+    try:
+        if match is None:
+            raise ValueError(text)
+        year, month, day, hour, minute, second = (int(match[i]) for i in range(1, 7))
+        zone = timezone.utc if match[8] in ("Z", "z") else timezone(
+            (-1 if match[8][0] == "-" else 1) * timedelta(hours=int(match[8][1:3]), minutes=int(match[8][4:6])))
+        moment = datetime(year, month, day, hour, minute, min(second, 59), tzinfo=zone)
+    except ValueError:
+        raise InvalidFormat("since must be an RFC 3339 time, e.g. 2026-12-07T09:00:00Z",
+                            details={"field": "since"}) from None
+    fraction = int((match[7] or ".0")[1:10].ljust(9, "0"))
+    ns = int(moment.timestamp()) * 1_000_000_000 + fraction
+    return min(max(0, ns), _MAX_OFFSET)  # int64 in both stores
+
+
 def _page_token(last: TaskRecord) -> str:
-    """An opaque cursor after ``last``: its creation time and id, base64url. It names no
-    tenant or principal: a page is always read with the caller's own visibility, so a
-    forged token can only move the cursor within what the caller may see anyway."""
-    return base64.urlsafe_b64encode(f"{last.created_at_ns}:{last.task_id}".encode()).decode().rstrip("=")
+    """An opaque cursor after ``last``: its creation time and id. It names no tenant or
+    principal: a page is always read with the caller's own visibility, so a forged token can
+    only move the cursor within what the caller may see anyway."""
+    return f"{last.created_at_ns}.{last.task_id}"
 
 
 def _page_cursor(token: str) -> tuple[int, str]:
     """The ``(created_at_ns, task_id)`` of a :func:`_page_token`; InvalidFormat (2003) otherwise."""
-    try:
-        created, _, task_id = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode().partition(":")
-        if created.isascii() and created.isdigit() and int(created) <= _MAX_OFFSET and TASK_ID_PATTERN.match(task_id):
-            return int(created), task_id
-    except (ValueError, UnicodeDecodeError):
-        pass
+    created, _, task_id = token.partition(".")
+    if PAGE_TOKEN_PATTERN.fullmatch(token) and int(created) <= _MAX_OFFSET:
+        return int(created), task_id
     raise InvalidFormat("page_token is not a token this gateway issued", details={"field": "page_token"})
 
 

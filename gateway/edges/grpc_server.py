@@ -38,7 +38,7 @@ from gateway.admission import EdgeGate
 from gateway.auth import Credentials
 from gateway.errors import GatewayError, InternalError, InvalidFormat, RateLimited, status_for
 from gateway.observability.metrics import GRPC_DECODE_ERRORS
-from gateway.models import ExecuteRequest, OutputChunk, RequestContext, TaskRecord, rfc3339
+from gateway.models import ExecuteRequest, OutputChunk, RequestContext, TaskRecord, TaskStatus, rfc3339
 from gateway.proto import mcp_pb2, mcp_pb2_grpc
 from gateway.service import GatewayService
 from gateway.tls import TlsFiles
@@ -227,6 +227,19 @@ class McpServicer(mcp_pb2_grpc.McpServiceServicer):
         record = await self._call(context, "GetTaskStatus", request, self._service.get_task, request.task_id)
         return _status_response(record)
 
+    async def ListTasks(
+        self, request: mcp_pb2.ListTasksRequest, context: grpc.aio.ServicerContext
+    ) -> mcp_pb2.ListTasksResponse:
+        """The caller's tasks, newest first, one page (``limit`` 0 = 20)."""
+        status = None
+        if request.HasField("status"):  # an enum value this gateway does not know: the service refuses it (2001)
+            status = TaskStatus(request.status).name if request.status in _TASK_STATUSES else str(request.status)
+        page = await self._call(context, "ListTasks", request, self._service.list_tasks, status=status,
+                                since=request.since or None, limit=request.limit or 20,
+                                page_token=request.page_token or None)
+        return mcp_pb2.ListTasksResponse(tasks=[_task_info(r) for r in page.tasks],
+                                         next_page_token=page.next_page_token or "")
+
     async def StreamTaskOutput(
         self, request: mcp_pb2.TaskStatusRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[mcp_pb2.TaskOutputChunk]:
@@ -356,8 +369,11 @@ def _execute_request(msg: mcp_pb2.CommandRequest, wait_s: float = 0.0) -> Execut
     )
 
 
-def _status_response(record: TaskRecord) -> mcp_pb2.TaskStatusResponse:
-    info = mcp_pb2.TaskInfo(
+_TASK_STATUSES = frozenset(s.value for s in TaskStatus)
+
+
+def _task_info(record: TaskRecord) -> mcp_pb2.TaskInfo:
+    return mcp_pb2.TaskInfo(
         task_id=record.task_id,
         task_type=record.task_type.value,
         status=record.status.value,
@@ -366,6 +382,10 @@ def _status_response(record: TaskRecord) -> mcp_pb2.TaskStatusResponse:
         completed_at=rfc3339(record.completed_at_ns) if record.completed_at_ns is not None else None,
         metadata=record.metadata,
     )
+
+
+def _status_response(record: TaskRecord) -> mcp_pb2.TaskStatusResponse:
+    info = _task_info(record)
     r = record.result
     if r is None:
         return mcp_pb2.TaskStatusResponse(task_info=info)

@@ -185,8 +185,11 @@ class ListTasksArgs(_Args):
 
     status: Literal["QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"] | None = Field(
         None, description="Only tasks in this state.")
+    since: str | None = Field(None, description="Only tasks created at or after this RFC 3339 time, e.g. "
+                              "2026-12-07T09:00:00Z.", max_length=64, json_schema_extra={"format": "date-time"})
     limit: int = Field(20, ge=1, le=100, description="Tasks per page, at most.")
-    page_token: str | None = Field(None, description="The previous page's next_page_token.", max_length=512)
+    page_token: str | None = Field(None, description="The previous page's next_page_token (opaque).",
+                                   max_length=64)
 
 
 class UsageResult(BaseModel):
@@ -590,8 +593,8 @@ class McpEdge:
                     "next_offset": entries[-1]["offset"] + 1 if entries else args.offset,
                     "complete": ended or (not chunks and record.final)}
         if isinstance(args, ListTasksArgs):
-            page = await self._in_thread(ctx, principal, service.list_tasks, status=args.status, limit=args.limit,
-                                         page_token=args.page_token)
+            page = await self._in_thread(ctx, principal, service.list_tasks, status=args.status, since=args.since,
+                                         limit=args.limit, page_token=args.page_token)
             return {"tasks": [_task_result(r, cap // max(1, len(page.tasks))) for r in page.tasks],
                     "next_page_token": page.next_page_token}
         if isinstance(args, ReadFileArgs):

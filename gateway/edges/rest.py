@@ -76,7 +76,7 @@ from gateway.models import (
     TaskType,
     rfc3339,
 )
-from gateway.service import TASK_ID_PATTERN, GatewayService
+from gateway.service import PAGE_TOKEN_PATTERN, TASK_ID_PATTERN, GatewayService
 
 __all__ = ["CommandBody", "GatewayHttpProtocol", "create_app", "error_response", "read_capped", "request_context"]
 
@@ -236,6 +236,13 @@ class TaskBody(BaseModel):
     result: TaskResultBody | None = Field(description="Null until the task is final.")
 
 
+class TaskListBody(BaseModel):
+    """Answer of ``GET /v1/tasks``; mirrors ``mcp.ListTasksResponse``."""
+
+    tasks: list[TaskInfoBody] = Field(description="Newest first; a task's result is read with GET /v1/tasks/{id}.")
+    next_page_token: str | None = Field(description="Pass as page_token for the next page; null on the last.")
+
+
 class FileWrittenBody(BaseModel):
     """Answer of ``PUT /v1/files/{path}``."""
 
@@ -393,19 +400,20 @@ def _execute_request(body: CommandBody, wait_s: float = 0.0) -> ExecuteRequest:
     )
 
 
-def _task_json(record: TaskRecord) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "task_info": {
-            "task_id": record.task_id,
-            "task_type": record.task_type.name,
-            "status": record.status.name,
-            "created_at": rfc3339(record.created_at_ns),
-            "started_at": rfc3339(record.started_at_ns) if record.started_at_ns else None,
-            "completed_at": rfc3339(record.completed_at_ns) if record.completed_at_ns else None,
-            "metadata": record.metadata,
-        },
-        "result": None,
+def _task_info_json(record: TaskRecord) -> dict[str, Any]:
+    return {
+        "task_id": record.task_id,
+        "task_type": record.task_type.name,
+        "status": record.status.name,
+        "created_at": rfc3339(record.created_at_ns),
+        "started_at": rfc3339(record.started_at_ns) if record.started_at_ns else None,
+        "completed_at": rfc3339(record.completed_at_ns) if record.completed_at_ns else None,
+        "metadata": record.metadata,
     }
+
+
+def _task_json(record: TaskRecord) -> dict[str, Any]:
+    body: dict[str, Any] = {"task_info": _task_info_json(record), "result": None}
     if record.result is not None:
         r = record.result
         body["result"] = {
@@ -858,6 +866,24 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
         return TaskCreatedBody(
             task_id=record.task_id, status=record.status.name, created_at=rfc3339(record.created_at_ns)
         )
+
+    @app.get("/v1/tasks", response_model=TaskListBody, tags=["tasks"],
+             **_contract(InvalidParameter, InvalidFormat, StorageError, *_CALL_ERRORS))
+    async def list_tasks(
+        request: Request,
+        status: Literal["CREATED", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"] | None = Query(
+            None, description="Only tasks in this state."),
+        since: str | None = Query(None, description="Only tasks created at or after this RFC 3339 time.",
+                                  examples=["2026-12-07T09:00:00Z"], json_schema_extra={"format": "date-time"}),
+        limit: int = Query(20, ge=1, le=100, description="Tasks per page."),
+        page_token: str | None = Query(None, description="The previous page's next_page_token (opaque).",
+                                       json_schema_extra={"pattern": PAGE_TOKEN_PATTERN.pattern}),
+    ) -> dict[str, Any]:
+        """Your tasks (a tenant admin: every task of the tenant), newest first, a page at a
+        time; the same visibility as ``GET /v1/tasks/{task_id}`` (scope ``tasks:read``)."""
+        page = await call(request, "GET /v1/tasks (list)", service.list_tasks, status=status, since=since,
+                          limit=limit, page_token=page_token)
+        return {"tasks": [_task_info_json(r) for r in page.tasks], "next_page_token": page.next_page_token}
 
     task_id_param = Path(description="The task's id: task- and 32 lowercase hex digits.",
                          json_schema_extra={"pattern": TASK_ID_PATTERN.pattern})

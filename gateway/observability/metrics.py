@@ -83,7 +83,7 @@ LABEL_VALUES: dict[str, frozenset[str] | re.Pattern[str]] = {
         "POST /v1/execute", "GET /v1/tasks", "POST /v1/tasks/cancel", "GET /v1/tasks/stream", "GET /v1/files",
         "PUT /v1/files", "DELETE /v1/files", "GET /v1/policy", "POST /v1/policy/reload",
         "ExecuteCommand", "ExecuteCommandAndWait", "GetTaskStatus", "StreamTaskOutput", "CancelTask", "ReadFile",
-        "WriteFile", "DeleteFile", "tools/call",
+        "WriteFile", "DeleteFile", "ListTasks", "GET /v1/tasks (list)", "tools/call",
     }),
     # calls: ok or the project error code; tasks: the final status
     "status": re.compile(r"^(?:ok|[1-6][0-9]{3}|COMPLETED|FAILED|CANCELLED|TIMED_OUT)$"),

@@ -79,6 +79,11 @@ class McpServiceStub:
                 request_serializer=gateway_dot_proto_dot_mcp__pb2.ExecuteAndWaitRequest.SerializeToString,
                 response_deserializer=gateway_dot_proto_dot_mcp__pb2.TaskStatusResponse.FromString,
                 _registered_method=True)
+        self.ListTasks = channel.unary_unary(
+                '/mcp.McpService/ListTasks',
+                request_serializer=gateway_dot_proto_dot_mcp__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=gateway_dot_proto_dot_mcp__pb2.ListTasksResponse.FromString,
+                _registered_method=True)
 
 
 class McpServiceServicer:
@@ -147,6 +152,14 @@ class McpServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTasks(self, request, context):
+        """Added after the first public version. The caller's tasks (a tenant admin's: every task
+        of its tenant), newest first, a page at a time; the same visibility as GetTaskStatus.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_McpServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -194,6 +207,11 @@ def add_McpServiceServicer_to_server(servicer, server):
                     servicer.ExecuteCommandAndWait,
                     request_deserializer=gateway_dot_proto_dot_mcp__pb2.ExecuteAndWaitRequest.FromString,
                     response_serializer=gateway_dot_proto_dot_mcp__pb2.TaskStatusResponse.SerializeToString,
+            ),
+            'ListTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasks,
+                    request_deserializer=gateway_dot_proto_dot_mcp__pb2.ListTasksRequest.FromString,
+                    response_serializer=gateway_dot_proto_dot_mcp__pb2.ListTasksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -439,6 +457,33 @@ class McpService:
             '/mcp.McpService/ExecuteCommandAndWait',
             gateway_dot_proto_dot_mcp__pb2.ExecuteAndWaitRequest.SerializeToString,
             gateway_dot_proto_dot_mcp__pb2.TaskStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp.McpService/ListTasks',
+            gateway_dot_proto_dot_mcp__pb2.ListTasksRequest.SerializeToString,
+            gateway_dot_proto_dot_mcp__pb2.ListTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

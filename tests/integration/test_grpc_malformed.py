@@ -55,6 +55,8 @@ VALID: dict[str, Message] = {
     "GetTaskStatus": mcp_pb2.TaskStatusRequest(task_id=UNKNOWN_TASK),
     "StreamTaskOutput": mcp_pb2.TaskStatusRequest(task_id=UNKNOWN_TASK, offset=3),
     "CancelTask": mcp_pb2.TaskStatusRequest(task_id=UNKNOWN_TASK),
+    "ListTasks": mcp_pb2.ListTasksRequest(status=mcp_pb2.TASK_RUNNING, since="2026-01-01T00:00:00Z", limit=3,
+                                          page_token="1796631017900397435.task-" + "0" * 32),
     "ReadFile": mcp_pb2.ReadFileRequest(path="notes/a.txt", workspace="ws-malformed"),
     "WriteFile": mcp_pb2.WriteFileRequest(path="notes/a.txt", content=b"hello", mode=0o644, workspace="ws-malformed"),
     "DeleteFile": mcp_pb2.DeleteFileRequest(path="notes/b.txt", workspace="ws-malformed"),

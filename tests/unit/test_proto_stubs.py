@@ -77,4 +77,5 @@ def test_published_enums_and_rpcs() -> None:
         "DeleteFile": ("DeleteFileRequest", "DeleteFileResponse", False),
         # added since, with names of their own
         "ExecuteCommandAndWait": ("ExecuteAndWaitRequest", "TaskStatusResponse", False),
+        "ListTasks": ("ListTasksRequest", "ListTasksResponse", False),
     }
