@@ -394,7 +394,8 @@ class GatewayService:
         if scope in principal.scopes:
             return
         AUTH_FAILURES.labels(principal.auth_scheme, "missing_scope").inc()
-        self._audit.emit("auth_failure", ctx, principal, auth_reason="missing_scope", error_code=1003)
+        self._audit.emit("auth_failure", ctx, principal, auth_reason="missing_scope", error_code=1003,
+                         **self._mcp_counts(principal, ctx))
         raise PermissionDenied(f"missing scope {scope}", details={"scope": scope})
 
     def refuse_malformed(self, principal: Principal, ctx: RequestContext, error: InvalidRequest) -> None:

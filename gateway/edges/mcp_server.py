@@ -15,8 +15,8 @@ Each ``tools/call`` is one audit event, written by the service: an ``execute_com
 ``decision``, a file tool's ``file`` event, a ``tool_call`` for the others; each carries
 method ``tools/call``, ``tool_name``, ``jsonrpc_id``, ``protocol_version``, the client's
 name and version from the handshake and the session's ``tool_invoke_count``
-(``gateway.models.McpCall``). Arguments that do not match a tool's schema are refused
-with 2001/2002 and an ``invalid_request`` event.
+(``gateway.models.McpCall``). A refusal that wrote no event of its own (arguments outside
+a tool's schema: 2001/2002; admission) gets one from ``GatewayService.audit_refusal``.
 
 HTTP authorization (MCP spec 2025-11-25, "Authorization"; RFC 9728; RFC 6750), in
 :class:`McpHttpApp`, before the SDK sees a request:
@@ -30,7 +30,8 @@ HTTP authorization (MCP spec 2025-11-25, "Authorization"; RFC 9728; RFC 6750), i
 3. A ``tools/call`` of a tool whose scope the principal lacks answers 403 with
    ``error="insufficient_scope", scope="<scope>"`` (audited ``missing_scope``).
 4. The SDK binds a session to the principal that opened it (``scope["user"]``): another
-   principal naming that ``Mcp-Session-Id`` gets 404, as for an unknown session.
+   principal naming that ``Mcp-Session-Id`` gets 404, as for an unknown session. One
+   principal holds at most ``mcp.max_sessions_per_principal`` sessions (429/4290 beyond).
 
 The SDK's own bearer middleware is not used: it knows only bearer tokens (no client
 certificates), audits nothing, and its challenges lack ``scope=`` and say

@@ -12,6 +12,7 @@ Grafana dashboard (``$instance`` = ``.*``) returns a series with a number in it 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import tempfile
 import time
@@ -23,8 +24,11 @@ from typing import Any
 
 import grpc
 import httpx
+import httpx2
 import pytest
 import yaml
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from gateway.auth.apikeys import hash_api_key, new_api_key
 from tests.conftest import GatewayProcess, start_gateway, wait_final, wait_until
@@ -97,12 +101,26 @@ def _drive_traffic(gw: GatewayProcess, limited_key: str, first_round: bool) -> N
                 call(b"\x0a\x10abc", timeout=10)  # a string field claiming 16 bytes, holding 3
             assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
+        _drive_mcp(gw)
+
         assert wait_final(status, slow_id, 30)["task_info"]["status"] == "TIMED_OUT"
         assert wait_final(status, queued.json()["task_id"], 30)["task_info"]["status"] == "COMPLETED"
         failing = execute("false")
         assert failing.status_code == 202, failing.text
         final = wait_final(status, failing.json()["task_id"], 30)
         assert final["task_info"]["status"] == "COMPLETED" and final["result"]["exit_code"] == 1
+
+
+def _drive_mcp(gw: GatewayProcess) -> None:
+    """Tool calls over MCP (the SDK's client): one answered, one refused (6001)."""
+    async def run() -> tuple[bool, bool]:
+        async with httpx2.AsyncClient(timeout=30) as http, Client(
+                streamable_http_client(f"{gw.http_url}/mcp", http_client=http), mode="legacy") as client:
+            listed = await client.call_tool("list_tasks", {"limit": 1})
+            unknown = await client.call_tool("get_task", {"task_id": "task-" + "0" * 32})
+            return listed.is_error, unknown.is_error
+
+    assert asyncio.run(run()) == (False, True)
 
 
 @pytest.fixture(scope="module")
