@@ -14,13 +14,16 @@ so a rule that fires too often, too rarely or on the wrong event is caught.
   (must not).
 - ``s4_many_calls``: TLS; 120 executions in one session (``mcp-session-id``) over REST:
   calls 101 to 120 fire.
+- ``s5_mcp_many_calls``: TLS; 105 tool calls in one MCP session (the SDK's client over
+  ``/mcp``): executions, task reads and listings alike count; calls 101 to 105 fire.
 - ``gateway``: TLS; a command policy denies, a wall-clock limit, a restricted task's refused
   connection (root only: the egress proxy), a bad API key, another
   tenant's task probed, a policy reload, and an audit webhook in ``fail`` mode that goes
   down and comes back (the ``audit_outage`` event).
 - ``stdio`` (derived, must not fire): the events of S2, S3 and S4 as a stdio session would
   carry them (``transport: stdio``, no TLS, an unapproved host): no network rule fires.
-  The gateway has no stdio edge yet (issue 19), so its lines are rewritten, not recorded.
+  The gateway's stdio bridge (``mcp-gateway mcp-stdio``) is a client of ``/mcp``, so its
+  calls arrive as transport ``mcp``: stdio lines are rewritten, not recorded.
 
 ``python -m tests.falco.scenarios`` records every scenario anew into
 ``falco/testdata/scenarios/`` (``NAME.jsonl``, the trail; ``NAME.alerts.json``, the expected
@@ -31,6 +34,7 @@ what the gateway writes today.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import sys
@@ -44,7 +48,10 @@ from typing import Any
 
 import grpc
 import httpx
+import httpx2
 import yaml
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from gateway.audit.chain import GENESIS_HASH, canonical_json, event_hash
 from gateway.auth.apikeys import hash_api_key, new_api_key
@@ -238,6 +245,32 @@ def s4_many_calls(env: _Env) -> Recording:
                      [_decision("MCP Excessive Tool Invocations", t) for t in tasks[100:]])
 
 
+def s5_mcp_many_calls(env: _Env) -> Recording:
+    async def drive(gw: _Gateway) -> list[str]:
+        verify = ssl.create_default_context(cafile=str(env.ca.cert))
+        headers = {"authorization": f"Bearer {gw.keys['alice']}"}
+        async with httpx2.AsyncClient(verify=verify, headers=headers, timeout=60) as http, Client(
+                streamable_http_client(f"{gw.base_url}/mcp", http_client=http), mode="legacy") as client:
+            done = (await client.call_tool("execute_command", {"command": "true"})).structured_content or {}
+            calls = []
+            for n in range(2, 106):  # every kind of call counts as a tool call of the session
+                name, args = [("get_task", {"task_id": done["task_id"]}), ("list_tasks", {"limit": 1}),
+                              ("read_task_output", {"task_id": done["task_id"]})][n % 3]
+                result = await client.call_tool(name, args)
+                assert not result.is_error, result
+                calls.append(name)
+            return calls
+
+    with _gateway(env, "s5", tls=True) as gw:
+        calls = asyncio.run(drive(gw))
+    lines = _trail(gw)
+    counted = [json.loads(line) for line in lines if '"tool_invoke_count"' in line]
+    assert [e["tool_invoke_count"] for e in counted] == list(range(1, 106)) and calls
+    return Recording("s5_mcp_many_calls", lines, [
+        Expected("MCP Excessive Tool Invocations", {"event_type": "tool_call", "tool_invoke_count": n})
+        for n in range(101, 106)])
+
+
 def gateway_events(env: _Env) -> Recording:
     collector = Collector()
     webhook = {"audit": {"webhook": {"url": collector.url, "on_full": "fail",
@@ -322,6 +355,7 @@ SCENARIOS: dict[str, Callable[[_Env], Recording]] = {
     "s2_plaintext": s2_plaintext,
     "s3_large_response": s3_large_response,
     "s4_many_calls": s4_many_calls,
+    "s5_mcp_many_calls": s5_mcp_many_calls,
     "gateway": gateway_events,
 }
 

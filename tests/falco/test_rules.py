@@ -150,9 +150,9 @@ def test_each_fixture_raises_exactly_its_expected_alerts(name: str, engine: Path
 
 
 def test_the_baseline_fixtures_raise_their_scenarios_rule(rules: Rules) -> None:
-    """What each scenario is for, read off the committed expectations: S1-S4 raise their
-    baseline rule (S4 on calls 101-120 only), stdio sessions and a response of exactly
-    10 MiB raise nothing."""
+    """What each scenario is for, read off the committed expectations: S1-S5 raise their
+    baseline rule (S4 on calls 101-120 only, S5 on MCP calls 101-105 of any tool), stdio
+    sessions and a response of exactly 10 MiB raise nothing."""
     def alerts(name: str) -> list[dict[str, Any]]:
         return json.loads((scenarios.FIXTURES / f"{name}.alerts.json").read_text())
 
@@ -162,6 +162,9 @@ def test_the_baseline_fixtures_raise_their_scenarios_rule(rules: Rules) -> None:
     s3 = [json.loads(line) for line in (scenarios.FIXTURES / "s3_large_response.jsonl").read_text().splitlines()]
     assert sorted(e["response_bytes"] for e in s3 if e["event_type"] == "task_end") == [10485760, 10485761]
     assert [a["output_fields"]["mcp.tool_invoke_count"] for a in alerts("s4_many_calls")] == list(range(101, 121))
+    s5 = alerts("s5_mcp_many_calls")  # over MCP, reading a task counts as much as running one
+    assert [a["output_fields"]["mcp.tool_invoke_count"] for a in s5] == list(range(101, 106))
+    assert {a["output_fields"]["mcp.transport"] for a in s5} == {"mcp"}
     assert alerts("stdio") == []
     assert {a["rule"] for a in alerts("gateway")} == GATEWAY_RULES
 
