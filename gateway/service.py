@@ -576,17 +576,17 @@ class GatewayService:
         Raises:
             AuditError (5001): the event could not be written.
         """
-        if ctx.mcp is None or ctx.mcp.written:
-            return
-        event = "invalid_request" if isinstance(error, InvalidRequest) else "tool_call"
-        self._audit.emit(event, ctx, principal, error_code=error.code, request_bytes=ctx.request_bytes,
-                         **self._mcp_counts(principal, ctx))
+        if ctx.mcp is not None and not ctx.mcp.written:
+            self._audit_tool_call(principal, ctx, "invalid_request" if isinstance(error, InvalidRequest) else "tool_call",
+                                  error_code=error.code)
 
-    def _audit_tool_call(self, principal: Principal, ctx: RequestContext, **fields: Any) -> None:
-        """An MCP ``tools/call``'s one audit event, for tools with no decision or file
-        event of their own (reading tasks); nothing on the other edges."""
+    def _audit_tool_call(self, principal: Principal, ctx: RequestContext, event_type: str = "tool_call",
+                         **fields: Any) -> None:
+        """An MCP ``tools/call``'s one audit event (``event_type``), for tools with no
+        decision or file event of their own (reading tasks) and for refusals that wrote
+        none; nothing on the other edges."""
         if ctx.mcp is not None:
-            self._audit.emit("tool_call", ctx, principal, request_bytes=ctx.request_bytes,
+            self._audit.emit(event_type, ctx, principal, request_bytes=ctx.request_bytes,
                              **self._mcp_counts(principal, ctx), **fields)
 
     def _mcp_counts(self, principal: Principal, ctx: RequestContext) -> dict[str, int]:

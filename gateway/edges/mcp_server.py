@@ -62,8 +62,9 @@ from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
+from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -437,6 +438,13 @@ class McpEdge:
             on_list_tools=self._list_tools, on_call_tool=self._call_tool,
         )
         self._tools = types.ListToolsResult(tools=[tool.definition() for tool in TOOLS])  # schemas built once
+        # Each tool's handler: (the SDK's request context, the call's context, principal, arguments) -> result.
+        self._handlers: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
+            "execute_command": self._execute, "get_task": self._get_task, "read_task_output": self._read_task_output,
+            "cancel_task": self._cancel_task, "list_tasks": self._list_tasks, "read_file": self._read_file,
+            "write_file": self._write_file, "delete_file": self._delete_file,
+        }
+        assert self._handlers.keys() == _BY_NAME.keys(), "every tool has a handler, every handler a tool"
         self.security = transport_security(settings)
         # McpHttpApp checks Host and Origin before any request reaches the manager (which
         # would check them again, the same way, without these settings).
@@ -444,7 +452,11 @@ class McpEdge:
             app=self.server, max_request_body_size=settings.limits.max_request_bytes,
             session_idle_timeout=settings.mcp.session_idle_timeout_s, max_sessions=settings.mcp.max_sessions,
         )
-        MCP_SESSIONS.set_function(lambda: len(getattr(self.sessions, "_server_instances", ())))
+        MCP_SESSIONS.set_function(lambda: len(self.open_sessions()))
+
+    def open_sessions(self) -> frozenset[str]:
+        """The ids of the sessions the SDK holds open now (its manager keeps no public list)."""
+        return frozenset(getattr(self.sessions, "_server_instances", ()))
 
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[None]:
@@ -473,10 +485,7 @@ class McpEdge:
             except ValidationError as exc:
                 await self._in_thread(call_ctx, principal, self._service.refuse_malformed, _argument_error(exc))
                 raise AssertionError("refuse_malformed returned") from None
-            if isinstance(args, ExecuteCommandArgs):
-                body = await self._execute(ctx, call_ctx, principal, args)
-            else:
-                body = await self._run(tool.name, call_ctx, principal, args)
+            body = await self._handlers[tool.name](ctx, call_ctx, principal, args)
         except GatewayError as exc:
             await self._audit_refusal(call_ctx, principal, exc)
             MCP_TOOL_CALLS.labels(tool.name, str(exc.code)).inc()
@@ -541,8 +550,7 @@ class McpEdge:
         # it exists (and is then delivered below), so no task outlives a cancelled call.
         with anyio.CancelScope(shield=True):
             record: TaskRecord = await self._in_thread(call_ctx, principal, self._service.execute_command, req)
-        meta = ctx.meta or {}
-        progress = meta.get("progress_token", meta.get("progressToken")) is not None
+        progress = progress_token_from_params(ctx.params) is not None  # else report_progress sends nothing
         follower = asyncio.create_task(self._report_output(ctx, record)) if progress else None
         try:
             record = await self._service.wait_task(record, req.wait_s)
@@ -572,62 +580,76 @@ class McpEdge:
         except GatewayError as exc:
             log.warning("MCP progress for task %s stopped: %s", record.task_id, exc.message)
 
-    async def _run(self, name: str, ctx: RequestContext, principal: Principal, args: _Args) -> dict[str, Any]:
-        """Every tool but ``execute_command``: one service call, encoded."""
-        service, cap = self._service, self._max_result_bytes
-        if isinstance(args, TaskArgs) and name == "get_task":
-            return _task_result(await self._in_thread(ctx, principal, service.get_task, args.task_id), cap)
-        if isinstance(args, TaskArgs):  # cancel_task
-            return _task_result(await service.cancel_task(principal, ctx, args.task_id), cap)
-        if isinstance(args, ReadTaskOutputArgs):
-            record, chunks = await self._in_thread(ctx, principal, service.read_output, args.task_id, args.offset,
-                                                   args.max_entries)
-            entries: list[dict[str, Any]] = []
-            for chunk in chunks:  # whole entries, as many as the result cap takes (the rest: next call)
-                entry = {"offset": chunk.offset, "stream": _STREAMS[chunk.kind],
-                         "text": chunk.data.decode(errors="replace")}
-                if entries and _result_bytes({"entries": [*entries, entry]}) > cap - 512:
-                    break
-                entries.append(entry)
-            ended = bool(entries) and entries[-1]["stream"] == "exit"
-            return {"task_id": args.task_id, "entries": entries,
-                    "next_offset": entries[-1]["offset"] + 1 if entries else args.offset,
-                    "complete": ended or (not chunks and record.final)}
-        if isinstance(args, ListTasksArgs):
-            page = await self._in_thread(ctx, principal, service.list_tasks, status=args.status, since=args.since,
-                                         limit=args.limit, page_token=args.page_token)
-            return {"tasks": [_task_result(r, cap // max(1, len(page.tasks))) for r in page.tasks],
-                    "next_page_token": page.next_page_token}
-        if isinstance(args, ReadFileArgs):
-            found = await self._in_thread(ctx, principal, service.read_file, args.workspace, args.path)
+    async def _get_task(self, ctx: Any, call_ctx: RequestContext, principal: Principal,
+                        args: TaskArgs) -> dict[str, Any]:
+        record = await self._in_thread(call_ctx, principal, self._service.get_task, args.task_id)
+        return _task_result(record, self._max_result_bytes)
+
+    async def _cancel_task(self, ctx: Any, call_ctx: RequestContext, principal: Principal,
+                           args: TaskArgs) -> dict[str, Any]:
+        return _task_result(await self._service.cancel_task(principal, call_ctx, args.task_id), self._max_result_bytes)
+
+    async def _read_task_output(self, ctx: Any, call_ctx: RequestContext, principal: Principal,
+                                args: ReadTaskOutputArgs) -> dict[str, Any]:
+        """Whole entries from ``args.offset``, as many as the result cap takes (the rest: the
+        next call, from ``next_offset``)."""
+        record, chunks = await self._in_thread(call_ctx, principal, self._service.read_output, args.task_id,
+                                               args.offset, args.max_entries)
+        entries: list[dict[str, Any]] = []
+        used = 512  # the keys around the entries
+        for chunk in chunks:
+            entry = {"offset": chunk.offset, "stream": _STREAMS[chunk.kind], "text": chunk.data.decode(errors="replace")}
+            used += _result_bytes(entry) + 4  # a list's weight is its entries' and their separators'
+            if entries and used > self._max_result_bytes:
+                break
+            entries.append(entry)
+        ended = bool(entries) and entries[-1]["stream"] == "exit"
+        return {"task_id": args.task_id, "entries": entries,
+                "next_offset": entries[-1]["offset"] + 1 if entries else args.offset,
+                "complete": ended or (not chunks and record.final)}
+
+    async def _list_tasks(self, ctx: Any, call_ctx: RequestContext, principal: Principal,
+                          args: ListTasksArgs) -> dict[str, Any]:
+        page = await self._in_thread(call_ctx, principal, self._service.list_tasks, status=args.status,
+                                     since=args.since, limit=args.limit, page_token=args.page_token)
+        share = self._max_result_bytes // max(1, len(page.tasks))
+        return {"tasks": [_task_result(r, share) for r in page.tasks], "next_page_token": page.next_page_token}
+
+    async def _read_file(self, ctx: Any, call_ctx: RequestContext, principal: Principal,
+                         args: ReadFileArgs) -> dict[str, Any]:
+        found = await self._in_thread(call_ctx, principal, self._service.read_file, args.workspace, args.path)
+        try:
+            content, encoding = found.content.decode(), "utf-8"
+        except UnicodeDecodeError:
+            content, encoding = base64.b64encode(found.content).decode(), "base64"
+        body = {"path": found.path, "content": content, "encoding": encoding, "mime_type": found.mime_type,
+                "size_bytes": len(found.content)}
+        cap = self._max_result_bytes
+        if _result_bytes(body) > cap:
+            raise InvalidParameter(f"the file ({len(found.content)} bytes) does not fit an MCP result "
+                                   f"(mcp.max_result_bytes {cap}); read it with GET /v1/files",
+                                   details={"field": "path", "max": cap})
+        return body
+
+    async def _write_file(self, ctx: Any, call_ctx: RequestContext, principal: Principal,
+                          args: WriteFileArgs) -> dict[str, Any]:
+        data = args.content.encode()
+        if args.encoding == "base64":
             try:
-                content, encoding = found.content.decode(), "utf-8"
-            except UnicodeDecodeError:
-                content, encoding = base64.b64encode(found.content).decode(), "base64"
-            body = {"path": found.path, "content": content, "encoding": encoding, "mime_type": found.mime_type,
-                    "size_bytes": len(found.content)}
-            if _result_bytes(body) > cap:
-                raise InvalidParameter(f"the file ({len(found.content)} bytes) does not fit an MCP result "
-                                       f"(mcp.max_result_bytes {cap}); read it with GET /v1/files",
-                                       details={"field": "path", "max": cap})
-            return body
-        if isinstance(args, WriteFileArgs):
-            data = args.content.encode()
-            if args.encoding == "base64":
-                try:
-                    data = base64.b64decode(args.content, validate=True)
-                except (binascii.Error, ValueError):
-                    error = InvalidFormat("content is not base64", details={"field": "content"})
-                    await self._in_thread(ctx, principal, self._service.refuse_malformed, error)
-            mode = int(args.mode.removeprefix("0o"), 8) if args.mode else 0
-            written = await self._in_thread(ctx, principal, service.write_file, args.workspace, args.path, data,
-                                            mode=mode, create_dirs=args.create_dirs)
-            return {"path": args.path, "bytes_written": written}
-        if isinstance(args, DeleteFileArgs):
-            await self._in_thread(ctx, principal, service.delete_file, args.workspace, args.path,
-                                  recursive=args.recursive)
-            return {"path": args.path, "deleted": True}
-        raise InternalError(f"tool {name} has no handler")
+                data = base64.b64decode(args.content, validate=True)
+            except (binascii.Error, ValueError):
+                error = InvalidFormat("content is not base64", details={"field": "content"})
+                await self._in_thread(call_ctx, principal, self._service.refuse_malformed, error)
+        mode = int(args.mode.removeprefix("0o"), 8) if args.mode else 0
+        written = await self._in_thread(call_ctx, principal, self._service.write_file, args.workspace, args.path,
+                                        data, mode=mode, create_dirs=args.create_dirs)
+        return {"path": args.path, "bytes_written": written}
+
+    async def _delete_file(self, ctx: Any, call_ctx: RequestContext, principal: Principal,
+                           args: DeleteFileArgs) -> dict[str, Any]:
+        await self._in_thread(call_ctx, principal, self._service.delete_file, args.workspace, args.path,
+                              recursive=args.recursive)
+        return {"path": args.path, "deleted": True}
 
 
 # -- HTTP: authorization in front of the SDK's transport --------------------------------
@@ -721,8 +743,6 @@ class McpHttpApp:
         except GatewayError as exc:
             await self._refusal(request, exc)(scope, receive, send)
             return
-        except ClientDisconnect:  # the client went away while its body was read: nobody to answer
-            return
         scope["user"] = AuthenticatedUser(AccessToken(
             token="", client_id=f"{principal.tenant}/{principal.id}", scopes=list(principal.scopes),
             subject=principal.id))
@@ -738,8 +758,7 @@ class McpHttpApp:
         (``mcp.max_sessions``). Sessions the SDK has closed since (idle, DELETE) are
         forgotten first."""
         key = (principal.tenant, principal.id)
-        live = set(getattr(self._edge.sessions, "_server_instances", {}))  # the SDK's open sessions
-        held = self._sessions_of.get(key, set()) & live
+        held = self._sessions_of.get(key, set()) & self._edge.open_sessions()
         self._sessions_of[key] = held
         if len(held) >= self._max_sessions:
             raise RateLimited(f"{len(held)} MCP sessions of yours are open (mcp.max_sessions_per_principal); "

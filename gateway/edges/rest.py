@@ -871,8 +871,7 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
              **_contract(InvalidParameter, InvalidFormat, StorageError, *_CALL_ERRORS))
     async def list_tasks(
         request: Request,
-        status: Literal["CREATED", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"] | None = Query(
-            None, description="Only tasks in this state."),
+        status: Annotated[TaskStatusName | None, Query(description="Only tasks in this state.")] = None,
         since: str | None = Query(None, description="Only tasks created at or after this RFC 3339 time.",
                                   examples=["2026-12-07T09:00:00Z"], json_schema_extra={"format": "date-time"}),
         limit: int = Query(20, ge=1, le=100, description="Tasks per page."),
