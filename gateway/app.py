@@ -142,7 +142,10 @@ def _build(settings: Settings, isolation: Isolation) -> Runtime:
         raise StartupError(f"cannot recover tasks of a previous process: {exc.message}") from exc
     # Replicas sharing a PostgreSQL store share its rate buckets too.
     limiter = RateLimiter(settings.rate_limits, shared=store if isinstance(store, SharedBuckets) else None)
-    service = GatewayService(settings, policy, store, tasks, audit, workspaces, authenticator, limiter)
+    try:
+        service = GatewayService(settings, policy, store, tasks, audit, workspaces, authenticator, limiter)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from exc
     return Runtime(service, tasks, store, audit, isolation, policy, authenticator, limiter, tls)
 
 
@@ -624,6 +627,7 @@ async def serve(
     log.info("shutting down: running tasks may finish within %.0f s", grace)
     await grpc_edge.health.enter_graceful_shutdown()
     await asyncio.to_thread(runtime.tasks.drain, grace)
+    await asyncio.to_thread(runtime.service.stop_upstream)
     for background in (housekeeping, watcher, readiness):
         if background is not None:
             background.cancel()

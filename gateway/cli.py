@@ -14,6 +14,9 @@ every request to a running gateway's ``/mcp`` (URL default ``$MCP_GATEWAY_URL``,
 http://127.0.0.1:8080; token default ``$MCP_GATEWAY_TOKEN``): see
 :mod:`gateway.edges.mcp_stdio`. Exit status 0 once stdin closes, 2 for bad flags.
 
+``mcp-gateway mcp tools|approve <server> [--url URL] [--token T] [--yes]``: review and
+approve an upstream MCP server's tools on a running gateway: see :mod:`gateway.upstream.cli`.
+
 ``mcp-gateway policy eval --input FILE``, ``policy test`` and ``policy check``: see
 :mod:`gateway.policy.cli`.
 
@@ -88,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     stdio.add_argument("--client-key", help="PEM key of --client-cert")
     stdio.add_argument("--insecure-http", action="store_true",
                        help="send the token over plain http to a host other than this one (never do this)")
+    from gateway.upstream.cli import add_parser as add_mcp_parser
+
+    add_mcp_parser(sub)
     policy = sub.add_parser("policy", help="evaluate, test or check a policy bundle")
     psub = policy.add_subparsers(dest="policy_command", required=True)
     ev = psub.add_parser("eval", help="print the decision for one input (design section 6 shape)")
@@ -113,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "mcp-stdio":
         return _mcp_stdio(args)
+    if args.command == "mcp":
+        from gateway.upstream.cli import run_mcp_command
+
+        return run_mcp_command(args)
     if args.command == "policy":
         from gateway.policy.cli import run_policy_command
 

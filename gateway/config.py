@@ -12,9 +12,9 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -658,6 +658,79 @@ class AdmissionSettings(BaseModel):
     )
 
 
+#: An upstream MCP server's name: its tools are served as ``<name>__<tool>``, so a name never
+#: holds ``__`` (nor ``_``) and ``<name>__`` is an unambiguous prefix.
+UPSTREAM_NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$"
+
+
+class UpstreamServerSettings(BaseModel):
+    """One third-party MCP server the gateway runs over stdio inside its sandbox
+    (``gateway.upstream``), one long-lived sandbox per tenant that calls it. Its tools are
+    served as ``<server>__<tool>`` once approved (``mcp-gateway mcp approve``), each call
+    decided by policy (action ``tool.call``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    command: str = Field(min_length=1, description="Program to run inside the sandbox (PATH lookup there).")
+    args: list[str] = Field(default_factory=list, description="Its arguments.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables, in clear (no secrets).")
+    env_files: dict[str, Path] = Field(
+        default_factory=dict,
+        description="Environment variables read from files at each start (secrets, e.g. a mounted Kubernetes "
+        "secret); trailing line breaks dropped. A missing file refuses the start.",
+    )
+    ro_paths: list[str] = Field(
+        default_factory=list,
+        description="Absolute host paths bound read-only at the same path (the server's code, its virtual "
+        "environment); never the gateway's own state, policy or audit files.",
+    )
+    workspace: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="The calling tenant's workspace bound at /workspace (its files API reaches the same "
+        "files); default 'mcp-<server>'.",
+    )
+    network: Literal["none", "restricted"] = Field(
+        "none", description="none: no network at all; restricted: only allowed_hosts, through the egress proxy "
+        "(the gateway must run as root).",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="restricted: the hosts the server may reach (host or host:port, '*.' "
+        "wildcards), as for tasks.",
+    )
+    memory_bytes: int = Field(512 << 20, ge=16 << 20, description="Memory of the server's sandbox, bytes.")
+    pids: int = Field(64, ge=1, le=4096, description="Processes and threads of the server, at most.")
+    cpu_cores: float | None = Field(None, gt=0, le=256, description="CPU bandwidth, cores; none = no quota.")
+    cpu_seconds: int = Field(3600, ge=1, description="CPU time per process before it is killed, seconds.")
+    max_lifetime_s: float = Field(
+        86_400.0, gt=0, description="A server running this long is stopped and started again, seconds."
+    )
+    startup_timeout_s: float = Field(30.0, gt=0, le=600, description="Start to a listed tool set, seconds.")
+    call_timeout_s: float = Field(60.0, gt=0, le=3600, description="One tools/call, seconds.")
+    idle_timeout_s: float = Field(
+        600.0, gt=0, description="A server without a call for this long is stopped (started again on demand), seconds."
+    )
+    requests_per_s: float = Field(
+        20.0, ge=0, description="Calls per second to this server from all callers together; 0 = unlimited."
+    )
+    burst: int = Field(40, ge=1, description="Calls at once after a quiet spell, all callers together.")
+    principal_requests_per_s: float = Field(
+        5.0, ge=0, description="Calls per second one principal may make to this server; 0 = unlimited."
+    )
+    principal_burst: int = Field(10, ge=1, description="Calls at once one principal may make to this server.")
+    redact_results: bool = Field(
+        False, description="Replace secret-looking values in results (key=value with a secret key, URL "
+        "credentials, bearer tokens) with ***, as audit commands are.",
+    )
+
+    @model_validator(mode="after")
+    def _paths(self) -> UpstreamServerSettings:
+        for path in self.ro_paths:
+            if not os.path.isabs(path):
+                raise ValueError(f"ro_paths: {path!r} is not an absolute path")
+        if self.allowed_hosts and self.network != "restricted":
+            raise ValueError("allowed_hosts needs network: restricted")
+        return self
+
+
 class McpSettings(BaseModel):
     """The MCP edge (``gateway.edges.mcp_server``): streamable HTTP at ``/mcp`` on the HTTP
     port. DNS-rebinding protection checks every request's ``Host`` and ``Origin`` against
@@ -699,6 +772,20 @@ class McpSettings(BaseModel):
         1 << 20, ge=1024, le=64 << 20,
         description="Largest tool result (text and structured content together), bytes; larger output is cut "
         "and marked truncated.",
+    )
+    servers: dict[Annotated[str, StringConstraints(pattern=UPSTREAM_NAME_PATTERN)], UpstreamServerSettings] = Field(
+        default_factory=dict,
+        description="Upstream MCP servers run in the sandbox, by name (lowercase letters, digits and '-'; "
+        "their tools are served as '<name>__<tool>').",
+    )
+    max_upstream_instances: int = Field(
+        16, ge=1, le=1024,
+        description="Upstream server sandboxes running at once (one per server and calling tenant); when all "
+        "run, the least recently used idle one is stopped, and with none idle a call is refused (4290).",
+    )
+    approvals_file: Path | None = Field(
+        None, description="Approved upstream tool definitions (mcp-gateway mcp approve); default "
+        "<state_dir>/mcp-approvals.json.",
     )
 
 
@@ -766,6 +853,12 @@ class Settings(BaseSettings):
         """Where task workspaces live: ``sandbox.workspace_root`` or ``<state_dir>/workspaces``,
         made absolute against the working directory (bind sources are absolute paths)."""
         return Path(os.path.abspath(self.sandbox.workspace_root or self.state_dir / "workspaces"))
+
+    @property
+    def mcp_approvals_path(self) -> Path:
+        """Where approved upstream tool definitions live: ``mcp.approvals_file`` or
+        ``<state_dir>/mcp-approvals.json``."""
+        return self.mcp.approvals_file or self.state_dir / "mcp-approvals.json"
 
     @property
     def audit_path(self) -> Path:

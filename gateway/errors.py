@@ -17,7 +17,8 @@ by its *type* through :data:`STATUS_TABLE`, never by matching message text::
     │   ├── CommandDenied .............. 3001  PERMISSION_DENIED  403
     │   ├── NetworkDenied .............. 3002  PERMISSION_DENIED  403
     │   ├── FileDenied ................. 3003  PERMISSION_DENIED  403
-    │   └── ResourceDenied ............. 3004  RESOURCE_EXHAUSTED 403
+    │   ├── ResourceDenied ............. 3004  RESOURCE_EXHAUSTED 403
+    │   └── ToolDenied ................. 3005  PERMISSION_DENIED  403
     ├── SandboxError
     │   ├── SandboxSetupFailed ......... 4001  INTERNAL           500
     │   ├── SandboxExecutionFailed ..... 4002  ABORTED            500
@@ -30,7 +31,9 @@ by its *type* through :data:`STATUS_TABLE`, never by matching message text::
     ├── Unimplemented .................. 5004  UNIMPLEMENTED      501
     └── NotFound ....................... 6001  NOT_FOUND          404
 
-``Unimplemented`` (5004) is an addition to the design table: RPCs whose issue has
+``ToolDenied`` (3005) is an addition to the design table: a call of an upstream MCP
+server's tool that policy denied (action ``tool.call``) or whose definition is not the
+approved one. ``Unimplemented`` (5004) is an addition to the design table: RPCs whose issue has
 not landed yet answer it instead of a misleading INTERNAL.
 
 Third-party exceptions are translated where the library is called
@@ -68,6 +71,7 @@ __all__ = [
     "SandboxLimitExceeded",
     "SandboxSetupFailed",
     "StorageError",
+    "ToolDenied",
     "TokenExpired",
     "Unauthenticated",
     "Unimplemented",
@@ -237,6 +241,13 @@ class DependencyUnavailable(GatewayError):
     code = 5003
 
 
+class ToolDenied(PolicyDenied):
+    """An upstream MCP tool may not be called: policy denied it (action ``tool.call``), or its
+    definition is not the approved one (3005)."""
+
+    code = 3005
+
+
 class PolicyEngineError(DependencyUnavailable):
     """The policy engine failed, timed out, or returned a malformed decision (5003).
 
@@ -290,6 +301,7 @@ STATUS_TABLE: dict[type[GatewayError], WireStatus] = {
     NetworkDenied: WireStatus("PERMISSION_DENIED", 403),
     FileDenied: WireStatus("PERMISSION_DENIED", 403),
     ResourceDenied: WireStatus("RESOURCE_EXHAUSTED", 403),
+    ToolDenied: WireStatus("PERMISSION_DENIED", 403),
     SandboxSetupFailed: WireStatus("INTERNAL", 500),
     SandboxExecutionFailed: WireStatus("ABORTED", 500),
     SandboxLimitExceeded: WireStatus("RESOURCE_EXHAUSTED", 429),

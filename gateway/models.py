@@ -102,6 +102,7 @@ class OutputChunk:
 #: a missing scope answers 1003.
 SCOPES: tuple[str, ...] = (
     "tasks:execute", "tasks:read", "tasks:cancel", "files:read", "files:write", "policy:read", "policy:admin",
+    "tools:call",
 )
 #: The role that lets a principal see every task of its own tenant (never another tenant's).
 TENANT_ADMIN_ROLE = "admin"

@@ -29,6 +29,9 @@ from gateway.models import Principal
 
 __all__ = ["RateLimiter", "SharedBuckets"]
 
+#: Whose limit a bucket name is, for the refusal's message.
+_WHO = {"principal_requests": "principal", "tenant_requests": "tenant", "upstream_server": "upstream MCP server",
+        "upstream_principal": "principal on this upstream MCP server"}
 _MAX_BUCKETS = 100_000  # idle buckets beyond this are forgotten (a forgotten bucket is full)
 
 
@@ -96,27 +99,39 @@ class RateLimiter:
             StorageError (5002): the shared buckets could not be asked.
         """
         keys = ((principal.tenant, principal.id), (principal.tenant, None))
-        limited = [(key, limit, name) for key, limit, name in zip(
-            keys, self._limits(principal.tenant), ("principal_requests", "tenant_requests"), strict=True)
-            if limit.requests_per_s > 0]
+        self.take(list(zip(keys, self._limits(principal.tenant), ("principal_requests", "tenant_requests"),
+                           strict=True)))
+
+    def take(self, buckets: Sequence[tuple[tuple[str, str | None], RateLimit, str]]) -> None:
+        """Take one token from each of ``buckets`` (key, limit, name) if each has one, else
+        none. A key is ``(tenant, principal id)`` or ``(tenant, None)``, or any other pair of
+        names without ``\x1f`` (e.g. an upstream MCP server's buckets); limits with
+        ``requests_per_s`` 0 are not counted.
+
+        Raises:
+            RateLimited (4290): a bucket is empty; ``details.limit`` is its name.
+            StorageError (5002): the shared buckets could not be asked.
+        """
+        limited = [(key, limit, name) for key, limit, name in buckets if limit.requests_per_s > 0]
+        if not limited:
+            return
         if self._shared is not None:
-            if limited:
-                # "tenant\x1fprincipal", and "tenant\x1f" for the tenant's own bucket.
-                taken, tokens = self._shared.take_tokens(
-                    [(f"{key[0]}\x1f{key[1] or ''}", limit.requests_per_s, limit.burst) for key, limit, _ in limited])
-                if not taken:
-                    (_, limit, name), left = next((b, t) for b, t in zip(limited, tokens, strict=True) if t < 1.0)
-                    raise _refusal(limit, name, left)
+            # "tenant\x1fprincipal", and "tenant\x1f" for the tenant's own bucket.
+            taken, tokens = self._shared.take_tokens(
+                [(f"{key[0]}\x1f{key[1] or ''}", limit.requests_per_s, limit.burst) for key, limit, _ in limited])
+            if not taken:
+                (_, limit, name), left = next((b, t) for b, t in zip(limited, tokens, strict=True) if t < 1.0)
+                raise _refusal(limit, name, left)
             return
         with self._lock:
             now = self._clock()
-            buckets = []
+            found = []
             for key, limit, name in limited:
                 bucket = self._bucket(key, limit, now)
                 if bucket.tokens < 1.0:
                     raise _refusal(limit, name, bucket.tokens)
-                buckets.append(bucket)
-            for bucket in buckets:
+                found.append(bucket)
+            for bucket in found:
                 bucket.tokens -= 1.0
 
     def _bucket(self, key: tuple[str, str | None], limit: RateLimit, now: float) -> _Bucket:
@@ -135,7 +150,7 @@ def _refusal(limit: RateLimit, name: str, tokens: float) -> RateLimited:
     """The refusal of a call whose bucket ``name`` holds ``tokens`` (< 1)."""
     return RateLimited(
         f"rate limit of {limit.requests_per_s:g} requests/s (burst {limit.burst}) "
-        f"for this {name.split('_')[0]} exceeded",
+        f"for this {_WHO.get(name, name)} exceeded",
         retry_after_s=max(1, math.ceil((1.0 - tokens) / limit.requests_per_s)),
         details={"limit": name, "requests_per_s": limit.requests_per_s, "burst": limit.burst},
     )

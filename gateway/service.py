@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -46,7 +48,7 @@ from gateway import __version__, files
 from gateway.admission import PrincipalSlots
 from gateway.audit.log import AuditError, AuditLog, args_sha256, clip, redact_command
 from gateway.auth import AuthFailure, Authenticator, Credentials
-from gateway.config import Settings
+from gateway.config import RateLimit, Settings
 from gateway.egress.allowlist import AllowList
 from gateway.errors import (
     CommandDenied,
@@ -65,6 +67,7 @@ from gateway.errors import (
     RateLimited,
     ResourceDenied,
     SandboxSetupFailed,
+    ToolDenied,
     status_for,
 )
 from gateway.observability.metrics import (
@@ -76,6 +79,8 @@ from gateway.observability.metrics import (
     POLICY_EVAL_SECONDS,
     RATE_LIMITED,
     READY,
+    UPSTREAM_CALLS,
+    UPSTREAM_TOOL_CHANGES,
     REQUEST_SECONDS,
     REQUESTS,
     exposition,
@@ -100,6 +105,9 @@ from gateway.ratelimit import RateLimiter
 from gateway.tasks import TaskManager, TaskStore
 from gateway.tasks.store import TaskQuery, TaskQuota
 from gateway.tasks.workspaces import WORKSPACE_ID_PATTERN, WorkspaceManager
+from gateway.upstream.pins import Approvals, ToolDrift, compare, tool_sha256
+from gateway.upstream.results import cap_result, redact_result, result_bytes
+from gateway.upstream.servers import Listing, UpstreamHub, exposed_name, split_name
 
 __all__ = ["FileContent", "GatewayService", "HealthInfo", "PAGE_TOKEN_PATTERN", "TASK_ID_PATTERN", "TaskPage",
            "new_task_id"]
@@ -119,6 +127,7 @@ _DENY_BY_CATEGORY: dict[str, type[PolicyDenied]] = {
     "network": NetworkDenied,
     "file": FileDenied,
     "resource": ResourceDenied,
+    "tool": ToolDenied,
 }
 # Narrowest first: a request may only move left of what policy granted.
 _NETWORK_ORDER = ("none", "loopback", "restricted", "host")
@@ -200,6 +209,17 @@ class GatewayService:
         self._limiter = limiter
         self._in_flight = PrincipalSlots(settings.admission.principal_in_flight)
         self._readiness: dict[str, Any] | None = None
+        self._approvals = Approvals(settings.mcp_approvals_path)
+        for name, server in settings.mcp.servers.items():
+            exposed = [p for p in server.ro_paths if any(_within(p, o) or _within(o, p) for o in self._own_paths)]
+            if exposed:
+                raise ValueError(f"mcp.servers.{name}.ro_paths: {', '.join(exposed)} would expose the gateway's "
+                                 "own state or policy")
+        self._upstream = UpstreamHub(settings.mcp.servers, tasks, workspaces,
+                                     max_instances=settings.mcp.max_upstream_instances,
+                                     on_listing=self._observe_listing, on_egress_denied=self._upstream_egress_denied)
+        self._drift_seen: dict[tuple[str, str], str] = {}  # (server, tenant) -> last audited tools_list_sha256
+        self._upstream.start()
         start_series(policy.name)
         self._started = time.monotonic()
 
@@ -593,6 +613,257 @@ class GatewayService:
         """The session counters of an MCP ``tools/call``'s one event, where the call ends
         in no decision or file event (every ``tools/call`` counts); nothing on other edges."""
         return self._audit.count_call(ctx, principal) if ctx.mcp is not None else {}
+
+    # -- upstream MCP servers (gateway.upstream) --------------------------------------
+
+    @property
+    def has_upstream(self) -> bool:
+        """Whether upstream MCP servers are configured (``mcp.servers``)."""
+        return bool(self._upstream.servers)
+
+    def is_upstream_tool(self, name: str) -> bool:
+        """Whether ``name`` is ``<server>__<tool>`` of a configured upstream server (a call
+        of it needs the ``tools:call`` scope)."""
+        parts = split_name(name)
+        return parts is not None and parts[0] in self._upstream.servers
+
+    def upstream_tools(self, principal: Principal, ctx: RequestContext) -> list[Any]:
+        """The upstream servers' tools ``principal`` is offered, as MCP ``Tool`` models named
+        ``<server>__<tool>``: only tools whose definition is the approved one (the rest are
+        withheld, and the change audited once as ``tool_definition_changed``); none without
+        the ``tools:call`` scope. Each server is started for the principal's tenant when it
+        is not running; a server that cannot start is left out (and logged), not an error.
+        Whether a call is allowed is policy's, per call."""
+        if not self._upstream.servers or "tools:call" not in principal.scopes:
+            return []
+        offered: list[Any] = []
+        for server, listing in self._upstream.listings(principal.tenant).items():
+            if isinstance(listing, GatewayError):
+                log.warning("upstream MCP server %s left out of tools/list: %s", server, listing.message)
+                continue
+            offered += [listing.tools[name].model_copy(update={"name": exposed_name(server, name)})
+                        for name in sorted(self._drift(server, listing).approved)]
+        return offered
+
+    def call_upstream_tool(self, principal: Principal, ctx: RequestContext, name: str,
+                           arguments: dict[str, Any], cancel: threading.Event | None = None) -> dict[str, Any]:
+        """Call the upstream tool ``name`` (``<server>__<tool>``) with ``arguments``.
+
+        In order: the ``tools:call`` scope; the tool must be listed now with its approved
+        definition (pinned, ``gateway.upstream.pins``); policy decides (action ``tool.call``,
+        input ``tool: {server, name, arguments, arguments_sha256}``); the server's rate
+        limits (all callers, and this principal); the ``decision`` event is written; then the
+        call, within the server's ``call_timeout_s``, and a ``tool_result`` event. The
+        result comes back redacted (``redact_results``) and cut to ``mcp.max_result_bytes``.
+        Nothing of the caller (credentials, identity) goes upstream.
+
+        Returns:
+            the MCP ``CallToolResult`` as wire JSON (``content``, ``structuredContent``,
+            ``isError``); a result the server marks as an error is returned, not raised.
+
+        Raises:
+            PermissionDenied (1003): no ``tools:call`` scope.
+            InvalidParameter (2001): no such server or tool.
+            ToolDenied (3005): policy denied the call, or the tool's definition is not approved.
+            RateLimited (4290): a rate limit of the server, or every server sandbox busy.
+            DependencyUnavailable (5003): the server cannot start, failed, or timed out
+                (``details.timeout_s``); PolicyEngineError (5003) when policy cannot decide.
+            AuditError (5001): the decision could not be audited (nothing was called).
+        """
+        self.authorize(principal, ctx, "tools:call")
+        server, tool = split_name(name) or ("", "")
+        settings = self._upstream.servers.get(server)
+        if settings is None:
+            raise InvalidParameter(f"no upstream MCP server serves tool {name!r}", details={"field": "name"})
+        try:
+            listing = self._upstream.listing(server, principal.tenant)
+            drift = self._drift(server, listing)
+            if tool not in listing.tools:
+                raise InvalidParameter(f"upstream MCP server {server!r} lists no tool {tool!r}",
+                                       details={"field": "name"})
+            if tool not in drift.approved:
+                why = "changed since it was approved" if tool in drift.changed else "was never approved"
+                raise ToolDenied(
+                    f"tool {name!r} is withheld: its definition {why}; an operator must review it and run "
+                    f"'mcp-gateway mcp approve {server}'",
+                    details={"server": server, "tool": tool, "tools_list_sha256": drift.tools_list_sha256})
+        except GatewayError as exc:
+            UPSTREAM_CALLS.labels(server, str(exc.code)).inc()
+            raise
+        counts = self._audit.count_call(ctx, principal)  # the call is audited from here on
+        digest = hashlib.sha256(json.dumps(arguments, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        policy_input = {
+            "principal": self._principal_input(principal),
+            "action": "tool.call",
+            "tool": {"server": server, "name": tool, "arguments": arguments, "arguments_sha256": digest},
+            "context": self._context_input(ctx),
+        }
+        audit = {"upstream_server": server, "args_sha256": digest, "request_bytes": ctx.request_bytes, **counts}
+        try:
+            decision = self._decide(policy_input)
+        except PolicyEngineError as exc:
+            UPSTREAM_CALLS.labels(server, str(exc.code)).inc()
+            self._audit.emit("decision", ctx, principal, error_code=exc.code, **audit,
+                             **self._decision_fields(None, exc.message))
+            raise
+        refusal: GatewayError | None = None if decision.allow else _denial(decision)
+        if refusal is None:
+            try:
+                who = f"{principal.tenant}/{principal.id}"
+                self._limiter.take([
+                    ((f"mcp-server:{server}", None), RateLimit(requests_per_s=settings.requests_per_s,
+                                                               burst=settings.burst), "upstream_server"),
+                    ((f"mcp-server:{server}", who), RateLimit(requests_per_s=settings.principal_requests_per_s,
+                                                              burst=settings.principal_burst), "upstream_principal"),
+                ])
+            except RateLimited as exc:
+                RATE_LIMITED.labels(exc.details["limit"]).inc()
+                refusal = exc
+        self._audit.emit(
+            "decision", ctx, principal, error_code=refusal.code if refusal else None,
+            rate_limit=refusal.details.get("limit") if isinstance(refusal, RateLimited) else None,
+            **audit, **self._decision_fields(decision, None))
+        if refusal is not None:
+            UPSTREAM_CALLS.labels(server, str(refusal.code)).inc()
+            raise refusal
+        started = time.monotonic()
+        result: dict[str, Any] | None = None
+        try:
+            called = self._upstream.call_tool(server, principal.tenant, tool, arguments, cancel)
+            result = called.model_dump(by_alias=True, exclude_none=True, mode="json")
+            if settings.redact_results:
+                result = redact_result(result)
+            result = cap_result(result, self._settings.mcp.max_result_bytes,
+                                structured_required=listing.tools[tool].output_schema is not None)
+        except GatewayError as exc:
+            UPSTREAM_CALLS.labels(server, str(exc.code)).inc()
+            self._audit_tool_result(ctx, principal, server, started, error=exc)
+            raise
+        UPSTREAM_CALLS.labels(server, "ok").inc()
+        self._audit_tool_result(ctx, principal, server, started, result=result)
+        return result
+
+    def review_upstream_tools(self, principal: Principal, ctx: RequestContext, server: str) -> dict[str, Any]:
+        """What ``mcp-gateway mcp approve`` shows before approving ``server``'s tools: each tool
+        its upstream server lists now (for the caller's tenant), its definition, digest and
+        state (``approved``, ``changed``, ``added``), the approved names it no longer lists
+        (``removed``), and the ``tools_list_sha256`` to pass to :meth:`approve_upstream_tools`.
+
+        Raises:
+            PermissionDenied (1003): no ``policy:admin`` scope.
+            NotFound (6001): no such server. DependencyUnavailable (5003): it cannot start.
+        """
+        self.authorize(principal, ctx, "policy:admin")
+        listing = self._server_listing(principal, server)
+        drift = self._drift(server, listing)
+        tools = []
+        for name, tool in sorted(listing.tools.items()):
+            definition = tool.model_dump(by_alias=True, exclude_none=True, mode="json")
+            state = "approved" if name in drift.approved else "changed" if name in drift.changed else "added"
+            tools.append({"name": name, "served_as": exposed_name(server, name), "state": state,
+                          "sha256": tool_sha256(tool.model_dump(by_alias=True, mode="json")), "definition": definition})
+        return {"server": server, "tools": tools, "removed": sorted(drift.removed),
+                "tools_list_sha256": drift.tools_list_sha256, "approved_tools_list_sha256": drift.approved_sha256}
+
+    def approve_upstream_tools(self, principal: Principal, ctx: RequestContext, server: str,
+                               tools_list_sha256: str) -> dict[str, Any]:
+        """Approve ``server``'s tools as listed now, if they are still the set the operator
+        reviewed (``tools_list_sha256`` from :meth:`review_upstream_tools`): the approvals
+        file (mode 0600) records each tool's digest, and a ``tools_approved`` event the
+        change. Served at once by every sandbox of the server on this gateway.
+
+        Raises:
+            PermissionDenied (1003): no ``policy:admin`` scope. NotFound (6001): no such server.
+            InvalidParameter (2001): the listing changed since it was reviewed (review again).
+            DependencyUnavailable (5003): it cannot start.
+        """
+        self.authorize(principal, ctx, "policy:admin")
+        listing = self._server_listing(principal, server)
+        digests = {n: tool_sha256(t.model_dump(by_alias=True, mode="json")) for n, t in listing.tools.items()}
+        drift = self._drift(server, listing)
+        if drift.tools_list_sha256 != tools_list_sha256:
+            raise InvalidParameter(
+                f"the tools of {server!r} changed since they were reviewed (now {drift.tools_list_sha256}); "
+                "review them again", details={"field": "tools_list_sha256", "tools_list_sha256": drift.tools_list_sha256})
+        approval = self._approvals.approve(server, digests)
+        changes = _changes_text(drift)
+        self._audit.emit("tools_approved", ctx, principal, upstream_server=server,
+                         tools_list_sha256_old=drift.approved_sha256, tools_list_sha256_new=approval.tools_list_sha256,
+                         tools_changed=clip(changes, 1024) if changes else None)
+        log.warning("upstream MCP server %s: tools approved by %s/%s (%s)", server, principal.tenant, principal.id,
+                    changes or "unchanged")
+        return {"server": server, "tools_list_sha256": approval.tools_list_sha256, "approved_at": approval.approved_at,
+                "tools": sorted(digests)}
+
+    def _server_listing(self, principal: Principal, server: str) -> Listing:
+        if server not in self._upstream.servers:
+            raise NotFound(f"no upstream MCP server {server!r} is configured (mcp.servers)",
+                           details={"server": server})
+        return self._upstream.listing(server, principal.tenant)
+
+    def stop_upstream(self) -> None:
+        """Stop every upstream server's sandbox (shutdown; blocking until they are reaped)."""
+        self._upstream.close()
+
+    def _audit_tool_result(self, ctx: RequestContext, principal: Principal, server: str, started: float, *,
+                           result: dict[str, Any] | None = None, error: GatewayError | None = None) -> None:
+        """The ``tool_result`` event closing an upstream call whose decision is audited; a
+        failing sink keeps it for later (deferred) and the caller still gets the result."""
+        if error is not None:
+            status = "TIMED_OUT" if "timeout_s" in error.details else \
+                "CANCELLED" if error.details.get("cancelled") else "FAILED"
+        else:
+            status = "FAILED" if result and result.get("isError") else "COMPLETED"
+        try:
+            self._audit.emit(
+                "tool_result", ctx, principal, defer=True, upstream_server=server, status=status,
+                duration_ms=int((time.monotonic() - started) * 1000), error_code=error.code if error else None,
+                response_bytes=result_bytes(result) if result is not None else None)
+        except AuditError as exc:
+            log.warning("audit event for the end of an upstream call of %s is not written yet: %s", server, exc)
+
+    def _drift(self, server: str, listing: Listing) -> ToolDrift:
+        """How ``listing`` compares with ``server``'s approval (an unreadable approvals
+        file approves nothing: fail closed, logged)."""
+        try:
+            approval = self._approvals.get(server)
+        except ValueError as exc:
+            log.error("approvals unreadable, every upstream tool is withheld: %s", exc)
+            approval = None
+        return compare({n: tool_sha256(t.model_dump(by_alias=True, mode="json")) for n, t in listing.tools.items()},
+                       approval)
+
+    def _observe_listing(self, server: str, tenant: str, listing: Listing) -> None:
+        """Each listing of an upstream server (on the hub's thread): a tool set that differs
+        from the approved one is audited (``tool_definition_changed``) and counted, once per
+        sandbox and tool set."""
+        drift = self._drift(server, listing)
+        key = (server, tenant)
+        if drift.clean or self._drift_seen.get(key) == drift.tools_list_sha256:
+            return
+        self._drift_seen[key] = drift.tools_list_sha256
+        UPSTREAM_TOOL_CHANGES.labels(server).inc()
+        changes = _changes_text(drift)
+        log.warning("upstream MCP server %s (tenant %s) lists tools that are not approved (%s): withheld",
+                    server, tenant, changes)
+        try:
+            self._audit.emit(
+                "tool_definition_changed", None, None, defer=True, principal="mcp-gateway", tenant=tenant,
+                auth_scheme="none", method="tools/list", upstream_server=server,
+                tools_list_sha256_old=drift.approved_sha256, tools_list_sha256_new=drift.tools_list_sha256,
+                tools_changed=clip(changes, 1024))
+        except AuditError as exc:
+            log.warning("audit event for changed tools of %s is not written yet: %s", server, exc)
+
+    def _upstream_egress_denied(self, server: str, tenant: str, denial: Any) -> None:
+        """A restricted upstream server's refused connection: an ``egress_denied`` event."""
+        try:
+            self._audit.emit(
+                "egress_denied", None, None, defer=True, principal="mcp-gateway", tenant=tenant, auth_scheme="none",
+                method="upstream", upstream_server=server, egress_host=denial.host[:255], egress_port=denial.port,
+                egress_reason=denial.reason)
+        except AuditError as exc:
+            log.warning("audit event for a refused connection of %s is not written yet: %s", server, exc)
 
     async def cancel_task(self, principal: Principal, ctx: RequestContext, task_id: str) -> TaskRecord:
         """Cancel the caller's task and return it once final (CANCELLED, or the state it
@@ -1097,6 +1368,12 @@ def _page_cursor(token: str) -> tuple[int, str]:
     if PAGE_TOKEN_PATTERN.fullmatch(token) and int(created) <= _MAX_OFFSET:
         return int(created), task_id
     raise InvalidFormat("page_token is not a token this gateway issued", details={"field": "page_token"})
+
+
+def _changes_text(drift: ToolDrift) -> str:
+    """``changed:a,b added:c removed:d`` (the parts that are not empty)."""
+    return " ".join(f"{what}:{','.join(sorted(names))}" for what, names in
+                    (("changed", drift.changed), ("added", drift.added), ("removed", drift.removed)) if names)
 
 
 def _no_nul(field: str, values: Any) -> None:

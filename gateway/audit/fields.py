@@ -69,11 +69,15 @@ FIELDS: tuple[Field, ...] = (
         "its body does not decode, error_code 2003; not_found: a call named a task the caller cannot "
         "see, answered 6001; checkpoint: a signature over the chain head; audit_outage: written when "
         "a failing audit sink writes again, naming it and the calls refused meanwhile; egress_denied: the "
-        "egress proxy refused a connection of a restricted task; tool_call: an MCP tools/call that neither "
-        "runs a command nor touches a file, e.g. get_task: those two are audited by their decision and file "
-        "events).", required=True,
+        "egress proxy refused a connection of a restricted task or upstream MCP server; tool_call: an MCP "
+        "tools/call that neither runs a command nor touches a file, e.g. get_task (those two are audited by "
+        "their decision and file events), or one refused before any decision; tool_result: the end of a call of "
+        "an upstream MCP server's tool (its decision event came first); tool_definition_changed: an upstream "
+        "server listed tools that differ from the approved definitions; tools_approved: an operator approved "
+        "an upstream server's tools).", required=True,
         enum=("decision", "task_end", "file", "auth_failure", "rate_limit", "policy_reload", "invalid_request",
-              "not_found", "checkpoint", "audit_outage", "egress_denied", "tool_call"),
+              "not_found", "checkpoint", "audit_outage", "egress_denied", "tool_call", "tool_result",
+              "tool_definition_changed", "tools_approved"),
     ),
     Field("producer", "string", "Who wrote the event.", required=True, enum=("mcp-gateway",)),
     Field("transport", "string", "Edge the call came through ('internal' for the gateway's own events).",
@@ -93,12 +97,25 @@ FIELDS: tuple[Field, ...] = (
           "client_certificate_required, unmapped_client_certificate, missing_scope."),
     Field("rate_limit", "string",
           "Limit that refused the call (4290): principal_requests, tenant_requests, "
-          "principal_concurrent_tasks, tenant_concurrent_tasks, queue, principal_in_flight or "
-          "workspace_busy (the workspace is held by another replica's tasks)."),
+          "principal_concurrent_tasks, tenant_concurrent_tasks, queue, principal_in_flight, "
+          "workspace_busy (the workspace is held by another replica's tasks), upstream_server, "
+          "upstream_principal (an upstream MCP server's call rates) or upstream_instances."),
     Field("task_id", "string", "Task the event belongs to.", pattern="^task-[0-9a-f]{32}$"),
     Field("tool_name", "string",
           "Tool invoked, e.g. 'execute_command' (for file calls over gRPC and REST: file_read, file_write, "
           "file_delete; over MCP the tool's own name)."),
+    Field("upstream_server", "string",
+          "The upstream MCP server (mcp.servers) of the call, listing or egress refusal; its tools are "
+          "named '<upstream_server>__<tool>' in tool_name."),
+    Field("tools_list_sha256_old", "string",
+          "tool_definition_changed, tools_approved: SHA-256 of the approved tool set (absent when never approved).",
+          pattern=_HEX64),
+    Field("tools_list_sha256_new", "string",
+          "tool_definition_changed: SHA-256 of the tool set as listed now; tools_approved: of the set approved.",
+          pattern=_HEX64),
+    Field("tools_changed", "string",
+          "tool_definition_changed: the withheld tools (tools_approved: what the approval changed), as "
+          "'changed:a,b added:c removed:d', at most 1024 chars."),
     Field("jsonrpc_id", "string", "MCP tools/call: the JSON-RPC request id, as text, at most 128 chars."),
     Field("protocol_version", "string", "MCP tools/call: the protocol revision the client speaks, e.g. 2025-11-25."),
     Field("client_name", "string",
@@ -126,9 +143,11 @@ FIELDS: tuple[Field, ...] = (
           "Response bytes (task output) of this session so far, this event included.", minimum=0),
     Field("exit_code", "integer", "Command exit status (128+N for signal N); absent when it never ran.",
           minimum=0),
-    Field("status", "string", "Final task status.",
+    Field("status", "string",
+          "Final task status; tool_result: COMPLETED (a result), FAILED (the server failed or its result is "
+          "an error) or TIMED_OUT.",
           enum=("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")),
-    Field("duration_ms", "integer", "Task wall time, milliseconds.", minimum=0),
+    Field("duration_ms", "integer", "Task wall time (tool_result: the upstream call's), milliseconds.", minimum=0),
     Field("cpu_time_ms", "integer", "Task CPU time, milliseconds.", minimum=0),
     Field("max_memory_kb", "integer", "Task peak resident memory, KiB.", minimum=0),
     Field("sandbox_violation", "string",

@@ -43,6 +43,7 @@ __all__ = [
     "args_sha256",
     "clip",
     "redact_command",
+    "redact_text",
     "verify_chain",
 ]
 
@@ -105,6 +106,13 @@ def redact_command(command: str, args: Sequence[str]) -> str:
         out.append(word)
     line = " ".join(out)
     return line if len(line) <= _MAX_COMMAND_CHARS else line[: _MAX_COMMAND_CHARS - 3] + "..."
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the secret-looking values :func:`redact_command` finds inside one word
+    (``key=value`` with a secret key, URL credentials, bearer tokens) replaced by ``***``;
+    nothing is cut. For free text such as an upstream MCP tool's result."""
+    return _BEARER.sub(r"\1***", _URL_CREDS.sub(r"\1***@", _SECRET_KV.sub(r"\1\2***", text)))
 
 
 def args_sha256(args: Sequence[str]) -> str:

@@ -48,6 +48,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -465,20 +466,26 @@ class McpEdge:
             yield
 
     async def _list_tools(self, ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        return self._tools
+        """The gateway's tools, then the upstream servers' approved ones (``<server>__<tool>``)."""
+        if not self._service.has_upstream:
+            return self._tools
+        request, principal = _caller(ctx)
+        upstream = await asyncio.to_thread(self._service.upstream_tools, principal, request.scope[_CONTEXT_KEY])
+        return types.ListToolsResult(tools=[*self._tools.tools, *upstream])
 
     async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         tool = _BY_NAME.get(params.name)
-        if tool is None:
+        upstream = tool is None and self._service.is_upstream_tool(params.name)
+        if tool is None and not upstream:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
-        request: Request | None = ctx.request
-        if request is None or _PRINCIPAL_KEY not in request.scope:  # only McpHttpApp serves this server
-            raise MCPError(code=types.INTERNAL_ERROR, message="no authenticated caller")
-        principal: Principal = request.scope[_PRINCIPAL_KEY]
-        call_ctx = self._call_context(ctx, request, tool)
+        request, principal = _caller(ctx)
+        call_ctx = self._call_context(ctx, request, params.name)
         release: Callable[[], Awaitable[None]] | None = request.scope.get(ADMISSION_RELEASE_KEY)
         if release is not None:  # the HTTP request's own slot: its work (authentication) is done
             await release()
+        if upstream:
+            return await self._call_upstream(call_ctx, principal, params)
+        assert tool is not None
         try:
             try:
                 args = tool.args.model_validate(params.arguments or {})
@@ -499,8 +506,32 @@ class McpEdge:
         MCP_TOOL_CALLS.labels(tool.name, "ok").inc()
         return _success(body)
 
+    async def _call_upstream(self, call_ctx: RequestContext, principal: Principal,
+                             params: types.CallToolRequestParams) -> types.CallToolResult:
+        """A call of an upstream server's tool: the service decides, calls and audits; its
+        result goes back as the server gave it (redacted and capped by the service)."""
+        cancel = threading.Event()
+        try:
+            body = await self._in_thread(call_ctx, principal, self._service.call_upstream_tool, params.name,
+                                         dict(params.arguments or {}), cancel)
+        except anyio.get_cancelled_exc_class():
+            cancel.set()  # the client cancelled: so does the upstream call
+            raise
+        except GatewayError as exc:
+            await self._audit_refusal(call_ctx, principal, exc)
+            MCP_TOOL_CALLS.labels("upstream", str(exc.code)).inc()
+            return _failure(exc)
+        except Exception:
+            log.exception("MCP upstream tool %s failed", params.name)
+            error = InternalError("internal error")
+            await self._audit_refusal(call_ctx, principal, error)
+            MCP_TOOL_CALLS.labels("upstream", str(error.code)).inc()
+            return _failure(error)
+        MCP_TOOL_CALLS.labels("upstream", "ok").inc()
+        return types.CallToolResult.model_validate(body)
+
     @staticmethod
-    def _call_context(ctx: Any, request: Request, tool: Tool) -> RequestContext:
+    def _call_context(ctx: Any, request: Request, tool: str) -> RequestContext:
         """The context of one ``tools/call``: the HTTP request's, with the call's facts.
         Its session is the MCP session; a 2026-07-28 call has none, so it is the connection
         (whatever ``Mcp-Session-Id`` it sends: the SDK checks no session there, and a caller
@@ -516,7 +547,7 @@ class McpEdge:
         return dataclasses.replace(
             base, method="tools/call", request_id=uuid.uuid4().hex, session_id=session_id,
             request_bytes=len(json.dumps(arguments or {})),
-            mcp=McpCall(tool.name, str(ctx.request_id), ctx.protocol_version,
+            mcp=McpCall(tool, str(ctx.request_id), ctx.protocol_version,
                         client.name if client is not None else "", client.version if client is not None else ""),
         )
 
@@ -652,6 +683,14 @@ class McpEdge:
         return {"path": args.path, "deleted": True}
 
 
+def _caller(ctx: Any) -> tuple[Request, Principal]:
+    """The HTTP request and principal of an SDK request context (McpHttpApp set them)."""
+    request: Request | None = ctx.request
+    if request is None or _PRINCIPAL_KEY not in request.scope:  # only McpHttpApp serves this server
+        raise MCPError(code=types.INTERNAL_ERROR, message="no authenticated caller")
+    return request, request.scope[_PRINCIPAL_KEY]
+
+
 # -- HTTP: authorization in front of the SDK's transport --------------------------------
 
 
@@ -734,7 +773,8 @@ class McpHttpApp:
             if request.method == "POST":
                 body = await read_capped(request, self._settings.limits.max_request_bytes)
                 method, tool = _rpc_call(body)
-                scope_needed = _BY_NAME[tool].scope if tool in _BY_NAME else None
+                scope_needed = _BY_NAME[tool].scope if tool in _BY_NAME else \
+                    "tools:call" if tool is not None and self._service.is_upstream_tool(tool) else None
                 if scope_needed is not None:
                     await asyncio.to_thread(self._service.authorize, principal, ctx, scope_needed)
                 opens_session = method == "initialize" and "mcp-session-id" not in request.headers

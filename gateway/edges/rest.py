@@ -46,6 +46,7 @@ from gateway.errors import (
     STATUS_TABLE,
     AuthError,
     CommandDenied,
+    DependencyUnavailable,
     FileDenied,
     GatewayError,
     InternalError,
@@ -270,6 +271,42 @@ class PolicyReloadBody(PolicyStatusBody):
     """Answer of ``POST /v1/policy/reload``."""
 
     result: str = Field(json_schema_extra={"enum": ["applied", "unchanged"]})
+
+
+_SERVER_NAME = Path(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$",
+                    description="An upstream MCP server's name (mcp.servers).")
+
+
+class UpstreamToolBody(BaseModel):
+    """One tool an upstream MCP server lists now."""
+
+    name: str = Field(description="The tool's own name.")
+    served_as: str = Field(description="The name the gateway serves it under: '<server>__<name>'.")
+    state: str = Field(json_schema_extra={"enum": ["approved", "changed", "added"]},
+                       description="approved (served), changed (withheld: differs from the approval), added "
+                       "(withheld: never approved).")
+    sha256: str = Field(description="SHA-256 of its pinned definition (name, title, description, schemas, "
+                        "annotations).")
+    definition: dict[str, Any] = Field(description="The MCP Tool object as the server lists it.")
+
+
+class UpstreamReviewBody(BaseModel):
+    """Answer of ``GET /v1/mcp/servers/{server}/tools``."""
+
+    server: str
+    tools: list[UpstreamToolBody]
+    removed: list[str] = Field(description="Approved tools the server no longer lists.")
+    tools_list_sha256: str = Field(description="SHA-256 of the tool set listed now: pass it to approve.")
+    approved_tools_list_sha256: str | None = Field(description="SHA-256 of the approved set; null if none.")
+
+
+class ApprovedBody(BaseModel):
+    """Answer of ``POST /v1/mcp/servers/{server}/approve``."""
+
+    server: str
+    tools_list_sha256: str
+    approved_at: str = Field(description="RFC 3339 UTC.")
+    tools: list[str] = Field(description="The approved tools' names.")
 
 
 class HealthBody(BaseModel):
@@ -996,6 +1033,26 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
         """Reload the policy bundle from ``policy_dir`` now; a bundle that fails to load or
         compile is refused (5003) and the active one stays (scope ``policy:admin``)."""
         return await call(request, "POST /v1/policy/reload", service.reload_policy)
+
+    @app.get("/v1/mcp/servers/{server}/tools", response_model=UpstreamReviewBody, tags=["mcp"],
+             **_contract(InvalidParameter, *_CALL_ERRORS, NotFound, DependencyUnavailable))
+    async def upstream_tools(request: Request, server: str = _SERVER_NAME) -> dict[str, Any]:
+        """An upstream MCP server's tools as it lists them now, each compared with the approved
+        definition (scope ``policy:admin``): what ``mcp-gateway mcp approve`` shows."""
+        return await call(request, "GET /v1/mcp/servers/tools", service.review_upstream_tools, server)
+
+    @app.post("/v1/mcp/servers/{server}/approve", response_model=ApprovedBody, tags=["mcp"],
+              **_contract(InvalidParameter, *_CALL_ERRORS, NotFound, DependencyUnavailable))
+    async def upstream_approve(
+        request: Request, server: str = _SERVER_NAME,
+        tools_list_sha256: str = Query(pattern=r"^[0-9a-f]{64}$",
+                                       description="The tool set reviewed (GET .../tools); refused (2001) if the "
+                                       "server's tools changed since."),
+    ) -> dict[str, Any]:
+        """Approve an upstream MCP server's tools as listed now, if they are the set reviewed
+        (``tools_list_sha256``; else 2001): they are served from then on (scope ``policy:admin``)."""
+        return await call(request, "POST /v1/mcp/servers/approve", service.approve_upstream_tools, server,
+                          tools_list_sha256)
 
     @app.get("/health", response_model=HealthBody, tags=["health"], **_contract(auth=False))
     async def health_route() -> dict[str, Any]:

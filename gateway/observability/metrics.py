@@ -25,6 +25,7 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from gateway import __version__
+from gateway.config import UPSTREAM_NAME_PATTERN
 from gateway.observability.tracing import current_span_ids
 
 __all__ = [
@@ -46,6 +47,10 @@ __all__ = [
     "IN_FLIGHT",
     "MCP_SESSIONS",
     "MCP_TOOL_CALLS",
+    "UPSTREAM_CALLS",
+    "UPSTREAM_RUNNING",
+    "UPSTREAM_STARTS",
+    "UPSTREAM_TOOL_CHANGES",
     "LABEL_VALUES",
     "POLICY_BUNDLE",
     "POLICY_CACHE",
@@ -84,6 +89,7 @@ LABEL_VALUES: dict[str, frozenset[str] | re.Pattern[str]] = {
         "PUT /v1/files", "DELETE /v1/files", "GET /v1/policy", "POST /v1/policy/reload",
         "ExecuteCommand", "ExecuteCommandAndWait", "GetTaskStatus", "StreamTaskOutput", "CancelTask", "ReadFile",
         "WriteFile", "DeleteFile", "ListTasks", "GET /v1/tasks (list)", "tools/call",
+        "GET /v1/mcp/servers/tools", "POST /v1/mcp/servers/approve",
     }),
     # calls: ok or the project error code; tasks: the final status
     "status": re.compile(r"^(?:ok|[1-6][0-9]{3}|COMPLETED|FAILED|CANCELLED|TIMED_OUT)$"),
@@ -95,7 +101,8 @@ LABEL_VALUES: dict[str, frozenset[str] | re.Pattern[str]] = {
     "direction": frozenset({"sent", "received"}),
     "engine": frozenset({"embedded", "wasm", "opa"}),
     "outcome": frozenset({"allow", "deny", "error"}),
-    "result": frozenset({"hit", "miss", "applied", "rejected", "unchanged", "written", "failed", "dropped"}),
+    "result": frozenset({"hit", "miss", "applied", "rejected", "unchanged", "written", "failed", "dropped",
+                         "ready"}),
     "revision": re.compile(r"^[\x21-\x7e]{1,128}$"),  # one live series: set_active_bundle drops the last
     "reason": re.compile(r"^[a-z_]{1,40}$"),  # fixed reasons (auth failures, task rejections)
     "scheme": frozenset({"none", "basic", "bearer", "mtls", "other"}),
@@ -104,7 +111,9 @@ LABEL_VALUES: dict[str, frozenset[str] | re.Pattern[str]] = {
     "sink": frozenset({"file", "stdout", "webhook"}),
     "version": re.compile(r"^[0-9A-Za-z.+-]{1,40}$"),
     "python_version": re.compile(r"^[0-9A-Za-z.+-]{1,40}$"),
-    "tool": re.compile(r"^[a-z_]{1,40}$"),  # the MCP edge's tools (gateway.edges.mcp_server.TOOLS)
+    # the MCP edge's tools (gateway.edges.mcp_server.TOOLS), and 'upstream' for every upstream server's
+    "tool": re.compile(r"^[a-z_]{1,40}$"),
+    "server": re.compile(UPSTREAM_NAME_PATTERN),  # the configured upstream MCP servers (mcp.servers)
 }
 
 POLICY_DECISIONS = Counter(
@@ -199,6 +208,29 @@ MCP_TOOL_CALLS = Counter(
 MCP_SESSIONS = Gauge(
     "mcp_sessions_open",
     "MCP sessions (protocol 2025-11-25) open on this gateway's /mcp; mcp.max_sessions bounds them.",
+)
+UPSTREAM_RUNNING = Gauge(
+    "mcp_upstream_servers_running",
+    "Sandboxes of an upstream MCP server running now (one per tenant that calls it), by server.",
+    ["server"],
+)
+UPSTREAM_STARTS = Counter(
+    "mcp_upstream_server_starts_total",
+    "Upstream MCP server sandboxes that ended, by server and whether they had listed their tools (ready) "
+    "or failed to start (failed).",
+    ["server", "result"],
+)
+UPSTREAM_CALLS = Counter(
+    "mcp_upstream_tool_calls_total",
+    "Calls of upstream MCP servers' tools by server and status: ok, or the project error code of the "
+    "refusal or failure (a result the server marks isError is ok here).",
+    ["server", "status"],
+)
+UPSTREAM_TOOL_CHANGES = Counter(
+    "mcp_upstream_tool_definition_changes_total",
+    "Listings of an upstream MCP server whose tools differ from the approved definitions (each new "
+    "tools_list_sha256 once per sandbox), by server: a rug pull, or an upgrade awaiting approval.",
+    ["server"],
 )
 
 # -- tasks and sandboxes ----------------------------------------------------------

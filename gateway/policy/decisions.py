@@ -30,7 +30,7 @@ __all__ = ["ENTRYPOINT", "DecisionCache", "decision_from_document", "encode_inpu
 ENTRYPOINT = "mcp/decision"
 
 _NETWORK_MODES = frozenset({"none", "loopback", "host", "restricted"})
-_DENY_CATEGORIES = frozenset({"command", "network", "file", "resource"})
+_DENY_CATEGORIES = frozenset({"command", "network", "file", "resource", "tool"})
 _DECISION_KEYS = frozenset({"allow", "reasons", "rule_ids", "sandbox"})
 _SANDBOX_INT_KEYS = ("timeout_s", "memory_bytes", "pids", "cpu_seconds")
 _SANDBOX_LIST_KEYS = ("allowed_hosts", "ro_paths", "rw_paths")
@@ -75,7 +75,7 @@ def decision_from_document(
     reasons = _strings(doc["reasons"], "reasons")
     rule_ids = _strings(doc["rule_ids"], "rule_ids")
     if not allow and (not rule_ids or rule_ids[0].split(".", 1)[0] not in _DENY_CATEGORIES):
-        raise _malformed("a deny must start rule_ids with a command/network/file/resource id")
+        raise _malformed("a deny must start rule_ids with a command/network/file/resource/tool id")
     box = _object(doc["sandbox"], "sandbox", _SANDBOX_KEYS)
     if box["network"] not in _NETWORK_MODES:
         raise _malformed(f"sandbox.network {box['network']!r} is not a known mode")

@@ -473,7 +473,7 @@ class TaskManager:
         except (OSError, ValueError, sandbox.SandboxError) as exc:
             return TaskStatus.FAILED, TaskResult.not_run(f"workspace {job.record.workspace}: {exc}")
         try:
-            spec = self._spec(job.plan, lease)
+            spec = self.sandbox_spec(job.plan, lease)
             outcome = self._runner(
                 spec, cancel=job.cancel, bwrap_path=self._sandbox.bwrap_path,
                 cgroups=self._isolation.cgroups, on_output=output.add, netns=self._isolation.netns,
@@ -614,7 +614,27 @@ class TaskManager:
 
     # -- helpers ------------------------------------------------------------------
 
-    def _spec(self, plan: ExecutionPlan, lease: WorkspaceLease) -> sandbox.SandboxSpec:
+    def run_server(self, plan: ExecutionPlan, lease: WorkspaceLease, *, stdin: int, on_output: sandbox.OutputListener,
+                   cancel: threading.Event, egress: EgressTask | None = None) -> sandbox.SandboxResult:
+        """Run a long-lived server (an upstream MCP server, ``gateway.upstream``) in a sandbox
+        made as a task's is, with the same isolation, and wait for its end (blocking; set
+        ``cancel`` to stop it). ``stdin`` (a pipe) is its standard input; everything it writes
+        goes to ``on_output`` and nothing is kept (``sandbox.run(keep_output=False)``).
+        ``egress``: required for a ``restricted`` plan (root only). Outside the task queue:
+        the caller bounds how many run. Raises ``sandbox.SandboxError`` as ``sandbox.run``."""
+        attach = None
+        if plan.network == "restricted":
+            if self._isolation.egress is None or egress is None:
+                raise sandbox.SandboxSetupError("the restricted network needs the gateway to run as root")
+            attach = self._isolation.egress.attach(egress)
+        return self._runner(
+            self.sandbox_spec(plan, lease), cancel=cancel, bwrap_path=self._sandbox.bwrap_path,
+            cgroups=self._isolation.cgroups, on_output=on_output, netns=self._isolation.netns, egress=attach,
+            stdin=stdin, keep_output=False,
+        )
+
+    def sandbox_spec(self, plan: ExecutionPlan, lease: WorkspaceLease) -> sandbox.SandboxSpec:
+        """The sandbox of ``plan`` in ``lease``'s workspace, under the server's maxima."""
         s = self._sandbox
         cgroups = self._isolation.cgroups
         pids_cgroup = cgroups is not None and "pids" in cgroups.controllers

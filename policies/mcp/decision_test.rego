@@ -177,3 +177,11 @@ test_text_list if {
 test_global_config_without_overrides if {
 	cfg == data.mcp.config
 }
+
+test_upstream_tool_denied_unless_listed if {
+	not allow with input as {"principal": {"id": "alice", "tenant": "t1", "roles": ["user"], "scopes": []}, "action": "tool.call", "tool": {"server": "fs", "name": "read_file", "arguments": {"path": "a.txt"}, "arguments_sha256": "00"}}
+}
+
+test_upstream_tool_denied_to_a_role_without_tool_call if {
+	not allow with input as {"principal": {"id": "ci", "tenant": "t1", "roles": ["egress"], "scopes": []}, "action": "tool.call", "tool": {"server": "fs", "name": "read_file", "arguments": {}, "arguments_sha256": "00"}}
+}

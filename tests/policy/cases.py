@@ -47,4 +47,5 @@ def policy_input(case: dict[str, Any]) -> dict[str, Any]:
         "network": {"access": case.get("network", "none"), "hosts": case.get("hosts", [])},
         "resources": resources,
         "context": {"transport": "grpc", "client_addr": "127.0.0.1:1", "request_id": "r", "time_ns": 1},
+        **({"tool": case["tool"]} if "tool" in case else {}),
     }

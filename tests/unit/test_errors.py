@@ -24,6 +24,7 @@ EXPECTED = {
     "NetworkDenied": (3002, "PERMISSION_DENIED", 403),
     "FileDenied": (3003, "PERMISSION_DENIED", 403),
     "ResourceDenied": (3004, "RESOURCE_EXHAUSTED", 403),
+    "ToolDenied": (3005, "PERMISSION_DENIED", 403),
     "SandboxSetupFailed": (4001, "INTERNAL", 500),
     "SandboxExecutionFailed": (4002, "ABORTED", 500),
     "SandboxLimitExceeded": (4003, "RESOURCE_EXHAUSTED", 429),

@@ -1,5 +1,5 @@
 """Layering contracts (style.md 4): sandbox/ never imports gateway/; edges never import
-sandbox, policy or tasks (they only call the service layer)."""
+sandbox, policy, tasks, audit or the upstream servers (they only call the service layer)."""
 
 from __future__ import annotations
 
@@ -39,4 +39,4 @@ def test_sandbox_never_imports_gateway() -> None:
 @pytest.mark.parametrize("edge", sorted(p.name for p in (REPO / "gateway" / "edges").glob("*.py")))
 def test_edges_only_call_the_service(edge: str) -> None:
     path = REPO / "gateway" / "edges" / edge
-    assert _offending([path], ("sandbox", "gateway.policy", "gateway.tasks", "gateway.audit")) == []
+    assert _offending([path], ("sandbox", "gateway.policy", "gateway.tasks", "gateway.audit", "gateway.upstream")) == []

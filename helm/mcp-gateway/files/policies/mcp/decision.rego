@@ -46,6 +46,8 @@ allow_rule_ids := ["command.allowlisted"] if is_command
 
 allow_rule_ids := ["file.allowed"] if is_file_action
 
+allow_rule_ids := ["tool.allowed"] if is_tool_call
+
 # ---- action and roles ----------------------------------------------------------
 
 default action := ""
@@ -61,6 +63,10 @@ is_file_action if action in file_actions
 action_category := "command" if is_command
 
 action_category := "file" if is_file_action
+
+is_tool_call if action == "tool.call"
+
+action_category := "tool" if is_tool_call
 
 default principal_id := ""
 
@@ -83,10 +89,11 @@ action_permitted if {
 violations contains ["command.unknown_action", reason] if {
 	not is_command
 	not is_file_action
+	not is_tool_call
 	reason := concat("", [
 		"action '",
 		action,
-		"' is not one of command.execute, file.read, file.write, file.delete",
+		"' is not one of command.execute, file.read, file.write, file.delete, tool.call",
 	])
 }
 
@@ -133,6 +140,39 @@ permitted if {
 	is_file_action
 	action_permitted
 	file_path != ""
+}
+
+permitted if {
+	is_tool_call
+	action_permitted
+	tool_allowed
+}
+
+# ---- upstream MCP tools (action tool.call) -----------------------------------------
+
+default tool_server := ""
+
+tool_server := input.tool.server if is_string(input.tool.server)
+
+default tool_name := ""
+
+tool_name := input.tool.name if is_string(input.tool.name)
+
+# "<server>__<tool>", as the gateway serves the tool.
+tool_id := concat("__", [tool_server, tool_name])
+
+tool_allowed if cfg.tools.allowed[tool_id]
+
+tool_allowed if {
+	tool_server != ""
+	cfg.tools.allowed[concat("__", [tool_server, "*"])]
+}
+
+violations contains ["tool.not_allowed", reason] if {
+	is_tool_call
+	action_permitted
+	not tool_allowed
+	reason := concat("", ["upstream tool '", tool_id, "' is not in tools.allowed"])
 }
 
 # ---- the sandbox grant -----------------------------------------------------------

@@ -45,6 +45,7 @@ layer_union(a, b) := {
 	"paths": union2(object.get(a, "paths", {}), object.get(b, "paths", {})),
 	"network": union2(object.get(a, "network", {}), object.get(b, "network", {})),
 	"sandbox": union2(object.get(a, "sandbox", {}), object.get(b, "sandbox", {})),
+	"tools": union2(object.get(a, "tools", {}), object.get(b, "tools", {})),
 	"roles": union3(object.get(a, "roles", {}), object.get(b, "roles", {})),
 }
 
