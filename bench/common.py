@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -95,6 +96,19 @@ def percentile(values: Sequence[float], pct: float) -> float:
     """Nearest-rank percentile ``pct`` (0..100) of ``values``."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+
+
+def latency_table(times: Mapping[str, Sequence[float]], baseline: str, ratio_label: str) -> float:
+    """Print one row per path of ``times`` (latencies in ms): median, p99 and the median's
+    ratio to ``baseline``'s (a key of ``times``), under a header naming the ratio
+    ``ratio_label``; returns the baseline's median, ms."""
+    base = statistics.median(times[baseline])
+    width = max(len(name) for name in times)
+    print(f"{'path':<{width}} | {'median ms':>9} | {'p99 ms':>7} | {ratio_label:>8}")
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        print(f"{name:<{width}} | {median:>9.2f} | {percentile(samples, 99):>7.2f} | {median / base:>8.2f}")
+    return base
 
 
 def cpu_seconds(pid: int) -> float:

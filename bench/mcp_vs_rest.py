@@ -39,7 +39,7 @@ from pathlib import Path
 
 import httpx
 import httpx2
-from common import Report, parse_args, percentile
+from common import Report, latency_table, parse_args
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -131,12 +131,8 @@ def main() -> None:
             times = asyncio.run(run(gateway.http_url, args.runs, args.block))
         finally:
             gateway.stop()
-    rest_median = statistics.median(times["REST wait"])
     print(f"\n/bin/true, {args.runs} calls per path in turns of {args.block}, cpus={os.cpu_count()}")
-    print(f"{'path':<18} | {'median ms':>9} | {'p99 ms':>7} | {'x REST':>6}")
-    for name, samples in times.items():
-        median = statistics.median(samples)
-        print(f"{name:<18} | {median:>9.2f} | {percentile(samples, 99):>7.2f} | {median / rest_median:>6.2f}")
+    rest_median = latency_table(times, "REST wait", "x REST")
     print("target (issue 19): MCP <= 1.2 x REST wait (median), the same HTTP client on both (MCP httpx); the SDK "
           "rows add the SDK client's own CPU (JSON-RPC models, output-schema validation) on the caller's side")
     report = Report()

@@ -105,7 +105,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.tasks import TaskManager, TaskStore
 from gateway.tasks.store import TaskQuery, TaskQuota
 from gateway.tasks.workspaces import WORKSPACE_ID_PATTERN, WorkspaceManager
-from gateway.upstream.pins import Approvals, ToolDrift, compare, tool_sha256
+from gateway.upstream.pins import Approvals, ToolDrift, compare
 from gateway.upstream.results import cap_result, redact_result, result_bytes
 from gateway.upstream.servers import Listing, UpstreamHub, exposed_name, split_name
 
@@ -761,7 +761,7 @@ class GatewayService:
             definition = tool.model_dump(by_alias=True, exclude_none=True, mode="json")
             state = "approved" if name in drift.approved else "changed" if name in drift.changed else "added"
             tools.append({"name": name, "served_as": exposed_name(server, name), "state": state,
-                          "sha256": tool_sha256(tool.model_dump(by_alias=True, mode="json")), "definition": definition})
+                          "sha256": listing.digests[name], "definition": definition})
         return {"server": server, "tools": tools, "removed": sorted(drift.removed),
                 "tools_list_sha256": drift.tools_list_sha256, "approved_tools_list_sha256": drift.approved_sha256}
 
@@ -779,7 +779,7 @@ class GatewayService:
         """
         self.authorize(principal, ctx, "policy:admin")
         listing = self._server_listing(principal, server)
-        digests = {n: tool_sha256(t.model_dump(by_alias=True, mode="json")) for n, t in listing.tools.items()}
+        digests = listing.digests
         drift = self._drift(server, listing)
         if drift.tools_list_sha256 != tools_list_sha256:
             raise InvalidParameter(
@@ -830,16 +830,18 @@ class GatewayService:
         except ValueError as exc:
             log.error("approvals unreadable, every upstream tool is withheld: %s", exc)
             approval = None
-        return compare({n: tool_sha256(t.model_dump(by_alias=True, mode="json")) for n, t in listing.tools.items()},
-                       approval)
+        return compare(listing.digests, approval)
 
     def _observe_listing(self, server: str, tenant: str, listing: Listing) -> None:
         """Each listing of an upstream server (on the hub's thread): a tool set that differs
-        from the approved one is audited (``tool_definition_changed``) and counted, once per
-        sandbox and tool set."""
+        from the approved one is audited (``tool_definition_changed``) and counted, once for
+        each tenant until its listing differs again (or matches the approval in between)."""
         drift = self._drift(server, listing)
         key = (server, tenant)
-        if drift.clean or self._drift_seen.get(key) == drift.tools_list_sha256:
+        if drift.clean:
+            self._drift_seen.pop(key, None)
+            return
+        if self._drift_seen.get(key) == drift.tools_list_sha256:
             return
         self._drift_seen[key] = drift.tools_list_sha256
         UPSTREAM_TOOL_CHANGES.labels(server).inc()

@@ -229,7 +229,7 @@ UPSTREAM_CALLS = Counter(
 UPSTREAM_TOOL_CHANGES = Counter(
     "mcp_upstream_tool_definition_changes_total",
     "Listings of an upstream MCP server whose tools differ from the approved definitions (each new "
-    "tools_list_sha256 once per sandbox), by server: a rug pull, or an upgrade awaiting approval.",
+    "tools_list_sha256 once per tenant), by server: a rug pull, or an upgrade awaiting approval.",
     ["server"],
 )
 

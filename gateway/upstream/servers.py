@@ -66,6 +66,7 @@ from gateway.models import ExecutionPlan
 from gateway.observability.metrics import UPSTREAM_RUNNING, UPSTREAM_STARTS
 from gateway.tasks import TaskManager
 from gateway.tasks.workspaces import WorkspaceManager
+from gateway.upstream.pins import tool_sha256
 
 __all__ = ["TOOL_NAME_PATTERN", "Listing", "UpstreamHub", "exposed_name", "split_name"]
 
@@ -75,7 +76,7 @@ log = logging.getLogger("gateway.upstream")
 TOOL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,128}\Z")
 SEPARATOR = "__"
 _MAX_LINE_BYTES = 16 << 20  # one JSON-RPC message from a server, at most (more stops it)
-_MAX_PENDING = 1024  # messages read but not yet taken by the session (more stops the server)
+_MAX_PENDING = 256  # messages read but not yet taken by the session (more stops the server)
 _STDERR_KEPT = 4096  # bytes of a server's stderr kept for the failure message
 _BACKOFF_FIRST_S = 1.0
 _BACKOFF_MAX_S = 60.0
@@ -98,9 +99,11 @@ def split_name(name: str) -> tuple[str, str] | None:
 
 @dataclass(frozen=True)
 class Listing:
-    """A server's tools as listed now: ``tools`` by upstream name (the SDK's ``Tool``)."""
+    """A server's tools as listed now: ``tools`` by upstream name (the SDK's ``Tool``), and
+    ``digests``, each tool's pinned-definition digest (``pins.tool_sha256``)."""
 
     tools: Mapping[str, types.Tool]
+    digests: Mapping[str, str]
 
 
 #: ``on_listing(server, tenant, listing)``: called (on the hub's thread; quick, no raise)
@@ -203,6 +206,9 @@ class UpstreamHub:
                 why; ``details.retry_after_s`` while its backoff lasts).
             RateLimited (4290): ``max_upstream_instances`` run and none is idle.
         """
+        running = self._instances.get((server, tenant))  # a read from another thread: the fast path
+        if running is not None and running.ready.is_set() and not running.ended.is_set() and running.listing:
+            return running.listing
         instance = self._call(self._ready, server, tenant)
         assert instance.listing is not None
         return instance.listing
@@ -526,7 +532,7 @@ async def _list_tools(session: ClientSession, server: str) -> Listing:
             tools[tool.name] = tool
         cursor = page.next_cursor
         if not cursor:
-            return Listing(tools)
+            return Listing(tools, {n: tool_sha256(t.model_dump(by_alias=True, mode="json")) for n, t in tools.items()})
     raise ValueError("the server's tool list has more than 1000 pages")
 
 

@@ -57,6 +57,7 @@ TABLES: dict[str, tuple[str, ...]] = {
                   r"^policy decision, (wasm|embedded) engine \(median, normal inputs\) +\|", r"^plot: .*latency\.png$"),
     "replicas.py": (r"^replicas \| limits \| requests/s \| p50 ms \| p99 ms \| cost per call",
                     r"^ +2 \| shared \| +\d+ \| +[\d.]+ \| +[\d.]+ \| [+-][\d.]+ ms"),
+    "mcp_upstream.py": (r"^direct stdio +\| +[\d.]+ \| +[\d.]+ \| +1\.00", r"^gateway /mcp +\| +[\d.]+ \| +[\d.]+ \|"),
     "sandbox_spawn.py": (r"^sandbox\.run +median_ms=[\d.]+ p99_ms=[\d.]+",
                          r"^throughput sandbox\.run +concurrency=\d+ sandboxes_per_s=\d+"),
     "spawn_steps.py": (r"^shim +median_ms=[\d.]+", r"^step netns +median_ms=[\d.]+"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -36,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.auth.apikeys import hash_api_key, new_api_key
 from tests.conftest import GATEWAY_BIN, REPO, GatewayProcess, start_gateway, wait_until
+from tests.egress_hosts import HELLO, EgressHosts
 
 SERVER_DIR = REPO / "tests" / "e2e" / "upstream"
 SITE_PACKAGES = next(p for p in (REPO / ".venv" / "lib").glob("python3*/site-packages"))
@@ -148,7 +150,7 @@ def test_tools_are_withheld_until_approved_then_served_under_the_prefix(gateway:
     [refused] = call(gateway, keys["alice"], ("probe__echo", {"text": "hi"}))
     assert error_code(refused) == 3005 and "never approved" in refused.content[0].text
     [seen] = events(gateway, event_type="tool_definition_changed", upstream_server="probe", tenant="acme")
-    assert "tools_list_sha256_old" not in seen and seen["tools_changed"].startswith("added:big,connect,crash,echo")
+    assert "tools_list_sha256_old" not in seen and seen["tools_changed"].startswith("added:big,connect,crash,echo,fetch")
 
     review = subprocess.run([str(GATEWAY_BIN), "mcp", "tools", "probe", "--url", gateway.http_url, "--output", "json"],
                             env={"PATH": "/usr/bin:/bin", "MCP_GATEWAY_TOKEN": keys["ops"]}, capture_output=True,
@@ -160,7 +162,7 @@ def test_tools_are_withheld_until_approved_then_served_under_the_prefix(gateway:
     assert denied.returncode == 3 and "error 1003" in denied.stderr
     done = approve(gateway, keys["ops"])
     assert done.returncode == 0, done.stderr
-    assert "approved 10 tools of probe" in done.stdout
+    assert "approved 11 tools of probe" in done.stdout
     approvals = gateway.state_dir / "mcp-approvals.json"
     assert approvals.stat().st_mode & 0o777 == 0o600
     [audited] = events(gateway, event_type="tools_approved", principal="ops")
@@ -350,3 +352,46 @@ def test_a_crashed_server_is_started_again_after_its_backoff(approved: GatewayPr
         assert error_code(again) == 5003
         time.sleep(0.5)
     assert text(again) == "acme-secret"  # the workspace outlives the sandbox
+
+
+# -- a restricted server: its own allow-list through the egress proxy -----------------------
+
+
+@pytest.fixture(scope="module")
+def egress_hosts(state_root: Path) -> Iterator[EgressHosts]:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("the restricted network needs root and iproute2 (scripts/setup.sh --test installs it)")
+    hosts = EgressHosts.start(Path(tempfile.mkdtemp(prefix="upstream-egress-", dir=state_root)))
+    yield hosts
+    hosts.stop()
+
+
+def test_a_restricted_server_reaches_only_its_allow_list(state_root: Path, egress_hosts: EgressHosts,
+                                                         keys: dict[str, str]) -> None:
+    state = Path(tempfile.mkdtemp(prefix="upstream-web-", dir=state_root))
+    policy = state / "policies"
+    shutil.copytree(REPO / "policies", policy)
+    data = json.loads((policy / "data.json").read_text())
+    data["mcp"]["config"]["tools"]["allowed"] = {"web__*": True}
+    (policy / "data.json").write_text(json.dumps(data))
+    config = {"auth": {"api_keys": [{"hash": hash_api_key(keys["alice"]), "principal": "alice", "tenant": "acme",
+                                     "roles": ["user"], "scopes": ALL + ["policy:admin"]}]},
+              "egress": {"allow_networks": [egress_hosts.network], "static_hosts": egress_hosts.names},
+              "mcp": {"servers": {"web": {
+                  "command": "/usr/bin/python3", "args": [str(SERVER_DIR / "server.py")],
+                  "env": {"PYTHONPATH": str(SITE_PACKAGES)}, "ro_paths": [str(SERVER_DIR), str(SITE_PACKAGES)],
+                  "network": "restricted", "allowed_hosts": ["allowed.test"], "startup_timeout_s": 60}}}}
+    (state / "gw.yaml").write_text(yaml.safe_dump(config))
+    gw = start_gateway(state / "var", "--config", str(state / "gw.yaml"), "--policy-dir", str(policy), dev=False)
+    try:
+        assert approve(gw, keys["alice"], "web").returncode == 0
+        allowed, other, direct = call(gw, keys["alice"], ("web__fetch", {"url": "http://allowed.test/hello.txt"}),
+                                      ("web__fetch", {"url": "http://other.test/hello.txt"}),
+                                      ("web__connect", {"host": egress_hosts.allowed_ip, "port": 80}))
+        assert text(allowed) == HELLO.decode()
+        assert text(other).startswith("refused")
+        assert text(direct).startswith("refused")  # around the proxy: no route out
+        [denied] = wait_until(lambda: events(gw, event_type="egress_denied", upstream_server="web"), timeout_s=10)
+        assert denied["egress_host"] == "other.test" and denied["tenant"] == "acme"
+    finally:
+        assert gw.stop() == 0

@@ -9,6 +9,8 @@ import json
 import os
 import socket
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ def tools() -> list[types.Tool]:
         _tool("echo", echo, text, output=True),
         _tool("read_path", "Read a file, or list a directory.", {"path": {"type": "string"}}),
         _tool("connect", "Open a TCP connection.", {"host": {"type": "string"}, "port": {"type": "integer"}}),
+        _tool("fetch", "GET a URL (through HTTP_PROXY when the sandbox sets one).", {"url": {"type": "string"}}),
         _tool("whoami", "Who and where the server runs.", {}),
         _tool("remember", "Keep a value.", text),
         _tool("recall", "The value kept.", {}),
@@ -72,6 +75,12 @@ async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.Call
             socket.create_connection((args["host"], args["port"]), timeout=3).close()
             return _text("connected")
         except OSError as exc:
+            return _text(f"refused: {exc}")
+    if name == "fetch":
+        try:
+            with urllib.request.urlopen(args["url"], timeout=10) as answer:
+                return _text(answer.read().decode(errors="replace"))
+        except (OSError, urllib.error.URLError) as exc:
             return _text(f"refused: {exc}")
     if name == "whoami":
         return _text({"uid": os.getuid(), "env": dict(os.environ), "cwd": os.getcwd(),
