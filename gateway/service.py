@@ -48,7 +48,7 @@ from gateway import __version__, files
 from gateway.admission import PrincipalSlots
 from gateway.audit.log import AuditError, AuditLog, args_sha256, clip, redact_command
 from gateway.auth import AuthFailure, Authenticator, Credentials
-from gateway.config import RateLimit, Settings
+from gateway.config import RateLimit, Settings, UpstreamServerSettings
 from gateway.egress.allowlist import AllowList
 from gateway.errors import (
     CommandDenied,
@@ -106,7 +106,7 @@ from gateway.tasks import TaskManager, TaskStore
 from gateway.tasks.store import TaskQuery, TaskQuota
 from gateway.tasks.workspaces import WORKSPACE_ID_PATTERN, WorkspaceManager
 from gateway.upstream.pins import Approvals, ToolDrift, compare
-from gateway.upstream.results import cap_result, redact_result, result_bytes
+from gateway.upstream.results import cap_result, redact_result, result_bytes, served_result
 from gateway.upstream.servers import Listing, UpstreamHub, exposed_name, split_name
 
 __all__ = ["FileContent", "GatewayService", "HealthInfo", "PAGE_TOKEN_PATTERN", "TASK_ID_PATTERN", "TaskPage",
@@ -198,7 +198,8 @@ class GatewayService:
         # The gateway's own files: never bound into a sandbox, whatever policy grants.
         self._own_paths = frozenset(
             os.path.abspath(p)
-            for p in (settings.state_dir, settings.workspace_root, settings.policy_dir, settings.audit_path)
+            for p in (settings.state_dir, settings.workspace_root, settings.policy_dir, settings.audit_path,
+                      settings.mcp_approvals_path)
         )
         self._policy = policy
         self._store = store
@@ -210,8 +211,10 @@ class GatewayService:
         self._in_flight = PrincipalSlots(settings.admission.principal_in_flight)
         self._readiness: dict[str, Any] | None = None
         self._approvals = Approvals(settings.mcp_approvals_path)
+        own_real = {os.path.realpath(p) for p in self._own_paths}
         for name, server in settings.mcp.servers.items():
-            exposed = [p for p in server.ro_paths if any(_within(p, o) or _within(o, p) for o in self._own_paths)]
+            exposed = [p for p in server.ro_paths if any(_within(os.path.realpath(p), o) or
+                                                         _within(o, os.path.realpath(p)) for o in own_real)]
             if exposed:
                 raise ValueError(f"mcp.servers.{name}.ro_paths: {', '.join(exposed)} would expose the gateway's "
                                  "own state or policy")
@@ -641,7 +644,8 @@ class GatewayService:
             if isinstance(listing, GatewayError):
                 log.warning("upstream MCP server %s left out of tools/list: %s", server, listing.message)
                 continue
-            offered += [listing.tools[name].model_copy(update={"name": exposed_name(server, name)})
+            # Only the pinned fields are served: _meta (free-form, unpinned) stays behind.
+            offered += [listing.tools[name].model_copy(update={"name": exposed_name(server, name), "meta": None})
                         for name in sorted(self._drift(server, listing).approved)]
         return offered
 
@@ -649,13 +653,16 @@ class GatewayService:
                            arguments: dict[str, Any], cancel: threading.Event | None = None) -> dict[str, Any]:
         """Call the upstream tool ``name`` (``<server>__<tool>``) with ``arguments``.
 
-        In order: the ``tools:call`` scope; the tool must be listed now with its approved
-        definition (pinned, ``gateway.upstream.pins``); policy decides (action ``tool.call``,
-        input ``tool: {server, name, arguments, arguments_sha256}``); the server's rate
-        limits (all callers, and this principal); the ``decision`` event is written; then the
-        call, within the server's ``call_timeout_s``, and a ``tool_result`` event. The
-        result comes back redacted (``redact_results``) and cut to ``mcp.max_result_bytes``.
-        Nothing of the caller (credentials, identity) goes upstream.
+        In order: the ``tools:call`` scope; the arguments (JSON without NaN, at most
+        ``limits.max_args_bytes``); policy decides (action ``tool.call``, input ``tool:
+        {server, name, arguments, arguments_sha256}``); if it allows, the server's rate limits
+        (all callers, and this principal), and the tool must be listed now (this may start the
+        tenant's sandbox of the server) with its approved definition (``gateway.upstream.pins``);
+        the ``decision`` event is written (allow or deny, with the refusal's code); then the
+        call, within the server's ``call_timeout_s``, and a ``tool_result`` event with the
+        decision's id. The result comes back without ``_meta``, cut to ``mcp.max_result_bytes``
+        and redacted (``redact_results``). Nothing of the caller (credentials, identity) goes
+        upstream. Setting ``cancel`` (the client cancelled) cancels the upstream call.
 
         Returns:
             the MCP ``CallToolResult`` as wire JSON (``content``, ``structuredContent``,
@@ -676,22 +683,16 @@ class GatewayService:
         if settings is None:
             raise InvalidParameter(f"no upstream MCP server serves tool {name!r}", details={"field": "name"})
         try:
-            listing = self._upstream.listing(server, principal.tenant)
-            drift = self._drift(server, listing)
-            if tool not in listing.tools:
-                raise InvalidParameter(f"upstream MCP server {server!r} lists no tool {tool!r}",
-                                       details={"field": "name"})
-            if tool not in drift.approved:
-                why = "changed since it was approved" if tool in drift.changed else "was never approved"
-                raise ToolDenied(
-                    f"tool {name!r} is withheld: its definition {why}; an operator must review it and run "
-                    f"'mcp-gateway mcp approve {server}'",
-                    details={"server": server, "tool": tool, "tools_list_sha256": drift.tools_list_sha256})
-        except GatewayError as exc:
-            UPSTREAM_CALLS.labels(server, str(exc.code)).inc()
-            raise
+            encoded = json.dumps(arguments, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            raise InvalidParameter("arguments hold a number JSON does not have (NaN or Infinity)",
+                                   details={"field": "arguments"}) from None
+        max_bytes = self._settings.limits.max_args_bytes
+        if len(encoded) > max_bytes:  # they are policy input: bounded like a command's arguments
+            raise InvalidParameter(f"arguments are {len(encoded)} bytes as JSON, more than {max_bytes}",
+                                   details={"field": "arguments", "max": max_bytes})
         counts = self._audit.count_call(ctx, principal)  # the call is audited from here on
-        digest = hashlib.sha256(json.dumps(arguments, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        digest = hashlib.sha256(encoded.encode()).hexdigest()
         policy_input = {
             "principal": self._principal_input(principal),
             "action": "tool.call",
@@ -706,18 +707,16 @@ class GatewayService:
             self._audit.emit("decision", ctx, principal, error_code=exc.code, **audit,
                              **self._decision_fields(None, exc.message))
             raise
+        # Only an allowed call may start the server's sandbox (listing): a principal policy
+        # denies cannot make sandboxes, nor push another tenant's idle one out.
         refusal: GatewayError | None = None if decision.allow else _denial(decision)
+        listing: Listing | None = None
         if refusal is None:
             try:
-                who = f"{principal.tenant}/{principal.id}"
-                self._limiter.take([
-                    ((f"mcp-server:{server}", None), RateLimit(requests_per_s=settings.requests_per_s,
-                                                               burst=settings.burst), "upstream_server"),
-                    ((f"mcp-server:{server}", who), RateLimit(requests_per_s=settings.principal_requests_per_s,
-                                                              burst=settings.principal_burst), "upstream_principal"),
-                ])
-            except RateLimited as exc:
-                RATE_LIMITED.labels(exc.details["limit"]).inc()
+                self._take_upstream_tokens(principal, server, settings)
+                listing = self._upstream.listing(server, principal.tenant)
+                self._check_approved(server, tool, listing)
+            except GatewayError as exc:
                 refusal = exc
         self._audit.emit(
             "decision", ctx, principal, error_code=refusal.code if refusal else None,
@@ -726,22 +725,55 @@ class GatewayService:
         if refusal is not None:
             UPSTREAM_CALLS.labels(server, str(refusal.code)).inc()
             raise refusal
+        assert listing is not None
         started = time.monotonic()
         result: dict[str, Any] | None = None
         try:
             called = self._upstream.call_tool(server, principal.tenant, tool, arguments, cancel)
-            result = called.model_dump(by_alias=True, exclude_none=True, mode="json")
+            result = served_result(called.model_dump(by_alias=True, exclude_none=True, mode="json"))
+            # Cut first, then redact (its cost is linear, and bounded this way by the cap), then
+            # cut again: a value of one or two characters comes back as three.
+            structured = listing.tools[tool].output_schema is not None
+            result = cap_result(result, self._settings.mcp.max_result_bytes, structured_required=structured)
             if settings.redact_results:
-                result = redact_result(result)
-            result = cap_result(result, self._settings.mcp.max_result_bytes,
-                                structured_required=listing.tools[tool].output_schema is not None)
+                result = cap_result(redact_result(result), self._settings.mcp.max_result_bytes,
+                                    structured_required=structured)
         except GatewayError as exc:
             UPSTREAM_CALLS.labels(server, str(exc.code)).inc()
-            self._audit_tool_result(ctx, principal, server, started, error=exc)
+            self._audit_tool_result(ctx, principal, server, decision, started, error=exc)
             raise
         UPSTREAM_CALLS.labels(server, "ok").inc()
-        self._audit_tool_result(ctx, principal, server, started, result=result)
+        self._audit_tool_result(ctx, principal, server, decision, started, result=result)
         return result
+
+    def _take_upstream_tokens(self, principal: Principal, server: str, settings: UpstreamServerSettings) -> None:
+        """One token of ``server``'s bucket (all callers) and of the principal's on it;
+        RateLimited (4290, ``details.limit`` ``upstream_server`` / ``upstream_principal``)."""
+        who = f"{principal.tenant}/{principal.id}"
+        try:
+            self._limiter.take([
+                ((f"mcp-server:{server}", None), RateLimit(requests_per_s=settings.requests_per_s,
+                                                           burst=settings.burst), "upstream_server"),
+                ((f"mcp-server:{server}", who), RateLimit(requests_per_s=settings.principal_requests_per_s,
+                                                          burst=settings.principal_burst), "upstream_principal"),
+            ])
+        except RateLimited as exc:
+            RATE_LIMITED.labels(exc.details["limit"]).inc()
+            raise
+
+    def _check_approved(self, server: str, tool: str, listing: Listing) -> None:
+        """InvalidParameter (2001) when ``server`` lists no ``tool``; ToolDenied (3005) when
+        its definition is not the approved one."""
+        if tool not in listing.tools:
+            raise InvalidParameter(f"upstream MCP server {server!r} lists no tool {tool[:128]!r}",
+                                   details={"field": "name"})
+        drift = self._drift(server, listing)
+        if tool not in drift.approved:
+            why = "changed since it was approved" if tool in drift.changed else "was never approved"
+            raise ToolDenied(
+                f"tool {exposed_name(server, tool)!r} is withheld: its definition {why}; an operator must review "
+                f"it and run 'mcp-gateway mcp approve {server}'",
+                details={"server": server, "tool": tool, "tools_list_sha256": drift.tools_list_sha256})
 
     def review_upstream_tools(self, principal: Principal, ctx: RequestContext, server: str) -> dict[str, Any]:
         """What ``mcp-gateway mcp approve`` shows before approving ``server``'s tools: each tool
@@ -805,8 +837,9 @@ class GatewayService:
         """Stop every upstream server's sandbox (shutdown; blocking until they are reaped)."""
         self._upstream.close()
 
-    def _audit_tool_result(self, ctx: RequestContext, principal: Principal, server: str, started: float, *,
-                           result: dict[str, Any] | None = None, error: GatewayError | None = None) -> None:
+    def _audit_tool_result(self, ctx: RequestContext, principal: Principal, server: str, decision: Decision,
+                           started: float, *, result: dict[str, Any] | None = None,
+                           error: GatewayError | None = None) -> None:
         """The ``tool_result`` event closing an upstream call whose decision is audited; a
         failing sink keeps it for later (deferred) and the caller still gets the result."""
         if error is not None:
@@ -817,6 +850,7 @@ class GatewayService:
         try:
             self._audit.emit(
                 "tool_result", ctx, principal, defer=True, upstream_server=server, status=status,
+                decision_id=decision.decision_id,
                 duration_ms=int((time.monotonic() - started) * 1000), error_code=error.code if error else None,
                 response_bytes=result_bytes(result) if result is not None else None)
         except AuditError as exc:

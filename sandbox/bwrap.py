@@ -22,7 +22,11 @@ The recipe (bwrap(1) for bubblewrap 0.8.0; design.md section 7):
                            NONE for a non-root caller, which is then loopback-only.
 ``--die-with-parent``      PR_SET_PDEATHSIG=SIGKILL in the sandbox's pid 1 and command.
 ``--new-session``          setsid(): no controlling terminal, so TIOCSTI has no target.
-``--clearenv --setenv``    the environment is exactly base env + spec.env.
+``--clearenv --args FD``   the environment is exactly base env + spec.env: ``--setenv K V``
+                           pairs read from a sealed memfd (``env_args``), never on the
+                           command line, which every host user can read in
+                           /proc/PID/cmdline (an upstream MCP server's secrets, a task's
+                           tokens). Without an env fd (``SpawnFds.env``), ``--setenv`` inline.
 ``--hostname``             private UTS name.
 ``--ro-bind /usr``, root symlinks, ``--proc``, ``--dev`` (a minimal tmpfs /dev: null, zero,
                            full, random, urandom, tty, pts), ``--size N --tmpfs /dev/shm``
@@ -57,7 +61,7 @@ from sandbox.errors import SandboxSetupError
 from sandbox.seccomp import PROFILES
 from sandbox.spec import NetworkMode, SandboxSpec
 
-__all__ = ["BASE_ENV", "ETC_FILES", "SpawnFds", "build_argv", "etc_files", "proxy_env", "validate"]
+__all__ = ["BASE_ENV", "ETC_FILES", "SpawnFds", "build_argv", "env_args", "etc_files", "proxy_env", "validate"]
 
 #: The environment every command starts from (spec.env is layered on top).
 BASE_ENV: Mapping[str, str] = {
@@ -97,6 +101,8 @@ class SpawnFds:
     etc        one readable fd per ``ETC_FILES`` path (``--file``)
     workspace  ``O_PATH`` fd of the workspace (``--bind-fd``, see ``sandbox.mounts``)
     ro_paths, rw_paths  ``O_PATH`` fds, one per spec path, same order
+    env        a readable fd holding ``env_args(spec, proxy_port)`` (``--args``), or None
+               for ``--setenv`` on the command line
     """
 
     seccomp: int
@@ -105,6 +111,7 @@ class SpawnFds:
     workspace: int
     ro_paths: tuple[int, ...] = ()
     rw_paths: tuple[int, ...] = ()
+    env: int | None = None
 
 
 def validate(spec: SandboxSpec) -> None:
@@ -223,11 +230,7 @@ def build_argv(
     if share_net:
         argv.append("--share-net")
     argv += ["--die-with-parent", "--new-session", "--clearenv"]
-    env = {**BASE_ENV, **spec.env}
-    if spec.network is NetworkMode.RESTRICTED and proxy_port is not None:
-        env.update(proxy_env(proxy_port))
-    for key in sorted(env):
-        argv += ["--setenv", key, env[key]]
+    argv += ["--args", str(fds.env)] if fds.env is not None else _setenv(spec, proxy_port)
     argv += ["--hostname", spec.hostname]
     argv += ["--ro-bind", "/usr", "/usr"]
     for link, target in _root_links():
@@ -258,6 +261,19 @@ def build_argv(
     argv.append("--")
     argv += spec.argv
     return argv
+
+
+def env_args(spec: SandboxSpec, proxy_port: int | None = None) -> bytes:
+    """The command's environment as bwrap ``--args`` content: ``--setenv``, key, value, each
+    NUL-terminated (bwrap(1) ``--args FD``). ``proxy_port``: RESTRICTED, as for ``build_argv``."""
+    return b"".join(arg.encode() + b"\0" for arg in _setenv(spec, proxy_port))
+
+
+def _setenv(spec: SandboxSpec, proxy_port: int | None) -> list[str]:
+    env = {**BASE_ENV, **spec.env}
+    if spec.network is NetworkMode.RESTRICTED and proxy_port is not None:
+        env.update(proxy_env(proxy_port))
+    return [arg for key in sorted(env) for arg in ("--setenv", key, env[key])]
 
 
 @functools.lru_cache(maxsize=1)

@@ -56,7 +56,7 @@ from dataclasses import dataclass, replace
 from collections.abc import Callable
 from typing import Any
 
-from sandbox.bwrap import SpawnFds, build_argv, etc_files, validate
+from sandbox.bwrap import SpawnFds, build_argv, env_args, etc_files, validate
 from sandbox.cgroup import CgroupPool, CgroupSlot, CgroupStats
 from sandbox.errors import SandboxSetupError, SandboxUnavailable
 from sandbox.limits import ChildSetup, rlimits_for, spawn
@@ -204,9 +204,12 @@ def run(
             fds.append(etc_fds[path])
         status_r, status_w = os.pipe()
         fds += [status_r, status_w]
+        proxy_port = PROXY_PORT if spec.network is NetworkMode.RESTRICTED else None
+        env_fd = _sealed_memfd("sandbox-env", env_args(spec, proxy_port))  # not in bwrap's cmdline
+        fds.append(env_fd)
         spawn_fds = SpawnFds(
             seccomp=seccomp_fd, status=status_w, etc=etc_fds, workspace=workspace_fd,
-            ro_paths=ro_fds, rw_paths=rw_fds,
+            ro_paths=ro_fds, rw_paths=rw_fds, env=env_fd,
         )
         new_netns = root and spec.network in (NetworkMode.NONE, NetworkMode.RESTRICTED)
         netns_fd = netns.take() if new_netns and netns is not None else None
@@ -241,7 +244,7 @@ def run(
         stdin_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if stdin is None else \
             fcntl.fcntl(stdin, fcntl.F_DUPFD_CLOEXEC, 3)
         fds += [out_r, out_w, err_r, err_w, stdin_fd]
-        passed = [workspace_fd, *ro_fds, *rw_fds, seccomp_fd, *etc_fds.values(), status_w]
+        passed = [workspace_fd, *ro_fds, *rw_fds, seccomp_fd, env_fd, *etc_fds.values(), status_w]
         started = time.monotonic()
         try:
             pid = spawn(argv, (stdin_fd, out_w, err_w), passed, child)

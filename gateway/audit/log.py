@@ -59,15 +59,21 @@ _REQUIRED_BEFORE_CHAIN = frozenset(f.name for f in FIELDS if f.required) - {"seq
 #: Who writes the gateway's own events (checkpoints): no caller, no connection.
 _INTERNAL = {"principal": "mcp-gateway", "tenant": "system", "auth_scheme": "none"}
 
+# Every quantifier before the part a match is replaced in is bounded: each start position
+# then costs O(1), so redacting n characters costs O(n) (unbounded, a long run of word
+# characters made Python's backtracking engine quadratic: 20 kB took over a second, holding
+# the GIL). The price: key names of more than 64 characters around the keyword, and URL
+# user names over 256, are not recognised.
 # key=value / key: value where the key names a secret; the value is replaced.
 _SECRET_KV = re.compile(
-    r"(?i)\b([\w.-]*(?:passw(?:or)?d|passwd|secret|token|api[_-]?key|apikey|credential|auth)[\w.-]*)"
-    r"(\s*[=:]\s*)((?:(?:bearer|basic|token)\s+)?\S+)"
+    r"(?i)(?<![\w.-])([\w.-]{0,64}?(?:passw(?:or)?d|passwd|secret|token|api[_-]?key|apikey|credential|auth)"
+    r"[\w.-]{0,64}?)(\s{0,8}[=:]\s{0,8})((?:(?:bearer|basic|token)\s{1,8})?\S+)"
 )
 # Flags whose *next* argument is a secret (``--password hunter2``).
-_SECRET_FLAG = re.compile(r"(?i)^--?[\w-]*(?:passw(?:or)?d|secret|token|api[_-]?key|credential)[\w-]*$")
+_SECRET_FLAG = re.compile(
+    r"(?i)^--?[\w-]{0,64}?(?:passw(?:or)?d|secret|token|api[_-]?key|credential)[\w-]{0,64}$")
 # Credentials embedded in URLs (``https://user:pw@host``) and bearer tokens.
-_URL_CREDS = re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^/\s:@]+:)[^@\s/]+@")
+_URL_CREDS = re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]{0,31}://[^/\s:@]{1,256}:)[^@\s/]{1,256}@")
 _BEARER = re.compile(r"(?i)\b(bearer\s+)\S+")
 
 

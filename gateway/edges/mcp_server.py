@@ -81,6 +81,7 @@ from gateway.edges.rest import (
 )
 from gateway.errors import (
     AuthError,
+    DependencyUnavailable,
     GatewayError,
     InternalError,
     InvalidFormat,
@@ -335,6 +336,7 @@ TOOLS: tuple[Tool, ...] = (
          FileDeletedResult, "files:write", read_only=False, destructive=True),
 )
 _BY_NAME = {tool.name: tool for tool in TOOLS}
+_LIST_PAGE_BYTES = 256 << 10  # one tools/list page with upstream tools, at most (but one tool)
 
 
 # -- encoding ------------------------------------------------------------------------------
@@ -454,6 +456,7 @@ class McpEdge:
             session_idle_timeout=settings.mcp.session_idle_timeout_s, max_sessions=settings.mcp.max_sessions,
         )
         MCP_SESSIONS.set_function(lambda: len(self.open_sessions()))
+        self.serving = False  # between run()'s start and its end
 
     def open_sessions(self) -> frozenset[str]:
         """The ids of the sessions the SDK holds open now (its manager keeps no public list)."""
@@ -461,17 +464,39 @@ class McpEdge:
 
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[None]:
-        """Serve sessions while the context is open (once per instance)."""
+        """Serve sessions while the context is open (once per instance); once it closes,
+        requests get 503 (the gateway is stopping) instead of reaching a stopped manager."""
         async with self.sessions.run():
-            yield
+            self.serving = True
+            try:
+                yield
+            finally:
+                self.serving = False
 
     async def _list_tools(self, ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         """The gateway's tools, then the upstream servers' approved ones (``<server>__<tool>``)."""
         if not self._service.has_upstream:
             return self._tools
         request, principal = _caller(ctx)
+        start = 0
+        if params is not None and params.cursor is not None:
+            if not params.cursor.isdigit() or len(params.cursor) > 6:
+                raise MCPError(code=types.INVALID_PARAMS, message="invalid cursor")
+            start = int(params.cursor)
         upstream = await asyncio.to_thread(self._service.upstream_tools, principal, request.scope[_CONTEXT_KEY])
-        return types.ListToolsResult(tools=[*self._tools.tools, *upstream])
+        tools = [*self._tools.tools, *upstream]
+        # Pages of at most _LIST_PAGE_BYTES (a page holds one tool at least): clients cap the
+        # size of one message (the SDK's SSE reader at 1 MiB), and servers may list many tools.
+        page: list[types.Tool] = []
+        size = 0
+        for tool in tools[start:]:
+            weight = len(tool.model_dump_json(by_alias=True, exclude_none=True))
+            if page and size + weight > _LIST_PAGE_BYTES:
+                break
+            page.append(tool)
+            size += weight
+        end = start + len(page)
+        return types.ListToolsResult(tools=page, next_cursor=str(end) if end < len(tools) else None)
 
     async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         tool = _BY_NAME.get(params.name)
@@ -782,6 +807,10 @@ class McpHttpApp:
                     self._admit_session(principal)
         except GatewayError as exc:
             await self._refusal(request, exc)(scope, receive, send)
+            return
+        if not self._edge.serving:  # stopping: the session manager has ended
+            error = DependencyUnavailable("the gateway is shutting down; retry on another replica")
+            await self._refusal(request, error)(scope, receive, send)
             return
         scope["user"] = AuthenticatedUser(AccessToken(
             token="", client_id=f"{principal.tenant}/{principal.id}", scopes=list(principal.scopes),

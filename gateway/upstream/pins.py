@@ -3,11 +3,11 @@ server's tools now compare with it.
 
 ``mcp-gateway mcp approve <server>`` records, per tool, the SHA-256 of its definition: the
 canonical JSON (RFC 8785 style: sorted keys, no whitespace, UTF-8) of the tool's ``name``,
-``title``, ``description``, ``inputSchema``, ``outputSchema`` and ``annotations`` as the
-server lists them (MCP ``Tool``, schema 2025-11-25). Those are everything a model reads
-when it picks a tool, so a server that later changes any of them (a "rug pull": the same
-name, a new description that asks the model to read ``~/.ssh``) no longer matches, and the
-gateway withholds that tool until it is approved again.
+``title``, ``description``, ``inputSchema``, ``outputSchema``, ``annotations``, ``icons`` and
+``execution`` as the server lists them (MCP ``Tool``, schema 2025-11-25): every field the
+gateway serves (it drops ``_meta``). A server that later changes any of them (a "rug pull":
+the same name, a new description that asks the model to read ``~/.ssh``) no longer
+matches, and the gateway withholds that tool until it is approved again.
 
 The approvals file (``<state_dir>/mcp-approvals.json``, mode 0600, written atomically) is::
 
@@ -34,8 +34,9 @@ from typing import Any
 
 __all__ = ["Approvals", "ServerApproval", "ToolDrift", "compare", "tool_sha256", "tools_list_sha256"]
 
-#: The parts of a tool definition a pin covers (MCP ``Tool`` keys, camelCase as on the wire).
-PINNED_KEYS = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
+#: The parts of a tool definition a pin covers (MCP ``Tool`` keys, camelCase as on the wire):
+#: all of them but ``_meta``, which the gateway does not serve.
+PINNED_KEYS = ("name", "title", "description", "inputSchema", "outputSchema", "annotations", "icons", "execution")
 _VERSION = 1
 
 

@@ -12,7 +12,10 @@ from typing import Any
 
 from gateway.audit.log import redact_text
 
-__all__ = ["cap_result", "redact_result", "result_bytes"]
+__all__ = ["cap_result", "redact_result", "result_bytes", "served_result"]
+
+#: The keys of a result the gateway passes on (``_meta`` and anything else stay behind).
+SERVED_KEYS = ("content", "structuredContent", "isError")
 
 _NOTE_BYTES = 200  # room for the note that says a result was cut
 
@@ -20,6 +23,12 @@ _NOTE_BYTES = 200  # room for the note that says a result was cut
 def result_bytes(body: Any) -> int:
     """Size of ``body`` as compact JSON text, bytes."""
     return len(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def served_result(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with only :data:`SERVED_KEYS`: an upstream server's ``_meta`` (free-form,
+    unbounded by anything a client checks) never reaches the caller."""
+    return {k: body[k] for k in SERVED_KEYS if k in body}
 
 
 def redact_result(body: Any) -> Any:
@@ -34,7 +43,7 @@ def redact_result(body: Any) -> Any:
 
 
 def cap_result(body: dict[str, Any], max_bytes: int, *, structured_required: bool) -> dict[str, Any]:
-    """``body`` cut to at most ``max_bytes``: unchanged when it fits. Else its
+    """``body`` (a :func:`served_result`) cut to at most ``max_bytes``: unchanged when it fits. Else its
     ``structuredContent`` goes (it cannot be cut and stay valid), and then whole content
     blocks from the end, the last text block kept in part, followed by a text block saying
     what was cut. When ``structured_required`` (the tool declares an ``outputSchema``, and a
@@ -42,8 +51,7 @@ def cap_result(body: dict[str, Any], max_bytes: int, *, structured_required: boo
     size = result_bytes(body)
     if size <= max_bytes:
         return body
-    budget = max_bytes - _NOTE_BYTES - result_bytes({k: v for k, v in body.items() if k not in
-                                                     ("content", "structuredContent")})
+    budget = max_bytes - _NOTE_BYTES - len('{"content":[],"isError":true}')
     kept: list[Any] = []
     for block in body.get("content") or []:
         weight = result_bytes(block) + 1
@@ -61,7 +69,7 @@ def cap_result(body: dict[str, Any], max_bytes: int, *, structured_required: boo
             if cut:
                 kept.append({**block, "text": cut})
         break
-    cut_body = {k: v for k, v in body.items() if k != "structuredContent"}
+    cut_body: dict[str, Any] = {"isError": body["isError"]} if "isError" in body else {}
     kept.append({"type": "text", "text": f"[mcp-gateway: the result ({size} bytes) was cut to fit "
                                          f"mcp.max_result_bytes ({max_bytes})]"})
     cut_body["content"] = kept

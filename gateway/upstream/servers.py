@@ -52,12 +52,14 @@ import anyio
 import mcp_types as types
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from mcp.client.session import ClientSession
+from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from mcp_types import jsonrpc_message_adapter
 from pydantic import ValidationError
 
 import sandbox
 from gateway import __version__
+from gateway.audit.log import redact_text
 from gateway.config import UpstreamServerSettings
 from gateway.egress.allowlist import AllowList
 from gateway.egress.proxy import Denial, EgressTask
@@ -82,6 +84,9 @@ _BACKOFF_FIRST_S = 1.0
 _BACKOFF_MAX_S = 60.0
 _REAP_EVERY_S = 1.0
 _STOP_WAIT_S = 10.0
+_MAX_TOOLS = 256  # tools one server may list (its listing goes into every tools/list answer)
+_MAX_TOOL_BYTES = 64 << 10  # one tool's definition as JSON, at most
+_ERROR_CHARS = 512  # of an upstream JSON-RPC error message, passed on to the caller
 _CANCEL_POLL_S = 0.05  # how often a waiting call looks at its cancel event, seconds
 
 
@@ -171,6 +176,7 @@ class UpstreamHub:
         self._portal_cm: Any = None
         self._portal: BlockingPortal | None = None
         self._reaper: Any = None
+        self._start_lock = asyncio.Lock()  # binds to the hub's loop on first use
 
     # -- life of the hub ------------------------------------------------------------
 
@@ -266,22 +272,28 @@ class UpstreamHub:
     # -- on the hub's loop ------------------------------------------------------------
 
     async def _ready(self, server: str, tenant: str) -> _Instance:
+        """``tenant``'s running instance of ``server``, started when there is none, once it
+        has listed its tools. Starts are serialised (``_start_lock``): two callers of one
+        (server, tenant) get the one instance, and ``max_instances`` holds."""
         settings = self.servers[server]
         key = (server, tenant)
-        instance = self._instances.get(key)
-        if instance is None or instance.ended.is_set():
-            backoff = self._backoff.get(key)
-            now = time.monotonic()
-            if backoff is not None and now < backoff.until:
-                raise DependencyUnavailable(
-                    f"upstream MCP server {server!r} failed ({backoff.error}); next start in "
-                    f"{math.ceil(backoff.until - now)} s",
-                    details={"server": server, "retry_after_s": math.ceil(backoff.until - now)})
-            await self._make_room()
-            instance = _Instance(server, tenant, settings)
-            self._instances[key] = instance
-            # Its own context: the instance outlives the call that started it (and its log fields).
-            instance.task = asyncio.create_task(self._run(instance), context=contextvars.Context())
+        async with self._start_lock:
+            instance = self._instances.get(key)
+            if instance is None or instance.ended.is_set() or instance.cancel.is_set():
+                backoff = self._backoff.get(key)
+                now = time.monotonic()
+                if backoff is not None and now < backoff.until:
+                    wait_s = math.ceil(backoff.until - now)
+                    raise DependencyUnavailable(
+                        f"upstream MCP server {server!r} failed to start or stopped; next start in {wait_s} s",
+                        details={"server": server, "retry_after_s": wait_s})
+                if instance is not None:  # stopping: its successor starts once it is gone
+                    await instance.ended.wait()
+                await self._make_room()
+                instance = _Instance(server, tenant, settings)
+                self._instances[key] = instance
+                # Its own context: the instance outlives the call that started it (and its log fields).
+                instance.task = asyncio.create_task(self._run(instance), context=contextvars.Context())
         instance.last_used = time.monotonic()
         try:
             await asyncio.wait_for(_either(instance.ready, instance.ended), settings.startup_timeout_s)
@@ -289,7 +301,8 @@ class UpstreamHub:
             self._stop(instance, f"no tool list within startup_timeout_s ({settings.startup_timeout_s:g} s)")
             await instance.ended.wait()
         if not instance.ready.is_set() or instance.ended.is_set():
-            raise DependencyUnavailable(f"upstream MCP server {server!r} did not start: {instance.error}",
+            # The reason (stderr, paths) is the operator's: logged, not told to the caller.
+            raise DependencyUnavailable(f"upstream MCP server {server!r} did not start (the gateway's log says why)",
                                         details={"server": server})
         return instance
 
@@ -312,18 +325,24 @@ class UpstreamHub:
                 if not answered:
                     call.cancel()
                     call.add_done_callback(_retrieve)
-            if not answered:  # the server ended first
-                raise DependencyUnavailable(f"upstream MCP server {server!r} stopped during the call: "
-                                            f"{instance.error}", details={"server": server})
+            if not answered:  # the server ended first (why is logged, not told the caller)
+                raise DependencyUnavailable(f"upstream MCP server {server!r} stopped during the call",
+                                            details={"server": server})
             result: types.CallToolResult = call.result()
         except TimeoutError:
             raise DependencyUnavailable(f"upstream MCP server {server!r} did not answer within {timeout_s:g} s",
                                         details={"server": server, "timeout_s": timeout_s}) from None
         except DependencyUnavailable:
             raise
-        except Exception as exc:  # the SDK's MCPError (a JSON-RPC error), a closed stream, bad output
-            raise DependencyUnavailable(f"upstream MCP server {server!r} failed the call: {exc}",
-                                        details={"server": server}) from exc
+        except MCPError as exc:  # a JSON-RPC error: the server's own words, cut (the caller sees them)
+            text = redact_text(exc.error.message[:_ERROR_CHARS]) if instance.settings.redact_results \
+                else exc.error.message[:_ERROR_CHARS]
+            raise DependencyUnavailable(f"upstream MCP server {server!r} answered error {exc.error.code}: {text}",
+                                        details={"server": server, "upstream_code": exc.error.code}) from None
+        except Exception as exc:  # a closed stream, output that does not fit the result's schema
+            log.warning("upstream MCP server %s (tenant %s) failed a call: %s", server, tenant, _reason(exc))
+            raise DependencyUnavailable(f"upstream MCP server {server!r} failed the call",
+                                        details={"server": server}) from None
         finally:
             instance.in_flight -= 1
             instance.last_used = time.monotonic()
@@ -333,18 +352,24 @@ class UpstreamHub:
         return result
 
     async def _make_room(self) -> None:
-        """Stop the least recently used idle instance when ``max_instances`` run."""
-        live = [i for i in self._instances.values() if not i.ended.is_set()]
-        if len(live) < self._max_instances:
-            return
-        idle = [i for i in live if i.in_flight == 0]
-        if not idle:
-            raise RateLimited(f"all {self._max_instances} upstream MCP server sandboxes are busy",
-                              retry_after_s=1, details={"limit": "upstream_instances"})
-        oldest = min(idle, key=lambda i: i.last_used)
-        oldest.clean_stop = True
-        self._stop(oldest, "stopped to make room for another server")
-        await oldest.ended.wait()
+        """With ``_start_lock`` held: wait until fewer than ``max_instances`` run, stopping
+        the least recently used idle instance for each one too many (RateLimited, 4290, when
+        none is idle)."""
+        while True:
+            live = [i for i in self._instances.values() if not i.ended.is_set()]
+            if len(live) < self._max_instances:
+                return
+            stopping = [i for i in live if i.cancel.is_set()]
+            if not stopping:
+                idle = [i for i in live if i.in_flight == 0]
+                if not idle:
+                    raise RateLimited(f"all {self._max_instances} upstream MCP server sandboxes are busy",
+                                      retry_after_s=1, details={"limit": "upstream_instances"})
+                oldest = min(idle, key=lambda i: i.last_used)
+                oldest.clean_stop = True
+                self._stop(oldest, "stopped to make room for another server")
+                stopping = [oldest]
+            await stopping[0].ended.wait()
 
     async def _run(self, instance: _Instance) -> None:
         """One instance from start to end (see the module docstring)."""
@@ -380,7 +405,7 @@ class UpstreamHub:
                 try:
                     await self._converse(instance, messages, outgoing)
                 except Exception as exc:
-                    self._stop(instance, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                    self._stop(instance, _reason(exc))
                 group.cancel_scope.cancel()
         finally:
             self._stop(instance, instance.error or "stopped")
@@ -517,15 +542,26 @@ def _plan(settings: UpstreamServerSettings) -> ExecutionPlan:
     )
 
 
+def _reason(exc: BaseException) -> str:
+    """``exc`` as one line for the log, an exception group by its first member."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 async def _list_tools(session: ClientSession, server: str) -> Listing:
     """Every page of ``tools/list``; ValueError when a name repeats or cannot be served."""
     tools: dict[str, types.Tool] = {}
     cursor: str | None = None
-    for _ in range(1000):
+    for _ in range(_MAX_TOOLS + 1):  # every page but the last lists a tool at least, or the loop ends
         page = await session.list_tools(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
         for tool in page.tools:
             if tool.name in tools:
-                raise ValueError(f"the server lists tool {tool.name!r} twice")
+                raise ValueError(f"the server lists tool {tool.name[:64]!r} twice")
+            if len(tools) == _MAX_TOOLS:
+                raise ValueError(f"the server lists more than {_MAX_TOOLS} tools")
+            if len(tool.model_dump_json(by_alias=True, exclude_none=True)) > _MAX_TOOL_BYTES:
+                raise ValueError(f"tool {tool.name[:64]!r}'s definition is over {_MAX_TOOL_BYTES} bytes")
             if not TOOL_NAME_PATTERN.match(exposed_name(server, tool.name)):
                 raise ValueError(f"tool {tool.name[:64]!r} cannot be served as {server}__<tool> "
                                  "(1-128 of A-Z a-z 0-9 _ - .)")
@@ -533,7 +569,7 @@ async def _list_tools(session: ClientSession, server: str) -> Listing:
         cursor = page.next_cursor
         if not cursor:
             return Listing(tools, {n: tool_sha256(t.model_dump(by_alias=True, mode="json")) for n, t in tools.items()})
-    raise ValueError("the server's tool list has more than 1000 pages")
+    raise ValueError(f"the server's tool list has more than {_MAX_TOOLS + 1} pages")
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

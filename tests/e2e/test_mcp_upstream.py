@@ -128,6 +128,14 @@ def approve(gateway: GatewayProcess, key: str, server: str = "probe") -> subproc
                           timeout=120)
 
 
+def _readable(path: Path) -> bool:
+    try:
+        path.read_bytes()
+        return True
+    except OSError:
+        return False
+
+
 def events(gateway: GatewayProcess, **match: Any) -> list[dict[str, Any]]:
     return [e for e in gateway.audit_events() if all(e.get(k) == v for k, v in match.items())]
 
@@ -150,7 +158,7 @@ def test_tools_are_withheld_until_approved_then_served_under_the_prefix(gateway:
     [refused] = call(gateway, keys["alice"], ("probe__echo", {"text": "hi"}))
     assert error_code(refused) == 3005 and "never approved" in refused.content[0].text
     [seen] = events(gateway, event_type="tool_definition_changed", upstream_server="probe", tenant="acme")
-    assert "tools_list_sha256_old" not in seen and seen["tools_changed"].startswith("added:big,connect,crash,echo,fetch")
+    assert "tools_list_sha256_old" not in seen and seen["tools_changed"].startswith("added:big,connect,crash,echo,fail,fetch")
 
     review = subprocess.run([str(GATEWAY_BIN), "mcp", "tools", "probe", "--url", gateway.http_url, "--output", "json"],
                             env={"PATH": "/usr/bin:/bin", "MCP_GATEWAY_TOKEN": keys["ops"]}, capture_output=True,
@@ -162,7 +170,7 @@ def test_tools_are_withheld_until_approved_then_served_under_the_prefix(gateway:
     assert denied.returncode == 3 and "error 1003" in denied.stderr
     done = approve(gateway, keys["ops"])
     assert done.returncode == 0, done.stderr
-    assert "approved 11 tools of probe" in done.stdout
+    assert "approved 12 tools of probe" in done.stdout
     approvals = gateway.state_dir / "mcp-approvals.json"
     assert approvals.stat().st_mode & 0o777 == 0o600
     [audited] = events(gateway, event_type="tools_approved", principal="ops")
@@ -173,8 +181,10 @@ def test_tools_are_withheld_until_approved_then_served_under_the_prefix(gateway:
     assert {"probe__echo", "probe__read_path", "probe__whoami"} <= set(tools)
     assert tools["probe__echo"].description == "Echo the text back."
     assert tools["probe__echo"].output_schema is not None
+    assert all(t.meta is None for t in tools.values())  # the servers' unpinned _meta is not served
     [echo] = call(gateway, keys["alice"], ("probe__echo", {"text": "hello"}))
     assert text(echo) == "hello" and echo.structured_content == {"text": "hello"}
+    assert echo.meta is None  # nor a result's
 
 
 def test_without_the_scope_a_call_is_refused_with_403(approved: GatewayProcess, keys: dict[str, str]) -> None:
@@ -217,6 +227,10 @@ def test_the_server_reaches_no_network(approved: GatewayProcess, keys: dict[str,
 def test_no_credential_of_the_caller_or_the_gateway_reaches_the_server(approved: GatewayProcess,
                                                                          keys: dict[str, str]) -> None:
     [who] = call(approved, keys["alice"], ("probe__whoami", {}))
+    # The server's environment reached bwrap through a memfd, not its command line (which
+    # every host user can read).
+    cmdlines = [p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline") if _readable(p)]
+    assert any(b"server.py" in c for c in cmdlines) and not any(b"from-a-secret-file" in c for c in cmdlines)
     seen = json.loads(text(who))
     assert seen["uid"] != 0 and seen["cwd"] == "/workspace" and seen["hostname"] == "sandbox"
     assert seen["env"]["PROBE_SECRET"] == "from-a-secret-file"  # env_files, trailing line break dropped
@@ -271,6 +285,27 @@ def test_results_are_capped_and_redacted(approved: GatewayProcess, keys: dict[st
     assert "hunter2" not in json.dumps(secret.model_dump(by_alias=True)) and "api_key=***" in secret.content[0].text
     assert not secret.is_error and secret.structured_content == {"text": "api_key=*** https://u:***@example.com"}
     assert big.is_error is False  # big declares no output schema: the cut text is still a result
+
+
+def test_bad_arguments_are_refused_before_policy(approved: GatewayProcess, keys: dict[str, str]) -> None:
+    headers = {"Authorization": f"Bearer {keys['alice']}", "Accept": "application/json, text/event-stream",
+               "MCP-Protocol-Version": "2026-07-28", "Content-Type": "application/json"}
+    body = ('{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "probe__echo", '
+            '"arguments": {"text": NaN}}}')
+    answer = httpx2.post(f"{approved.http_url}/mcp", content=body, headers=headers, timeout=30)
+    assert answer.status_code in (200, 400), answer.text
+    if answer.status_code == 200:  # the SDK took NaN: the gateway refuses it, as 2001
+        assert '"code":2001' in answer.text.replace(" ", ""), answer.text
+    [big] = call(approved, keys["alice"], ("probe__echo", {"text": "z" * (70 << 10)}))
+    assert error_code(big) == 2001 and "more than 65536" in big.content[0].text
+
+
+def test_an_upstream_error_reaches_the_caller_cut_and_redacted(approved: GatewayProcess,
+                                                                keys: dict[str, str]) -> None:
+    [failed] = call(approved, keys["alice"], ("probe__fail", {}))
+    assert error_code(failed) == 5003
+    message = failed.structured_content["error"]["message"]
+    assert "password=***" in message and "hunter2" not in message and len(message) < 700
 
 
 def test_a_flood_of_calls_hits_the_rate_limit(approved: GatewayProcess, keys: dict[str, str]) -> None:
@@ -344,14 +379,57 @@ def test_a_crashed_server_is_started_again_after_its_backoff(approved: GatewayPr
                                                              keys: dict[str, str]) -> None:
     [crashed] = call(approved, keys["alice"], ("probe__crash", {}))
     assert error_code(crashed) == 5003
+    seen = [crashed]
     deadline = time.monotonic() + 30
     while True:
         [again] = call(approved, keys["alice"], ("probe__recall", {}))
+        seen.append(again)
         if not again.is_error or time.monotonic() > deadline:
             break
         assert error_code(again) == 5003
         time.sleep(0.5)
     assert text(again) == "acme-secret"  # the workspace outlives the sandbox
+    # The server's stderr (here its secret) goes to the gateway's log, never to a caller.
+    assert not any("from-a-secret-file" in json.dumps(r.model_dump(by_alias=True)) for r in seen)
+    assert "from-a-secret-file" in approved.stderr_path.read_text()
+
+
+def test_sandboxes_never_outnumber_max_upstream_instances(state_root: Path, keys: dict[str, str]) -> None:
+    state = Path(tempfile.mkdtemp(prefix="upstream-cap-", dir=state_root))
+    marker = f"cap-{state.name}"
+    server = {"command": "/usr/bin/python3", "args": [str(SERVER_DIR / "server.py"), marker],
+              "env": {"PYTHONPATH": str(SITE_PACKAGES)}, "ro_paths": [str(SERVER_DIR), str(SITE_PACKAGES)],
+              "startup_timeout_s": 60}
+    config = {"auth": {"api_keys": [{"hash": hash_api_key(keys[n]), "principal": n, "tenant": t, "roles": ["user"],
+                                     "scopes": ALL} for n, t in (("alice", "acme"), ("bob", "beta"))]},
+              "mcp": {"max_upstream_instances": 2, "servers": {"one": server, "two": server, "three": server}}}
+    (state / "gw.yaml").write_text(yaml.safe_dump(config))
+    gw = start_gateway(state / "var", "--config", str(state / "gw.yaml"), dev=False)
+    peak = 0
+
+    def running_servers() -> int:
+        return sum(1 for p in Path("/proc").glob("[0-9]*/cmdline") if _readable(p) and
+                   p.read_bytes().startswith(b"/usr/bin/python3\0") and marker.encode() in p.read_bytes())
+
+    async def lists(key: str) -> None:
+        async with session(gw, key) as client:
+            await client.list_tools()
+
+    async def flood() -> None:
+        nonlocal peak
+        async with anyio.create_task_group() as group:
+            for i in range(6):
+                group.start_soon(lists, keys["alice" if i % 2 else "bob"])
+            for _ in range(40):
+                peak = max(peak, running_servers())
+                await anyio.sleep(0.1)
+    try:
+        anyio.run(flood)
+        assert 0 < running_servers() <= 2 and peak <= 2, peak  # a sandbox ends before its successor starts
+    finally:
+        assert gw.stop() == 0
+    assert running_servers() == 0
+    assert "Traceback" not in gw.stderr_path.read_text()
 
 
 # -- a restricted server: its own allow-list through the egress proxy -----------------------
