@@ -14,6 +14,11 @@ every request to a running gateway's ``/mcp`` (URL default ``$MCP_GATEWAY_URL``,
 http://127.0.0.1:8080; token default ``$MCP_GATEWAY_TOKEN``): see
 :mod:`gateway.edges.mcp_stdio`. Exit status 0 once stdin closes, 2 for bad flags.
 
+``mcp-gateway exec [options] -- CMD ARGS...``, ``mcp-gateway tasks list|get|logs|cancel`` and
+``mcp-gateway files get|put|rm``: the gateway from a terminal, on the client library: see
+:mod:`gateway.client.cli` (exit statuses of ``exec``: the command's, 124 timed out, 125
+gateway error, 126 policy denied, 130 cancelled).
+
 ``mcp-gateway mcp tools|approve <server> [--url URL] [--token T] [--yes]``: review and
 approve an upstream MCP server's tools on a running gateway: see :mod:`gateway.upstream.cli`.
 
@@ -91,9 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     stdio.add_argument("--client-key", help="PEM key of --client-cert")
     stdio.add_argument("--insecure-http", action="store_true",
                        help="send the token over plain http to a host other than this one (never do this)")
+    from gateway.client.cli import add_parsers as add_client_parsers
     from gateway.upstream.cli import add_parser as add_mcp_parser
 
     add_mcp_parser(sub)
+    add_client_parsers(sub)
     policy = sub.add_parser("policy", help="evaluate, test or check a policy bundle")
     psub = policy.add_subparsers(dest="policy_command", required=True)
     ev = psub.add_parser("eval", help="print the decision for one input (design section 6 shape)")
@@ -119,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "mcp-stdio":
         return _mcp_stdio(args)
+    if args.command in ("exec", "tasks", "files"):
+        from gateway.client.cli import run_client_command
+
+        return run_client_command(args)
     if args.command == "mcp":
         from gateway.upstream.cli import run_mcp_command
 

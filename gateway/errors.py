@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "BY_CODE",
+    "GROUPS",
     "STATUS_TABLE",
     "AuthError",
     "CommandDenied",
@@ -76,6 +78,7 @@ __all__ = [
     "Unauthenticated",
     "Unimplemented",
     "WireStatus",
+    "from_wire",
     "status_for",
 ]
 
@@ -323,3 +326,40 @@ def status_for(error: GatewayError) -> WireStatus:
         if status is not None:
             return status
     return STATUS_TABLE[GatewayError]
+
+
+#: The classes that only group others: no error on the wire is ever one of these.
+GROUPS: frozenset[type[GatewayError]] = frozenset({GatewayError, AuthError, InvalidRequest, PolicyDenied, SandboxError})
+
+
+def _by_code() -> dict[int, type[GatewayError]]:
+    found: dict[int, type[GatewayError]] = {}
+    for cls in STATUS_TABLE:
+        if cls in GROUPS:
+            continue
+        known = found.get(cls.code)
+        # One code, two classes (5003: DependencyUnavailable and its PolicyEngineError): the base.
+        if known is None or issubclass(known, cls):
+            found[cls.code] = cls
+    return found
+
+
+#: Each project error code's class, for a client raising what the wire carried.
+BY_CODE: dict[int, type[GatewayError]] = _by_code()
+
+
+def from_wire(body: Any, *, retry_after_s: int | None = None) -> GatewayError:
+    """The error a wire error body ``{"error": {"code", "message", "details"}}`` (REST, and
+    gRPC's ``error-details`` trailer) stands for: the class of its code (:data:`BY_CODE`),
+    never guessed from the message; ``retry_after_s`` from ``Retry-After`` for 4290. A body
+    that is not one, or an unknown code, gives :class:`InternalError` (5001) saying so."""
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    if not isinstance(code, int) or code not in BY_CODE:
+        return InternalError(f"the gateway answered an error this client does not know: {str(body)[:200]}")
+    message = str(error.get("message", ""))
+    details = error.get("details") if isinstance(error.get("details"), dict) else {}
+    cls = BY_CODE[code]
+    if cls is RateLimited:
+        return RateLimited(message, retry_after_s=retry_after_s or 1, details=details)
+    return cls(message, details=details)

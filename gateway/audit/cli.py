@@ -7,7 +7,7 @@
   trail can read it and the gateway's host cannot change it.
 * ``pubkey --key PATH``: prints the public key of a signing key (for the one the gateway
   created at first start in ``<state_dir>/audit-signing.key``).
-* ``verify [--public-key K] [--json] FILE...``: checks the trail in FILE... (oldest first,
+* ``verify [--public-key K] [--json | --output json] FILE...``: checks the trail in FILE... (oldest first,
   e.g. ``var/audit*.jsonl``; see :mod:`gateway.audit.verify`). Prints a one-line summary,
   or the whole report as JSON with ``--json``.
 
@@ -40,6 +40,8 @@ def add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     verify.add_argument("--public-key", type=Path, metavar="K",
                         help="the gateway's public key (PEM or 64 hex digits); without it signatures are not checked")
     verify.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    verify.add_argument("--output", choices=("text", "json"), default="text",
+                        help="json: the whole report (the same as --json, as every command spells it)")
     verify.add_argument("files", type=Path, nargs="+", metavar="FILE", help="audit files, oldest first")
 
 
@@ -50,7 +52,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
             return _keygen(args.key, args.public_key)
         if args.audit_command == "pubkey":
             return _pubkey(args.key)
-        return _verify(args.files, args.public_key, as_json=args.json)
+        return _verify(args.files, args.public_key, as_json=args.json or args.output == "json")
     except _UsageError as exc:
         print(f"mcp-gateway audit {args.audit_command}: {exc}", file=sys.stderr)
         return 2

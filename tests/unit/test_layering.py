@@ -40,3 +40,13 @@ def test_sandbox_never_imports_gateway() -> None:
 def test_edges_only_call_the_service(edge: str) -> None:
     path = REPO / "gateway" / "edges" / edge
     assert _offending([path], ("sandbox", "gateway.policy", "gateway.tasks", "gateway.audit", "gateway.upstream")) == []
+
+
+def test_the_client_library_needs_nothing_of_the_server() -> None:
+    # gateway.client runs on a caller's machine: the error table and the wire contract only.
+    files = sorted((REPO / "gateway" / "client").rglob("*.py"))
+    assert files
+    allowed = ("gateway.client", "gateway.errors", "gateway.proto")
+    offending = [f"{p.relative_to(REPO)} imports {name}" for p in files for name in sorted(_imports(p))
+                 if name.startswith("gateway") and not any(name == a or name.startswith(a + ".") for a in allowed)]
+    assert offending == []
