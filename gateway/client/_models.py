@@ -10,23 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gateway.models import ResourceUsage  # the server's own: the same fields, units and defaults
+
 __all__ = ["FINAL_STATUSES", "OutputChunk", "ResourceUsage", "Task", "TaskPage", "TaskResult"]
 
 #: Task states after which nothing changes (``Task.status``).
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
-
-
-@dataclass(frozen=True)
-class ResourceUsage:
-    """What a finished task used: CPU time (ms), peak memory (KiB), block I/O (bytes) and,
-    with the restricted network, the bytes the egress proxy carried each way."""
-
-    cpu_time_ms: int = 0
-    max_memory_kb: int = 0
-    io_read_bytes: int = 0
-    io_write_bytes: int = 0
-    egress_bytes_sent: int = 0
-    egress_bytes_received: int = 0
 
 
 @dataclass(frozen=True)

@@ -803,6 +803,43 @@ class BodyLimitMiddleware:
         await self._app(scope, receive, send)
 
 
+class DevRebindingGuard:
+    """ASGI middleware of a ``--dev`` gateway, which lets calls without credentials in: it
+    answers only requests addressed to this host by a loopback name (``Host``: localhost,
+    127.0.0.1, [::1], or the bind address) and, when a browser sends ``Origin``, only pages
+    served from such a name. Otherwise a web page could make a browser's name resolve to
+    127.0.0.1 (DNS rebinding) and run commands through the development principal: 403/1003.
+    With credentials required a rebinding page has none to send; ``/mcp`` checks for itself
+    (``gateway.edges.mcp_server``)."""
+
+    def __init__(self, app: Any, bind_host: str) -> None:
+        self._app = app
+        self._names = {"localhost", "127.0.0.1", "::1", bind_host.strip("[]").lower()}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Serve one ASGI call (https://asgi.readthedocs.io/en/latest/specs/www.html)."""
+        if scope["type"] == "http" and scope["path"] != "/mcp":
+            headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in (b"host", b"origin")}
+            host = _hostname(headers.get("host", ""))
+            origin = headers.get("origin")
+            bad = "Host" if host not in self._names else \
+                "Origin" if origin is not None and _hostname(origin.partition("://")[2]) not in self._names else None
+            if bad is not None:
+                error = PermissionDenied(f"a development gateway answers only requests addressed to a loopback name "
+                                         f"(DNS-rebinding protection): {bad} refused", details={"header": bad})
+                await error_response(error)(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+
+def _hostname(authority: str) -> str:
+    """The host of ``host[:port]`` / ``[v6]:port``, lowercase, without brackets."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority[1:].partition("]")[0]
+    return authority.rpartition(":")[0] if authority.count(":") == 1 else authority
+
+
 def create_app(service: GatewayService, server_host: str, server_port: Callable[[], int], max_body_bytes: int,
                gate: EdgeGate | None = None, settings: Settings | None = None) -> FastAPI:
     """The FastAPI application with every route of the REST edge.
@@ -1086,6 +1123,8 @@ def create_app(service: GatewayService, server_host: str, server_port: Callable[
         return Response(body, media_type=content_type)
 
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
+    if settings is not None and settings.auth.dev_mode:
+        app.add_middleware(DevRebindingGuard, bind_host=server_host)
     if gate is not None:  # outermost: a shed call costs nothing more
         app.add_middleware(AdmissionMiddleware, gate=gate)
 

@@ -327,3 +327,22 @@ class _Relay:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+
+def test_a_dev_gateway_answers_only_loopback_names(state_root: Path) -> None:
+    # DNS rebinding: a page whose name now resolves to 127.0.0.1 must not reach the dev principal.
+    state = Path(tempfile.mkdtemp(prefix="client-dev-", dir=state_root))
+    gw = start_gateway(state / "var")
+    try:
+        import httpx
+
+        with httpx.Client(base_url=gw.http_url, timeout=30) as http:
+            assert http.get("/v1/tasks").status_code == 200
+            assert http.get("/v1/tasks", headers={"Host": "localhost:8080"}).status_code == 200
+            rebound = http.post("/v1/execute", json={"command": "id"}, headers={"Host": "evil.example"})
+            assert rebound.status_code == 403 and rebound.json()["error"]["code"] == 1003
+            page = http.post("/v1/execute", json={"command": "id"}, headers={"Origin": "http://evil.example"})
+            assert page.status_code == 403 and "Origin" in page.json()["error"]["message"]
+            assert http.get("/v1/tasks", headers={"Origin": "http://127.0.0.1:3000"}).status_code == 200
+    finally:
+        assert gw.stop() == 0
