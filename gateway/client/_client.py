@@ -202,7 +202,20 @@ class AsyncClient:
         """Follow the task's output to its end and return the final task with its result."""
         async for _ in self.output(task_id):
             pass
-        return await self.get_task(task_id)
+        return await self.final_task(task_id)
+
+    async def final_task(self, task_id: str, timeout_s: float = 30.0) -> Task:
+        """The task once its state is final, read again until it is (the exit entry of its
+        output can be seen a moment before its final state is stored), for at most
+        ``timeout_s`` seconds; then as it is."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        delay_s = 0.02
+        while True:
+            task = await self.get_task(task_id)
+            if task.final or asyncio.get_running_loop().time() >= deadline:
+                return task
+            await asyncio.sleep(delay_s)
+            delay_s = min(1.0, delay_s * 2)
 
     # -- files ------------------------------------------------------------------------
 
@@ -284,6 +297,9 @@ class Client:
     def wait(self, task_id: str) -> Task:
         return self._call(self._client.wait, task_id)
 
+    def final_task(self, task_id: str, timeout_s: float = 30.0) -> Task:
+        return self._call(self._client.final_task, task_id, timeout_s)
+
     def read_file(self, path: str, *, workspace: str) -> bytes:
         return self._call(self._client.read_file, path, workspace=workspace)
 
@@ -323,6 +339,6 @@ def _read(path: str | Path | None) -> bytes | None:
     return None if path is None else Path(path).read_bytes()
 
 
-for _name in ("execute", "get_task", "cancel_task", "list_tasks", "iter_tasks", "output", "wait", "read_file",
-              "write_file", "delete_file"):
+for _name in ("execute", "get_task", "cancel_task", "list_tasks", "iter_tasks", "output", "wait", "final_task",
+              "read_file", "write_file", "delete_file"):
     getattr(Client, _name).__doc__ = getattr(AsyncClient, _name).__doc__  # one contract, written once

@@ -201,7 +201,7 @@ def _follow(gw: Client, task: Task, as_json: bool) -> int:
                 stream = out if chunk.kind == "stdout" else err
                 stream.write(chunk.data)
                 stream.flush()
-        final = gw.get_task(task.task_id)
+        final = gw.final_task(task.task_id)
     except KeyboardInterrupt:
         started.set()
         try:

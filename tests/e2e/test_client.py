@@ -44,13 +44,16 @@ def key() -> str:
 
 
 def _gateway(state_root: Path, key: str, name: str, extra: dict[str, Any] | None = None,
-             tls: Any = None) -> GatewayProcess:
+             tls: Any = None, client_ca: Path | None = None) -> GatewayProcess:
     state = Path(tempfile.mkdtemp(prefix=f"client-{name}-", dir=state_root))
-    config: dict[str, Any] = {"auth": {"api_keys": [{"hash": hash_api_key(key), "principal": "alice",
-                                                      "tenant": "acme", "roles": ["user"], "scopes": SCOPES}]},
-                              **(extra or {})}
+    extra = dict(extra or {})
+    auth = {"api_keys": [{"hash": hash_api_key(key), "principal": "alice", "tenant": "acme", "roles": ["user"],
+                          "scopes": SCOPES}], **extra.pop("auth", {})}
+    config: dict[str, Any] = {"auth": auth, **extra}
     if tls is not None:
         config["tls"] = {"cert_file": str(tls.cert), "key_file": str(tls.key)}
+        if client_ca is not None:
+            config["tls"]["client_ca_file"] = str(client_ca)
     (state / "gw.yaml").write_text(yaml.safe_dump(config))
     return start_gateway(state / "var", "--config", str(state / "gw.yaml"), dev=False)
 
@@ -70,8 +73,11 @@ def pki(state_root: Path) -> CertificateAuthority:
 
 @pytest.fixture(scope="module")
 def tls_gateway(state_root: Path, key: str, pki: CertificateAuthority) -> Iterator[GatewayProcess]:
+    """TLS on both ports, client certificates of ``pki`` required: CN=ci-bot,O=acme is a principal."""
     server = pki.issue("localhost", server=True, dns=("localhost",), ips=("127.0.0.1",))
-    gw = _gateway(state_root, key, "tls", tls=server)
+    mtls = {"auth": {"client_certs": [{"subject": "CN=ci-bot,O=acme", "principal": "ci-bot", "tenant": "acme",
+                                       "roles": ["user"], "scopes": SCOPES}]}}
+    gw = _gateway(state_root, key, "tls", mtls, tls=server, client_ca=pki.cert)
     yield gw
     assert gw.stop() == 0
 
@@ -213,12 +219,19 @@ def test_exec_resumes_a_dropped_stream_without_gap_or_repeat(gateway: GatewayPro
 
 
 @pytest.mark.parametrize("transport", ["rest", "grpc"])
-def test_exec_over_tls(tls_gateway: GatewayProcess, key: str, pki: CertificateAuthority, transport: str) -> None:
+def test_exec_over_mtls(tls_gateway: GatewayProcess, key: str, pki: CertificateAuthority, transport: str,
+                        tmp_path: Path) -> None:
     url = urls(tls_gateway, tls=True)[transport]
-    done = cli("exec", "--url", url, "--token", key, "--ca-file", str(pki.cert), "--", "sh", "-c", "echo tls; exit 5")
-    assert done.returncode == 5 and done.stdout == "tls\n", done.stderr
-    untrusted = cli("exec", "--url", url, "--token", key, "--", "true")
-    assert untrusted.returncode == EXIT_STATUSES["gateway_error"]
+    bot = pki.issue("ci-bot", organization="acme")
+    tls = ["--ca-file", str(pki.cert), "--client-cert", str(bot.cert), "--client-key", str(bot.key)]
+    done = cli("exec", "--url", url, *tls, "--", "sh", "-c", "echo mtls; exit 5")  # the certificate alone
+    assert done.returncode == 5 and done.stdout == "mtls\n", done.stderr
+    with_token = cli("exec", "--url", url, *tls, "--token", key, "--", "true")
+    assert with_token.returncode == 0, with_token.stderr
+    untrusted = cli("exec", "--url", url, "--client-cert", str(bot.cert), "--client-key", str(bot.key), "--", "true")
+    assert untrusted.returncode == EXIT_STATUSES["gateway_error"]  # the gateway's CA is not the system's
+    no_cert = cli("exec", "--url", url, "--ca-file", str(pki.cert), "--", "true")
+    assert no_cert.returncode == EXIT_STATUSES["gateway_error"]
 
 
 # -- tasks, files, settings -----------------------------------------------------------

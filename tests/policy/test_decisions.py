@@ -1,5 +1,6 @@
 """Input -> decision table for the shipped policy (plus tenant overrides), on the embedded
-engine; tests/policy/test_parity.py runs the same table on OPA."""
+engine; tests/policy/test_opa_engine.py and test_wasm_engine.py run the same table on OPA and
+on the wasm engine."""
 
 from __future__ import annotations
 
