@@ -66,6 +66,8 @@ def is_loopback_host(host: str) -> bool:
 class SandboxSettings(BaseModel):
     """How commands are sandboxed (see sandbox/ and design section 7)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     bwrap_path: str = Field("bwrap", description="bubblewrap executable (PATH lookup).")
     uid: int = Field(
         60000,
@@ -128,6 +130,8 @@ class SandboxSettings(BaseModel):
 class TaskSettings(BaseModel):
     """Task scheduling, storage and lifecycle."""
 
+    model_config = ConfigDict(extra="forbid")
+
     max_concurrent: int = Field(4, ge=1, le=256, description="Sandboxes running at once (per gateway process).")
     max_queued: int = Field(
         256, ge=0, description="Tasks waiting for a slot (TASK_QUEUED) before 4290 + Retry-After is answered."
@@ -189,6 +193,8 @@ class TaskSettings(BaseModel):
 class FileSettings(BaseModel):
     """The files API (ReadFile / WriteFile / DeleteFile, /v1/files)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     max_read_bytes: int = Field(3 << 20, ge=1, description="Largest file ReadFile returns, bytes.")
     max_write_bytes: int = Field(
         1 << 20, ge=1, description="Largest content WriteFile accepts, bytes (also bounded by limits.max_request_bytes)."
@@ -197,6 +203,8 @@ class FileSettings(BaseModel):
 
 class LimitSettings(BaseModel):
     """Request size caps, checked before policy evaluation."""
+
+    model_config = ConfigDict(extra="forbid")
 
     max_command_bytes: int = Field(4096, ge=1, description="Command name/path length, bytes.")
     max_args: int = Field(
@@ -228,6 +236,8 @@ class LimitSettings(BaseModel):
 
 class PolicySettings(BaseModel):
     """Which engine decides and how (design section 6; the bundle is ``policy_dir``)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     engine: Literal["embedded", "wasm", "opa"] = Field(
         "embedded",

@@ -98,30 +98,34 @@ def _configuration() -> str:
     rows += _settings_rows(Settings, "")
     return (_GENERATED.format(source="gateway/config.py") + "# Configuration\n\n"
             "`mcp-gateway serve --config gw.yaml` reads these keys from YAML; every one can also be set "
-            "in the environment (`MCP_GATEWAY_` and the key, `__` between levels) and some by flags. "
+            "in the environment (`MCP_GATEWAY_` and the key, `__` between levels; a list as JSON) and some by "
+            "flags. "
             "Flags win over the environment, which wins over the file. The auth and rate_limits "
             "sections are applied again when the file changes (or on SIGHUP); the rest at start.\n\n"
             + "\n".join(rows) + "\n")
 
 
-def _settings_rows(model: type[BaseModel], prefix: str) -> list[str]:
+def _settings_rows(model: type[BaseModel], prefix: str, env_prefix: str | None = "MCP_GATEWAY_") -> list[str]:
+    """One row per setting of ``model`` under ``prefix``; ``env_prefix`` None for the fields
+    of a list's or mapping's items, which the environment sets only as the whole list (JSON)."""
     rows = []
     for name, info in model.model_fields.items():
         key = f"{prefix}{name}"
         nested = _model_of(info.annotation)
         if nested is not None and not _is_container(info.annotation):
-            rows += _settings_rows(nested, key + ".")
+            rows += _settings_rows(nested, key + ".", env_prefix)
             continue
         if info.is_required():
             default = "required"
         else:
             value = info.get_default(call_default_factory=True)
-            default = "-" if value is None or value in ([], {}) else f"`{_short(value)}`"
-        env = "MCP_GATEWAY_" + key.upper().replace(".", "__")
+            default = "-" if value is None or value in ([], {}, "") else f"`{_short(value)}`"
+        env = f"`{env_prefix}{key.upper().replace('.', '__')}`" if env_prefix else "-"
         description = (info.description or "").replace("|", "/").replace("\n", " ")
-        rows.append(f"| `{key}` | `{env}` | {_type_name(info.annotation)} | {default} | {description} |")
+        rows.append(f"| `{key}` | {env} | {_type_name(info.annotation)} | {default} | {description} |")
         if nested is not None:  # a list or mapping of a model: its fields, one level down
-            rows += _settings_rows(nested, f"{key}.<item>." if _origin(info.annotation) is list else f"{key}.<name>.")
+            rows += _settings_rows(nested, f"{key}.<item>." if _origin(info.annotation) is list else f"{key}.<name>.",
+                                   None)
     return rows
 
 
@@ -197,7 +201,7 @@ def _rest(document: dict[str, Any]) -> str:
                 out.append(f"\nBody: {', '.join(f'`{t}`' for t in body)}" +
                            (f" (`{ref.rsplit('/', 1)[-1]}`)" if ref else "") + ".\n")
             out.append("\n| status | when |\n|---|---|\n")
-            for status, response in op["responses"].items():
+            for status, response in sorted(op["responses"].items()):
                 text = " ".join((response.get("description") or "").split()).replace("|", "/")
                 out.append(f"| {status} | {text} |\n")
     return "".join(out)

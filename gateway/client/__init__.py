@@ -7,7 +7,7 @@
         for chunk in gw.output(task.task_id):   # live; a broken stream resumes at its offset
             if chunk.kind == "stdout":
                 sys.stdout.buffer.write(chunk.data)
-        print(gw.get_task(task.task_id).result.exit_code)
+        print(gw.final_task(task.task_id).result.exit_code)
 
 ``AsyncClient`` is the same API with ``async def`` and async iterators. ``grpc://`` /
 ``grpcs://`` URLs speak gRPC. It ships inside the gateway's distribution (one version, one

@@ -10,23 +10,23 @@ Errors: the gateway's refusals are ``gateway.errors`` classes chosen by their wi
 most ``max_retry_wait_s``), which is safe: a refused call did nothing. Anything else that
 fails on the way is :class:`TransportError`.
 
-``Client`` is the same API, blocking: it runs an ``AsyncClient`` on an event loop of its
-own thread (an anyio blocking portal), so it can be used from any thread and inside no loop.
+``Client`` is the same API, blocking: it runs an ``AsyncClient`` on an asyncio loop of its
+own daemon thread, so it can be used from any thread and inside no loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import ipaddress
+import re
 import ssl
+import threading
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
-
-from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from gateway.client._errors import TransportError
 from gateway.client._grpc import GrpcTransport
@@ -39,6 +39,7 @@ __all__ = ["AsyncClient", "Client"]
 T = TypeVar("T")
 _NETWORKS = {"none": "NETWORK_NONE", "loopback": "NETWORK_LOOPBACK", "host": "NETWORK_HOST",
              "restricted": "NETWORK_RESTRICTED"}
+_TOKEN = re.compile(r"^[\x21-\x7e]{1,8192}$")  # what an Authorization header value may carry
 _RECONNECT_FIRST_S = 0.2
 _RECONNECT_MAX_S = 5.0
 
@@ -56,19 +57,38 @@ class AsyncClient:
         max_retry_wait_s: the longest Retry-After honoured, seconds; a longer one is raised.
         max_reconnects: how often :meth:`output` reconnects without receiving an entry
             between two breaks before it raises.
+        insecure: send ``token`` over plain ``http://`` / ``grpc://`` to a host other than
+            this one (refused otherwise: anyone on the path could take it).
 
     Raises:
-        ValueError: an URL of another scheme, or a client key without its certificate.
+        ValueError: an URL of another scheme or with a bad port, a client key without its
+            certificate, TLS files for a plaintext URL, a token that no header may carry
+            (a trailing newline?), or a token for a plaintext URL to another host.
         OSError: a certificate or key file that cannot be read.
     """
 
     def __init__(self, url: str, token: str | None = None, *, ca_file: str | Path | None = None,
                  client_cert: str | Path | None = None, client_key: str | Path | None = None,
                  timeout_s: float = 30.0, max_retries: int = 3, max_retry_wait_s: float = 60.0,
-                 max_reconnects: int = 10) -> None:
+                 max_reconnects: int = 10, insecure: bool = False) -> None:
         if client_key is not None and client_cert is None:
             raise ValueError("a client key needs its certificate (client_cert)")
         parts = urllib.parse.urlsplit(url)
+        try:
+            parts.port  # noqa: B018 - parsing the port is the check
+        except ValueError:
+            raise ValueError(f"{url!r}: the port is not a number from 0 to 65535") from None
+        if not parts.hostname:
+            raise ValueError(f"{url!r}: the URL names no host")
+        plaintext = parts.scheme in ("http", "grpc")
+        if plaintext and (ca_file is not None or client_cert is not None):
+            raise ValueError(f"{url!r} is plaintext: TLS files need https:// or grpcs://")
+        if token is not None:
+            if not _TOKEN.match(token):
+                raise ValueError("the token holds characters no header may carry (spaces, a line break?)")
+            if plaintext and not insecure and not _loopback(parts.hostname):
+                raise ValueError(f"refusing to send the token in clear to {parts.hostname}: use https:// or "
+                                 "grpcs:// (or insecure=True)")
         self.url = url
         self._retries = max_retries
         self._max_retry_wait_s = max_retry_wait_s
@@ -80,7 +100,7 @@ class AsyncClient:
                 if client_cert is not None:
                     verify.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
             self._transport: RestTransport | GrpcTransport = RestTransport(
-                f"{parts.scheme}://{parts.netloc}", token, verify, timeout_s)
+                f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}", token, verify, timeout_s)
         elif parts.scheme in ("grpc", "grpcs"):
             tls = None
             if parts.scheme == "grpcs":
@@ -176,7 +196,8 @@ class AsyncClient:
         """The task's output log from entry ``offset``, as it is written, up to and including
         its ``exit`` entry. A broken stream is opened again after the last entry received
         (no gap, no repeat), after 0.2 s doubling to 5 s; :class:`TransportError` after
-        ``max_reconnects`` breaks in a row without an entry. NotFound (6001) as :meth:`get_task`."""
+        ``max_reconnects`` breaks in a row without an entry; a stream refused with 4290 is
+        opened again after its Retry-After. NotFound (6001) as :meth:`get_task`."""
         next_offset = offset
         failures = 0
         delay_s = _RECONNECT_FIRST_S
@@ -191,11 +212,12 @@ class AsyncClient:
                     if chunk.kind == "exit":
                         return
                 raise TransportError(f"the output stream of {task_id} ended before its exit entry")
-            except TransportError:
+            except (TransportError, RateLimited) as exc:
                 failures += 1
-                if failures > self._max_reconnects:
+                wait_s = exc.retry_after_s if isinstance(exc, RateLimited) else delay_s
+                if failures > self._max_reconnects or wait_s > self._max_retry_wait_s:
                     raise
-                await asyncio.sleep(delay_s)
+                await asyncio.sleep(wait_s)
                 delay_s = min(_RECONNECT_MAX_S, delay_s * 2)
 
     async def wait(self, task_id: str) -> Task:
@@ -249,17 +271,22 @@ class AsyncClient:
 class Client:
     """The gateway's API, blocking (see :class:`AsyncClient` for every method's contract).
 
-    Use it as a context manager, or call :meth:`close`, so that its thread ends.
+    It runs an :class:`AsyncClient` on an asyncio loop of its own, on a daemon thread: a
+    client left open never keeps the interpreter from exiting. Use it as a context manager,
+    or call :meth:`close` (idempotent) to close its connections. Thread-safe: calls from
+    several threads share the connections.
     """
 
     def __init__(self, url: str, token: str | None = None, **options: Any) -> None:
-        self._portal_cm = start_blocking_portal()
-        self._portal: BlockingPortal = self._portal_cm.__enter__()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="mcp-gateway-client", daemon=True)
+        self._thread.start()
+        self._closed = False
         try:
-            # Made on the portal's loop: a gRPC channel belongs to the loop that creates it.
-            self._client: AsyncClient = self._portal.call(_make, url, token, options)
+            # Made on the client's loop: a gRPC channel belongs to the loop that creates it.
+            self._client: AsyncClient = self._run(_make(url, token, options))
         except BaseException:
-            self._portal_cm.__exit__(None, None, None)
+            self._stop_loop()
             raise
         self.url = url
 
@@ -270,11 +297,20 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the connections and end the client's thread."""
+        """Close the connections and end the client's thread; later calls do nothing."""
+        if self._closed:
+            return
+        self._closed = True
         try:
-            self._portal.call(self._client.aclose)
+            self._run(self._client.aclose())
         finally:
-            self._portal_cm.__exit__(None, None, None)
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def execute(self, command: str, args: Sequence[str] = (), **options: Any) -> Task:
         return self._call(self._client.execute, command, args, **options)
@@ -310,29 +346,43 @@ class Client:
         self._call(self._client.delete_file, path, **options)
 
     def _call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
-        return self._portal.call(functools.partial(fn, *args, **kwargs))
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        return self._run(fn(*args, **kwargs))
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """``coroutine`` on the client's loop; interrupted (Ctrl-C), it is cancelled there."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
 
     def _iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
         """``agen``'s items, each fetched on the client's loop. Left early (a break, Ctrl-C
         while waiting), the pending fetch is cancelled and the generator closed."""
         try:
             while True:
-                future = self._portal.start_task_soon(agen.__anext__)
                 try:
-                    item = future.result()
+                    item = self._run(agen.__anext__())  # type: ignore[arg-type]
                 except StopAsyncIteration:
                     return
-                except BaseException:
-                    future.cancel()  # its cancellation closes the stream inside
-                    raise
                 yield item
         finally:
-            with contextlib.suppress(Exception):  # already closed by the cancellation above
-                self._portal.call(agen.aclose)  # type: ignore[attr-defined]
+            with contextlib.suppress(Exception):  # already closed by a cancelled fetch
+                self._run(agen.aclose())  # type: ignore[attr-defined]
 
 
 async def _make(url: str, token: str | None, options: dict[str, Any]) -> AsyncClient:
     return AsyncClient(url, token, **options)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
 
 
 def _read(path: str | Path | None) -> bytes | None:

@@ -87,9 +87,14 @@ class GrpcTransport:
             mcp_pb2.TaskStatusRequest(task_id=task_id), metadata=self._metadata, timeout=self._timeout_s)))
 
     async def list_tasks(self, status: str | None, since: str | None, limit: int, page_token: str | None) -> TaskPage:
+        if not 0 < limit <= 100:
+            raise InvalidParameter(f"limit {limit} is not from 1 to 100", details={"field": "limit"})
         request = mcp_pb2.ListTasksRequest(since=since or "", limit=limit, page_token=page_token or "")
         if status is not None:
-            request.status = mcp_pb2.TaskStatus.Value(f"TASK_{status}")
+            try:
+                request.status = mcp_pb2.TaskStatus.Value(f"TASK_{status}")
+            except ValueError:
+                raise InvalidParameter(f"status {status!r} is no task state", details={"field": "status"}) from None
         answer = await self._unary(self._stub.ListTasks(request, metadata=self._metadata, timeout=self._timeout_s))
         return TaskPage(tuple(_info(t) for t in answer.tasks), answer.next_page_token or None)
 
@@ -126,6 +131,8 @@ class GrpcTransport:
             return await call
         except grpc.aio.AioRpcError as exc:
             raise _error(exc, self._target) from None
+        except (grpc.RpcError, ValueError, TypeError) as exc:  # e.g. metadata no header may carry
+            raise TransportError(f"gRPC call to {self._target} not sent: {type(exc).__name__}") from None
 
 
 def _error(exc: grpc.aio.AioRpcError, target: str) -> GatewayError | TransportError:
@@ -139,7 +146,7 @@ def _error(exc: grpc.aio.AioRpcError, target: str) -> GatewayError | TransportEr
     except ValueError:
         return TransportError(f"gRPC {exc.code().name} from {target}: an error-details trailer that is not JSON")
     retry = trailers.get("retry-after", "")
-    return from_wire(body, retry_after_s=int(retry) if retry.isdigit() else None)
+    return from_wire(body, retry_after_s=int(retry) if retry.isascii() and retry.isdigit() else None)
 
 
 def _status(value: int) -> str:

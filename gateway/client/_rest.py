@@ -12,8 +12,8 @@ from __future__ import annotations
 import base64
 import json
 import ssl
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -24,6 +24,8 @@ from gateway.client._models import OutputChunk, ResourceUsage, Task, TaskPage, T
 from gateway.errors import GatewayError, from_wire
 
 __all__ = ["RestTransport"]
+
+T = TypeVar("T")
 
 _KINDS = {"STDOUT": "stdout", "STDERR": "stderr", "EVENT": "event", "EXIT_CODE": "exit"}
 
@@ -52,21 +54,22 @@ class RestTransport:
         if wait_s:  # the answer may take the wait, plus the usual
             extra = {"params": {"wait": wait_s}, "timeout": httpx.Timeout((self._http.timeout.read or 0) + wait_s)}
         answer = await self._call("POST", "/v1/execute", json=body, **extra)
-        return _task(answer) if "task_info" in answer else Task(answer["task_id"], answer["status"],
-                                                                 answer["created_at"])
+        if "task_info" in answer:
+            return _shaped(_task, answer)
+        return _shaped(lambda a: Task(a["task_id"], a["status"], a["created_at"]), answer)
 
     async def get_task(self, task_id: str) -> Task:
-        return _task(await self._call("GET", f"/v1/tasks/{quote(task_id, safe='')}"))
+        return _shaped(_task, await self._call("GET", f"/v1/tasks/{quote(task_id, safe='')}"))
 
     async def cancel_task(self, task_id: str) -> Task:
-        return _task(await self._call("POST", f"/v1/tasks/{quote(task_id, safe='')}/cancel"))
+        return _shaped(_task, await self._call("POST", f"/v1/tasks/{quote(task_id, safe='')}/cancel"))
 
     async def list_tasks(self, status: str | None, since: str | None, limit: int, page_token: str | None) -> TaskPage:
         params = {k: v for k, v in (("status", status), ("since", since), ("limit", limit),
                                     ("page_token", page_token)) if v is not None}
         answer = await self._call("GET", "/v1/tasks", params=params)
-        return TaskPage(tuple(_task({"task_info": t, "result": None}) for t in answer["tasks"]),
-                        answer.get("next_page_token"))
+        return _shaped(lambda a: TaskPage(tuple(_task({"task_info": t, "result": None}) for t in a["tasks"]),
+                                          a.get("next_page_token")), answer)
 
     async def output(self, task_id: str, offset: int) -> AsyncIterator[OutputChunk]:
         url = f"/v1/tasks/{quote(task_id, safe='')}/stream"
@@ -97,7 +100,7 @@ class RestTransport:
             params["mode"] = f"{mode:04o}"
         answer = await self._call("PUT", _file_url(path), params=params, content=data,
                                   headers={"Content-Type": "application/octet-stream"})
-        return int(answer["bytes_written"])
+        return _shaped(lambda a: int(a["bytes_written"]), answer)
 
     async def delete_file(self, workspace: str, path: str, recursive: bool) -> None:
         await self._call("DELETE", _file_url(path),
@@ -116,11 +119,23 @@ class RestTransport:
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
             response = await self._http.request(method, url, **kwargs)
-        except httpx.TransportError as exc:
-            raise TransportError(f"cannot reach the gateway at {self._http.base_url}: {exc}") from exc
+        except httpx.HTTPError as exc:  # the message names the failure, never a header's value
+            reason = type(exc).__name__ if isinstance(exc, httpx.LocalProtocolError) else str(exc) or \
+                type(exc).__name__
+            raise TransportError(f"cannot reach the gateway at {self._http.base_url}: {reason}") from None
         if response.status_code >= 400:
             raise _error(response)
         return response
+
+
+def _shaped(read: Callable[[Any], T], answer: Any) -> T:
+    """``read(answer)``; an answer that is not the shape the gateway sends (another API
+    version, a proxy's JSON) is a TransportError, not a KeyError."""
+    try:
+        return read(answer)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise TransportError(f"the gateway's answer lacks what this client reads: {type(exc).__name__} {exc}") \
+            from None
 
 
 def _error(response: httpx.Response) -> GatewayError | TransportError:
@@ -133,11 +148,16 @@ def _error(response: httpx.Response) -> GatewayError | TransportError:
     if not (isinstance(body, dict) and isinstance(body.get("error"), dict)):
         return TransportError(f"HTTP {response.status_code} without the gateway's error body")
     retry = response.headers.get("retry-after", "")
-    return from_wire(body, retry_after_s=int(retry) if retry.isdigit() else None)
+    return from_wire(body, retry_after_s=int(retry) if retry.isascii() and retry.isdigit() else None)
 
 
 def _file_url(path: str) -> str:
-    return "/v1/files/" + quote(path.lstrip("/"), safe="/")
+    """The route of a workspace path. ``.`` and ``..`` segments go percent-encoded: as plain
+    dots, the URL's dot-segment removal (RFC 3986 5.2.4) would send ``../tasks/ID`` to
+    another route; encoded, the gateway sees the path as given and refuses it (3003)."""
+    segments = [quote(seg, safe="") if seg not in (".", "..") else "%2E" * len(seg)
+                for seg in path.lstrip("/").split("/")]
+    return "/v1/files/" + "/".join(segments)
 
 
 def _task(body: Mapping[str, Any]) -> Task:

@@ -25,7 +25,9 @@ Exit status of ``exec`` (:data:`EXIT_STATUSES`): the command's own; 124 when it 
 of time (as timeout(1)); 125 when the gateway refused the call or failed (authentication,
 a bad request, a rate limit, the sandbox could not start, unreachable); 126 when policy
 denied it; 130 when it was cancelled (Ctrl-C). The other commands: 0 done, 1 the gateway
-refused (its error on stderr), 2 bad arguments, 3 the gateway could not be reached.
+refused (its error on stderr), 2 bad arguments or settings (a local file too), 3 the gateway
+could not be reached, 130 interrupted. A token goes over plain ``http://`` / ``grpc://`` only
+to this host, unless ``--insecure-http``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,16 @@ __all__ = ["EXIT_STATUSES", "add_parsers", "run_client_command"]
 EXIT_STATUSES = {"timed_out": 124, "gateway_error": 125, "policy_denied": 126, "cancelled": 130}
 _QUEUE_NOTICE_S = 1.0  # a task still queued this long after it was accepted gets a line on stderr
 _DEFAULT_URL = "http://127.0.0.1:8080"
+_STATUSES = ("TASK_CREATED", "TASK_QUEUED", "TASK_RUNNING", "TASK_COMPLETED", "TASK_FAILED", "TASK_CANCELLED",
+             "TASK_TIMED_OUT")
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer from 1 to 10,000."""
+    value = int(text)
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"{value} is not from 1 to 10000")
+    return value
 
 
 def add_parsers(sub: Any) -> None:
@@ -64,6 +76,8 @@ def add_parsers(sub: Any) -> None:
     common.add_argument("--client-cert", help="PEM client certificate (mTLS)")
     common.add_argument("--client-key", help="PEM key of --client-cert")
     common.add_argument("--output", choices=("text", "json"), default="text", help="json: for scripts")
+    common.add_argument("--insecure-http", action="store_true",
+                        help="send the token over plain http:// or grpc:// to another host (never do this)")
 
     run = sub.add_parser("exec", parents=[common], help="run one command in the gateway's sandbox")
     run.add_argument("--workspace", help="workspace (in your tenant) to run in")
@@ -77,9 +91,10 @@ def add_parsers(sub: Any) -> None:
     tasks = sub.add_parser("tasks", help="list, read, follow and cancel tasks")
     tsub = tasks.add_subparsers(dest="tasks_command", required=True)
     listing = tsub.add_parser("list", parents=[common], help="your tasks, newest first")
-    listing.add_argument("--status", help="only tasks in this state (QUEUED, RUNNING, COMPLETED, ...)")
+    listing.add_argument("--status", type=str.upper, choices=[s.removeprefix("TASK_") for s in _STATUSES],
+                         help="only tasks in this state")
     listing.add_argument("--since", help="only tasks created at or after this RFC 3339 time")
-    listing.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    listing.add_argument("--limit", type=_positive, default=20, help="at most this many (default 20)")
     for name, text in (("get", "a task's state and result"), ("cancel", "cancel a task")):
         tsub.add_parser(name, parents=[common], help=text).add_argument("task_id")
     logs = tsub.add_parser("logs", parents=[common], help="a task's output")
@@ -106,22 +121,25 @@ def run_client_command(args: argparse.Namespace) -> int:
     """Run ``exec``, ``tasks ...`` or ``files ...``; returns the exit status."""
     try:
         settings = _settings(args)
-    except ValueError as exc:
+        gw = Client(settings.pop("url"), settings.pop("token"), **settings)
+    except (ValueError, OSError) as exc:  # settings, URL, token, TLS files
         print(f"mcp-gateway: {exc}", file=sys.stderr)
-        return 2
-    if args.command == "exec":
-        return _exec(args, settings)
-    try:
-        with Client(settings.pop("url"), settings.pop("token"), **settings) as gw:
-            if args.command == "tasks":
-                return _tasks(gw, args)
-            return _files(gw, args)
-    except GatewayError as exc:
-        print(f"mcp-gateway: error {exc.code} ({type(exc).__name__}): {exc.message}", file=sys.stderr)
-        return 1
-    except (TransportError, OSError, ValueError) as exc:
-        print(f"mcp-gateway: {exc}", file=sys.stderr)
-        return 3
+        # exec's own statuses must not look like the command's: as docker run, 125.
+        return EXIT_STATUSES["gateway_error"] if args.command == "exec" else 2
+    with gw:
+        if args.command == "exec":
+            return _exec(gw, args)
+        try:
+            return _tasks(gw, args) if args.command == "tasks" else _files(gw, args)
+        except GatewayError as exc:
+            print(f"mcp-gateway: error {exc.code} ({type(exc).__name__}): {exc.message}", file=sys.stderr)
+            return 1
+        except TransportError as exc:
+            print(f"mcp-gateway: {exc}", file=sys.stderr)
+            return 3
+        except KeyboardInterrupt:
+            print("\nmcp-gateway: interrupted", file=sys.stderr)
+            return EXIT_STATUSES["cancelled"]
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -141,17 +159,25 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"{path}: {exc}") from exc
         if not isinstance(stored, dict):
             raise ValueError(f"{path}: not a mapping of settings")
-        if stored.get("token") and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        if (stored.get("token") or stored.get("api_key")) and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise ValueError(f"{path} holds a token and others may read it: chmod 600 {path}")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    if "api_key" in stored:  # the same as token, as the flags spell both
+        stored.setdefault("token", stored.pop("api_key"))
     env = {"url": os.environ.get("MCP_GATEWAY_URL"), "token": os.environ.get("MCP_GATEWAY_TOKEN")}
-    settings = {}
+    settings: dict[str, Any] = {}
     for key in ("url", "token", "ca_file", "client_cert", "client_key"):
-        settings[key] = getattr(args, key, None) or env.get(key) or stored.get(key)
+        value = getattr(args, key, None) or env.get(key) or stored.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{key} must be text, not {type(value).__name__} ({path})")
+        settings[key] = value.strip() if key == "token" and value else value
     settings["url"] = settings["url"] or _DEFAULT_URL
+    settings["insecure"] = args.insecure_http
     return settings
 
 
-def _exec(args: argparse.Namespace, settings: dict[str, Any]) -> int:
+def _exec(gw: Client, args: argparse.Namespace) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         print("mcp-gateway: exec needs a command: mcp-gateway exec [options] -- CMD ARGS...", file=sys.stderr)
@@ -164,24 +190,22 @@ def _exec(args: argparse.Namespace, settings: dict[str, Any]) -> int:
             return 2
         env[key] = value
     try:
-        gw = Client(settings.pop("url"), settings.pop("token"), **settings)
-    except (ValueError, OSError, TransportError) as exc:
+        task = gw.execute(argv[0], argv[1:], env=env, cwd=args.cwd, timeout_s=args.timeout,
+                          workspace=args.workspace, network=args.network)
+    except PolicyDenied as exc:
+        print(f"mcp-gateway: denied by policy (error {exc.code}): {exc.message}", file=sys.stderr)
+        return EXIT_STATUSES["policy_denied"]
+    except GatewayError as exc:
+        print(f"mcp-gateway: error {exc.code} ({type(exc).__name__}): {exc.message}", file=sys.stderr)
+        return EXIT_STATUSES["gateway_error"]
+    except TransportError as exc:
         print(f"mcp-gateway: {exc}", file=sys.stderr)
         return EXIT_STATUSES["gateway_error"]
-    with gw:
-        try:
-            task = gw.execute(argv[0], argv[1:], env=env, cwd=args.cwd, timeout_s=args.timeout,
-                              workspace=args.workspace, network=args.network)
-        except PolicyDenied as exc:
-            print(f"mcp-gateway: denied by policy (error {exc.code}): {exc.message}", file=sys.stderr)
-            return EXIT_STATUSES["policy_denied"]
-        except GatewayError as exc:
-            print(f"mcp-gateway: error {exc.code} ({type(exc).__name__}): {exc.message}", file=sys.stderr)
-            return EXIT_STATUSES["gateway_error"]
-        except TransportError as exc:
-            print(f"mcp-gateway: {exc}", file=sys.stderr)
-            return EXIT_STATUSES["gateway_error"]
-        return _follow(gw, task, args.output == "json")
+    except KeyboardInterrupt:
+        print("\nmcp-gateway: interrupted before the gateway answered; if the task was created it runs on "
+              "('mcp-gateway tasks list' shows it)", file=sys.stderr)
+        return EXIT_STATUSES["cancelled"]
+    return _follow(gw, task, args.output == "json")
 
 
 def _follow(gw: Client, task: Task, as_json: bool) -> int:
@@ -201,6 +225,8 @@ def _follow(gw: Client, task: Task, as_json: bool) -> int:
                 stream = out if chunk.kind == "stdout" else err
                 stream.write(chunk.data)
                 stream.flush()
+            elif chunk.kind == "event" and b"output_truncated" in chunk.data:
+                print("\nmcp-gateway: output beyond the gateway's cap was dropped", file=sys.stderr, flush=True)
         final = gw.final_task(task.task_id)
     except KeyboardInterrupt:
         started.set()
@@ -292,7 +318,11 @@ def _files(gw: Client, args: argparse.Namespace) -> int:
     if args.files_command == "get":
         data = gw.read_file(args.path, workspace=args.workspace)
         if args.to:
-            Path(args.to).write_bytes(data)
+            try:
+                Path(args.to).write_bytes(data)
+            except OSError as exc:
+                print(f"mcp-gateway: {args.to}: {exc.strerror}", file=sys.stderr)
+                return 2
         else:
             sys.stdout.buffer.write(data)
         return 0
@@ -302,7 +332,11 @@ def _files(gw: Client, args: argparse.Namespace) -> int:
         except ValueError:
             print(f"mcp-gateway: --mode {args.mode!r} is not octal permission bits", file=sys.stderr)
             return 2
-        data = Path(args.source).read_bytes() if args.source else sys.stdin.buffer.read()
+        try:
+            data = Path(args.source).read_bytes() if args.source else sys.stdin.buffer.read()
+        except OSError as exc:
+            print(f"mcp-gateway: {args.source}: {exc.strerror}", file=sys.stderr)
+            return 2
         written = gw.write_file(args.path, data, workspace=args.workspace, mode=mode, create_dirs=args.create_dirs)
         if args.output == "json":
             print(json.dumps({"path": args.path, "bytes_written": written}))

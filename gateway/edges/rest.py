@@ -819,11 +819,11 @@ class DevRebindingGuard:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Serve one ASGI call (https://asgi.readthedocs.io/en/latest/specs/www.html)."""
         if scope["type"] == "http" and scope["path"] != "/mcp":
-            headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in (b"host", b"origin")}
-            host = _hostname(headers.get("host", ""))
-            origin = headers.get("origin")
-            bad = "Host" if host not in self._names else \
-                "Origin" if origin is not None and _hostname(origin.partition("://")[2]) not in self._names else None
+            hosts = [v.decode("latin-1") for k, v in scope["headers"] if k == b"host"]
+            origins = [v.decode("latin-1") for k, v in scope["headers"] if k == b"origin"]
+            bad = "Host" if len(hosts) != 1 or _hostname(hosts[0]) not in self._names else \
+                "Origin" if len(origins) > 1 or origins and _hostname(origins[0].partition("://")[2]) not in self._names \
+                else None
             if bad is not None:
                 error = PermissionDenied(f"a development gateway answers only requests addressed to a loopback name "
                                          f"(DNS-rebinding protection): {bad} refused", details={"header": bad})
@@ -833,11 +833,15 @@ class DevRebindingGuard:
 
 
 def _hostname(authority: str) -> str:
-    """The host of ``host[:port]`` / ``[v6]:port``, lowercase, without brackets."""
+    """The host of ``host[:port]`` / ``[v6][:port]``, lowercase, without brackets; "" for
+    anything else (``[::1]evil``, a bad port)."""
     authority = authority.strip().lower()
     if authority.startswith("["):
-        return authority[1:].partition("]")[0]
-    return authority.rpartition(":")[0] if authority.count(":") == 1 else authority
+        host, _, rest = authority[1:].partition("]")
+    else:
+        host, _, port = authority.partition(":") if authority.count(":") <= 1 else (authority, "", "")
+        rest = f":{port}" if port else ""
+    return host if rest == "" or (rest[0] == ":" and rest[1:].isdigit()) else ""
 
 
 def create_app(service: GatewayService, server_host: str, server_port: Callable[[], int], max_body_bytes: int,

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -30,7 +31,7 @@ import yaml
 from gateway.auth.apikeys import hash_api_key, new_api_key
 from gateway.client import AsyncClient, Client, TransportError
 from gateway.client.cli import EXIT_STATUSES
-from gateway.errors import BY_CODE, CommandDenied, NotFound, RateLimited, Unauthenticated, from_wire
+from gateway.errors import BY_CODE, CommandDenied, FileDenied, NotFound, RateLimited, Unauthenticated, from_wire
 from tests.conftest import GATEWAY_BIN, GatewayProcess, start_gateway, wait_until
 from tests.pki import CertificateAuthority
 
@@ -359,3 +360,33 @@ def test_a_dev_gateway_answers_only_loopback_names(state_root: Path) -> None:
             assert http.get("/v1/tasks", headers={"Origin": "http://127.0.0.1:3000"}).status_code == 200
     finally:
         assert gw.stop() == 0
+
+
+def test_the_cli_refuses_what_would_leak_or_mislead(gateway: GatewayProcess, key: str, tmp_path: Path) -> None:
+    # A token never goes in clear to another host, a line break in it is no header and is
+    # not echoed, dot segments never reach another route, local file errors are arguments.
+    elsewhere = cli("tasks", "list", "--url", "http://192.0.2.1:8080", "--token", key)
+    assert elsewhere.returncode == 2 and "in clear to 192.0.2.1" in elsewhere.stderr
+    stray = cli("exec", "--url", "http://192.0.2.1:8080", "--token", key, "--", "true")
+    assert stray.returncode == EXIT_STATUSES["gateway_error"]
+    newline = cli("tasks", "list", env={"MCP_GATEWAY_URL": gateway.http_url, "MCP_GATEWAY_TOKEN": key + "\n"})
+    assert newline.returncode == 0, newline.stderr  # the trailing line break of a secret file is dropped
+    spaced = cli("tasks", "list", "--url", gateway.http_url, "--token", "mgw_a b")
+    assert spaced.returncode == 2 and "mgw_a b" not in spaced.stderr
+    with Client(gateway.http_url, key) as gw:
+        task = gw.execute("true", wait_s=30)
+        for client in (gw, Client(urls(gateway)["grpc"], key)):
+            with pytest.raises(FileDenied):
+                client.read_file(f"../tasks/{task.task_id}", workspace="cli")
+        with pytest.raises(ValueError, match="port"):
+            Client("http://127.0.0.1:notaport")
+    missing = cli("files", "put", "--workspace", "cli", "x", "--from", str(tmp_path / "none"),
+                  env={"MCP_GATEWAY_URL": gateway.http_url, "MCP_GATEWAY_TOKEN": key})
+    assert missing.returncode == 2 and "No such file" in missing.stderr
+    assert cli("tasks", "list", "--limit", "0", "--url", gateway.http_url, "--token", key).returncode == 2
+
+
+def test_an_unclosed_client_does_not_keep_python_from_exiting(gateway: GatewayProcess, key: str) -> None:
+    script = (f"from gateway.client import Client\nc = Client({gateway.http_url!r}, {key!r})\n"
+              "c.list_tasks(limit=1)\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
