@@ -27,12 +27,10 @@ import re
 import subprocess
 import sys
 import tempfile
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from gateway.docgen import SETTINGS_HEADER, settings_rows
 
 __all__ = ["pages"]
 
@@ -94,8 +92,7 @@ def _first_line(obj: Any) -> str:
 def _configuration() -> str:
     from gateway.config import Settings
 
-    rows = ["| key | environment | type | default | meaning |", "|---|---|---|---|---|"]
-    rows += _settings_rows(Settings, "")
+    rows = [*SETTINGS_HEADER, *settings_rows(Settings, "")]
     return (_GENERATED.format(source="gateway/config.py") + "# Configuration\n\n"
             "`mcp-gateway serve --config gw.yaml` reads these keys from YAML; every one can also be set "
             "in the environment (`MCP_GATEWAY_` and the key, `__` between levels; a list as JSON) and some by "
@@ -103,65 +100,6 @@ def _configuration() -> str:
             "Flags win over the environment, which wins over the file. The auth and rate_limits "
             "sections are applied again when the file changes (or on SIGHUP); the rest at start.\n\n"
             + "\n".join(rows) + "\n")
-
-
-def _settings_rows(model: type[BaseModel], prefix: str, env_prefix: str | None = "MCP_GATEWAY_") -> list[str]:
-    """One row per setting of ``model`` under ``prefix``; ``env_prefix`` None for the fields
-    of a list's or mapping's items, which the environment sets only as the whole list (JSON)."""
-    rows = []
-    for name, info in model.model_fields.items():
-        key = f"{prefix}{name}"
-        nested = _model_of(info.annotation)
-        if nested is not None and not _is_container(info.annotation):
-            rows += _settings_rows(nested, key + ".", env_prefix)
-            continue
-        if info.is_required():
-            default = "required"
-        else:
-            value = info.get_default(call_default_factory=True)
-            default = "-" if value is None or value in ([], {}, "") else f"`{_short(value)}`"
-        env = f"`{env_prefix}{key.upper().replace('.', '__')}`" if env_prefix else "-"
-        description = (info.description or "").replace("|", "/").replace("\n", " ")
-        rows.append(f"| `{key}` | {env} | {_type_name(info.annotation)} | {default} | {description} |")
-        if nested is not None:  # a list or mapping of a model: its fields, one level down
-            rows += _settings_rows(nested, f"{key}.<item>." if _origin(info.annotation) is list else f"{key}.<name>.",
-                                   None)
-    return rows
-
-
-def _origin(annotation: Any) -> Any:
-    return typing.get_origin(annotation)
-
-
-def _is_container(annotation: Any) -> bool:
-    return _origin(annotation) in (list, dict)
-
-
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model ``annotation`` holds (itself, optional, or in a list or dict)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_of(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _type_name(annotation: Any) -> str:
-    text = str(annotation).replace("typing.", "").replace("pathlib.", "").replace("gateway.config.", "")
-    text = re.sub(r"<class '([\w.]+)'>", lambda m: m.group(1).rsplit(".", 1)[-1], text)
-    text = re.sub(r"Annotated\[(\w+), [^\]]*\]", r"\1", text)
-    if isinstance(annotation, types.UnionType) or _origin(annotation) is typing.Union:
-        text = text.replace(" | NoneType", " | None")
-    return text.replace("|", "or").replace("NoneType", "None")
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, Path) and value.is_absolute() and value.is_relative_to(REPO):
-        value = value.relative_to(REPO)  # a default found from the checkout: the same everywhere
-    text = str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # -- REST ----------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from gateway import __version__, files
 from gateway.admission import PrincipalSlots
 from gateway.audit.log import AuditError, AuditLog, args_sha256, clip, redact_command
 from gateway.auth import AuthFailure, Authenticator, Credentials
-from gateway.config import RateLimit, Settings, UpstreamServerSettings
+from gateway.config import RateLimit, Settings
 from gateway.egress.allowlist import AllowList
 from gateway.errors import (
     CommandDenied,
@@ -211,17 +211,20 @@ class GatewayService:
         self._in_flight = PrincipalSlots(settings.admission.principal_in_flight)
         self._readiness: dict[str, Any] | None = None
         self._approvals = Approvals(settings.mcp_approvals_path)
-        own_real = {os.path.realpath(p) for p in self._own_paths}
-        for name, server in settings.mcp.servers.items():
-            exposed = [p for p in server.ro_paths if any(_within(os.path.realpath(p), o) or
-                                                         _within(o, os.path.realpath(p)) for o in own_real)]
-            if exposed:
-                raise ValueError(f"mcp.servers.{name}.ro_paths: {', '.join(exposed)} would expose the gateway's "
-                                 "own state or policy")
+        for name, server in settings.mcp.servers.items():  # the same rule as a task's binds
+            try:
+                self._refuse_gateway_paths(tuple(server.ro_paths))
+            except FileDenied as exc:
+                raise ValueError(f"mcp.servers.{name}.ro_paths: {exc.message}") from None
         self._upstream = UpstreamHub(settings.mcp.servers, tasks, workspaces,
                                      max_instances=settings.mcp.max_upstream_instances,
                                      on_listing=self._observe_listing, on_egress_denied=self._upstream_egress_denied)
         self._drift_seen: dict[tuple[str, str], str] = {}  # (server, tenant) -> last audited tools_list_sha256
+        # Each server's buckets: all callers, and one principal (made once, not per call).
+        self._upstream_limits = {
+            name: (RateLimit(requests_per_s=server.requests_per_s, burst=server.burst),
+                   RateLimit(requests_per_s=server.principal_requests_per_s, burst=server.principal_burst))
+            for name, server in settings.mcp.servers.items()}
         self._upstream.start()
         start_series(policy.name)
         self._started = time.monotonic()
@@ -713,7 +716,7 @@ class GatewayService:
         listing: Listing | None = None
         if refusal is None:
             try:
-                self._take_upstream_tokens(principal, server, settings)
+                self._take_upstream_tokens(principal, server)
                 listing = self._upstream.listing(server, principal.tenant)
                 self._check_approved(server, tool, listing)
             except GatewayError as exc:
@@ -746,17 +749,14 @@ class GatewayService:
         self._audit_tool_result(ctx, principal, server, decision, started, result=result)
         return result
 
-    def _take_upstream_tokens(self, principal: Principal, server: str, settings: UpstreamServerSettings) -> None:
+    def _take_upstream_tokens(self, principal: Principal, server: str) -> None:
         """One token of ``server``'s bucket (all callers) and of the principal's on it;
         RateLimited (4290, ``details.limit`` ``upstream_server`` / ``upstream_principal``)."""
-        who = f"{principal.tenant}/{principal.id}"
+        every, one = self._upstream_limits[server]
+        key = f"mcp-server:{server}"
         try:
-            self._limiter.take([
-                ((f"mcp-server:{server}", None), RateLimit(requests_per_s=settings.requests_per_s,
-                                                           burst=settings.burst), "upstream_server"),
-                ((f"mcp-server:{server}", who), RateLimit(requests_per_s=settings.principal_requests_per_s,
-                                                          burst=settings.principal_burst), "upstream_principal"),
-            ])
+            self._limiter.take([((key, None), every, "upstream_server"),
+                                ((key, f"{principal.tenant}/{principal.id}"), one, "upstream_principal")])
         except RateLimited as exc:
             RATE_LIMITED.labels(exc.details["limit"]).inc()
             raise
@@ -882,24 +882,23 @@ class GatewayService:
         changes = _changes_text(drift)
         log.warning("upstream MCP server %s (tenant %s) lists tools that are not approved (%s): withheld",
                     server, tenant, changes)
-        try:
-            self._audit.emit(
-                "tool_definition_changed", None, None, defer=True, principal="mcp-gateway", tenant=tenant,
-                auth_scheme="none", method="tools/list", upstream_server=server,
-                tools_list_sha256_old=drift.approved_sha256, tools_list_sha256_new=drift.tools_list_sha256,
-                tools_changed=clip(changes, 1024))
-        except AuditError as exc:
-            log.warning("audit event for changed tools of %s is not written yet: %s", server, exc)
+        self._audit_upstream("tool_definition_changed", server, tenant, method="tools/list",
+                             tools_list_sha256_old=drift.approved_sha256,
+                             tools_list_sha256_new=drift.tools_list_sha256, tools_changed=clip(changes, 1024))
 
     def _upstream_egress_denied(self, server: str, tenant: str, denial: Any) -> None:
         """A restricted upstream server's refused connection: an ``egress_denied`` event."""
+        self._audit_upstream("egress_denied", server, tenant, method="upstream", egress_host=denial.host[:255],
+                             egress_port=denial.port, egress_reason=denial.reason)
+
+    def _audit_upstream(self, event_type: str, server: str, tenant: str, **fields: Any) -> None:
+        """An event of an upstream server that no call caused (the gateway's own, in
+        ``tenant``); a failing sink keeps it for later (deferred), and it is logged."""
         try:
-            self._audit.emit(
-                "egress_denied", None, None, defer=True, principal="mcp-gateway", tenant=tenant, auth_scheme="none",
-                method="upstream", upstream_server=server, egress_host=denial.host[:255], egress_port=denial.port,
-                egress_reason=denial.reason)
+            self._audit.emit(event_type, None, None, defer=True, principal="mcp-gateway", tenant=tenant,
+                             auth_scheme="none", upstream_server=server, **fields)
         except AuditError as exc:
-            log.warning("audit event for a refused connection of %s is not written yet: %s", server, exc)
+            log.warning("audit event %s of upstream MCP server %s is not written yet: %s", event_type, server, exc)
 
     async def cancel_task(self, principal: Principal, ctx: RequestContext, task_id: str) -> TaskRecord:
         """Cancel the caller's task and return it once final (CANCELLED, or the state it

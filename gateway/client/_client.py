@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import re
 import ssl
 import threading
@@ -32,6 +31,7 @@ from gateway.client._errors import TransportError
 from gateway.client._grpc import GrpcTransport
 from gateway.client._models import OutputChunk, Task, TaskPage
 from gateway.client._rest import RestTransport
+from gateway.config import is_loopback_host
 from gateway.errors import InvalidParameter, RateLimited
 
 __all__ = ["AsyncClient", "Client"]
@@ -86,7 +86,7 @@ class AsyncClient:
         if token is not None:
             if not _TOKEN.match(token):
                 raise ValueError("the token holds characters no header may carry (spaces, a line break?)")
-            if plaintext and not insecure and not _loopback(parts.hostname):
+            if plaintext and not insecure and not is_loopback_host(parts.hostname):
                 raise ValueError(f"refusing to send the token in clear to {parts.hostname}: use https:// or "
                                  "grpcs:// (or insecure=True)")
         self.url = url
@@ -376,13 +376,6 @@ class Client:
 
 async def _make(url: str, token: str | None, options: dict[str, Any]) -> AsyncClient:
     return AsyncClient(url, token, **options)
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host.lower() == "localhost"
 
 
 def _read(path: str | Path | None) -> bytes | None:

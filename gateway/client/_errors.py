@@ -9,9 +9,15 @@ connection broke, or an answer was not the gateway's (a proxy's error page).
 
 from __future__ import annotations
 
-__all__ = ["TransportError"]
+__all__ = ["TransportError", "retry_after_s"]
 
 
 class TransportError(Exception):
     """The gateway could not be reached or its answer could not be read; the message says
     which call and why. Nothing tells whether a call that failed this way took effect."""
+
+
+def retry_after_s(value: str | None) -> int | None:
+    """A ``Retry-After`` header or trailer in seconds (RFC 9110 10.2.3, delay-seconds), or
+    None when absent or not ASCII digits."""
+    return int(value) if value and value.isascii() and value.isdigit() else None

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from gateway.client._errors import TransportError
+from gateway.client._errors import TransportError, retry_after_s
 from gateway.client._models import OutputChunk, ResourceUsage, Task, TaskPage, TaskResult
 from gateway.errors import GatewayError, InvalidParameter, from_wire
 from gateway.proto import mcp_pb2, mcp_pb2_grpc
@@ -145,8 +145,7 @@ def _error(exc: grpc.aio.AioRpcError, target: str) -> GatewayError | TransportEr
         body = json.loads(details)
     except ValueError:
         return TransportError(f"gRPC {exc.code().name} from {target}: an error-details trailer that is not JSON")
-    retry = trailers.get("retry-after", "")
-    return from_wire(body, retry_after_s=int(retry) if retry.isascii() and retry.isdigit() else None)
+    return from_wire(body, retry_after_s=retry_after_s(trailers.get("retry-after")))
 
 
 def _status(value: int) -> str:

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
-from gateway.client._errors import TransportError
+from gateway.client._errors import TransportError, retry_after_s
 from gateway.client._models import OutputChunk, ResourceUsage, Task, TaskPage, TaskResult
 from gateway.errors import GatewayError, from_wire
 
@@ -147,8 +147,7 @@ def _error(response: httpx.Response) -> GatewayError | TransportError:
         body = None
     if not (isinstance(body, dict) and isinstance(body.get("error"), dict)):
         return TransportError(f"HTTP {response.status_code} without the gateway's error body")
-    retry = response.headers.get("retry-after", "")
-    return from_wire(body, retry_after_s=int(retry) if retry.isascii() and retry.isdigit() else None)
+    return from_wire(body, retry_after_s=retry_after_s(response.headers.get("retry-after")))
 
 
 def _file_url(path: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from gateway.config import McpSettings, UpstreamServerSettings
-from gateway.docgen import replace_section
+from gateway.docgen import SETTINGS_HEADER, replace_section, settings_rows
 from gateway.edges.mcp_server import TOOLS
 
 __all__ = ["MARKERS", "SERVER_MARKERS", "SETTINGS_MARKERS", "render"]
@@ -37,17 +37,12 @@ def _table() -> str:
     return "\n".join(rows)
 
 
-def _settings(model: type[BaseModel], prefix: str) -> str:
-    """One row per field of ``model``: its key under ``prefix``, default and description."""
-    rows = ["| setting | default | meaning |", "|---|---|---|"]
-    for name, info in model.model_fields.items():
-        if info.is_required():
-            default = "required"
-        else:
-            value = info.get_default(call_default_factory=True)
-            default = "-" if value is None or value in ([], {}) else f"`{value}`"
-        rows.append(f"| `{prefix}{name}` | {default} | {(info.description or '').replace('|', '/')} |")
-    return "\n".join(rows)
+def _settings(model: type[BaseModel], prefix: str, env_prefix: str | None = "MCP_GATEWAY_") -> str:
+    """The settings table of ``model`` under ``prefix`` (``gateway.docgen.settings_rows``),
+    without the rows of one upstream server: those have a table of their own."""
+    rows = [r for r in settings_rows(model, prefix, env_prefix) if not r.startswith("| `mcp.servers.<name>.")] \
+        if model is McpSettings else settings_rows(model, prefix, env_prefix)
+    return "\n".join([*SETTINGS_HEADER, *rows])
 
 
 def render(repo: Path) -> dict[Path, str]:
@@ -56,5 +51,5 @@ def render(repo: Path) -> dict[Path, str]:
     path = repo / page
     text = replace_section(path.read_text(), MARKERS, _table(), page)
     text = replace_section(text, SETTINGS_MARKERS, _settings(McpSettings, "mcp."), page)
-    text = replace_section(text, SERVER_MARKERS, _settings(UpstreamServerSettings, "mcp.servers.<name>."), page)
+    text = replace_section(text, SERVER_MARKERS, _settings(UpstreamServerSettings, "mcp.servers.<name>.", None), page)
     return {path: text}

@@ -509,27 +509,39 @@ class McpEdge:
         if release is not None:  # the HTTP request's own slot: its work (authentication) is done
             await release()
         if upstream:
-            return await self._call_upstream(call_ctx, principal, params)
+            return await self._answered(call_ctx, principal, "upstream", self._call_upstream(call_ctx, principal, params))
         assert tool is not None
+        return await self._answered(call_ctx, principal, tool.name, self._call_own(ctx, call_ctx, principal, tool,
+                                                                                   params.arguments))
+
+    async def _answered(self, call_ctx: RequestContext, principal: Principal, label: str,
+                        work: Awaitable[types.CallToolResult]) -> types.CallToolResult:
+        """``work``'s result; a refusal or failure as the tool error the client gets, audited
+        when nothing recorded it yet, and each counted in ``mcp_tool_calls_total{tool=label}``."""
         try:
-            try:
-                args = tool.args.model_validate(params.arguments or {})
-            except ValidationError as exc:
-                await self._in_thread(call_ctx, principal, self._service.refuse_malformed, _argument_error(exc))
-                raise AssertionError("refuse_malformed returned") from None
-            body = await self._handlers[tool.name](ctx, call_ctx, principal, args)
+            result = await work
         except GatewayError as exc:
             await self._audit_refusal(call_ctx, principal, exc)
-            MCP_TOOL_CALLS.labels(tool.name, str(exc.code)).inc()
+            MCP_TOOL_CALLS.labels(label, str(exc.code)).inc()
             return _failure(exc)
         except Exception:
-            log.exception("MCP tool %s failed", tool.name)
+            log.exception("MCP tool %s failed", call_ctx.mcp.tool if call_ctx.mcp else label)
             error = InternalError("internal error")
             await self._audit_refusal(call_ctx, principal, error)
-            MCP_TOOL_CALLS.labels(tool.name, str(error.code)).inc()
+            MCP_TOOL_CALLS.labels(label, str(error.code)).inc()
             return _failure(error)
-        MCP_TOOL_CALLS.labels(tool.name, "ok").inc()
-        return _success(body)
+        MCP_TOOL_CALLS.labels(label, "ok").inc()
+        return result
+
+    async def _call_own(self, ctx: Any, call_ctx: RequestContext, principal: Principal, tool: Tool,
+                        arguments: dict[str, Any] | None) -> types.CallToolResult:
+        """One of the gateway's own tools: its arguments checked against its model, then its handler."""
+        try:
+            args = tool.args.model_validate(arguments or {})
+        except ValidationError as exc:
+            await self._in_thread(call_ctx, principal, self._service.refuse_malformed, _argument_error(exc))
+            raise AssertionError("refuse_malformed returned") from None
+        return _success(await self._handlers[tool.name](ctx, call_ctx, principal, args))
 
     async def _call_upstream(self, call_ctx: RequestContext, principal: Principal,
                              params: types.CallToolRequestParams) -> types.CallToolResult:
@@ -542,17 +554,6 @@ class McpEdge:
         except anyio.get_cancelled_exc_class():
             cancel.set()  # the client cancelled: so does the upstream call
             raise
-        except GatewayError as exc:
-            await self._audit_refusal(call_ctx, principal, exc)
-            MCP_TOOL_CALLS.labels("upstream", str(exc.code)).inc()
-            return _failure(exc)
-        except Exception:
-            log.exception("MCP upstream tool %s failed", params.name)
-            error = InternalError("internal error")
-            await self._audit_refusal(call_ctx, principal, error)
-            MCP_TOOL_CALLS.labels("upstream", str(error.code)).inc()
-            return _failure(error)
-        MCP_TOOL_CALLS.labels("upstream", "ok").inc()
         return types.CallToolResult.model_validate(body)
 
     @staticmethod

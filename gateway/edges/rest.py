@@ -41,7 +41,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway import __version__
 from gateway.admission import EdgeGate
 from gateway.auth import Credentials
-from gateway.config import Settings
+from gateway.config import Settings, is_loopback_host
 from gateway.errors import (
     STATUS_TABLE,
     AuthError,
@@ -814,15 +814,18 @@ class DevRebindingGuard:
 
     def __init__(self, app: Any, bind_host: str) -> None:
         self._app = app
-        self._names = {"localhost", "127.0.0.1", "::1", bind_host.strip("[]").lower()}
+        self._bind = bind_host.strip("[]").lower()
+
+    def _local(self, host: str) -> bool:
+        return bool(host) and (is_loopback_host(host) or host == self._bind)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Serve one ASGI call (https://asgi.readthedocs.io/en/latest/specs/www.html)."""
         if scope["type"] == "http" and scope["path"] != "/mcp":
             hosts = [v.decode("latin-1") for k, v in scope["headers"] if k == b"host"]
             origins = [v.decode("latin-1") for k, v in scope["headers"] if k == b"origin"]
-            bad = "Host" if len(hosts) != 1 or _hostname(hosts[0]) not in self._names else \
-                "Origin" if len(origins) > 1 or origins and _hostname(origins[0].partition("://")[2]) not in self._names \
+            bad = "Host" if len(hosts) != 1 or not self._local(_hostname(hosts[0])) else \
+                "Origin" if len(origins) > 1 or origins and not self._local(_hostname(origins[0].partition("://")[2])) \
                 else None
             if bad is not None:
                 error = PermissionDenied(f"a development gateway answers only requests addressed to a loopback name "

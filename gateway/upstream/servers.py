@@ -38,13 +38,14 @@ import concurrent.futures
 import contextlib
 import contextvars
 import errno
+import json
 import logging
 import math
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,7 +123,6 @@ EgressObserver = Callable[[str, str, Denial], None]
 class _Backoff:
     until: float = 0.0
     delay_s: float = _BACKOFF_FIRST_S
-    error: str = ""
 
 
 @dataclass
@@ -198,10 +198,6 @@ class UpstreamHub:
         with contextlib.suppress(BaseException):
             self._portal_cm.__exit__(None, None, None)
 
-    def running(self) -> int:
-        """Instances running now (for metrics and tests)."""
-        return sum(1 for i in list(self._instances.values()) if not i.ended.is_set())
-
     # -- calls (from any thread) ------------------------------------------------------
 
     def listing(self, server: str, tenant: str) -> Listing:
@@ -249,10 +245,7 @@ class UpstreamHub:
                 cancelled (``details.cancelled``).
             RateLimited (4290): as :meth:`listing`.
         """
-        portal = self._portal
-        if portal is None:
-            raise DependencyUnavailable("upstream MCP servers are not running (the gateway is stopping)")
-        future = portal.start_task_soon(self._call_tool, server, tenant, tool, arguments)
+        future = self._running_portal().start_task_soon(self._call_tool, server, tenant, tool, arguments)
         while True:
             try:
                 return future.result(timeout=_CANCEL_POLL_S)
@@ -264,10 +257,13 @@ class UpstreamHub:
                                             details={"server": server, "cancelled": True}) from None
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._running_portal().call(fn, *args)
+
+    def _running_portal(self) -> BlockingPortal:
         portal = self._portal
         if portal is None:
             raise DependencyUnavailable("upstream MCP servers are not running (the gateway is stopping)")
-        return portal.call(fn, *args)
+        return portal
 
     # -- on the hub's loop ------------------------------------------------------------
 
@@ -296,7 +292,7 @@ class UpstreamHub:
                 instance.task = asyncio.create_task(self._run(instance), context=contextvars.Context())
         instance.last_used = time.monotonic()
         try:
-            await asyncio.wait_for(_either(instance.ready, instance.ended), settings.startup_timeout_s)
+            await asyncio.wait_for(_first(instance.ready.wait(), instance.ended.wait()), settings.startup_timeout_s)
         except TimeoutError:
             self._stop(instance, f"no tool list within startup_timeout_s ({settings.startup_timeout_s:g} s)")
             await instance.ended.wait()
@@ -319,7 +315,7 @@ class UpstreamHub:
         try:
             try:
                 with anyio.fail_after(timeout_s):
-                    await _either_task(call, instance.ended)
+                    await _first(call, instance.ended.wait())
             finally:
                 answered = call.done()
                 if not answered:
@@ -430,16 +426,13 @@ class UpstreamHub:
         async with ClientSession(messages, outgoing, message_handler=on_message,
                                  client_info=types.Implementation(name="mcp-gateway", version=__version__)) as session:
             await session.initialize()
-            instance.listing = await _list_tools(session, instance.server)
             instance.session = session
-            instance.ready.set()
-            self._on_listing(instance.server, instance.tenant, instance.listing)
-            while not instance.ended.is_set():
-                await _either(refresh, instance.ended)
-                if refresh.is_set() and not instance.ended.is_set():
-                    refresh.clear()
-                    instance.listing = await _list_tools(session, instance.server)
-                    self._on_listing(instance.server, instance.tenant, instance.listing)
+            while not instance.ended.is_set():  # list, then again after each list_changed
+                refresh.clear()
+                instance.listing = await _list_tools(session, instance.server)
+                instance.ready.set()
+                self._on_listing(instance.server, instance.tenant, instance.listing)
+                await _first(refresh.wait(), instance.ended.wait())
 
     def _deliver(self, instance: _Instance, received: Any, line: bytes) -> None:
         """One line of the server's stdout into the session (on the loop)."""
@@ -504,7 +497,6 @@ class UpstreamHub:
         key = (instance.server, instance.tenant)
         backoff = self._backoff.setdefault(key, _Backoff())
         backoff.until = time.monotonic() + backoff.delay_s
-        backoff.error = instance.error
         backoff.delay_s = min(_BACKOFF_MAX_S, backoff.delay_s * 2)
         log.warning("upstream MCP server %s (tenant %s) failed: %s", instance.server, instance.tenant, instance.error)
 
@@ -552,6 +544,7 @@ def _reason(exc: BaseException) -> str:
 async def _list_tools(session: ClientSession, server: str) -> Listing:
     """Every page of ``tools/list``; ValueError when a name repeats or cannot be served."""
     tools: dict[str, types.Tool] = {}
+    digests: dict[str, str] = {}
     cursor: str | None = None
     for _ in range(_MAX_TOOLS + 1):  # every page but the last lists a tool at least, or the loop ends
         page = await session.list_tools(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
@@ -560,15 +553,17 @@ async def _list_tools(session: ClientSession, server: str) -> Listing:
                 raise ValueError(f"the server lists tool {tool.name[:64]!r} twice")
             if len(tools) == _MAX_TOOLS:
                 raise ValueError(f"the server lists more than {_MAX_TOOLS} tools")
-            if len(tool.model_dump_json(by_alias=True, exclude_none=True)) > _MAX_TOOL_BYTES:
+            definition = tool.model_dump(by_alias=True, mode="json")
+            if len(json.dumps(definition)) > _MAX_TOOL_BYTES:
                 raise ValueError(f"tool {tool.name[:64]!r}'s definition is over {_MAX_TOOL_BYTES} bytes")
             if not TOOL_NAME_PATTERN.match(exposed_name(server, tool.name)):
                 raise ValueError(f"tool {tool.name[:64]!r} cannot be served as {server}__<tool> "
                                  "(1-128 of A-Z a-z 0-9 _ - .)")
             tools[tool.name] = tool
+            digests[tool.name] = tool_sha256(definition)
         cursor = page.next_cursor
         if not cursor:
-            return Listing(tools, {n: tool_sha256(t.model_dump(by_alias=True, mode="json")) for n, t in tools.items()})
+            return Listing(tools, digests)
     raise ValueError(f"the server's tool list has more than {_MAX_TOOLS + 1} pages")
 
 
@@ -578,23 +573,16 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-async def _either(*events: asyncio.Event) -> None:
-    """Wait until one of ``events`` is set."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+async def _first(*waits: Awaitable[Any]) -> None:
+    """Wait until one of ``waits`` is done. The waits started here (coroutines such as an
+    event's ``wait()``) are cancelled then; a task passed in is left as it is."""
+    started = [asyncio.ensure_future(w) for w in waits]
     try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(started, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for waiter in waiters:
-            waiter.cancel()
-
-
-async def _either_task(task: asyncio.Future[Any], event: asyncio.Event) -> None:
-    """Wait until ``task`` is done or ``event`` is set."""
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
+        for future, wait in zip(started, waits, strict=True):
+            if future is not wait:
+                future.cancel()
 
 
 async def _write(to_write: Any, fd: int) -> None:
